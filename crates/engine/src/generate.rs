@@ -1,0 +1,61 @@
+//! Decoding one prompt to the end: the library call behind `recyclegpt generate`.
+use crate::sampling::SamplingParams;
+use crate::sequence::{FinishReason, Sequence, SequenceStats, StopCriteria};
+use crate::step::step;
+use crate::{DecodeMode, EngineError};
+use recyclegpt_model::RecycleGpt;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub stats: SequenceStats,
+    /// Tokens emitted after the step that consumed the prompt, and the time they took.
+    pub decode_tokens: usize,
+    pub decode_seconds: f64,
+}
+
+impl Generation {
+    pub fn tokens_per_second(&self) -> f64 {
+        if self.decode_seconds > 0.0 {
+            self.decode_tokens as f64 / self.decode_seconds
+        } else {
+            0.0
+        }
+    }
+
+    pub fn tokens_per_full_forward(&self) -> f64 {
+        if self.stats.full_forwards == 0 {
+            return 0.0;
+        }
+        self.ids.len() as f64 / self.stats.full_forwards as f64
+    }
+}
+
+/// Generates from `prompt` with one sequence; the whole prompt is prefilled in one forward.
+pub fn generate(
+    model: &RecycleGpt,
+    prompt: Vec<u32>,
+    mode: DecodeMode,
+    params: SamplingParams,
+    stop: StopCriteria,
+) -> Result<Generation, EngineError> {
+    let prompt_len = prompt.len();
+    let mut seq = Sequence::new(0, model, prompt, mode, params, stop)?;
+    let mut decode_start: Option<(Instant, usize)> = None;
+    while !seq.is_finished() {
+        step(model, &mut [&mut seq], prompt_len)?;
+        if decode_start.is_none() {
+            decode_start = Some((Instant::now(), seq.generated().len()));
+        }
+    }
+    let (start, prefill_tokens) = decode_start.unwrap_or((Instant::now(), 0));
+    Ok(Generation {
+        ids: seq.generated().to_vec(),
+        finish_reason: seq.finish_reason().unwrap_or(FinishReason::Length),
+        stats: seq.stats(),
+        decode_tokens: seq.generated().len() - prefill_tokens,
+        decode_seconds: start.elapsed().as_secs_f64(),
+    })
+}

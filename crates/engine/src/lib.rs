@@ -1,0 +1,66 @@
+//! Decoding on top of the model core: sampling, the per-request `Sequence` state machine, and
+//! the batched step that runs the `standard`, `alternate` and `verify` schedules side by side.
+mod generate;
+pub mod sampling;
+mod sequence;
+mod step;
+
+pub use generate::{generate, Generation};
+pub use sampling::SamplingParams;
+pub use sequence::{FinishReason, Sequence, SequenceStats, StopCriteria};
+pub use step::{step, StepReport};
+
+use recyclegpt_model::ModelError;
+
+/// How a sequence uses the recyclable module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeMode {
+    /// One token per full forward; the module is not used.
+    Standard,
+    /// The paper's schedule: every other token comes from the module, unchecked.
+    Alternate,
+    /// Lossless: the module drafts, the next full forward verifies for free.
+    Verify,
+}
+
+impl DecodeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeMode::Standard => "standard",
+            DecodeMode::Alternate => "alternate",
+            DecodeMode::Verify => "verify",
+        }
+    }
+}
+
+impl std::str::FromStr for DecodeMode {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "standard" | "off" => Ok(DecodeMode::Standard),
+            "alternate" => Ok(DecodeMode::Alternate),
+            "verify" => Ok(DecodeMode::Verify),
+            other => Err(EngineError::Invalid(format!(
+                "unknown decode mode `{other}` (expected standard, off, alternate or verify)"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("internal engine error: {0}")]
+    Internal(String),
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        EngineError::Model(ModelError::Candle(e))
+    }
+}

@@ -1,0 +1,214 @@
+//! `config.json` of a HuggingFace Llama model, plus the `recycle` block this project adds.
+use crate::error::{ModelError, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// `eos_token_id` may be a single id or a list of ids.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(id) => vec![*id],
+            TokenIds::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+/// `rope_scaling` as Llama 3.x writes it; only the `llama3` type is supported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    #[serde(alias = "type")]
+    pub rope_type: String,
+    pub factor: f64,
+    #[serde(default = "one")]
+    pub low_freq_factor: f64,
+    #[serde(default = "four")]
+    pub high_freq_factor: f64,
+    #[serde(default = "default_original_context")]
+    pub original_max_position_embeddings: usize,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn four() -> f64 {
+    4.0
+}
+fn default_original_context() -> usize {
+    8192
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+fn default_context() -> usize {
+    2048
+}
+fn default_act() -> String {
+    "silu".to_string()
+}
+
+/// The recyclable module's shape: a few Llama decoder layers of the model's width.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecycleConfig {
+    pub num_layers: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_context")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<TokenIds>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycle: Option<RecycleConfig>,
+}
+
+/// The shape of one stack of Llama decoder layers (the base model's or the module's).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StackShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub eps: f64,
+}
+
+impl StackShape {
+    fn validate(&self, what: &str) -> Result<()> {
+        let fail = |m: String| Err(ModelError::Config(format!("{what}: {m}")));
+        if self.hidden == 0 || self.intermediate == 0 || self.heads == 0 || self.kv_heads == 0 {
+            return fail("sizes and head counts must be positive".into());
+        }
+        if self.heads % self.kv_heads != 0 {
+            return fail(format!(
+                "{} attention heads do not divide into {} key/value heads",
+                self.heads, self.kv_heads
+            ));
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return fail(format!("head_dim {} must be even and positive", self.head_dim));
+        }
+        Ok(())
+    }
+}
+
+impl LlamaConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
+        let config: LlamaConfig = serde_json::from_str(&text)
+            .map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))?;
+        config
+            .validate()
+            .map_err(|e| ModelError::file(path, e))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.hidden_act != "silu" {
+            return Err(ModelError::Config(format!(
+                "hidden_act `{}` is not supported (only silu)",
+                self.hidden_act
+            )));
+        }
+        if self.hidden_size % self.num_attention_heads != 0 && self.head_dim.is_none() {
+            return Err(ModelError::Config(format!(
+                "hidden_size {} does not divide into {} heads",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if self.vocab_size == 0 || self.max_position_embeddings == 0 {
+            return Err(ModelError::Config("vocab_size and max_position_embeddings must be positive".into()));
+        }
+        if let Some(scaling) = &self.rope_scaling {
+            if scaling.rope_type != "llama3" {
+                return Err(ModelError::Config(format!(
+                    "rope_scaling type `{}` is not supported (only llama3)",
+                    scaling.rope_type
+                )));
+            }
+        }
+        self.base_shape().validate("model")?;
+        if let Some(shape) = self.recycle_shape() {
+            shape.validate("recycle")?;
+        }
+        Ok(())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    pub fn base_shape(&self) -> StackShape {
+        StackShape {
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            head_dim: self.head_dim(),
+            eps: self.rms_norm_eps,
+        }
+    }
+
+    pub fn recycle_shape(&self) -> Option<StackShape> {
+        self.recycle.as_ref().map(|r| StackShape {
+            hidden: self.hidden_size,
+            intermediate: r.intermediate_size,
+            layers: r.num_layers,
+            heads: r.num_attention_heads,
+            kv_heads: r.num_key_value_heads,
+            head_dim: r.head_dim.unwrap_or(self.hidden_size / r.num_attention_heads.max(1)),
+            eps: self.rms_norm_eps,
+        })
+    }
+
+    /// A module shaped like one of the base model's layers, `layers` deep.
+    pub fn default_recycle(&self, layers: usize) -> RecycleConfig {
+        let base = self.base_shape();
+        RecycleConfig {
+            num_layers: layers,
+            intermediate_size: base.intermediate,
+            num_attention_heads: base.heads,
+            num_key_value_heads: base.kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+}

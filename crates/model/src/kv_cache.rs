@@ -1,0 +1,73 @@
+//! Per-sequence key/value cache: preallocated, token-major, rollback is a length reset.
+use crate::config::StackShape;
+use crate::error::{ModelError, Result};
+use candle_core::{DType, Device, Tensor};
+
+pub struct KvCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(shape: &StackShape, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let block = (capacity, shape.kv_heads, shape.head_dim);
+        let mut keys = Vec::with_capacity(shape.layers);
+        let mut values = Vec::with_capacity(shape.layers);
+        for _ in 0..shape.layers {
+            keys.push(Tensor::zeros(block, dtype, device)?);
+            values.push(Tensor::zeros(block, dtype, device)?);
+        }
+        Ok(Self {
+            keys,
+            values,
+            len: 0,
+            capacity,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    pub(crate) fn check_room(&self, new_tokens: usize) -> Result<()> {
+        if self.len + new_tokens > self.capacity {
+            return Err(ModelError::Input(format!(
+                "{} cached + {new_tokens} new tokens exceed the cache capacity of {}",
+                self.len, self.capacity
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes `k`, `v` (`[t, kv_heads, head_dim]`) after the cached positions of `layer` and
+    /// returns the keys and values of all positions up to them; `commit` advances the length.
+    pub(crate) fn write(&self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(0)?;
+        self.keys[layer].slice_set(&k.contiguous()?, 0, self.len)?;
+        self.values[layer].slice_set(&v.contiguous()?, 0, self.len)?;
+        let total = self.len + t;
+        Ok((
+            self.keys[layer].narrow(0, 0, total)?,
+            self.values[layer].narrow(0, 0, total)?,
+        ))
+    }
+
+    pub(crate) fn commit(&mut self, new_tokens: usize) {
+        self.len += new_tokens;
+    }
+}

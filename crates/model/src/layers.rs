@@ -1,0 +1,185 @@
+//! The building blocks of a Llama decoder layer.
+use crate::config::StackShape;
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::rope::Rope;
+use crate::weights::{Init, Weights};
+use candle_core::{Module, Tensor};
+
+/// `y = x · Wᵀ` with `W` stored as `[out, in]` (PyTorch order).
+#[derive(Clone)]
+pub struct Linear {
+    weight: Tensor,
+}
+
+impl Linear {
+    pub fn load(w: &Weights, name: &str, out_dim: usize, in_dim: usize) -> Result<Self> {
+        let std = 1.0 / (in_dim as f32).sqrt();
+        Ok(Self {
+            weight: w.pp(name).get("weight", &[out_dim, in_dim], Init::Normal(std))?,
+        })
+    }
+
+    pub fn from_weight(weight: Tensor) -> Self {
+        Self { weight }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.weight.t()?)?)
+    }
+}
+
+#[derive(Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn load(w: &Weights, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.pp(name).get("weight", &[dim], Init::Ones)?,
+            eps: eps as f32,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
+    }
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn load(w: &Weights, s: &StackShape) -> Result<Self> {
+        Ok(Self {
+            gate: Linear::load(w, "gate_proj", s.intermediate, s.hidden)?,
+            up: Linear::load(w, "up_proj", s.intermediate, s.hidden)?,
+            down: Linear::load(w, "down_proj", s.hidden, s.intermediate)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::Activation::Silu.forward(&self.gate.forward(x)?)?;
+        self.down.forward(&(gate * self.up.forward(x)?)?)
+    }
+}
+
+/// Where one sequence's new tokens sit in a ragged batch.
+pub struct SeqSlot<'a> {
+    pub cache: &'a mut KvCache,
+    pub new_tokens: usize,
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(w: &Weights, s: &StackShape) -> Result<Self> {
+        Ok(Self {
+            q: Linear::load(w, "q_proj", s.heads * s.head_dim, s.hidden)?,
+            k: Linear::load(w, "k_proj", s.kv_heads * s.head_dim, s.hidden)?,
+            v: Linear::load(w, "v_proj", s.kv_heads * s.head_dim, s.hidden)?,
+            o: Linear::load(w, "o_proj", s.hidden, s.heads * s.head_dim)?,
+            heads: s.heads,
+            kv_heads: s.kv_heads,
+            head_dim: s.head_dim,
+        })
+    }
+
+    /// Projections run over all `T` rows at once; attention runs per sequence against its cache.
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, layer: usize, seqs: &[SeqSlot]) -> Result<Tensor> {
+        let t = x.dim(0)?;
+        let q = self.q.forward(x)?.reshape((t, self.heads, self.head_dim))?;
+        let k = self.k.forward(x)?.reshape((t, self.kv_heads, self.head_dim))?;
+        let v = self.v.forward(x)?.reshape((t, self.kv_heads, self.head_dim))?;
+        let q = Rope::apply(&q, cos, sin)?;
+        let k = Rope::apply(&k, cos, sin)?;
+        let mut outputs = Vec::with_capacity(seqs.len());
+        let mut offset = 0;
+        for seq in seqs {
+            let n = seq.new_tokens;
+            let (keys, values) = seq.cache.write(layer, &k.narrow(0, offset, n)?, &v.narrow(0, offset, n)?)?;
+            outputs.push(self.attend(&q.narrow(0, offset, n)?, &keys, &values, seq.cache.len())?);
+            offset += n;
+        }
+        let attended = if outputs.len() == 1 {
+            outputs.swap_remove(0)
+        } else {
+            Tensor::cat(&outputs, 0)?
+        };
+        self.o.forward(&attended)
+    }
+
+    /// Causal grouped-query attention of `q [n, heads, hd]` over `keys/values [L, kv_heads, hd]`,
+    /// where the first query sits at position `start = L - n`.
+    fn attend(&self, q: &Tensor, keys: &Tensor, values: &Tensor, start: usize) -> Result<Tensor> {
+        let n = q.dim(0)?;
+        let total = keys.dim(0)?;
+        let group = self.heads / self.kv_heads;
+        let q = q
+            .reshape((n, self.kv_heads, group, self.head_dim))?
+            .permute((1, 2, 0, 3))?
+            .contiguous()?
+            .reshape((self.kv_heads, group * n, self.head_dim))?;
+        let keys = keys.transpose(0, 1)?.contiguous()?;
+        let values = values.transpose(0, 1)?.contiguous()?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+        if n > 1 {
+            let mask: Vec<f32> = (0..n)
+                .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            let mask = Tensor::from_vec(mask, (n, total), q.device())?.to_dtype(scores.dtype())?;
+            scores = scores
+                .reshape((self.kv_heads, group, n, total))?
+                .broadcast_add(&mask)?
+                .reshape((self.kv_heads, group * n, total))?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&values)?;
+        Ok(out
+            .reshape((self.kv_heads, group, n, self.head_dim))?
+            .permute((2, 0, 1, 3))?
+            .contiguous()?
+            .reshape((n, self.heads * self.head_dim))?)
+    }
+}
+
+pub struct DecoderLayer {
+    input_norm: RmsNorm,
+    attention: Attention,
+    post_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub fn load(w: &Weights, s: &StackShape) -> Result<Self> {
+        Ok(Self {
+            input_norm: RmsNorm::load(w, "input_layernorm", s.hidden, s.eps)?,
+            attention: Attention::load(&w.pp("self_attn"), s)?,
+            post_norm: RmsNorm::load(w, "post_attention_layernorm", s.hidden, s.eps)?,
+            mlp: Mlp::load(&w.pp("mlp"), s)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, layer: usize, seqs: &[SeqSlot]) -> Result<Tensor> {
+        let attended = self
+            .attention
+            .forward(&self.input_norm.forward(x)?, cos, sin, layer, seqs)?;
+        let x = (x + attended)?;
+        let mlp = self.mlp.forward(&self.post_norm.forward(&x)?)?;
+        Ok((x + mlp)?)
+    }
+}

@@ -1,0 +1,121 @@
+//! The base Llama model: embedding, decoder stack, final norm, output head.
+use crate::config::LlamaConfig;
+use crate::decoder::DecoderStack;
+use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
+use crate::layers::{Linear, RmsNorm, SeqSlot};
+use crate::weights::{Init, Weights};
+use candle_core::Tensor;
+
+/// One sequence's part of a ragged forward.
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    /// Indices into `tokens` whose next-token logits the caller needs.
+    pub logits_rows: Vec<usize>,
+}
+
+pub struct ForwardOutput {
+    /// The last decoder layer's output for every new token, before the final norm: `[T, d]`.
+    pub hidden: Tensor,
+    /// One row of logits per requested position, in input order.
+    pub logits: Vec<Vec<f32>>,
+}
+
+pub struct Llama {
+    embed: Tensor,
+    stack: DecoderStack,
+    norm: RmsNorm,
+    head: Linear,
+    vocab_size: usize,
+}
+
+impl Llama {
+    pub fn load(w: &Weights, config: &LlamaConfig) -> Result<Self> {
+        let (vocab, dim) = (config.vocab_size, config.hidden_size);
+        let model = w.pp("model");
+        let embed = model.pp("embed_tokens").get("weight", &[vocab, dim], Init::Normal(0.02))?;
+        let stack = DecoderStack::load(
+            &model.pp("layers"),
+            config.base_shape(),
+            config.max_position_embeddings,
+            config.rope_theta,
+            config.rope_scaling.as_ref(),
+            0,
+        )?;
+        let norm = RmsNorm::load(&model, "norm", dim, config.rms_norm_eps)?;
+        // Some tied checkpoints still carry `lm_head.weight`; tying wins only when it is absent.
+        let head = if config.tie_word_embeddings && !w.pp("lm_head").contains("weight") {
+            Linear::from_weight(embed.clone())
+        } else {
+            Linear::load(w, "lm_head", vocab, dim)?
+        };
+        Ok(Self {
+            embed,
+            stack,
+            norm,
+            head,
+            vocab_size: vocab,
+        })
+    }
+
+    pub fn stack(&self) -> &DecoderStack {
+        &self.stack
+    }
+
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.vocab_size
+            )));
+        }
+        let ids = Tensor::new(tokens, self.embed.device())?;
+        Ok(self.embed.index_select(&ids, 0)?)
+    }
+
+    /// Final norm and output head over the chosen rows of `hidden`.
+    pub fn logits(&self, hidden: &Tensor, rows: &[u32]) -> Result<Vec<Vec<f32>>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = Tensor::new(rows, hidden.device())?;
+        let selected = self.norm.forward(&hidden.index_select(&rows, 0)?)?;
+        logits_to_vec(&self.head.forward(&selected)?)
+    }
+
+    /// The head alone (for the recyclable module, which brings its own final norm).
+    pub fn head(&self, normed: &Tensor) -> Result<Vec<Vec<f32>>> {
+        logits_to_vec(&self.head.forward(normed)?)
+    }
+
+    pub fn forward(&self, inputs: &mut [SeqInput]) -> Result<ForwardOutput> {
+        let tokens: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let rows = gather_logit_rows(inputs);
+        let mut slots: Vec<SeqSlot> = inputs
+            .iter_mut()
+            .map(|s| SeqSlot {
+                new_tokens: s.tokens.len(),
+                cache: &mut *s.cache,
+            })
+            .collect();
+        let hidden = self.stack.forward(self.embed(&tokens)?, &mut slots)?;
+        let logits = self.logits(&hidden, &rows)?;
+        Ok(ForwardOutput { hidden, logits })
+    }
+}
+
+/// Row indices into the flattened batch for every position whose logits were asked for.
+pub(crate) fn gather_logit_rows(inputs: &[SeqInput]) -> Vec<u32> {
+    let mut rows = Vec::new();
+    let mut offset = 0;
+    for s in inputs {
+        rows.extend(s.logits_rows.iter().map(|&r| (offset + r) as u32));
+        offset += s.tokens.len();
+    }
+    rows
+}
+
+fn logits_to_vec(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+}

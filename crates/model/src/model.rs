@@ -1,0 +1,196 @@
+//! A RecycleGPT model: the base Llama plus an optional recyclable module, loaded from a
+//! HuggingFace-layout directory or initialised at random.
+use crate::config::{LlamaConfig, RecycleConfig};
+use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
+use crate::llama::{ForwardOutput, Llama, SeqInput};
+use crate::recycle::RecycleModule;
+use crate::tokenizer::TextTokenizer;
+use crate::weights::{SafetensorFiles, Weights};
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+
+/// Where the recyclable module comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecycleInit {
+    /// `recycle.safetensors` + the `recycle` block of `config.json`, if present.
+    FromFiles,
+    /// A randomly initialised module (benchmarks and tests only: it rarely agrees with the model).
+    Random { seed: u64, layers: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecycleSource {
+    None,
+    Trained,
+    Random,
+}
+
+pub struct LoadOptions {
+    pub recycle_init: RecycleInit,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            recycle_init: RecycleInit::FromFiles,
+            device: Device::Cpu,
+        }
+    }
+}
+
+pub struct RecycleGpt {
+    config: LlamaConfig,
+    llama: Llama,
+    recycle: Option<RecycleModule>,
+    recycle_source: RecycleSource,
+    device: Device,
+    dtype: DType,
+}
+
+/// A model directory loaded whole: weights, tokenizer and where it came from.
+pub struct LoadedModel {
+    pub model: RecycleGpt,
+    pub tokenizer: TextTokenizer,
+    pub dir: PathBuf,
+}
+
+impl LoadedModel {
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::file(dir, "model directory not found"));
+        }
+        let model = RecycleGpt::load(dir, options)?;
+        let tokenizer = TextTokenizer::load(dir, model.config())?;
+        Ok(Self {
+            model,
+            tokenizer,
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl RecycleGpt {
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let mut config = LlamaConfig::from_file(&config_path)?;
+        // f16 / bf16 checkpoints are widened: the CPU kernels run in f32.
+        let dtype = DType::F32;
+        let files = SafetensorFiles::open_model_dir(dir)?;
+        let llama = Llama::load(&Weights::from_files(files, dtype, &options.device), &config)?;
+        let recycle_path = dir.join("recycle.safetensors");
+        let (recycle, recycle_source) = match options.recycle_init {
+            RecycleInit::Random { seed, layers } => {
+                let recycle_config = config.recycle.clone().unwrap_or_else(|| config.default_recycle(layers));
+                config.recycle = Some(recycle_config);
+                config.validate()?;
+                let module = RecycleModule::load(&Weights::random(seed, dtype, &options.device), &config)?;
+                (Some(module), RecycleSource::Random)
+            }
+            RecycleInit::FromFiles => match (&config.recycle, recycle_path.exists()) {
+                (Some(_), true) => {
+                    let files = SafetensorFiles::open(std::slice::from_ref(&recycle_path))?;
+                    let module = RecycleModule::load(&Weights::from_files(files, dtype, &options.device), &config)?;
+                    (Some(module), RecycleSource::Trained)
+                }
+                (Some(_), false) => {
+                    return Err(ModelError::file(
+                        &recycle_path,
+                        "config.json has a `recycle` block but its weights file is missing",
+                    ))
+                }
+                (None, true) => {
+                    return Err(ModelError::file(
+                        &config_path,
+                        "recycle.safetensors is present but config.json has no `recycle` block",
+                    ))
+                }
+                (None, false) => (None, RecycleSource::None),
+            },
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            layers = config.num_hidden_layers,
+            hidden = config.hidden_size,
+            recycle = ?recycle_source,
+            "model loaded"
+        );
+        Ok(Self {
+            config,
+            llama,
+            recycle,
+            recycle_source,
+            device: options.device.clone(),
+            dtype,
+        })
+    }
+
+    /// A whole model with random weights (benchmark shapes); the module gets `recycle`'s shape.
+    pub fn random(mut config: LlamaConfig, recycle: Option<RecycleConfig>, seed: u64, device: &Device) -> Result<Self> {
+        config.recycle = recycle;
+        config.validate()?;
+        let dtype = DType::F32;
+        let llama = Llama::load(&Weights::random(seed, dtype, device), &config)?;
+        let module = match config.recycle {
+            Some(_) => Some(RecycleModule::load(&Weights::random(seed ^ 0x5eed, dtype, device), &config)?),
+            None => None,
+        };
+        let recycle_source = if module.is_some() { RecycleSource::Random } else { RecycleSource::None };
+        Ok(Self {
+            config,
+            llama,
+            recycle: module,
+            recycle_source,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn context_len(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    pub fn has_recycle(&self) -> bool {
+        self.recycle.is_some()
+    }
+
+    pub fn recycle_source(&self) -> RecycleSource {
+        self.recycle_source
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        self.llama.stack().new_cache(capacity, self.dtype, &self.device)
+    }
+
+    /// The module's own cache, or `None` for a standard-only model.
+    pub fn new_recycle_cache(&self, capacity: usize) -> Result<Option<KvCache>> {
+        self.recycle
+            .as_ref()
+            .map(|m| m.stack().new_cache(capacity, self.dtype, &self.device))
+            .transpose()
+    }
+
+    /// One ragged forward of the full model.
+    pub fn forward(&self, inputs: &mut [SeqInput]) -> Result<ForwardOutput> {
+        self.llama.forward(inputs)
+    }
+
+    /// One ragged forward of the recyclable module; `hidden` holds h_{t-1} for each x_t.
+    pub fn recycle_forward(&self, hidden: &Tensor, inputs: &mut [SeqInput]) -> Result<Vec<Vec<f32>>> {
+        let module = self
+            .recycle
+            .as_ref()
+            .ok_or_else(|| ModelError::Input("this model has no recyclable module".into()))?;
+        module.forward(&self.llama, hidden, inputs)
+    }
+}

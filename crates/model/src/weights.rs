@@ -1,0 +1,191 @@
+//! Where tensors come from: safetensors files (one or sharded) or a seeded random initialisation.
+use crate::error::{ModelError, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// How a tensor is initialised when weights are random.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    Ones,
+    Normal(f32),
+}
+
+/// Safetensors files, with the file that holds each tensor remembered for error messages.
+pub struct SafetensorFiles {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    index: HashMap<String, usize>,
+}
+
+impl SafetensorFiles {
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut index = HashMap::new();
+        for path in paths {
+            if !path.exists() {
+                return Err(ModelError::file(path, "file not found"));
+            }
+            // SAFETY: the file is mapped read-only and not modified while the model lives.
+            let mapped = unsafe { MmapedSafetensors::new(path) }
+                .map_err(|e| ModelError::file(path, format!("not a valid safetensors file: {e}")))?;
+            for (name, _) in mapped.tensors() {
+                index.insert(name, files.len());
+            }
+            files.push((path.clone(), mapped));
+        }
+        Ok(Self { files, index })
+    }
+
+    /// `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
+    pub fn open_model_dir(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::file(&index_path, e))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| ModelError::file(&index_path, format!("invalid JSON: {e}")))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::file(&index_path, "missing `weight_map` object"))?;
+            let mut shards: Vec<PathBuf> = Vec::new();
+            for file in map.values() {
+                let file = file
+                    .as_str()
+                    .ok_or_else(|| ModelError::file(&index_path, "`weight_map` values must be file names"))?;
+                let path = dir.join(file);
+                if !shards.contains(&path) {
+                    shards.push(path);
+                }
+            }
+            return Self::open(&shards);
+        }
+        let single = dir.join("model.safetensors");
+        if !single.exists() {
+            return Err(ModelError::file(
+                dir,
+                "no model.safetensors or model.safetensors.index.json in the model directory",
+            ));
+        }
+        Self::open(&[single])
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let Some(&file) = self.index.get(name) else {
+            let paths: Vec<String> = self.files.iter().map(|(p, _)| p.display().to_string()).collect();
+            return Err(ModelError::Tensor {
+                path: PathBuf::from(paths.join(", ")),
+                name: name.to_string(),
+                message: "missing".into(),
+            });
+        };
+        let (path, mapped) = &self.files[file];
+        let err = |message: String| ModelError::Tensor {
+            path: path.clone(),
+            name: name.to_string(),
+            message,
+        };
+        let tensor = mapped.load(name, device).map_err(|e| err(e.to_string()))?;
+        if tensor.dims() != shape {
+            return Err(err(format!("expected shape {shape:?}, found {:?}", tensor.dims())));
+        }
+        tensor.to_dtype(dtype).map_err(|e| err(e.to_string()))
+    }
+}
+
+enum Source {
+    Files(SafetensorFiles),
+    Random(RefCell<StdRng>),
+}
+
+/// Hands out named tensors of a known shape, with a name prefix like candle's `VarBuilder`.
+pub struct Weights {
+    source: std::rc::Rc<Source>,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+}
+
+impl Weights {
+    pub fn from_files(files: SafetensorFiles, dtype: DType, device: &Device) -> Self {
+        Self {
+            source: std::rc::Rc::new(Source::Files(files)),
+            prefix: String::new(),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    pub fn random(seed: u64, dtype: DType, device: &Device) -> Self {
+        Self {
+            source: std::rc::Rc::new(Source::Random(RefCell::new(StdRng::seed_from_u64(seed)))),
+            prefix: String::new(),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Self {
+            source: self.source.clone(),
+            prefix,
+            dtype: self.dtype,
+            device: self.device.clone(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match &*self.source {
+            Source::Files(files) => files.contains(&self.full_name(name)),
+            Source::Random(_) => true,
+        }
+    }
+
+    pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        match &*self.source {
+            Source::Files(files) => files.load(&self.full_name(name), shape, self.dtype, &self.device),
+            Source::Random(rng) => {
+                let count: usize = shape.iter().product();
+                let values: Vec<f32> = match init {
+                    Init::Ones => vec![1.0; count],
+                    Init::Normal(std) => {
+                        let normal = Normal::new(0.0f32, std)
+                            .map_err(|e| ModelError::Config(format!("bad init std {std}: {e}")))?;
+                        let mut rng = rng.borrow_mut();
+                        (0..count).map(|_| normal.sample(&mut *rng)).collect()
+                    }
+                };
+                Ok(Tensor::from_vec(values, shape, &self.device)?.to_dtype(self.dtype)?)
+            }
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Command-line parsing and the subcommands.
+mod convert;
+mod generate;
+mod model_args;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "recyclegpt", version, about = "RecycleGPT inference: standard, alternate and verified recycled decoding")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion for one prompt and print it.
+    Generate(generate::GenerateArgs),
+    /// Convert a checkpoint from another format into the HuggingFace layout.
+    #[command(subcommand)]
+    Convert(convert::ConvertCommand),
+}
+
+/// Logs go to stderr so that stdout carries only the command's output.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Convert(command) => convert::run(command),
+    }
+}
