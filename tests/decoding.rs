@@ -1,0 +1,129 @@
+//! The three schedules on real weights: `verify` never changes greedy output, `alternate` emits
+//! two tokens per full forward, seeds make sampling repeatable, and a batched step gives each
+//! sequence what it gets alone.
+mod common;
+
+use common::{load, random_module, run, stories260k};
+use recyclegpt_engine::{step, DecodeMode, SamplingParams, Sequence, StopCriteria};
+
+const PROMPTS: [&str; 4] = [
+    "Once upon a time",
+    "Lily and Tom went to the park",
+    "The cat",
+    "One day, a little boy named Tim found a big red ball in the garden. He",
+];
+
+#[test]
+fn verify_greedy_equals_standard_greedy_with_a_random_module() {
+    let Some(shared) = stories260k() else { return };
+    for seed in [1, 2] {
+        let loaded = load(&shared.join("hf"), random_module(seed));
+        for prompt in PROMPTS {
+            for max_tokens in [1, 2, 7, 40, 120] {
+                let standard = run(&loaded, prompt, DecodeMode::Standard, SamplingParams::greedy(), max_tokens);
+                let verify = run(&loaded, prompt, DecodeMode::Verify, SamplingParams::greedy(), max_tokens);
+                assert_eq!(verify.ids, standard.ids, "{prompt:?}, max_tokens {max_tokens}");
+                assert_eq!(verify.finish_reason, standard.finish_reason);
+                let stats = verify.stats;
+                // Every full forward after the first checks one draft.
+                assert_eq!(stats.accepted + stats.rejected + 1, stats.full_forwards, "{stats:?}");
+                if max_tokens >= 40 {
+                    assert!(stats.rejected > 0, "a random module is rejected, exercising rollback");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn alternate_emits_two_tokens_per_full_forward() {
+    let Some(shared) = stories260k() else { return };
+    let loaded = load(&shared.join("hf"), random_module(3));
+    for prompt in PROMPTS {
+        let out = run(&loaded, prompt, DecodeMode::Alternate, SamplingParams::greedy(), 40);
+        assert_eq!(out.ids.len(), 40);
+        assert_eq!(out.stats.full_forwards, 20, "{:?}", out.stats);
+        assert_eq!(out.stats.recycle_steps, 20);
+        assert_eq!(out.tokens_per_full_forward(), 2.0);
+        // Every other token is the module's: with a random module the text departs from standard.
+        let standard = run(&loaded, prompt, DecodeMode::Standard, SamplingParams::greedy(), 40);
+        assert_eq!(out.ids[0], standard.ids[0], "the first token comes from the full model");
+        assert_ne!(out.ids, standard.ids);
+    }
+}
+
+#[test]
+fn same_seed_same_text_different_seed_different_text() {
+    let Some(shared) = stories260k() else { return };
+    let loaded = load(&shared.join("hf"), random_module(4));
+    for mode in [DecodeMode::Standard, DecodeMode::Alternate, DecodeMode::Verify] {
+        let sample = |seed| {
+            let params = SamplingParams {
+                temperature: 1.0,
+                top_p: 0.95,
+                seed: Some(seed),
+                ..SamplingParams::default()
+            };
+            run(&loaded, "Once upon a time", mode, params, 48).ids
+        };
+        assert_eq!(sample(11), sample(11), "{mode:?}");
+        assert_ne!(sample(11), sample(12), "{mode:?}");
+    }
+}
+
+#[test]
+fn a_batched_step_gives_each_sequence_what_it_gets_alone() {
+    let Some(shared) = stories260k() else { return };
+    let loaded = load(&shared.join("hf"), random_module(5));
+    let model = &loaded.model;
+    let cases = [
+        (PROMPTS[0], DecodeMode::Standard, 30),
+        (PROMPTS[1], DecodeMode::Verify, 45),
+        (PROMPTS[2], DecodeMode::Alternate, 20),
+        (PROMPTS[3], DecodeMode::Verify, 64),
+    ];
+    let stop = |max_tokens| StopCriteria {
+        max_tokens,
+        eos_ids: loaded.tokenizer.eos_ids().to_vec(),
+    };
+    let mut seqs: Vec<Sequence> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (prompt, mode, max))| {
+            let ids = loaded.tokenizer.encode(prompt).unwrap();
+            Sequence::new(i as u64, model, ids, *mode, SamplingParams::greedy(), stop(*max)).unwrap()
+        })
+        .collect();
+    // Small prefill chunks so that prefill and decode share steps.
+    while seqs.iter().any(|s| !s.is_finished()) {
+        let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
+        step(model, &mut refs, 5).unwrap();
+    }
+    for (seq, (prompt, mode, max)) in seqs.iter().zip(cases) {
+        let alone = run(&loaded, prompt, mode, SamplingParams::greedy(), max);
+        assert_eq!(seq.generated(), alone.ids.as_slice(), "{prompt:?} in {mode:?}");
+    }
+}
+
+#[test]
+fn verify_equals_standard_when_drafts_are_often_accepted() {
+    let Some(shared) = stories260k() else { return };
+    let loaded = load(&shared.join("hf"), random_module(8));
+    // A bias on common tokens makes the random module's drafts agree with the model often,
+    // so that both the accept and the reject paths run in one generation.
+    let (mut accepted, mut rejected) = (0, 0);
+    for bias in [3.0, 6.0, 8.0] {
+        let params = SamplingParams {
+            logit_bias: vec![(261, bias), (267, bias), (426, bias)],
+            ..SamplingParams::greedy()
+        };
+        for prompt in PROMPTS {
+            let standard = run(&loaded, prompt, DecodeMode::Standard, params.clone(), 60);
+            let verify = run(&loaded, prompt, DecodeMode::Verify, params.clone(), 60);
+            assert_eq!(verify.ids, standard.ids, "{prompt:?}, bias {bias}");
+            accepted += verify.stats.accepted;
+            rejected += verify.stats.rejected;
+        }
+    }
+    assert!(accepted > 20 && rejected > 20, "accepted {accepted}, rejected {rejected}");
+}
