@@ -1,4 +1,5 @@
 //! Command-line parsing and the subcommands.
+mod bench;
 mod convert;
 mod generate;
 mod model_args;
@@ -19,6 +20,9 @@ enum Command {
     /// Convert a checkpoint from another format into the HuggingFace layout.
     #[command(subcommand)]
     Convert(convert::ConvertCommand),
+    /// Run a benchmark.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Logs go to stderr so that stdout carries only the command's output.
@@ -35,5 +39,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Convert(command) => convert::run(command),
+        Command::Bench(command) => bench::run(command),
     }
 }

@@ -39,6 +39,16 @@ impl KvCache {
         self.capacity
     }
 
+    /// An independent copy (the tensors are copied, not shared).
+    pub fn duplicate(&self) -> Result<Self> {
+        Ok(Self {
+            keys: self.keys.iter().map(Tensor::copy).collect::<candle_core::Result<_>>()?,
+            values: self.values.iter().map(Tensor::copy).collect::<candle_core::Result<_>>()?,
+            len: self.len,
+            capacity: self.capacity,
+        })
+    }
+
     /// Forgets every position from `len` on.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);

@@ -4,7 +4,9 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::rope::Rope;
 use crate::weights::{Init, Weights};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
+use rayon::prelude::*;
+use recyclegpt_kernels::{cached_attention, small_linear, AttentionShape, SMALL_M_MAX};
 
 /// `y = x · Wᵀ` with `W` stored as `[out, in]` (PyTorch order).
 #[derive(Clone)]
@@ -24,7 +26,12 @@ impl Linear {
         Self { weight }
     }
 
+    /// Decode-sized inputs on CPU take the weight-streaming kernel; larger ones (prefill) and
+    /// other devices take candle's matmul.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 && x.dim(0)? <= SMALL_M_MAX {
+            return Ok(small_linear(x, &self.weight)?);
+        }
         Ok(x.matmul(&self.weight.t()?)?)
     }
 }
@@ -83,6 +90,7 @@ struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    shape: AttentionShape,
 }
 
 impl Attention {
@@ -95,6 +103,11 @@ impl Attention {
             heads: s.heads,
             kv_heads: s.kv_heads,
             head_dim: s.head_dim,
+            shape: AttentionShape {
+                heads: s.heads,
+                kv_heads: s.kv_heads,
+                head_dim: s.head_dim,
+            },
         })
     }
 
@@ -106,14 +119,28 @@ impl Attention {
         let v = self.v.forward(x)?.reshape((t, self.kv_heads, self.head_dim))?;
         let q = Rope::apply(&q, cos, sin)?;
         let k = Rope::apply(&k, cos, sin)?;
-        let mut outputs = Vec::with_capacity(seqs.len());
+        let mut offsets = Vec::with_capacity(seqs.len());
         let mut offset = 0;
         for seq in seqs {
+            offsets.push(offset);
+            offset += seq.new_tokens;
+        }
+        // Sequences are independent here: on CPU they spread over the threads.
+        let attend_one = |(seq, &offset): (&SeqSlot, &usize)| -> Result<Tensor> {
             let n = seq.new_tokens;
             let (keys, values) = seq.cache.write(layer, &k.narrow(0, offset, n)?, &v.narrow(0, offset, n)?)?;
-            outputs.push(self.attend(&q.narrow(0, offset, n)?, &keys, &values, seq.cache.len())?);
-            offset += n;
-        }
+            let q = q.narrow(0, offset, n)?;
+            if q.device().is_cpu() && q.dtype() == DType::F32 && n <= SMALL_M_MAX {
+                Ok(cached_attention(&q, &keys, &values, self.shape)?)
+            } else {
+                self.attend(&q, &keys, &values, seq.cache.len())
+            }
+        };
+        let mut outputs: Vec<Tensor> = if seqs.len() > 1 && x.device().is_cpu() {
+            seqs.par_iter().zip(offsets.par_iter()).map(attend_one).collect::<Result<_>>()?
+        } else {
+            seqs.iter().zip(offsets.iter()).map(attend_one).collect::<Result<_>>()?
+        };
         let attended = if outputs.len() == 1 {
             outputs.swap_remove(0)
         } else {
@@ -122,7 +149,8 @@ impl Attention {
         self.o.forward(&attended)
     }
 
-    /// Causal grouped-query attention of `q [n, heads, hd]` over `keys/values [L, kv_heads, hd]`,
+    /// Causal grouped-query attention in candle ops, for long prefill chunks and other devices:
+    /// `q [n, heads, hd]` over `keys/values [L, kv_heads, hd]`,
     /// where the first query sits at position `start = L - n`.
     fn attend(&self, q: &Tensor, keys: &Tensor, values: &Tensor, start: usize) -> Result<Tensor> {
         let n = q.dim(0)?;

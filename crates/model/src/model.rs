@@ -8,6 +8,7 @@ use crate::recycle::RecycleModule;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{SafetensorFiles, Weights};
 use candle_core::{DType, Device, Tensor};
+use recyclegpt_kernels::on_worker;
 use std::path::{Path, PathBuf};
 
 /// Where the recyclable module comes from.
@@ -182,7 +183,13 @@ impl RecycleGpt {
 
     /// One ragged forward of the full model.
     pub fn forward(&self, inputs: &mut [SeqInput]) -> Result<ForwardOutput> {
-        self.llama.forward(inputs)
+        on_worker(|| self.llama.forward(inputs))
+    }
+
+    /// Final norm and output head over rows of hidden states (`[n, d]`).
+    pub fn head_logits(&self, hidden: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let rows: Vec<u32> = (0..hidden.dim(0)? as u32).collect();
+        self.llama.logits(hidden, &rows)
     }
 
     /// One ragged forward of the recyclable module; `hidden` holds h_{t-1} for each x_t.
@@ -191,6 +198,6 @@ impl RecycleGpt {
             .recycle
             .as_ref()
             .ok_or_else(|| ModelError::Input("this model has no recyclable module".into()))?;
-        module.forward(&self.llama, hidden, inputs)
+        on_worker(|| module.forward(&self.llama, hidden, inputs))
     }
 }

@@ -1,0 +1,185 @@
+//! `recyclegpt bench decode`: what one decode step costs, what each decoding mode delivers, and
+//! how throughput grows with the batch, all in one process.
+use crate::{median_ms, time};
+use candle_core::Tensor;
+use rand::{Rng, SeedableRng};
+use recyclegpt_engine::{generate, DecodeMode, EngineError, SamplingParams, StopCriteria};
+use recyclegpt_model::{KvCache, LlamaConfig, RecycleGpt, SeqInput};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    pub rounds: usize,
+    /// Tokens already cached when a step is timed.
+    pub cached: usize,
+    /// Tokens generated per mode per round.
+    pub generate_tokens: usize,
+    pub batch_sizes: Vec<usize>,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            rounds: 5,
+            cached: 128,
+            generate_tokens: 32,
+            batch_sizes: vec![1, 4, 8, 16],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeReport {
+    pub shape: String,
+    pub params: usize,
+    /// Bytes of weights one single-token forward reads (layers, final norm and output head).
+    pub weight_bytes: usize,
+    pub forward_1_ms: f64,
+    pub forward_2_ms: f64,
+    pub recycle_step_ms: f64,
+    pub head_ms: f64,
+    pub tokens_per_second: BTreeMap<String, f64>,
+    /// Tokens per full forward in `verify` mode (a random module is nearly always rejected).
+    pub verify_tokens_per_full_forward: f64,
+    pub batched_tokens_per_second: BTreeMap<String, f64>,
+    pub batched_2_tokens_per_second: BTreeMap<String, f64>,
+    pub bandwidth_gb_per_s: f64,
+    pub weight_read_fraction: f64,
+}
+
+/// Parameters of the base model (the module excluded), and the bytes a 1-token forward reads.
+pub fn parameter_counts(c: &LlamaConfig) -> (usize, usize) {
+    let s = c.base_shape();
+    let attention = s.hidden * s.head_dim * (2 * s.heads + 2 * s.kv_heads);
+    let layer = attention + 3 * s.hidden * s.intermediate + 2 * s.hidden;
+    let embed = c.vocab_size * c.hidden_size;
+    let head = if c.tie_word_embeddings { 0 } else { embed };
+    let params = embed + s.layers * layer + s.hidden + head;
+    // The embedding lookup reads one row; the head reads all of its matrix.
+    let read = s.layers * layer + s.hidden + embed;
+    (params, read * 4)
+}
+
+fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(3..vocab as u32)).collect()
+}
+
+/// Runs `tokens` through the full model on `cache`, asking for logits at `rows`.
+fn full(model: &RecycleGpt, cache: &mut KvCache, tokens: &[u32], rows: Vec<usize>) -> Result<Tensor, EngineError> {
+    let out = model.forward(&mut [SeqInput {
+        tokens,
+        cache,
+        logits_rows: rows,
+    }])?;
+    Ok(out.hidden)
+}
+
+pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth_gb_per_s: f64) -> Result<DecodeReport, EngineError> {
+    let config = model.config();
+    let (params, weight_bytes) = parameter_counts(config);
+    let vocab = config.vocab_size;
+    let capacity = options.cached + options.generate_tokens + 4;
+    let prompt = random_tokens(options.cached, vocab, 1);
+    tracing::info!(shape = name, params, "prefilling {} tokens", options.cached);
+
+    let mut cache = model.new_cache(capacity)?;
+    let prompt_hidden = full(model, &mut cache, &prompt, vec![])?;
+    let mut module_cache = model.new_recycle_cache(capacity)?;
+    if let Some(module_cache) = module_cache.as_mut() {
+        // The module's cache holds the same positions (pairs h_{t-1}, x_t for t = 1..).
+        let pairs = prompt_hidden.narrow(0, 0, options.cached - 1)?;
+        model.recycle_forward(&pairs, &mut [SeqInput { tokens: &prompt[1..], cache: module_cache, logits_rows: vec![] }])?;
+    }
+    let mut batch_caches: Vec<KvCache> = Vec::new();
+    for _ in 0..options.batch_sizes.iter().copied().max().unwrap_or(1) {
+        batch_caches.push(cache.duplicate()?);
+    }
+
+    let next = random_tokens(2, vocab, 2);
+    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut record = |key: &'static str, seconds: f64| samples.entry(key).or_default().push(seconds);
+    let mut mode_rates: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut batched: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
+    let mut verify_tpf = Vec::new();
+    let modes: Vec<DecodeMode> = if model.has_recycle() {
+        vec![DecodeMode::Standard, DecodeMode::Alternate, DecodeMode::Verify]
+    } else {
+        vec![DecodeMode::Standard]
+    };
+    let base = options.cached;
+    for round in 0..options.rounds {
+        tracing::info!(shape = name, round, "round");
+        let (hidden, t) = time(|| full(model, &mut cache, &next[..1], vec![0]));
+        hidden?;
+        record("forward_1", t);
+        cache.truncate(base);
+        let (hidden, t) = time(|| full(model, &mut cache, &next, vec![0, 1]));
+        let hidden = hidden?;
+        record("forward_2", t);
+        cache.truncate(base);
+        let (_, t) = time(|| model.head_logits(&hidden.narrow(0, 1, 1)?));
+        record("head", t);
+        if let Some(module_cache) = module_cache.as_mut() {
+            let (out, t) = time(|| {
+                model.recycle_forward(&hidden, &mut [SeqInput { tokens: &next, cache: module_cache, logits_rows: vec![1] }])
+            });
+            out?;
+            record("recycle_step", t);
+            module_cache.truncate(base - 1);
+        }
+        for &size in &options.batch_sizes {
+            for new in [1usize, 2] {
+                let tokens: Vec<Vec<u32>> = (0..size).map(|i| random_tokens(new, vocab, 10 + i as u64)).collect();
+                let mut inputs: Vec<SeqInput> = batch_caches
+                    .iter_mut()
+                    .zip(&tokens)
+                    .map(|(cache, tokens)| SeqInput { tokens, cache, logits_rows: (0..new).collect() })
+                    .collect();
+                let (out, t) = time(|| model.forward(&mut inputs));
+                out?;
+                batched.entry((size, new)).or_default().push((size * new) as f64 / t);
+                batch_caches.iter_mut().for_each(|c| c.truncate(base));
+            }
+        }
+        for &mode in &modes {
+            let stop = StopCriteria {
+                max_tokens: options.generate_tokens,
+                eos_ids: vec![],
+            };
+            let generation = generate(model, prompt.clone(), mode, SamplingParams::greedy(), stop)?;
+            mode_rates.entry(mode.as_str().to_string()).or_default().push(generation.tokens_per_second());
+            if mode == DecodeMode::Verify {
+                verify_tpf.push(generation.tokens_per_full_forward());
+            }
+        }
+    }
+
+    let mut ms = |key: &str| median_ms(samples.get_mut(key).map(Vec::as_mut_slice).unwrap_or(&mut []));
+    let forward_1_ms = ms("forward_1");
+    let median = |v: &mut Vec<f64>| median_ms(v) / 1e3;
+    Ok(DecodeReport {
+        shape: name.to_string(),
+        params,
+        weight_bytes,
+        forward_1_ms,
+        forward_2_ms: ms("forward_2"),
+        recycle_step_ms: ms("recycle_step"),
+        head_ms: ms("head"),
+        tokens_per_second: mode_rates.iter_mut().map(|(k, v)| (k.clone(), median(v))).collect(),
+        verify_tokens_per_full_forward: median(&mut verify_tpf),
+        batched_tokens_per_second: batched
+            .iter_mut()
+            .filter(|((_, new), _)| *new == 1)
+            .map(|((size, _), v)| (size.to_string(), median(v)))
+            .collect(),
+        batched_2_tokens_per_second: batched
+            .iter_mut()
+            .filter(|((_, new), _)| *new == 2)
+            .map(|((size, _), v)| (size.to_string(), median(v)))
+            .collect(),
+        bandwidth_gb_per_s,
+        weight_read_fraction: weight_bytes as f64 / (forward_1_ms / 1e3) / 1e9 / bandwidth_gb_per_s,
+    })
+}

@@ -1,0 +1,41 @@
+//! `recyclegpt bench kernels`: the small-m kernel against candle's matmul, m = 1..64, on one
+//! weight matrix, to find where candle's matmul takes over (the model's `SMALL_M_MAX`).
+use crate::{median_ms, time};
+use candle_core::{Device, Tensor};
+use recyclegpt_kernels::small_linear;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelRow {
+    pub m: usize,
+    pub kernel_ms: f64,
+    pub candle_ms: f64,
+    /// Weight bytes read per second by the kernel.
+    pub kernel_gb_per_s: f64,
+}
+
+pub fn run(n: usize, k: usize, ms: &[usize], rounds: usize) -> candle_core::Result<Vec<KernelRow>> {
+    let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+    let wt = w.t()?;
+    let mut rows = Vec::new();
+    for &m in ms {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+        let (mut kernel, mut candle) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let (out, t) = time(|| small_linear(&x, &w));
+            out?;
+            kernel.push(t);
+            let (out, t) = time(|| x.matmul(&wt));
+            out?;
+            candle.push(t);
+        }
+        let kernel_ms = median_ms(&mut kernel);
+        rows.push(KernelRow {
+            m,
+            kernel_ms,
+            candle_ms: median_ms(&mut candle),
+            kernel_gb_per_s: (n * k * 4) as f64 / (kernel_ms / 1e3) / 1e9,
+        });
+    }
+    Ok(rows)
+}

@@ -1,0 +1,30 @@
+//! Benchmarks anyone can run (`recyclegpt bench ...`). Variants are interleaved round by
+//! round so that machine noise hits all of them alike, and results are medians.
+pub mod bandwidth;
+pub mod decode;
+pub mod kernels;
+pub mod shapes;
+
+use std::time::Instant;
+
+/// Median of the samples (seconds), in milliseconds.
+pub fn median_ms(samples: &mut [f64]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_by(f64::total_cmp);
+    let mid = samples.len() / 2;
+    let median = if samples.len() % 2 == 0 {
+        (samples[mid - 1] + samples[mid]) / 2.0
+    } else {
+        samples[mid]
+    };
+    median * 1e3
+}
+
+/// Seconds taken by `f`.
+pub fn time<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed().as_secs_f64())
+}

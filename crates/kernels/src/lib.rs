@@ -1,0 +1,20 @@
+//! CPU kernels for decoding. A decode or recycle step multiplies a handful of rows (1-2 tokens
+//! per sequence, a few sequences) by every weight matrix; that is bound by reading the weights,
+//! so the kernel reads each weight row once for all input rows.
+mod attention;
+mod linear;
+mod op;
+
+pub use attention::{attention, cached_attention, AttentionShape};
+pub use linear::{linear_small, Isa};
+pub use op::{small_linear, SMALL_M_MAX};
+
+/// Runs `f` on a rayon worker thread, so that the kernels' parallel splits inside it share the
+/// work with the calling thread instead of parking it (and waking it) on every call.
+pub fn on_worker<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::join(f, || ()).0
+    }
+}

@@ -1,0 +1,219 @@
+//! `out[m, n] = x[m, k] · w[n, k]ᵀ` for small `m`, vectorised with AVX-512 or AVX2+FMA when the
+//! CPU has them (scalar otherwise) and split across threads by output rows of `w`.
+use rayon::prelude::*;
+
+/// Weight rows per register block, and input rows per register block.
+const NR: usize = 4;
+const MR: usize = 4;
+/// Below this many multiply-adds per call, splitting across threads costs more than it saves.
+const PARALLEL_MIN_WORK: usize = 1 << 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Scalar,
+}
+
+impl Isa {
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Whether this machine can run `self` (tests force each path the CPU supports).
+    pub fn available(self) -> bool {
+        match (self, Isa::detect()) {
+            (Isa::Scalar, _) => true,
+            (Isa::Avx2, Isa::Avx512 | Isa::Avx2) => true,
+            (a, b) => a == b,
+        }
+    }
+}
+
+/// A raw output pointer shared by threads that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each thread writes only the columns of its own weight-row range.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Computes `out = x · wᵀ`; `x` is `m × k`, `w` is `n × k`, `out` is `m × n`, all row-major.
+pub fn linear_small(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "linear_small: buffer too small");
+    assert!(isa.available(), "linear_small: {isa:?} is not supported by this CPU");
+    let threads = rayon::current_num_threads();
+    let ptr = OutPtr(out.as_mut_ptr());
+    if threads > 1 && m * n * k >= PARALLEL_MIN_WORK && n >= 2 * NR {
+        // Ranges of whole register blocks, one or two per thread.
+        let per = n.div_ceil(threads * NR) * NR;
+        (0..n.div_ceil(per)).into_par_iter().for_each(|part| {
+            let rows = part * per..((part + 1) * per).min(n);
+            // SAFETY: buffers were checked above; ranges are disjoint.
+            unsafe { run_rows(isa, x, m, k, w, n, rows, ptr) }
+        });
+    } else {
+        // SAFETY: buffers were checked above.
+        unsafe { run_rows(isa, x, m, k, w, n, 0..n, ptr) }
+    }
+}
+
+/// Monomorphises the register block for `mr` input rows × `nr` weight rows.
+macro_rules! dispatch {
+    ($isa:ident, $mr:expr, $nr:expr, $args:expr) => {
+        match ($mr, $nr) {
+            (1, 1) => $isa::block::<1, 1>($args),
+            (2, 1) => $isa::block::<2, 1>($args),
+            (3, 1) => $isa::block::<3, 1>($args),
+            (4, 1) => $isa::block::<4, 1>($args),
+            (1, _) => $isa::block::<1, NR>($args),
+            (2, _) => $isa::block::<2, NR>($args),
+            (3, _) => $isa::block::<3, NR>($args),
+            _ => $isa::block::<4, NR>($args),
+        }
+    };
+}
+
+/// # Safety
+/// `x`, `w` and `out` must hold `m*k`, `n*k` and `m*n` values and `isa` must be available.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_rows(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, rows: std::ops::Range<usize>, out: OutPtr) {
+    let mut j = rows.start;
+    while j < rows.end {
+        let nr = if rows.end - j >= NR { NR } else { 1 };
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(MR);
+            let args = Block {
+                x: x.as_ptr().add(i * k),
+                w: w.as_ptr().add(j * k),
+                out: out.0.add(i * n + j),
+                k,
+                n,
+            };
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => dispatch!(avx512, mr, nr, args),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => dispatch!(avx2, mr, nr, args),
+                _ => scalar_block(mr, nr, args),
+            }
+            i += mr;
+        }
+        j += nr;
+    }
+}
+
+
+/// One register block: `mr` rows of `x` starting at `x`, `nr` rows of `w` starting at `w`.
+#[derive(Clone, Copy)]
+struct Block {
+    x: *const f32,
+    w: *const f32,
+    out: *mut f32,
+    k: usize,
+    n: usize,
+}
+
+unsafe fn scalar_block(mr: usize, nr: usize, b: Block) {
+    for i in 0..mr {
+        let xi = std::slice::from_raw_parts(b.x.add(i * b.k), b.k);
+        for r in 0..nr {
+            let wr = std::slice::from_raw_parts(b.w.add(r * b.k), b.k);
+            *b.out.add(i * b.n + r) = xi.iter().zip(wr).map(|(a, c)| a * c).sum();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Block;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn block<const MR: usize, const NR: usize>(b: Block) {
+        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+        let mut wv = [_mm512_setzero_ps(); NR];
+        let full = b.k / 16 * 16;
+        let mut c = 0;
+        while c < full {
+            for r in 0..NR {
+                wv[r] = _mm512_loadu_ps(b.w.add(r * b.k + c));
+            }
+            for i in 0..MR {
+                let xv = _mm512_loadu_ps(b.x.add(i * b.k + c));
+                for r in 0..NR {
+                    acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
+                }
+            }
+            c += 16;
+        }
+        if full < b.k {
+            let mask: __mmask16 = (1u32 << (b.k - full)).wrapping_sub(1) as __mmask16;
+            for r in 0..NR {
+                wv[r] = _mm512_maskz_loadu_ps(mask, b.w.add(r * b.k + full));
+            }
+            for i in 0..MR {
+                let xv = _mm512_maskz_loadu_ps(mask, b.x.add(i * b.k + full));
+                for r in 0..NR {
+                    acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
+                }
+            }
+        }
+        for i in 0..MR {
+            for r in 0..NR {
+                *b.out.add(i * b.n + r) = _mm512_reduce_add_ps(acc[i][r]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::Block;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sum(v: __m256) -> f32 {
+        let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn block<const MR: usize, const NR: usize>(b: Block) {
+        let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+        let mut wv = [_mm256_setzero_ps(); NR];
+        let full = b.k / 8 * 8;
+        let mut c = 0;
+        while c < full {
+            for r in 0..NR {
+                wv[r] = _mm256_loadu_ps(b.w.add(r * b.k + c));
+            }
+            for i in 0..MR {
+                let xv = _mm256_loadu_ps(b.x.add(i * b.k + c));
+                for r in 0..NR {
+                    acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
+                }
+            }
+            c += 8;
+        }
+        for i in 0..MR {
+            for r in 0..NR {
+                let mut total = sum(acc[i][r]);
+                for t in full..b.k {
+                    total += *b.x.add(i * b.k + t) * *b.w.add(r * b.k + t);
+                }
+                *b.out.add(i * b.n + r) = total;
+            }
+        }
+    }
+}

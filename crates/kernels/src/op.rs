@@ -1,0 +1,44 @@
+//! The kernel as a candle op, so model code keeps working with tensors.
+use crate::linear::{linear_small, Isa};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use std::sync::OnceLock;
+
+/// Up to this many input rows the kernel beats candle's matmul on these CPUs (see
+/// `recyclegpt bench kernels`); above it, prefill chunks go to candle.
+pub const SMALL_M_MAX: usize = 128;
+
+pub(crate) fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(Isa::detect)
+}
+
+struct SmallLinear;
+
+impl CustomOp2 for SmallLinear {
+    fn name(&self) -> &'static str {
+        "small-linear"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (xs, ws) else {
+            bail!("small-linear: f32 tensors only")
+        };
+        let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
+            bail!("small-linear: contiguous tensors only")
+        };
+        let (&[m, k], &[n, wk]) = (xl.dims(), wl.dims()) else {
+            bail!("small-linear: expected x [m, k] and w [n, k], got {:?} and {:?}", xl.dims(), wl.dims())
+        };
+        if k != wk {
+            bail!("small-linear: x has {k} columns but w has {wk}")
+        }
+        let mut out = vec![0f32; m * n];
+        linear_small(isa(), &x[x0..x1], m, k, &w[w0..w1], n, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// `x [m, k] · w [n, k]ᵀ` through the kernel (CPU, f32, any m; callers route small m here).
+pub fn small_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(w, &SmallLinear)
+}

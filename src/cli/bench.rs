@@ -1,0 +1,134 @@
+//! `recyclegpt bench ...`: the shipped benchmarks.
+use super::model_args::ModelArgs;
+use clap::{Args, Subcommand};
+use recyclegpt_bench::bandwidth::copy_bandwidth_gb_per_s;
+use recyclegpt_bench::decode::{self, DecodeOptions, DecodeReport};
+use recyclegpt_bench::shapes::Shape;
+use recyclegpt_model::RecycleGpt;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Decode-step costs, tokens/s per mode, batched throughput and memory bandwidth.
+    Decode(DecodeArgs),
+    /// The small-m linear kernel against candle's matmul on one weight matrix.
+    Kernels(KernelArgs),
+}
+
+#[derive(Args)]
+pub struct KernelArgs {
+    /// Output rows of the weight matrix.
+    #[arg(long, default_value_t = 5632)]
+    n: usize,
+    /// Input width of the weight matrix.
+    #[arg(long, default_value_t = 2048)]
+    k: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,24,32,48,64")]
+    m: Vec<usize>,
+    #[arg(long, default_value_t = 9)]
+    rounds: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct DecodeArgs {
+    /// Random-weight shapes to build (M1, M3, M4); default M1 and M3 unless --model is given.
+    #[arg(long = "shape", value_delimiter = ',')]
+    shapes: Vec<Shape>,
+    /// Benchmark a model directory instead (add --recycle-init random if it has no module).
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
+    #[arg(long, value_enum, default_value = "file")]
+    recycle_init: super::model_args::RecycleInitArg,
+    /// Rounds; every variant runs once per round and the medians are reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Tokens generated per mode per round.
+    #[arg(long, default_value_t = 32)]
+    generate_tokens: usize,
+    /// One JSON object per shape instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Decode(args) => run_decode(args),
+        BenchCommand::Kernels(args) => run_kernels(args),
+    }
+}
+
+fn run_kernels(args: KernelArgs) -> anyhow::Result<()> {
+    let rows = recyclegpt_bench::kernels::run(args.n, args.k, &args.m, args.rounds)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(());
+    }
+    println!("weight [{} x {}], {:.1} MB", args.n, args.k, (args.n * args.k * 4) as f64 / 1e6);
+    println!("{:>4} {:>10} {:>10} {:>8} {:>10}", "m", "kernel ms", "candle ms", "speedup", "kernel GB/s");
+    for r in rows {
+        println!("{:>4} {:>10.3} {:>10.3} {:>7.2}x {:>10.1}", r.m, r.kernel_ms, r.candle_ms, r.candle_ms / r.kernel_ms, r.kernel_gb_per_s);
+    }
+    Ok(())
+}
+
+fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
+    let options = DecodeOptions {
+        rounds: args.rounds,
+        generate_tokens: args.generate_tokens,
+        ..DecodeOptions::default()
+    };
+    let bandwidth = copy_bandwidth_gb_per_s(1 << 30, 5);
+    let mut targets: Vec<(String, RecycleGpt)> = Vec::new();
+    if let Some(dir) = &args.model {
+        let model_args = ModelArgs {
+            model: dir.clone(),
+            recycle_init: args.recycle_init,
+            recycle_layers: 1,
+            recycle_seed: 0,
+        };
+        targets.push((dir.display().to_string(), model_args.load()?.model));
+    }
+    let shapes = if args.shapes.is_empty() && args.model.is_none() {
+        vec![Shape::M1, Shape::M3]
+    } else {
+        args.shapes.clone()
+    };
+    for shape in shapes {
+        let (config, recycle) = shape.config();
+        tracing::info!(shape = shape.name(), "building random weights");
+        targets.push((shape.name().to_string(), RecycleGpt::random(config, Some(recycle), 42, &candle_core::Device::Cpu)?));
+    }
+    for (name, model) in targets {
+        let report = decode::run(&name, &model, &options, bandwidth)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print_table(&report);
+        }
+    }
+    Ok(())
+}
+
+fn print_table(r: &DecodeReport) {
+    let rate = |m: &str| r.tokens_per_second.get(m).copied().unwrap_or(0.0);
+    let batch = |b: &str| r.batched_tokens_per_second.get(b).copied().unwrap_or(0.0);
+    println!("== {} ({:.1}M parameters, {:.0} MB read per token) ==", r.shape, r.params as f64 / 1e6, r.weight_bytes as f64 / 1e6);
+    println!("full forward, 1 token      {:8.2} ms", r.forward_1_ms);
+    println!("full forward, 2 tokens     {:8.2} ms   ratio {:.2}", r.forward_2_ms, r.forward_2_ms / r.forward_1_ms);
+    println!("recycle step (2 pairs)     {:8.2} ms", r.recycle_step_ms);
+    println!("output head (1 row)        {:8.2} ms", r.head_ms);
+    println!("memory bandwidth (copy)    {:8.1} GB/s; 1-token forward reads weights at {:.0}% of it", r.bandwidth_gb_per_s, 100.0 * r.weight_read_fraction);
+    println!("tokens/s  standard {:.1}  alternate {:.1} ({:.2}x)  verify {:.1} ({:.2}x, {:.2} tokens per full forward)",
+        rate("standard"), rate("alternate"), rate("alternate") / rate("standard"),
+        rate("verify"), rate("verify") / rate("standard"), r.verify_tokens_per_full_forward);
+    let sizes: Vec<String> = r.batched_tokens_per_second.keys().cloned().collect();
+    for (label, table) in [("1 new token", &r.batched_tokens_per_second), ("2 new tokens", &r.batched_2_tokens_per_second)] {
+        let row: Vec<String> = sizes.iter().map(|s| format!("{s}: {:.1}", table.get(s).copied().unwrap_or(0.0))).collect();
+        println!("batched tokens/s, {label:12} {}", row.join("  "));
+    }
+    if let Some(max) = sizes.iter().max_by_key(|s| s.parse::<usize>().unwrap_or(0)) {
+        println!("batch {max} / batch 1 (1 new token): {:.2}x", batch(max) / batch("1"));
+    }
+    println!();
+}
