@@ -1,8 +1,8 @@
 //! `recyclegpt bench ...`: the shipped benchmarks.
 use super::model_args::ModelArgs;
 use clap::{Args, Subcommand};
-use recyclegpt_bench::bandwidth::copy_bandwidth_gb_per_s;
-use recyclegpt_bench::decode::{self, DecodeOptions, DecodeReport};
+use recyclegpt_bench::bandwidth::{copy_bandwidth_gb_per_s, read_bandwidth_gb_per_s};
+use recyclegpt_bench::decode::{self, Bandwidth, DecodeOptions, DecodeReport};
 use recyclegpt_bench::shapes::Shape;
 use recyclegpt_model::RecycleGpt;
 
@@ -78,7 +78,10 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
         generate_tokens: args.generate_tokens,
         ..DecodeOptions::default()
     };
-    let bandwidth = copy_bandwidth_gb_per_s(1 << 30, 5);
+    let bandwidth = Bandwidth {
+        copy: copy_bandwidth_gb_per_s(1 << 30, 5),
+        read: read_bandwidth_gb_per_s(1 << 30, 5),
+    };
     let mut targets: Vec<(String, RecycleGpt)> = Vec::new();
     if let Some(dir) = &args.model {
         let model_args = ModelArgs {
@@ -118,16 +121,19 @@ fn print_table(r: &DecodeReport) {
     println!("full forward, 2 tokens     {:8.2} ms   ratio {:.2}", r.forward_2_ms, r.forward_2_ms / r.forward_1_ms);
     println!("recycle step (2 pairs)     {:8.2} ms", r.recycle_step_ms);
     println!("output head (1 row)        {:8.2} ms", r.head_ms);
-    println!("memory bandwidth (copy)    {:8.1} GB/s; 1-token forward reads weights at {:.0}% of it", r.bandwidth_gb_per_s, 100.0 * r.weight_read_fraction);
+    println!("memory bandwidth           {:8.1} GB/s read, {:.1} GB/s copy (read + write)", r.read_bandwidth_gb_per_s, r.bandwidth_gb_per_s);
+    println!("1-token forward reads weights at {:.1} GB/s: {:.0}% of the read bandwidth",
+        r.weight_bytes as f64 / r.forward_1_ms / 1e6, 100.0 * r.weight_read_fraction);
     println!("tokens/s  standard {:.1}  alternate {:.1} ({:.2}x)  verify {:.1} ({:.2}x, {:.2} tokens per full forward)",
         rate("standard"), rate("alternate"), rate("alternate") / rate("standard"),
         rate("verify"), rate("verify") / rate("standard"), r.verify_tokens_per_full_forward);
-    let sizes: Vec<String> = r.batched_tokens_per_second.keys().cloned().collect();
+    let mut sizes: Vec<String> = r.batched_tokens_per_second.keys().cloned().collect();
+    sizes.sort_by_key(|s| s.parse::<usize>().unwrap_or(0));
     for (label, table) in [("1 new token", &r.batched_tokens_per_second), ("2 new tokens", &r.batched_2_tokens_per_second)] {
         let row: Vec<String> = sizes.iter().map(|s| format!("{s}: {:.1}", table.get(s).copied().unwrap_or(0.0))).collect();
         println!("batched tokens/s, {label:12} {}", row.join("  "));
     }
-    if let Some(max) = sizes.iter().max_by_key(|s| s.parse::<usize>().unwrap_or(0)) {
+    if let Some(max) = sizes.last() {
         println!("batch {max} / batch 1 (1 new token): {:.2}x", batch(max) / batch("1"));
     }
     println!();

@@ -44,8 +44,19 @@ pub struct DecodeReport {
     pub verify_tokens_per_full_forward: f64,
     pub batched_tokens_per_second: BTreeMap<String, f64>,
     pub batched_2_tokens_per_second: BTreeMap<String, f64>,
+    /// A large copy, read + write traffic.
     pub bandwidth_gb_per_s: f64,
+    /// A large read.
+    pub read_bandwidth_gb_per_s: f64,
+    /// Weight bytes ÷ 1-token forward time, as a fraction of the read bandwidth.
     pub weight_read_fraction: f64,
+}
+
+/// The machine's measured memory bandwidths (GB/s).
+#[derive(Debug, Clone, Copy)]
+pub struct Bandwidth {
+    pub copy: f64,
+    pub read: f64,
 }
 
 /// Parameters of the base model (the module excluded), and the bytes a 1-token forward reads.
@@ -76,7 +87,7 @@ fn full(model: &RecycleGpt, cache: &mut KvCache, tokens: &[u32], rows: Vec<usize
     Ok(out.hidden)
 }
 
-pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth_gb_per_s: f64) -> Result<DecodeReport, EngineError> {
+pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: Bandwidth) -> Result<DecodeReport, EngineError> {
     let config = model.config();
     let (params, weight_bytes) = parameter_counts(config);
     let vocab = config.vocab_size;
@@ -179,7 +190,8 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth_gb
             .filter(|((_, new), _)| *new == 2)
             .map(|((size, _), v)| (size.to_string(), median(v)))
             .collect(),
-        bandwidth_gb_per_s,
-        weight_read_fraction: weight_bytes as f64 / (forward_1_ms / 1e3) / 1e9 / bandwidth_gb_per_s,
+        bandwidth_gb_per_s: bandwidth.copy,
+        read_bandwidth_gb_per_s: bandwidth.read,
+        weight_read_fraction: weight_bytes as f64 / (forward_1_ms / 1e3) / 1e9 / bandwidth.read,
     })
 }

@@ -2,8 +2,10 @@
 //! CPU has them (scalar otherwise) and split across threads by output rows of `w`.
 use rayon::prelude::*;
 
-/// Weight rows per register block, and input rows per register block.
+/// Weight rows per register block, and input rows per register block. A single input row
+/// takes twice the weight rows, so that enough independent FMA chains hide the FMA latency.
 const NR: usize = 4;
+const NR_SINGLE: usize = 8;
 const MR: usize = 4;
 /// Below this many multiply-adds per call, splitting across threads costs more than it saves.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
@@ -52,9 +54,9 @@ pub fn linear_small(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize
     assert!(isa.available(), "linear_small: {isa:?} is not supported by this CPU");
     let threads = rayon::current_num_threads();
     let ptr = OutPtr(out.as_mut_ptr());
-    if threads > 1 && m * n * k >= PARALLEL_MIN_WORK && n >= 2 * NR {
+    if threads > 1 && m * n * k >= PARALLEL_MIN_WORK && n >= 2 * NR_SINGLE {
         // Ranges of whole register blocks, one or two per thread.
-        let per = n.div_ceil(threads * NR) * NR;
+        let per = n.div_ceil(threads * NR_SINGLE) * NR_SINGLE;
         (0..n.div_ceil(per)).into_par_iter().for_each(|part| {
             let rows = part * per..((part + 1) * per).min(n);
             // SAFETY: buffers were checked above; ranges are disjoint.
@@ -74,7 +76,7 @@ macro_rules! dispatch {
             (2, 1) => $isa::block::<2, 1>($args),
             (3, 1) => $isa::block::<3, 1>($args),
             (4, 1) => $isa::block::<4, 1>($args),
-            (1, _) => $isa::block::<1, NR>($args),
+            (1, _) => $isa::block::<1, NR_SINGLE>($args),
             (2, _) => $isa::block::<2, NR>($args),
             (3, _) => $isa::block::<3, NR>($args),
             _ => $isa::block::<4, NR>($args),
@@ -86,9 +88,10 @@ macro_rules! dispatch {
 /// `x`, `w` and `out` must hold `m*k`, `n*k` and `m*n` values and `isa` must be available.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_rows(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, rows: std::ops::Range<usize>, out: OutPtr) {
+    let block_rows = if m == 1 { NR_SINGLE } else { NR };
     let mut j = rows.start;
     while j < rows.end {
-        let nr = if rows.end - j >= NR { NR } else { 1 };
+        let nr = if rows.end - j >= block_rows { block_rows } else { 1 };
         let mut i = 0;
         while i < m {
             let mr = (m - i).min(MR);
