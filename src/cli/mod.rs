@@ -3,6 +3,7 @@ mod bench;
 mod convert;
 mod generate;
 mod model_args;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ enum Command {
     /// Convert a checkpoint from another format into the HuggingFace layout.
     #[command(subcommand)]
     Convert(convert::ConvertCommand),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
     /// Run a benchmark.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -28,7 +31,7 @@ enum Command {
 /// Logs go to stderr so that stdout carries only the command's output.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -40,5 +43,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Convert(command) => convert::run(command),
         Command::Bench(command) => bench::run(command),
+        Command::Serve(args) => serve::run(args),
     }
 }

@@ -1,0 +1,132 @@
+//! One typed validation pass: an OpenAI request becomes a `Plan` the worker can run, or an
+//! error that names the parameter at fault.
+use crate::error::ApiError;
+use crate::openai::{SamplingFields, Stop};
+use recyclegpt_engine::{DecodeMode, SamplingParams};
+
+/// What the model and the server allow.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub served_model_name: String,
+    pub context_len: usize,
+    pub vocab_size: usize,
+    pub default_max_tokens: usize,
+    pub default_mode: DecodeMode,
+    pub has_recycle: bool,
+    pub max_n: usize,
+}
+
+/// A validated request: one or more prompts, each generated `n` times with these settings.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub prompts: Vec<Vec<u32>>,
+    pub n: usize,
+    pub params: SamplingParams,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub mode: DecodeMode,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+fn in_range(param: &str, value: Option<f64>, lo: f64, hi: f64, default: f64) -> Result<f32, ApiError> {
+    let v = value.unwrap_or(default);
+    if !v.is_finite() || v < lo || v > hi {
+        return Err(ApiError::invalid(param, format!("`{param}` must be between {lo} and {hi}, got {v}")));
+    }
+    Ok(v as f32)
+}
+
+/// Checks the shared fields; `prompts` are already tokenized.
+pub fn plan(fields: &SamplingFields, max_tokens: Option<i64>, prompts: Vec<Vec<u32>>, limits: &Limits) -> Result<Plan, ApiError> {
+    if let Some(model) = &fields.model {
+        if model != &limits.served_model_name {
+            return Err(ApiError::UnknownModel(model.clone()));
+        }
+    }
+    let n = fields.n.unwrap_or(1);
+    if n < 1 || n as usize > limits.max_n {
+        return Err(ApiError::invalid("n", format!("`n` must be between 1 and {}, got {n}", limits.max_n)));
+    }
+    let max_tokens = match max_tokens {
+        Some(m) if m < 1 => return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at least 1, got {m}"))),
+        Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
+        None => limits.default_max_tokens,
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("prompt", "the prompt is empty"));
+    }
+    for prompt in &prompts {
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt", "a prompt has no tokens"));
+        }
+        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= limits.vocab_size) {
+            return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary of {}", limits.vocab_size)));
+        }
+        if prompt.len().saturating_add(max_tokens) > limits.context_len {
+            return Err(ApiError::ContextLength(format!(
+                "This model's maximum context length is {} tokens; the prompt has {} tokens and max_tokens is {max_tokens} ({} in all)",
+                limits.context_len,
+                prompt.len(),
+                prompt.len().saturating_add(max_tokens)
+            )));
+        }
+    }
+    let mut logit_bias = Vec::new();
+    for (token, bias) in fields.logit_bias.iter().flatten() {
+        let id: u32 = token
+            .parse()
+            .ok()
+            .filter(|&id: &u32| (id as usize) < limits.vocab_size)
+            .ok_or_else(|| ApiError::invalid("logit_bias", format!("`{token}` is not a token id of this model")))?;
+        if !(-100.0..=100.0).contains(bias) {
+            return Err(ApiError::invalid("logit_bias", format!("bias {bias} for token {id} is outside [-100, 100]")));
+        }
+        logit_bias.push((id, *bias as f32));
+    }
+    let top_k = fields.top_k.unwrap_or(0);
+    if top_k < 0 && top_k != -1 {
+        return Err(ApiError::invalid("top_k", format!("`top_k` must be -1, 0 or positive, got {top_k}")));
+    }
+    let top_p = in_range("top_p", fields.top_p, 0.0, 1.0, 1.0)?;
+    if top_p <= 0.0 {
+        return Err(ApiError::invalid("top_p", "`top_p` must be greater than 0"));
+    }
+    let params = SamplingParams {
+        temperature: in_range("temperature", fields.temperature, 0.0, 2.0, 1.0)?,
+        top_p,
+        top_k: top_k.max(0) as usize,
+        min_p: in_range("min_p", fields.min_p, 0.0, 1.0, 0.0)?,
+        repetition_penalty: in_range("repetition_penalty", fields.repetition_penalty, 0.01, 10.0, 1.0)?,
+        frequency_penalty: in_range("frequency_penalty", fields.frequency_penalty, -2.0, 2.0, 0.0)?,
+        presence_penalty: in_range("presence_penalty", fields.presence_penalty, -2.0, 2.0, 0.0)?,
+        logit_bias,
+        seed: fields.seed.map(|s| s as u64),
+    };
+    let stop = match &fields.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(list)) => list.clone(),
+    };
+    if stop.len() > 4 || stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid("stop", "`stop` takes up to 4 non-empty strings"));
+    }
+    let mode = match fields.recycle.as_deref() {
+        None => limits.default_mode,
+        Some(name) => name.parse().map_err(|e: recyclegpt_engine::EngineError| ApiError::invalid("recycle", e.to_string()))?,
+    };
+    let mode = if !limits.has_recycle && fields.recycle.is_none() { DecodeMode::Standard } else { mode };
+    if mode != DecodeMode::Standard && !limits.has_recycle {
+        return Err(ApiError::invalid("recycle", "this model has no recyclable module: only `off` is served"));
+    }
+    Ok(Plan {
+        prompts,
+        n: n as usize,
+        params,
+        max_tokens,
+        stop,
+        mode,
+        stream: fields.stream,
+        include_usage: fields.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    })
+}

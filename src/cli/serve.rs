@@ -1,0 +1,124 @@
+//! `recyclegpt serve`: the OpenAI-compatible server.
+use super::model_args::RecycleInitArg;
+use anyhow::Context;
+use clap::Args;
+use recyclegpt_model::{LoadOptions, LoadedModel, RecycleInit};
+use recyclegpt_server::{AppState, ServerConfig};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the keys of config/default.toml.
+    #[arg(long, env = "RECYCLEGPT_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "RECYCLEGPT_MODEL")]
+    model: Option<PathBuf>,
+    #[arg(long, env = "RECYCLEGPT_HOST")]
+    host: Option<String>,
+    /// 0 binds a free port (the log says which).
+    #[arg(long, env = "RECYCLEGPT_PORT")]
+    port: Option<u16>,
+    #[arg(long, env = "RECYCLEGPT_SERVED_MODEL_NAME")]
+    served_model_name: Option<String>,
+    #[arg(long, env = "RECYCLEGPT_API_KEY")]
+    api_key: Option<String>,
+    #[arg(long, env = "RECYCLEGPT_MAX_RUNNING_SEQUENCES")]
+    max_running_sequences: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_KV_BUDGET_TOKENS")]
+    kv_budget_tokens: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_PREFILL_CHUNK")]
+    prefill_chunk: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_QUEUE_CAPACITY")]
+    queue_capacity: Option<usize>,
+    /// off | alternate | verify
+    #[arg(long, env = "RECYCLEGPT_DEFAULT_RECYCLE")]
+    default_recycle: Option<String>,
+    #[arg(long, env = "RECYCLEGPT_DEFAULT_MAX_TOKENS")]
+    default_max_tokens: Option<usize>,
+    /// Comma-separated origins, or `*`.
+    #[arg(long, env = "RECYCLEGPT_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Option<Vec<String>>,
+    #[arg(long, env = "RECYCLEGPT_BODY_LIMIT_BYTES")]
+    body_limit_bytes: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_SHUTDOWN_GRACE_SECONDS")]
+    shutdown_grace_seconds: Option<u64>,
+    #[arg(long, value_enum, env = "RECYCLEGPT_RECYCLE_INIT", default_value = "file")]
+    recycle_init: RecycleInitArg,
+}
+
+impl ServeArgs {
+    /// Defaults, then the file, then environment variables and flags.
+    fn config(&self) -> anyhow::Result<ServerConfig> {
+        let mut c = match &self.config {
+            Some(path) => ServerConfig::from_toml_file(path).map_err(anyhow::Error::msg)?,
+            None => ServerConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = &self.$field { c.$field = v.clone(); })* };
+        }
+        set!(model, host, port, max_running_sequences, kv_budget_tokens, prefill_chunk, queue_capacity, default_recycle,
+             default_max_tokens, cors_origins, body_limit_bytes, shutdown_grace_seconds);
+        if self.served_model_name.is_some() {
+            c.served_model_name = self.served_model_name.clone();
+        }
+        if self.api_key.is_some() {
+            c.api_key = self.api_key.clone();
+        }
+        Ok(c)
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let recycle_init = match args.recycle_init {
+        RecycleInitArg::File => RecycleInit::FromFiles,
+        RecycleInitArg::Random => {
+            tracing::warn!("serving a RANDOMLY INITIALISED recyclable module: for benchmarks and tests only");
+            RecycleInit::Random { seed: 0, layers: 1 }
+        }
+    };
+    let options = LoadOptions {
+        recycle_init,
+        ..LoadOptions::default()
+    };
+    let loaded = LoadedModel::load(&config.model, &options)
+        .with_context(|| format!("loading the model from {}", config.model.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+            .await
+            .with_context(|| format!("binding {}:{}", config.host, config.port))?;
+        let address = listener.local_addr()?;
+        let state = AppState::start(config, loaded).map_err(anyhow::Error::msg)?;
+        tracing::info!(model = %state.limits.served_model_name, "listening on http://{address}");
+        eprintln!("recyclegpt listening on http://{address}");
+        recyclegpt_server::serve(state, listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
