@@ -1,5 +1,7 @@
 //! Shared helpers: where the test models live, and loading them.
 #![allow(dead_code)]
+pub mod server;
+
 use recyclegpt_engine::{generate, DecodeMode, Generation, SamplingParams, StopCriteria};
 use recyclegpt_model::{LoadOptions, LoadedModel, RecycleInit};
 use std::path::PathBuf;

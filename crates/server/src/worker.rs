@@ -5,7 +5,6 @@ use crate::error::ApiError;
 use crate::text::TextStream;
 use recyclegpt_engine::{step, DecodeMode, FinishReason, SamplingParams, Sequence, SequenceStats, StopCriteria};
 use recyclegpt_model::{RecycleGpt, TextTokenizer};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,7 +100,7 @@ pub fn spawn(model: RecycleGpt, tokenizer: Arc<TextTokenizer>, config: WorkerCon
             tokenizer,
             config,
             receiver,
-            waiting: VecDeque::new(),
+            held: None,
             running: Vec::new(),
             abort,
         };
@@ -120,7 +119,8 @@ struct Worker {
     tokenizer: Arc<TextTokenizer>,
     config: WorkerConfig,
     receiver: mpsc::Receiver<Job>,
-    waiting: VecDeque<Job>,
+    /// A job taken from the queue that the KV budget does not admit yet.
+    held: Option<Job>,
     running: Vec<Running>,
     abort: Arc<AtomicBool>,
 }
@@ -128,11 +128,12 @@ struct Worker {
 impl Worker {
     fn run(&mut self) {
         loop {
-            if !self.collect_jobs() {
+            if !self.wait_for_work() {
                 return;
             }
             self.admit();
             self.drop_disconnected();
+            self.update_gauges();
             if self.abort.load(Ordering::Relaxed) {
                 self.end_all("length");
                 continue;
@@ -158,21 +159,29 @@ impl Worker {
         }
     }
 
-    /// Moves queued jobs into `waiting`; blocks when there is nothing at all to do. Returns
-    /// false once every handle is gone and no work remains.
-    fn collect_jobs(&mut self) -> bool {
-        if self.running.is_empty() && self.waiting.is_empty() {
+    /// Waits for a job when there is nothing at all to do; returns false once every handle is
+    /// gone and no work remains. Jobs otherwise stay in the bounded queue until admitted, so a
+    /// full queue is visible to clients as 429.
+    fn wait_for_work(&mut self) -> bool {
+        if self.running.is_empty() && self.held.is_none() {
             match self.receiver.blocking_recv() {
-                Some(job) => self.waiting.push_back(job),
+                Some(job) => {
+                    metrics::gauge!("recyclegpt_queue_depth").decrement(1.0);
+                    self.held = Some(job);
+                }
                 None => return false,
             }
-            metrics::gauge!("recyclegpt_queue_depth").decrement(1.0);
-        }
-        while let Ok(job) = self.receiver.try_recv() {
-            metrics::gauge!("recyclegpt_queue_depth").decrement(1.0);
-            self.waiting.push_back(job);
         }
         true
+    }
+
+    fn next_job(&mut self) -> Option<Job> {
+        if let Some(job) = self.held.take() {
+            return Some(job);
+        }
+        let job = self.receiver.try_recv().ok()?;
+        metrics::gauge!("recyclegpt_queue_depth").decrement(1.0);
+        Some(job)
     }
 
     fn kv_reserved(&self) -> usize {
@@ -181,15 +190,15 @@ impl Worker {
 
     fn admit(&mut self) {
         while self.running.len() < self.config.max_running {
-            let Some(job) = self.waiting.front() else { break };
-            let need = job.prompt.len() + job.max_tokens;
-            // A job larger than the whole budget runs alone rather than never.
-            if !self.running.is_empty() && self.kv_reserved() + need > self.config.kv_budget_tokens {
-                break;
-            }
-            let Some(job) = self.waiting.pop_front() else { break };
+            let Some(job) = self.next_job() else { break };
             if job.events.is_closed() {
                 continue;
+            }
+            // A job larger than the whole budget runs alone rather than never.
+            let need = job.prompt.len() + job.max_tokens;
+            if !self.running.is_empty() && self.kv_reserved() + need > self.config.kv_budget_tokens {
+                self.held = Some(job);
+                break;
             }
             let stop = StopCriteria {
                 max_tokens: job.max_tokens,

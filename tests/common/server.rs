@@ -1,0 +1,95 @@
+//! A real server on 127.0.0.1 (port 0) in this process, and a small SSE client.
+use super::{load, random_module};
+use recyclegpt_server::{AppState, ServerConfig};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+pub struct TestServer {
+    pub base: String,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(model_dir: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let mut config = ServerConfig {
+            model: model_dir.to_path_buf(),
+            served_model_name: Some("stories".into()),
+            port: 0,
+            ..ServerConfig::default()
+        };
+        tweak(&mut config);
+        let loaded = load(model_dir, random_module(1));
+        let state = AppState::start(config, loaded).expect("server state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address: SocketAddr = listener.local_addr().expect("address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(recyclegpt_server::serve(state.clone(), listener, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            base: format!("http://{address}"),
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends the shutdown signal and waits for the server to return.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        reqwest::Client::new().post(self.url(path)).json(&body).send().await.expect("request")
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| {
+                let mut parts = l.split_whitespace();
+                (parts.next() == Some(name)).then(|| parts.next()).flatten()
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// Parses a `text/event-stream` body into its `data:` payloads, in order.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter(|event| !event.trim().is_empty())
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter(|l| !l.starts_with(':'))
+                .filter_map(|l| l.strip_prefix("data:").map(|d| d.strip_prefix(' ').unwrap_or(d)))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+/// The JSON chunks of a stream, asserting it ends with `[DONE]`.
+pub fn sse_chunks(body: &str) -> Vec<serde_json::Value> {
+    let data = sse_data(body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "stream must end with [DONE]: {body}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("chunk {d:?} is not JSON: {e}")))
+        .collect()
+}

@@ -1,0 +1,308 @@
+//! The OpenAI-compatible server, over real HTTP on 127.0.0.1 with the real stories260K weights:
+//! response shapes, streams parsed as SSE, parity with `recyclegpt generate`, batching, errors.
+mod common;
+
+use common::server::{sse_chunks, TestServer};
+use common::stories260k;
+use serde_json::{json, Value};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Metrics are process-wide: the tests of this file run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `recyclegpt generate --json` text for a prompt (random module seed 1, as the test server).
+fn generate_text(model: &std::path::Path, prompt: &str, mode: &str, max_tokens: usize) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_recyclegpt"))
+        .args(["generate", "--model"])
+        .arg(model)
+        .args(["--prompt", prompt, "--mode", mode, "--max-tokens", &max_tokens.to_string()])
+        .args(["--recycle-init", "random", "--recycle-seed", "1", "--json"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    report["text"].as_str().expect("text").to_string()
+}
+
+fn completion_text(body: &Value) -> String {
+    body["choices"][0]["text"].as_str().expect("text").to_string()
+}
+
+fn streamed_text(chunks: &[Value], field: &str) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0))
+        .filter_map(|c| if field == "text" { c["text"].as_str() } else { c["delta"]["content"].as_str() })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_text_equals_generate_in_every_mode() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let hf = shared.join("hf");
+    let server = TestServer::start(&hf, |_| {}).await;
+    let prompt = "Lily and Tom went to the park";
+    let mut by_mode = Vec::new();
+    for (mode, cli_mode) in [("off", "standard"), ("alternate", "alternate"), ("verify", "verify")] {
+        let want = generate_text(&hf, prompt, cli_mode, 40);
+        let body: Value = server
+            .post("/v1/completions", json!({"model": "stories", "prompt": prompt, "max_tokens": 40, "temperature": 0, "recycle": mode}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(completion_text(&body), want, "{mode}, not streamed");
+        assert_eq!(body["object"], "text_completion");
+        assert_eq!(body["choices"][0]["finish_reason"], "length");
+        assert_eq!(body["usage"]["completion_tokens"], 40);
+        assert_eq!(body["usage"]["total_tokens"], body["usage"]["prompt_tokens"].as_u64().unwrap() + 40);
+        assert_eq!(body["recycle"]["mode"], cli_mode);
+
+        let stream = server
+            .post("/v1/completions", json!({"prompt": prompt, "max_tokens": 40, "temperature": 0, "recycle": mode, "stream": true}))
+            .await;
+        assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        let chunks = sse_chunks(&stream.text().await.unwrap());
+        assert_eq!(streamed_text(&chunks, "text"), want, "{mode}, streamed");
+        assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "length");
+        by_mode.push(want);
+    }
+    assert_eq!(by_mode[2], by_mode[0], "verify equals off");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_stream_has_role_content_finish_usage_and_done() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let server = TestServer::start(&shared.join("hf"), |_| {}).await;
+    let request = json!({
+        "messages": [{"role": "system", "content": "Tell a story."},
+                     {"role": "user", "content": [{"type": "text", "text": "Once upon a time"}]}],
+        "max_completion_tokens": 24, "temperature": 0
+    });
+    let whole: Value = server.post("/v1/chat/completions", request.clone()).await.json().await.unwrap();
+    assert_eq!(whole["object"], "chat.completion");
+    assert_eq!(whole["choices"][0]["message"]["role"], "assistant");
+    let content = whole["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(!content.is_empty());
+
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let chunks = sse_chunks(&server.post("/v1/chat/completions", streamed).await.text().await.unwrap());
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(streamed_text(&chunks, "content"), content);
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    let usage = &chunks[chunks.len() - 1];
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 24);
+    assert_eq!(usage["usage"], whole["usage"]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_streams_match_their_solo_runs() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let server = TestServer::start(&shared.join("hf"), |c| c.prefill_chunk = 6).await;
+    let cases: Vec<(String, usize, &str)> = (0..8)
+        .map(|i| {
+            let prompt = ["Once upon a time", "The dog", "Lily and Tom went to the park to play with a ball", "Tim"][i % 4];
+            (format!("{prompt}{}", " and".repeat(i)), 10 + 7 * i, ["off", "alternate", "verify"][i % 3])
+        })
+        .collect();
+    let request = |(prompt, max, mode): &(String, usize, &str)| {
+        json!({"prompt": prompt, "max_tokens": max, "temperature": 0, "recycle": mode, "stream": true})
+    };
+    let mut solo = Vec::new();
+    for case in &cases {
+        solo.push(streamed_text(&sse_chunks(&server.post("/v1/completions", request(case)).await.text().await.unwrap()), "text"));
+    }
+    let client = reqwest::Client::new();
+    let tasks: Vec<_> = cases
+        .iter()
+        .map(|case| {
+            let (client, url, body) = (client.clone(), server.url("/v1/completions"), request(case));
+            tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let text = streamed_text(&sse_chunks(&task.await.unwrap()), "text");
+        assert_eq!(text, solo[i], "request {i} ({:?})", cases[i]);
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_stream_frees_its_slot() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let server = TestServer::start(&shared.join("hf"), |c| c.max_running_sequences = 1).await;
+    let cancelled_before = server.metric("recyclegpt_cancelled_total").await;
+    let body = json!({"prompt": "Once", "max_tokens": 500, "temperature": 0, "stream": true, "logit_bias": {"1": -100, "2": -100}});
+    let mut response = server.post("/v1/completions", body).await;
+    let first = response.chunk().await.unwrap().expect("a first chunk");
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "));
+    drop(response);
+    let mut freed = false;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        if server.metric("recyclegpt_cancelled_total").await > cancelled_before
+            && server.metric("recyclegpt_running_sequences").await == 0.0
+        {
+            freed = true;
+            break;
+        }
+    }
+    assert!(freed, "the sequence of a disconnected client was not cancelled");
+    assert_eq!(server.metric("recyclegpt_kv_tokens_in_use").await, 0.0);
+    // The only slot serves the next request.
+    let next: Value = server.post("/v1/completions", json!({"prompt": "Hi", "max_tokens": 3})).await.json().await.unwrap();
+    assert_eq!(next["usage"]["completion_tokens"], 3);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_and_the_rest_complete() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let server = TestServer::start(&shared.join("hf"), |c| {
+        c.max_running_sequences = 1;
+        c.queue_capacity = 1;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/v1/completions"));
+            let body = json!({"prompt": "Once", "max_tokens": 400, "logit_bias": {"1": -100, "2": -100}});
+            tokio::spawn(async move {
+                let r = client.post(url).json(&body).send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            200 => assert_eq!(body["usage"]["completion_tokens"], 400),
+            429 => assert_eq!(body["error"]["type"], "rate_limit_error"),
+            other => panic!("unexpected status {other}: {body}"),
+        }
+        statuses.push(status);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    server.shutdown().await.unwrap();
+}
+
+async fn expect_error(server: &TestServer, path: &str, body: Value, status: u16, param: Option<&str>) -> String {
+    let response = server.post(path, body.clone()).await;
+    assert_eq!(response.status().as_u16(), status, "{body}");
+    let error: Value = response.json().await.unwrap();
+    let e = &error["error"];
+    assert!(e["message"].is_string() && e["type"].is_string() && e.get("code").is_some(), "{error}");
+    if let Some(param) = param {
+        assert_eq!(e["param"], param, "{error}");
+    }
+    e["message"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_status_in_openai_shape() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let server = TestServer::start(&shared.join("hf"), |c| c.body_limit_bytes = 4096).await;
+    let c = "/v1/completions";
+    expect_error(&server, c, json!({"prompt": "x", "temperature": 3}), 400, Some("temperature")).await;
+    expect_error(&server, c, json!({"prompt": "x", "n": 0}), 400, Some("n")).await;
+    expect_error(&server, c, json!({"prompt": "x", "max_tokens": -5}), 400, Some("max_tokens")).await;
+    expect_error(&server, c, json!({"prompt": "x", "best_of": 3}), 400, Some("best_of")).await;
+    expect_error(&server, c, json!({"prompt": "x", "recycle": "sometimes"}), 400, Some("recycle")).await;
+    expect_error(&server, c, json!({"prompt": [[1, 99999]]}), 400, Some("prompt")).await;
+    let message = expect_error(&server, c, json!({"prompt": "x", "max_tokens": 600}), 400, Some("max_tokens")).await;
+    assert!(message.contains("512") && message.contains("600"), "{message}");
+    expect_error(&server, c, json!({"prompt": "x", "model": "gpt-4"}), 404, Some("model")).await;
+    expect_error(&server, "/v1/chat/completions", json!({"messages": []}), 400, Some("messages")).await;
+    expect_error(&server, c, json!({"prompt": "x".repeat(5000)}), 413, None).await;
+    let response = reqwest::Client::new().post(server.url(c)).body("{not json").header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 422);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "malformed_json");
+
+    server.state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    expect_error(&server, c, json!({"prompt": "x"}), 503, None).await;
+    assert_eq!(reqwest::get(server.url("/health")).await.unwrap().status().as_u16(), 503);
+    server.state.draining.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(reqwest::get(server.url("/health")).await.unwrap().status().as_u16(), 200);
+    server.shutdown().await.unwrap();
+
+    let keyed = TestServer::start(&shared.join("hf"), |c| c.api_key = Some("sesame".into())).await;
+    expect_error(&keyed, c, json!({"prompt": "x"}), 401, None).await;
+    let ok = reqwest::Client::new()
+        .post(keyed.url(c))
+        .bearer_auth("sesame")
+        .json(&json!({"prompt": "x", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(reqwest::get(keyed.url("/health")).await.unwrap().status().as_u16(), 200, "health needs no key");
+    keyed.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_malformed_bodies_get_4xx_and_the_server_keeps_serving() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let server = TestServer::start(&shared.join("hf"), |_| {}).await;
+    let client = reqwest::Client::new();
+    let mut bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(), b"{".to_vec(), b"[]".to_vec(), b"null".to_vec(), b"42".to_vec(), b"\"prompt\"".to_vec(),
+        vec![0xff, 0xfe, 0x7b], b"{\"prompt\": \"\xff\"}".to_vec(),
+    ];
+    let bad_json = [
+        json!({}), json!({"prompt": 5}), json!({"prompt": null}), json!({"prompt": [1.5]}), json!({"prompt": [-1]}),
+        json!({"prompt": "x", "max_tokens": "ten"}), json!({"prompt": "x", "max_tokens": 1e30}),
+        json!({"prompt": "x", "max_tokens": -1}), json!({"prompt": "x", "max_tokens": 0}), json!({"prompt": "x", "n": 0}),
+        json!({"prompt": "x", "n": 1000}), json!({"prompt": "x", "temperature": -1}), json!({"prompt": "x", "temperature": "hot"}),
+        json!({"prompt": "x", "top_p": 0}), json!({"prompt": "x", "top_p": 7}), json!({"prompt": "x", "top_k": -7}),
+        json!({"prompt": "x", "min_p": 2}), json!({"prompt": "x", "stop": 5}), json!({"prompt": "x", "stop": ["", "a"]}),
+        json!({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), json!({"prompt": "x", "logit_bias": {"abc": 1}}),
+        json!({"prompt": "x", "logit_bias": {"5": 1000}}), json!({"prompt": "x", "seed": "s"}), json!({"prompt": "x", "stream": "yes"}),
+        json!({"prompt": "x", "frequency_penalty": 9}), json!({"prompt": "x", "presence_penalty": -9}),
+        json!({"prompt": "x", "repetition_penalty": 0}), json!({"prompt": "x", "recycle": 1}), json!({"prompt": []}),
+        json!({"prompt": [[]]}), json!({"prompt": ["a", 5]}), json!({"prompt": "x", "suffix": "y"}), json!({"prompt": "x", "logprobs": 3}),
+        json!({"prompt": "x", "max_tokens": 99999999999u64}), json!({"prompt": "x", "model": 7}),
+    ];
+    bodies.extend(bad_json.iter().map(|b| b.to_string().into_bytes()));
+    let chat = [
+        json!({"messages": []}), json!({"messages": "hi"}), json!({"messages": [{"role": "robot", "content": "x"}]}),
+        json!({"messages": [{"content": "x"}]}), json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+        json!({"messages": [{"role": "user", "content": 5}]}), json!({"messages": [{"role": "user", "content": "x"}], "n": 0}),
+    ];
+    assert!(bodies.len() + chat.len() >= 50, "{}", bodies.len() + chat.len());
+    for (path, body) in bodies
+        .into_iter()
+        .map(|b| ("/v1/completions", b))
+        .chain(chat.iter().map(|b| ("/v1/chat/completions", b.to_string().into_bytes())))
+    {
+        let response = client.post(server.url(path)).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+        let status = response.status().as_u16();
+        assert!((400..500).contains(&status), "{path} {}: {status}", String::from_utf8_lossy(&body));
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"]["message"].is_string(), "{error}");
+    }
+    let body: Value = server.post("/v1/completions", json!({"prompt": "Once", "max_tokens": 5})).await.json().await.unwrap();
+    assert_eq!(body["usage"]["completion_tokens"], 5);
+    server.shutdown().await.unwrap();
+}
