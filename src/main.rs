@@ -9,7 +9,5 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    let args = cli::Cli::parse();
-    cli::init_logging();
-    cli::run(args)
+    cli::run(cli::Cli::parse())
 }

@@ -281,7 +281,7 @@ async fn fifty_malformed_bodies_get_4xx_and_the_server_keeps_serving() {
         json!({"prompt": "x", "logit_bias": {"5": 1000}}), json!({"prompt": "x", "seed": "s"}), json!({"prompt": "x", "stream": "yes"}),
         json!({"prompt": "x", "frequency_penalty": 9}), json!({"prompt": "x", "presence_penalty": -9}),
         json!({"prompt": "x", "repetition_penalty": 0}), json!({"prompt": "x", "recycle": 1}), json!({"prompt": []}),
-        json!({"prompt": [[]]}), json!({"prompt": ["a", 5]}), json!({"prompt": "x", "suffix": "y"}), json!({"prompt": "x", "logprobs": 3}),
+        json!({"prompt": [[]]}), json!({"prompt": ["a", 5]}), json!({"prompt": "x", "suffix": "y"}), json!({"prompt": "x", "logprobs": 9}),
         json!({"prompt": "x", "max_tokens": 99999999999u64}), json!({"prompt": "x", "model": 7}),
     ];
     bodies.extend(bad_json.iter().map(|b| b.to_string().into_bytes()));
@@ -304,5 +304,149 @@ async fn fifty_malformed_bodies_get_4xx_and_the_server_keeps_serving() {
     }
     let body: Value = server.post("/v1/completions", json!({"prompt": "Once", "max_tokens": 5})).await.json().await.unwrap();
     assert_eq!(body["usage"]["completion_tokens"], 5);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_fields_prompts_echo_stop_n_and_seed() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let server = TestServer::start(&shared.join("hf"), |_| {}).await;
+    let post = |body: Value| {
+        let server = &server;
+        async move { server.post("/v1/completions", body).await.json::<Value>().await.unwrap() }
+    };
+    let base = post(json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0})).await;
+    let text = completion_text(&base);
+    assert!(text.starts_with(", there was"), "{text}");
+
+    // Token ids, and a list of prompts: choices in prompt order.
+    let ids = post(json!({"prompt": [1, 403, 407, 261, 378], "max_tokens": 30, "temperature": 0})).await;
+    assert_eq!(completion_text(&ids), text);
+    let many = post(json!({"prompt": ["Once upon a time", "The cat"], "max_tokens": 30, "temperature": 0})).await;
+    assert_eq!(many["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(many["choices"][0]["text"], text.as_str());
+    assert_eq!(many["choices"][1]["index"], 1);
+    let lists = post(json!({"prompt": [[1, 403, 407, 261, 378], [1, 403]], "max_tokens": 5, "temperature": 0})).await;
+    assert_eq!(lists["choices"].as_array().unwrap().len(), 2);
+
+    // Echo puts the prompt in front.
+    let echoed = post(json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0, "echo": true})).await;
+    assert_eq!(completion_text(&echoed), format!("Once upon a time{text}"));
+
+    // A stop string spanning tokens cuts the text before it, with finish_reason stop.
+    let stop_at = text.find("little").expect("the reference text has `little`");
+    for stream in [false, true] {
+        let body = json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0, "stop": ["ttle gi", "zzz"], "stream": stream});
+        let (got, finish) = if stream {
+            let chunks = sse_chunks(&server.post("/v1/completions", body).await.text().await.unwrap());
+            (streamed_text(&chunks, "text"), chunks.last().unwrap()["choices"][0]["finish_reason"].clone())
+        } else {
+            let b = post(body).await;
+            (completion_text(&b), b["choices"][0]["finish_reason"].clone())
+        };
+        assert_eq!(got, text[..stop_at + 2], "stream {stream}");
+        assert_eq!(finish, "stop");
+    }
+
+    // n samples differ; the same seed repeats; different seeds differ.
+    let sampled = |seed: u64, n: u64| post(json!({"prompt": "Once upon a time", "max_tokens": 24, "temperature": 1.0, "seed": seed, "n": n}));
+    let a = sampled(5, 2).await;
+    let b = sampled(5, 2).await;
+    let c = sampled(6, 2).await;
+    assert_eq!(a["choices"], b["choices"]);
+    assert_ne!(a["choices"][0]["text"], a["choices"][1]["text"]);
+    assert_ne!(a["choices"][0]["text"], c["choices"][0]["text"]);
+    assert_eq!(a["usage"]["completion_tokens"], 48);
+
+    // /v1/models, /health, /metrics.
+    let models: Value = reqwest::get(server.url("/v1/models")).await.unwrap().json().await.unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "stories");
+    assert_eq!(models["data"][0]["recycle"]["module"], "random");
+    assert_eq!(models["data"][0]["recycle"]["default"], "verify");
+    assert_eq!(reqwest::get(server.url("/health")).await.unwrap().status().as_u16(), 200);
+    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    for name in [
+        "recyclegpt_requests_total", "recyclegpt_queue_depth", "recyclegpt_running_sequences", "recyclegpt_kv_tokens_in_use",
+        "recyclegpt_prompt_tokens_total", "recyclegpt_generated_tokens_total", "recyclegpt_time_to_first_token_seconds_bucket",
+        "recyclegpt_inter_token_seconds_bucket", "recyclegpt_full_forwards_total", "recyclegpt_recycle_accepted_total",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_streams_finish_then_ends_them_after_the_grace_period() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let body = json!({"prompt": "Once", "max_tokens": 500, "stream": true, "logit_bias": {"1": -100, "2": -100}});
+    // Grace 0: the running stream is ended at once, with a final chunk and [DONE].
+    let server = TestServer::start(&shared.join("hf"), |c| c.shutdown_grace_seconds = 0).await;
+    let mut response = server.post("/v1/completions", body.clone()).await;
+    let mut text = String::from_utf8(response.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    let shutdown = tokio::spawn(server.shutdown());
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let chunks = sse_chunks(&text);
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "length");
+    let pieces = chunks.iter().filter(|c| c["choices"][0]["finish_reason"].is_null()).count();
+    assert!(pieces < 400, "the stream was ended early, not run to 500 tokens ({pieces} pieces)");
+    shutdown.await.unwrap().expect("serve returns Ok");
+
+    // A long grace period: the stream runs to its end.
+    let server = TestServer::start(&shared.join("hf"), |c| c.shutdown_grace_seconds = 60).await;
+    let mut short = body.clone();
+    short["max_tokens"] = json!(120);
+    let mut response = server.post("/v1/completions", short).await;
+    let mut text = String::from_utf8(response.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    let shutdown = tokio::spawn(server.shutdown());
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let chunks = sse_chunks(&text);
+    let pieces = chunks.iter().filter(|c| c["choices"][0]["finish_reason"].is_null()).count();
+    assert!(pieces >= 100, "{pieces} text chunks");
+    shutdown.await.unwrap().expect("serve returns Ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_for_completions_and_chat() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let server = TestServer::start(&shared.join("hf"), |_| {}).await;
+    for mode in ["off", "verify"] {
+        let body: Value = server
+            .post("/v1/completions", json!({"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "logprobs": 3, "recycle": mode}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let lp = &body["choices"][0]["logprobs"];
+        let tokens: Vec<&str> = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        assert_eq!(tokens.len(), 12, "{mode}");
+        assert_eq!(tokens.concat(), completion_text(&body), "{mode}: tokens spell the text");
+        for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+            let top = top.as_object().unwrap();
+            assert_eq!(top.len(), 3);
+            let best = top.values().map(|v| v.as_f64().unwrap()).fold(f64::NEG_INFINITY, f64::max);
+            let chosen = lp["token_logprobs"][i].as_f64().unwrap();
+            assert!(chosen <= 0.0);
+            assert!((chosen - best).abs() < 1e-5, "{mode}: greedy picks the most likely token");
+        }
+        assert_eq!(lp["text_offset"][0], 0);
+    }
+    let request = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0,
+                         "logprobs": true, "top_logprobs": 2, "stream": true});
+    let chunks = sse_chunks(&server.post("/v1/chat/completions", request).await.text().await.unwrap());
+    let entries: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(entries.len(), 8);
+    assert!(entries.iter().all(|e| e["top_logprobs"].as_array().unwrap().len() == 2 && e["bytes"].is_array()));
     server.shutdown().await.unwrap();
 }

@@ -28,17 +28,23 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-/// Logs go to stderr so that stdout carries only the command's output.
-pub fn init_logging() {
+/// Logs go to stderr so that stdout carries only the command's output; `RUST_LOG` filters them.
+pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // The server picks its log format from its configuration.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(false);
+    }
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Convert(command) => convert::run(command),

@@ -42,6 +42,9 @@ pub struct ServeArgs {
     body_limit_bytes: Option<usize>,
     #[arg(long, env = "RECYCLEGPT_SHUTDOWN_GRACE_SECONDS")]
     shutdown_grace_seconds: Option<u64>,
+    /// text | json
+    #[arg(long, env = "RECYCLEGPT_LOG_FORMAT")]
+    log_format: Option<String>,
     #[arg(long, value_enum, env = "RECYCLEGPT_RECYCLE_INIT", default_value = "file")]
     recycle_init: RecycleInitArg,
 }
@@ -57,7 +60,7 @@ impl ServeArgs {
             ($($field:ident),*) => { $(if let Some(v) = &self.$field { c.$field = v.clone(); })* };
         }
         set!(model, host, port, max_running_sequences, kv_budget_tokens, prefill_chunk, queue_capacity, default_recycle,
-             default_max_tokens, cors_origins, body_limit_bytes, shutdown_grace_seconds);
+             default_max_tokens, cors_origins, body_limit_bytes, shutdown_grace_seconds, log_format);
         if self.served_model_name.is_some() {
             c.served_model_name = self.served_model_name.clone();
         }
@@ -70,6 +73,7 @@ impl ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
+    super::init_logging(config.log_format == "json");
     let recycle_init = match args.recycle_init {
         RecycleInitArg::File => RecycleInit::FromFiles,
         RecycleInitArg::Random => {

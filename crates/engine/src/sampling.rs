@@ -17,6 +17,8 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     pub logit_bias: Vec<(u32, f32)>,
     pub seed: Option<u64>,
+    /// Report each emitted token's log-probability and this many top alternatives.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -31,6 +33,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             logit_bias: Vec::new(),
             seed: None,
+            logprobs: None,
         }
     }
 }
@@ -68,6 +71,36 @@ impl TokenHistory {
     pub fn push_generated(&mut self, token: u32) {
         *self.seen.entry(token).or_default() += 1;
         *self.generated.entry(token).or_default() += 1;
+    }
+}
+
+/// An emitted token's log-probability under the raw logits that produced it (before bias,
+/// penalties and temperature), with the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    pub fn from_logits(logits: &[f32], token: u32, top_n: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let log_sum = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+        let logprob = |t: u32| logits.get(t as usize).map_or(f32::NEG_INFINITY, |&l| l - log_sum);
+        let mut top: Vec<u32> = Vec::with_capacity(top_n + 1);
+        for (i, &l) in logits.iter().enumerate() {
+            if top.len() < top_n || top.last().is_some_and(|&t| l > logits[t as usize]) {
+                let at = top.partition_point(|&t| logits[t as usize] >= l);
+                top.insert(at, i as u32);
+                top.truncate(top_n);
+            }
+        }
+        Self {
+            token,
+            logprob: logprob(token),
+            top: top.into_iter().map(|t| (t, logprob(t))).collect(),
+        }
     }
 }
 
@@ -247,6 +280,15 @@ mod tests {
         assert!(matches!(distribution(logits.clone(), &freq, &history), TokenDist::Greedy(1)));
         let bias = SamplingParams { logit_bias: vec![(2, 5.0)], ..SamplingParams::greedy() };
         assert!(matches!(distribution(logits, &bias, &TokenHistory::default()), TokenDist::Greedy(2)));
+    }
+
+    #[test]
+    fn logprobs_are_normalised_and_ranked() {
+        let lp = TokenLogprob::from_logits(&[1.0, 3.0, 2.0, 0.5], 2, 2);
+        let total: f32 = [1.0f32, 3.0, 2.0, 0.5].iter().map(|l| (l - 3.0f32).exp()).sum();
+        assert!((lp.logprob - (2.0 - 3.0 - total.ln())).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(TokenLogprob::from_logits(&[0.0; 5], 0, 0).top.is_empty());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! One request's decoding state: its caches, the tokens it has emitted, and where it is in the
 //! prefill → decode → finished life cycle.
-use crate::sampling::{distribution, verify_draft, SamplingParams, TokenDist, TokenHistory};
+use crate::sampling::{distribution, verify_draft, SamplingParams, TokenDist, TokenHistory, TokenLogprob};
 use crate::{DecodeMode, EngineError};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -61,6 +61,7 @@ pub struct Sequence {
     history: TokenHistory,
     rng: StdRng,
     fresh: Vec<u32>,
+    fresh_logprobs: Vec<TokenLogprob>,
     stats: SequenceStats,
     finish: Option<FinishReason>,
 }
@@ -112,6 +113,7 @@ impl Sequence {
             rng,
             params,
             fresh: Vec::new(),
+            fresh_logprobs: Vec::new(),
             stats: SequenceStats::default(),
             finish: None,
         };
@@ -156,6 +158,11 @@ impl Sequence {
     /// Tokens emitted since the last call.
     pub fn take_new_tokens(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.fresh)
+    }
+
+    /// Log-probabilities of the tokens emitted since the last call (when asked for).
+    pub fn take_new_logprobs(&mut self) -> Vec<TokenLogprob> {
+        std::mem::take(&mut self.fresh_logprobs)
     }
 
     /// Tokens cached in the full model's KV cache (the scheduler's KV budget counts these).
@@ -208,15 +215,15 @@ impl Sequence {
                 let (Some(draft), [first, second]) = (self.draft.take(), &mut logits[..]) else {
                     return Err(EngineError::Internal("a verify step lost its draft or logits".into()));
                 };
-                let p = distribution(std::mem::take(first), &self.params, &self.history);
+                let p = distribution(first.clone(), &self.params, &self.history);
                 let (token, accepted) = verify_draft(draft.token, &draft.dist, &p, &mut self.rng);
-                self.emit(token);
+                self.emit(token, first);
                 if accepted {
                     self.stats.accepted += 1;
                     if !self.is_finished() {
-                        let next = distribution(std::mem::take(second), &self.params, &self.history);
+                        let next = distribution(second.clone(), &self.params, &self.history);
                         let token = next.sample(&mut self.rng);
-                        self.emit(token);
+                        self.emit(token, second);
                     }
                     fed
                 } else {
@@ -230,9 +237,9 @@ impl Sequence {
                 let Some(row) = logits.pop() else {
                     return Err(EngineError::Internal("a full step returned no logits".into()));
                 };
-                let token = distribution(row, &self.params, &self.history).sample(&mut self.rng);
+                let token = distribution(row.clone(), &self.params, &self.history).sample(&mut self.rng);
                 self.draft = None;
-                self.emit(token);
+                self.emit(token, &row);
                 fed
             }
         };
@@ -256,18 +263,22 @@ impl Sequence {
 
     pub(crate) fn accept_draft(&mut self, logits: Vec<f32>) {
         self.stats.recycle_steps += 1;
-        let dist = distribution(logits, &self.params, &self.history);
+        let dist = distribution(logits.clone(), &self.params, &self.history);
         let token = dist.sample(&mut self.rng);
         match self.mode {
             // The paper's schedule: the recycled token is kept unchecked.
-            DecodeMode::Alternate => self.emit(token),
+            DecodeMode::Alternate => self.emit(token, &logits),
             _ => self.draft = Some(Draft { token, dist }),
         }
     }
 
-    fn emit(&mut self, token: u32) {
+    /// `logits` are the raw logits the token was chosen from (for its log-probability).
+    fn emit(&mut self, token: u32, logits: &[f32]) {
         if self.is_finished() {
             return;
+        }
+        if let Some(top_n) = self.params.logprobs {
+            self.fresh_logprobs.push(TokenLogprob::from_logits(logits, token, top_n));
         }
         self.tokens.push(token);
         self.history.push_generated(token);

@@ -4,6 +4,8 @@ use crate::error::ApiError;
 use crate::openai::Usage;
 use crate::validation::Plan;
 use crate::worker::{Event, Job};
+use recyclegpt_engine::TokenLogprob;
+use recyclegpt_model::TextTokenizer;
 use crate::AppState;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -45,6 +47,7 @@ pub fn submit(state: &AppState, plan: &Plan, request_id: &str) -> Result<Events,
 #[derive(Debug, Default, Clone)]
 pub struct Choice {
     pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
     pub finish_reason: Option<&'static str>,
     pub completion_tokens: usize,
     pub accepted: usize,
@@ -63,7 +66,10 @@ pub async fn collect(mut events: Events, plan: &Plan) -> Result<(Vec<Choice>, Us
         };
         let choice = &mut choices[index];
         match event {
-            Event::Text(text) => choice.text.push_str(&text),
+            Event::Text { text, logprobs } => {
+                choice.text.push_str(&text);
+                choice.logprobs.extend(logprobs);
+            }
             Event::Done {
                 finish_reason,
                 completion_tokens,
@@ -110,7 +116,7 @@ pub fn recycle_stats(plan: &Plan, choices: &[Choice]) -> serde_json::Value {
 pub trait ChunkShape: Send + 'static {
     /// Chunks sent before any text for a choice (chat: the role).
     fn opening(&self, index: usize) -> Option<serde_json::Value>;
-    fn text(&self, index: usize, text: &str) -> serde_json::Value;
+    fn text(&self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value;
     fn finish(&self, index: usize, reason: &str) -> serde_json::Value;
     fn usage(&self, usage: Usage) -> serde_json::Value;
 }
@@ -136,7 +142,7 @@ pub fn sse(shape: impl ChunkShape, mut events: Events, plan: Plan) -> Response {
                 }
             }
             match event {
-                Event::Text(text) => yield json_event(&shape.text(index, &text)),
+                Event::Text { text, logprobs } => yield json_event(&shape.text(index, &text, &logprobs)),
                 Event::Done { finish_reason, completion_tokens: n, .. } => {
                     completion_tokens += n;
                     done += 1;
@@ -167,4 +173,13 @@ fn sse_response(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send 
 
 pub fn shared(state: &Arc<AppState>) -> (String, u64) {
     (state.limits.served_model_name.clone(), crate::now_seconds())
+}
+
+/// A token as clients see it in log-probabilities: its piece, with sentencepiece's `▁` as a space.
+pub fn token_text(tokenizer: &TextTokenizer, token: u32) -> String {
+    tokenizer
+        .inner()
+        .id_to_token(token)
+        .map(|piece| piece.replace('\u{2581}', " "))
+        .unwrap_or_default()
 }

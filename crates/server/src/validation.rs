@@ -29,6 +29,20 @@ pub struct Plan {
     pub include_usage: bool,
 }
 
+impl Plan {
+    pub fn wants_logprobs(&self) -> bool {
+        self.params.logprobs.is_some()
+    }
+}
+
+/// Checks a requested number of top alternatives.
+pub fn top_logprobs(param: &str, value: i64, max: i64) -> Result<usize, ApiError> {
+    if !(0..=max).contains(&value) {
+        return Err(ApiError::invalid(param, format!("`{param}` must be between 0 and {max}, got {value}")));
+    }
+    Ok(value as usize)
+}
+
 fn in_range(param: &str, value: Option<f64>, lo: f64, hi: f64, default: f64) -> Result<f32, ApiError> {
     let v = value.unwrap_or(default);
     if !v.is_finite() || v < lo || v > hi {
@@ -38,7 +52,14 @@ fn in_range(param: &str, value: Option<f64>, lo: f64, hi: f64, default: f64) -> 
 }
 
 /// Checks the shared fields; `prompts` are already tokenized.
-pub fn plan(fields: &SamplingFields, max_tokens: Option<i64>, prompts: Vec<Vec<u32>>, limits: &Limits) -> Result<Plan, ApiError> {
+/// `logprobs`: how many top alternatives to report per token, if log-probabilities are wanted.
+pub fn plan(
+    fields: &SamplingFields,
+    max_tokens: Option<i64>,
+    logprobs: Option<usize>,
+    prompts: Vec<Vec<u32>>,
+    limits: &Limits,
+) -> Result<Plan, ApiError> {
     if let Some(model) = &fields.model {
         if model != &limits.served_model_name {
             return Err(ApiError::UnknownModel(model.clone()));
@@ -102,6 +123,7 @@ pub fn plan(fields: &SamplingFields, max_tokens: Option<i64>, prompts: Vec<Vec<u
         presence_penalty: in_range("presence_penalty", fields.presence_penalty, -2.0, 2.0, 0.0)?,
         logit_bias,
         seed: fields.seed.map(|s| s as u64),
+        logprobs,
     };
     let stop = match &fields.stop {
         None => Vec::new(),

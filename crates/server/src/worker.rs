@@ -3,7 +3,7 @@
 //! sequence (prefill chunks, full and recycled decode steps side by side), and streams text back.
 use crate::error::ApiError;
 use crate::text::TextStream;
-use recyclegpt_engine::{step, DecodeMode, FinishReason, SamplingParams, Sequence, SequenceStats, StopCriteria};
+use recyclegpt_engine::{step, DecodeMode, FinishReason, SamplingParams, Sequence, SequenceStats, StopCriteria, TokenLogprob};
 use recyclegpt_model::{RecycleGpt, TextTokenizer};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,7 +24,8 @@ pub struct Job {
 
 #[derive(Debug)]
 pub enum Event {
-    Text(String),
+    /// New text, and the log-probabilities of the tokens it came from (when asked for).
+    Text { text: String, logprobs: Vec<TokenLogprob> },
     Done {
         finish_reason: &'static str,
         prompt_tokens: usize,
@@ -236,7 +237,8 @@ impl Worker {
     fn end_all(&mut self, reason: &'static str) {
         for mut r in std::mem::take(&mut self.running) {
             let chunk = r.text.push(&[], true);
-            finish(&mut r, chunk.text, reason);
+            let logprobs = r.seq.take_new_logprobs();
+            finish(&mut r, chunk.text, logprobs, reason);
         }
     }
 
@@ -254,6 +256,7 @@ impl Worker {
                 r.last_token = Some(now);
                 metrics::counter!("recyclegpt_generated_tokens_total").increment(tokens.len() as u64);
             }
+            let logprobs = r.seq.take_new_logprobs();
             let finished = r.seq.finish_reason();
             let chunk = r.text.push(&tokens, finished.is_some());
             let reason = match (chunk.stopped, finished) {
@@ -262,10 +265,10 @@ impl Worker {
                 (false, None) => None,
             };
             match reason {
-                Some(reason) => finish(&mut r, chunk.text, reason),
+                Some(reason) => finish(&mut r, chunk.text, logprobs, reason),
                 None => {
-                    if !chunk.text.is_empty() {
-                        let _ = r.job.events.send((r.job.index, Event::Text(chunk.text)));
+                    if !chunk.text.is_empty() || !logprobs.is_empty() {
+                        let _ = r.job.events.send((r.job.index, Event::Text { text: chunk.text, logprobs }));
                     }
                     still_running.push(r);
                 }
@@ -280,9 +283,9 @@ impl Worker {
     }
 }
 
-fn finish(r: &mut Running, text: String, reason: &'static str) {
-    if !text.is_empty() {
-        let _ = r.job.events.send((r.job.index, Event::Text(text)));
+fn finish(r: &mut Running, text: String, logprobs: Vec<TokenLogprob>, reason: &'static str) {
+    if !text.is_empty() || !logprobs.is_empty() {
+        let _ = r.job.events.send((r.job.index, Event::Text { text, logprobs }));
     }
     let stats = r.seq.stats();
     let completion_tokens = r.seq.generated().len();

@@ -1,17 +1,38 @@
 //! `POST /v1/chat/completions`.
 use crate::chat_template::ChatMessage;
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{collect, recycle_stats, shared, submit, sse, ChunkShape};
+use crate::generation::{collect, recycle_stats, shared, submit, sse, token_text, ChunkShape};
 use crate::openai::{ChatRequest, Content, Usage};
-use crate::validation::plan;
+use crate::validation::{plan, top_logprobs};
+use recyclegpt_engine::TokenLogprob;
+use recyclegpt_model::TextTokenizer;
 use crate::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// OpenAI's chat `logprobs` object.
+fn logprobs_json(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob]) -> Value {
+    let entry = |token: u32, logprob: f32| {
+        let text = token_text(tokenizer, token);
+        json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()})
+    };
+    let content: Vec<Value> = logprobs
+        .iter()
+        .map(|l| {
+            let mut item = entry(l.token, l.logprob);
+            item["top_logprobs"] = l.top.iter().map(|(t, lp)| entry(*t, *lp)).collect();
+            item
+        })
+        .collect();
+    json!({ "content": content })
+}
+
 struct ChatChunks {
+    tokenizer: Arc<TextTokenizer>,
+    logprobs: bool,
     id: String,
     model: String,
     created: u64,
@@ -28,8 +49,12 @@ impl ChunkShape for ChatChunks {
     fn opening(&self, index: usize) -> Option<serde_json::Value> {
         Some(self.chunk(index, json!({"role": "assistant", "content": ""}), None))
     }
-    fn text(&self, index: usize, text: &str) -> serde_json::Value {
-        self.chunk(index, json!({"content": text}), None)
+    fn text(&self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value {
+        let mut chunk = self.chunk(index, json!({"content": text}), None);
+        if self.logprobs {
+            chunk["choices"][0]["logprobs"] = logprobs_json(&self.tokenizer, logprobs);
+        }
+        chunk
     }
     fn finish(&self, index: usize, reason: &str) -> serde_json::Value {
         self.chunk(index, json!({}), Some(reason))
@@ -74,9 +99,11 @@ fn messages(request: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
 }
 
 pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
-    if request.logprobs || request.top_logprobs.is_some() {
-        return Err(ApiError::invalid("logprobs", "`logprobs` is not supported yet"));
-    }
+    let logprobs = match (request.logprobs, request.top_logprobs) {
+        (true, top) => Some(top_logprobs("top_logprobs", top.unwrap_or(0), 20)?),
+        (false, None) => None,
+        (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`")),
+    };
     let prompt_text = state.template.render(&messages(&request)?)?;
     let mut prompt = state.tokenizer.encode(&prompt_text).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     // A template that writes BOS itself must not get a second one from the tokenizer.
@@ -84,19 +111,27 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
         prompt.remove(0);
     }
     let max_tokens = request.max_completion_tokens.or(request.sampling.max_tokens);
-    let plan = plan(&request.sampling, max_tokens, vec![prompt], &state.limits)?;
+    let plan = plan(&request.sampling, max_tokens, logprobs, vec![prompt], &state.limits)?;
     let id = format!("chatcmpl-{}", state.worker.next_request_id());
     let events = submit(&state, &plan, &id)?;
     let (model, created) = shared(&state);
     if plan.stream {
-        return Ok(sse(ChatChunks { id, model, created }, events, plan));
+        let shape = ChatChunks {
+            tokenizer: state.tokenizer.clone(),
+            logprobs: plan.wants_logprobs(),
+            id,
+            model,
+            created,
+        };
+        return Ok(sse(shape, events, plan));
     }
     let (choices, usage) = collect(events, &plan).await?;
     let body: Vec<serde_json::Value> = choices
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            json!({"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": null, "finish_reason": c.finish_reason})
+            let logprobs = if plan.wants_logprobs() { logprobs_json(&state.tokenizer, &c.logprobs) } else { Value::Null };
+            json!({"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": logprobs, "finish_reason": c.finish_reason})
         })
         .collect();
     metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);

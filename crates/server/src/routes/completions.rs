@@ -1,16 +1,41 @@
 //! `POST /v1/completions`.
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{collect, recycle_stats, shared, submit, sse, ChunkShape};
+use crate::generation::{collect, recycle_stats, shared, submit, sse, token_text, ChunkShape};
 use crate::openai::{CompletionRequest, Prompt, Usage};
-use crate::validation::plan;
+use crate::validation::{plan, top_logprobs};
+use recyclegpt_engine::TokenLogprob;
+use recyclegpt_model::TextTokenizer;
 use crate::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// OpenAI's completions `logprobs` object; `offset` is where the tokens' text starts.
+fn logprobs_json(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob], offset: usize) -> Value {
+    let tokens: Vec<String> = logprobs.iter().map(|l| token_text(tokenizer, l.token)).collect();
+    let mut text_offset = Vec::with_capacity(tokens.len());
+    let mut at = offset;
+    for t in &tokens {
+        text_offset.push(at);
+        at += t.len();
+    }
+    let top: Vec<Value> = logprobs
+        .iter()
+        .map(|l| Value::Object(l.top.iter().map(|(t, lp)| (token_text(tokenizer, *t), json!(lp))).collect()))
+        .collect();
+    json!({
+        "tokens": tokens,
+        "token_logprobs": logprobs.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": text_offset,
+    })
+}
+
 struct CompletionChunks {
+    tokenizer: Arc<TextTokenizer>,
+    logprobs: bool,
     id: String,
     model: String,
     created: u64,
@@ -29,8 +54,9 @@ impl ChunkShape for CompletionChunks {
         let echo = self.echo.get(index / self.n)?;
         Some(self.chunk(json!([{"index": index, "text": echo, "logprobs": null, "finish_reason": null}])))
     }
-    fn text(&self, index: usize, text: &str) -> serde_json::Value {
-        self.chunk(json!([{"index": index, "text": text, "logprobs": null, "finish_reason": null}]))
+    fn text(&self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value {
+        let logprobs = if self.logprobs { logprobs_json(&self.tokenizer, logprobs, 0) } else { Value::Null };
+        self.chunk(json!([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": null}]))
     }
     fn finish(&self, index: usize, reason: &str) -> serde_json::Value {
         self.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason}]))
@@ -47,9 +73,6 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
     if request.suffix.is_some() {
         return Err(ApiError::invalid("suffix", "`suffix` is not supported"));
     }
-    if request.logprobs.is_some() {
-        return Err(ApiError::invalid("logprobs", "`logprobs` is not supported yet"));
-    }
     let prompts: Vec<Vec<u32>> = match &request.prompt {
         Prompt::Text(text) => vec![state.tokenizer.encode(text).map_err(|e| ApiError::invalid("prompt", e.to_string()))?],
         Prompt::Texts(texts) => texts
@@ -59,7 +82,8 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
         Prompt::Ids(ids) => vec![ids.clone()],
         Prompt::IdLists(lists) => lists.clone(),
     };
-    let plan = plan(&request.sampling, request.sampling.max_tokens, prompts, &state.limits)?;
+    let logprobs = request.logprobs.map(|n| top_logprobs("logprobs", n, 5)).transpose()?;
+    let plan = plan(&request.sampling, request.sampling.max_tokens, logprobs, prompts, &state.limits)?;
     let echo: Vec<String> = if request.echo {
         plan.prompts
             .iter()
@@ -72,7 +96,15 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
     let events = submit(&state, &plan, &id)?;
     let (model, created) = shared(&state);
     if plan.stream {
-        let shape = CompletionChunks { id, model, created, echo, n: plan.n };
+        let shape = CompletionChunks {
+            tokenizer: state.tokenizer.clone(),
+            logprobs: plan.wants_logprobs(),
+            id,
+            model,
+            created,
+            echo,
+            n: plan.n,
+        };
         return Ok(sse(shape, events, plan));
     }
     let (choices, usage) = collect(events, &plan).await?;
@@ -81,7 +113,8 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
         .enumerate()
         .map(|(i, c)| {
             let prefix = echo.get(i / plan.n).map(String::as_str).unwrap_or("");
-            json!({"index": i, "text": format!("{prefix}{}", c.text), "logprobs": null, "finish_reason": c.finish_reason})
+            let logprobs = if plan.wants_logprobs() { logprobs_json(&state.tokenizer, &c.logprobs, prefix.len()) } else { Value::Null };
+            json!({"index": i, "text": format!("{prefix}{}", c.text), "logprobs": logprobs, "finish_reason": c.finish_reason})
         })
         .collect();
     metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
