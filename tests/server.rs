@@ -367,6 +367,12 @@ async fn completion_fields_prompts_echo_stop_n_and_seed() {
     assert_eq!(models["data"][0]["recycle"]["default"], "verify");
     assert_eq!(reqwest::get(server.url("/health")).await.unwrap().status().as_u16(), 200);
     let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let spec: Value = reqwest::get(server.url("/openapi.json")).await.unwrap().json().await.unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with('3'));
+    for path in ["/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"] {
+        assert!(spec["paths"].get(path).is_some(), "openapi lacks {path}");
+    }
+    assert!(spec["components"]["schemas"]["CompletionRequest"].is_object());
     for name in [
         "recyclegpt_requests_total", "recyclegpt_queue_depth", "recyclegpt_running_sequences", "recyclegpt_kv_tokens_in_use",
         "recyclegpt_prompt_tokens_total", "recyclegpt_generated_tokens_total", "recyclegpt_time_to_first_token_seconds_bucket",
@@ -448,5 +454,44 @@ async fn logprobs_for_completions_and_chat() {
         .collect();
     assert_eq!(entries.len(), 8);
     assert!(entries.iter().all(|e| e["top_logprobs"].as_array().unwrap().len() == 2 && e["bytes"].is_array()));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_uses_the_models_template() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let dir = common::scratch("chat-template");
+    for entry in std::fs::read_dir(shared.join("hf")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let template = "{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}{{ m.content.strip() }}\n\
+{% elif m.role == 'user' %}Q: {{ m.content | trim }}\n{% elif m.role == 'assistant' %}A: {{ m.content }}\n\
+{% else %}{{ raise_exception('unknown role ' ~ m.role) }}{% endif %}{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
+    let config_path = dir.join("tokenizer_config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["chat_template"] = json!(template);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+
+    let server = TestServer::start(&dir, |_| {}).await;
+    let chat: Value = server
+        .post("/v1/chat/completions", json!({"messages": [
+            {"role": "system", "content": "  Once upon a time  "},
+            {"role": "user", "content": " Who was there? "}], "max_tokens": 20, "temperature": 0}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The same prompt as plain text, with the one BOS the tokenizer adds.
+    let rendered = "Once upon a time\nQ: Who was there?\nA:";
+    let plain: Value = server
+        .post("/v1/completions", json!({"prompt": rendered, "max_tokens": 20, "temperature": 0}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(chat["usage"]["prompt_tokens"], plain["usage"]["prompt_tokens"]);
+    assert_eq!(chat["choices"][0]["message"]["content"], plain["choices"][0]["text"]);
     server.shutdown().await.unwrap();
 }

@@ -98,6 +98,17 @@ fn messages(request: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
         .collect()
 }
 
+/// Chat completions; the prompt comes from the model's chat template.
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatRequest, responses(
+        (status = 200, description = "A `chat.completion` object, or a stream of `chat.completion.chunk`s"),
+        (status = 400, description = "An invalid parameter (named in `param`), or prompt + max_tokens over the context"),
+        (status = 401, description = "Missing or wrong API key"),
+        (status = 404, description = "Unknown model"),
+        (status = 413, description = "Body too large"),
+        (status = 422, description = "Malformed JSON"),
+        (status = 429, description = "The request queue is full"),
+        (status = 503, description = "The server is draining")
+))]
 pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
     let logprobs = match (request.logprobs, request.top_logprobs) {
         (true, top) => Some(top_logprobs("top_logprobs", top.unwrap_or(0), 20)?),

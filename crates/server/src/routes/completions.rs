@@ -66,6 +66,17 @@ impl ChunkShape for CompletionChunks {
     }
 }
 
+/// Completions; `stream: true` answers with server-sent events ending in `data: [DONE]`.
+#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest, responses(
+        (status = 200, description = "A `text_completion` object, or a stream of them"),
+        (status = 400, description = "An invalid parameter (named in `param`), or prompt + max_tokens over the context"),
+        (status = 401, description = "Missing or wrong API key"),
+        (status = 404, description = "Unknown model"),
+        (status = 413, description = "Body too large"),
+        (status = 422, description = "Malformed JSON"),
+        (status = 429, description = "The request queue is full"),
+        (status = 503, description = "The server is draining")
+))]
 pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
     if request.best_of.is_some_and(|b| b != 1) {
         return Err(ApiError::invalid("best_of", "`best_of` is not supported"));

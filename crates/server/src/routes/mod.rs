@@ -29,6 +29,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api)
         .route("/health", get(system::health))
         .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi))
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(cors)
         .with_state(state)
