@@ -495,3 +495,30 @@ async fn chat_uses_the_models_template() {
     assert_eq!(chat["choices"][0]["message"]["content"], plain["choices"][0]["text"]);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_serve_reports_throughput_and_latency() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let server = TestServer::start(&shared.join("hf"), |_| {}).await;
+    let base = server.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_recyclegpt"))
+            .args(["bench", "serve", "--url", &base, "--clients", "2", "--requests", "4", "--max-tokens", "8", "--json"])
+            .output()
+            .expect("runs")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reports: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(reports.iter().map(|r| r["mode"].as_str().unwrap()).collect::<Vec<_>>(), ["off", "alternate", "verify"]);
+    for r in &reports {
+        assert_eq!(r["failed"], 0);
+        assert_eq!(r["generated_tokens"], 32);
+        assert!(r["tokens_per_second"].as_f64().unwrap() > 0.0);
+        assert!(r["ttft_p50_ms"].as_f64().unwrap() > 0.0 && r["ttft_p99_ms"].as_f64() >= r["ttft_p50_ms"].as_f64());
+        assert!(r["itl_p50_ms"].as_f64().unwrap() > 0.0);
+    }
+    server.shutdown().await.unwrap();
+}

@@ -12,6 +12,31 @@ pub enum BenchCommand {
     Decode(DecodeArgs),
     /// The small-m linear kernel against candle's matmul on one weight matrix.
     Kernels(KernelArgs),
+    /// Concurrent streaming clients against a running server.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The server's base URL, e.g. http://127.0.0.1:8000
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    #[arg(long, default_value_t = 16)]
+    requests: usize,
+    /// off | alternate | verify; all three when absent.
+    #[arg(long)]
+    mode: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    #[arg(long, default_value = "Once upon a time")]
+    prompt: String,
+    #[arg(long, env = "RECYCLEGPT_API_KEY")]
+    api_key: Option<String>,
+    /// One JSON object per mode instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -55,7 +80,37 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Decode(args) => run_decode(args),
         BenchCommand::Kernels(args) => run_kernels(args),
+        BenchCommand::Serve(args) => run_serve(args),
     }
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let options = recyclegpt_bench::serve::ServeOptions {
+        url: args.url,
+        clients: args.clients,
+        requests: args.requests,
+        max_tokens: args.max_tokens,
+        prompt: args.prompt,
+        api_key: args.api_key,
+    };
+    let modes: Vec<String> = match args.mode {
+        Some(mode) => vec![mode],
+        None => ["off", "alternate", "verify"].map(String::from).to_vec(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if !args.json {
+        println!("{:>9} {:>7} {:>8} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9}", "mode", "clients", "requests", "failed", "tokens/s", "ttft p50", "ttft p99", "itl p50", "itl p99");
+    }
+    for mode in modes {
+        let r = runtime.block_on(recyclegpt_bench::serve::run(&options, &mode));
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("{:>9} {:>7} {:>8} {:>7} {:>9.1} {:>8.1}ms {:>8.1}ms {:>7.2}ms {:>7.2}ms", r.mode, r.clients, r.requests, r.failed,
+                r.tokens_per_second, r.ttft_p50_ms, r.ttft_p99_ms, r.itl_p50_ms, r.itl_p99_ms);
+        }
+    }
+    Ok(())
 }
 
 fn run_kernels(args: KernelArgs) -> anyhow::Result<()> {

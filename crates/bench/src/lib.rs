@@ -3,6 +3,7 @@
 pub mod bandwidth;
 pub mod decode;
 pub mod kernels;
+pub mod serve;
 pub mod shapes;
 
 use std::time::Instant;
