@@ -70,6 +70,25 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The error statuses of the generation endpoints, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+pub enum ErrorResponses {
+    #[response(status = 400, description = "An invalid parameter (named in `param`), or prompt + max_tokens over the context")]
+    Invalid,
+    #[response(status = 401, description = "Missing or wrong API key")]
+    Unauthorized,
+    #[response(status = 404, description = "Unknown model")]
+    UnknownModel,
+    #[response(status = 413, description = "Body too large")]
+    TooLarge,
+    #[response(status = 422, description = "Malformed JSON")]
+    Malformed,
+    #[response(status = 429, description = "The request queue is full")]
+    QueueFull,
+    #[response(status = 503, description = "The server is draining")]
+    Draining,
+}
+
 /// A JSON body whose rejections (too large, not JSON, wrong types) come out in OpenAI's shape.
 pub struct ApiJson<T>(pub T);
 

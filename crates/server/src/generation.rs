@@ -100,7 +100,7 @@ pub fn usage(plan: &Plan, completion_tokens: usize) -> Usage {
 }
 
 /// Recycling statistics of a response (an extension field, `recycle`).
-pub fn recycle_stats(plan: &Plan, choices: &[Choice]) -> serde_json::Value {
+fn recycle_stats(plan: &Plan, choices: &[Choice]) -> serde_json::Value {
     let tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
     let forwards: usize = choices.iter().map(|c| c.full_forwards).sum();
     serde_json::json!({
@@ -173,6 +173,17 @@ fn sse_response(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send 
 
 pub fn shared(state: &Arc<AppState>) -> (String, u64) {
     (state.limits.served_model_name.clone(), crate::now_seconds())
+}
+
+/// A whole (non-streamed) response: `object` is `text_completion` or `chat.completion`.
+pub fn whole_response(object: &str, id: &str, state: &Arc<AppState>, plan: &Plan, choices: &[Choice], body: Vec<serde_json::Value>, usage: Usage) -> Response {
+    let (model, created) = shared(state);
+    metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
+    axum::Json(serde_json::json!({
+        "id": id, "object": object, "created": created, "model": model,
+        "choices": body, "usage": usage, "recycle": recycle_stats(plan, choices),
+    }))
+    .into_response()
 }
 
 /// A token as clients see it in log-probabilities: its piece, with sentencepiece's `▁` as a space.

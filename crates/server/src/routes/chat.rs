@@ -1,15 +1,14 @@
 //! `POST /v1/chat/completions`.
 use crate::chat_template::ChatMessage;
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{collect, recycle_stats, shared, submit, sse, token_text, ChunkShape};
+use crate::generation::{collect, shared, submit, sse, token_text, whole_response, ChunkShape};
 use crate::openai::{ChatRequest, Content, Usage};
 use crate::validation::{plan, top_logprobs};
 use recyclegpt_engine::TokenLogprob;
 use recyclegpt_model::TextTokenizer;
 use crate::AppState;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -101,13 +100,7 @@ fn messages(request: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
 /// Chat completions; the prompt comes from the model's chat template.
 #[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatRequest, responses(
         (status = 200, description = "A `chat.completion` object, or a stream of `chat.completion.chunk`s"),
-        (status = 400, description = "An invalid parameter (named in `param`), or prompt + max_tokens over the context"),
-        (status = 401, description = "Missing or wrong API key"),
-        (status = 404, description = "Unknown model"),
-        (status = 413, description = "Body too large"),
-        (status = 422, description = "Malformed JSON"),
-        (status = 429, description = "The request queue is full"),
-        (status = 503, description = "The server is draining")
+        crate::error::ErrorResponses
 ))]
 pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
     let logprobs = match (request.logprobs, request.top_logprobs) {
@@ -145,10 +138,5 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
             json!({"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": logprobs, "finish_reason": c.finish_reason})
         })
         .collect();
-    metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
-    Ok(Json(json!({
-        "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": body, "usage": usage, "recycle": recycle_stats(&plan, &choices),
-    }))
-    .into_response())
+    Ok(whole_response("chat.completion", &id, &state, &plan, &choices, body, usage))
 }

@@ -1,14 +1,13 @@
 //! `POST /v1/completions`.
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{collect, recycle_stats, shared, submit, sse, token_text, ChunkShape};
+use crate::generation::{collect, shared, submit, sse, token_text, whole_response, ChunkShape};
 use crate::openai::{CompletionRequest, Prompt, Usage};
 use crate::validation::{plan, top_logprobs};
 use recyclegpt_engine::TokenLogprob;
 use recyclegpt_model::TextTokenizer;
 use crate::AppState;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -69,13 +68,7 @@ impl ChunkShape for CompletionChunks {
 /// Completions; `stream: true` answers with server-sent events ending in `data: [DONE]`.
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest, responses(
         (status = 200, description = "A `text_completion` object, or a stream of them"),
-        (status = 400, description = "An invalid parameter (named in `param`), or prompt + max_tokens over the context"),
-        (status = 401, description = "Missing or wrong API key"),
-        (status = 404, description = "Unknown model"),
-        (status = 413, description = "Body too large"),
-        (status = 422, description = "Malformed JSON"),
-        (status = 429, description = "The request queue is full"),
-        (status = 503, description = "The server is draining")
+        crate::error::ErrorResponses
 ))]
 pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
     if request.best_of.is_some_and(|b| b != 1) {
@@ -128,10 +121,5 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
             json!({"index": i, "text": format!("{prefix}{}", c.text), "logprobs": logprobs, "finish_reason": c.finish_reason})
         })
         .collect();
-    metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
-    Ok(Json(json!({
-        "id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": body, "usage": usage, "recycle": recycle_stats(&plan, &choices),
-    }))
-    .into_response())
+    Ok(whole_response("text_completion", &id, &state, &plan, &choices, body, usage))
 }
