@@ -127,3 +127,36 @@ fn verify_equals_standard_when_drafts_are_often_accepted() {
     }
     assert!(accepted > 20 && rejected > 20, "accepted {accepted}, rejected {rejected}");
 }
+
+#[test]
+fn a_distilled_module_agrees_with_the_model_and_verify_still_equals_standard() {
+    let Some(shared) = stories260k() else { return };
+    let hf = shared.join("hf");
+    let base = load(&hf, recyclegpt_model::RecycleInit::FromFiles);
+    let corpus = recyclegpt_train::Corpus::self_distilled(&base.model, &base.tokenizer, 48, 64, 7).unwrap();
+    let out = common::scratch("distilled");
+    let options = recyclegpt_train::DistillOptions {
+        steps: 60,
+        batch: 8,
+        progress: false,
+        ..Default::default()
+    };
+    let report = recyclegpt_train::train_recycle(&base.model, &hf, &corpus, &out, &options).unwrap();
+    assert!(report.last_loss < report.first_loss * 0.6, "{report:?}");
+
+    // The written directory loads with its trained module, which beats a random one.
+    let trained = load(&out, recyclegpt_model::RecycleInit::FromFiles);
+    assert_eq!(trained.model.recycle_source(), recyclegpt_model::RecycleSource::Trained);
+    let random = load(&hf, random_module(9));
+    let verify = |loaded: &recyclegpt_model::LoadedModel| run(loaded, PROMPTS[1], DecodeMode::Verify, SamplingParams::greedy(), 80);
+    let (with_trained, with_random) = (verify(&trained), verify(&random));
+    assert!(report.agreement > 0.25, "{report:?}");
+    assert!(
+        with_trained.tokens_per_full_forward() > with_random.tokens_per_full_forward() + 0.1,
+        "trained {:?} vs random {:?}",
+        with_trained.stats,
+        with_random.stats
+    );
+    let standard = run(&trained, PROMPTS[1], DecodeMode::Standard, SamplingParams::greedy(), 80);
+    assert_eq!(with_trained.ids, standard.ids);
+}

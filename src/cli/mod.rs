@@ -4,6 +4,7 @@ mod convert;
 mod generate;
 mod model_args;
 mod serve;
+mod train_recycle;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Command {
     Convert(convert::ConvertCommand),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Train a recyclable module for an existing model (the base model stays frozen).
+    TrainRecycle(train_recycle::TrainRecycleArgs),
     /// Run a benchmark.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -50,5 +53,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(command) => convert::run(command),
         Command::Bench(command) => bench::run(command),
         Command::Serve(args) => serve::run(args),
+        Command::TrainRecycle(args) => train_recycle::run(args),
     }
 }

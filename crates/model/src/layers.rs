@@ -26,6 +26,10 @@ impl Linear {
         Self { weight }
     }
 
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// Decode-sized inputs on CPU take the weight-streaming kernel; larger ones (prefill) and
     /// other devices take candle's matmul.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

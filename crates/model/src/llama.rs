@@ -59,6 +59,11 @@ impl Llama {
         })
     }
 
+    /// The token embedding `[vocab, d]` and output head `[vocab, d]` (the same tensor when tied).
+    pub fn embedding_and_head(&self) -> (&Tensor, &Tensor) {
+        (&self.embed, self.head.weight())
+    }
+
     pub fn stack(&self) -> &DecoderStack {
         &self.stack
     }

@@ -186,6 +186,11 @@ impl RecycleGpt {
         on_worker(|| self.llama.forward(inputs))
     }
 
+    /// The token embedding and output head, shared with the recyclable module.
+    pub fn embedding_and_head(&self) -> (&Tensor, &Tensor) {
+        self.llama.embedding_and_head()
+    }
+
     /// Final norm and output head over rows of hidden states (`[n, d]`).
     pub fn head_logits(&self, hidden: &Tensor) -> Result<Vec<Vec<f32>>> {
         let rows: Vec<u32> = (0..hidden.dim(0)? as u32).collect();

@@ -1,0 +1,157 @@
+//! Differentiable Llama layers for training. candle's fused RoPE, RMSNorm and softmax have no
+//! backward pass, so these are written in plain tensor ops; tensor names match the inference
+//! loader's so that what is trained here loads there.
+use candle_core::{Device, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            eps: eps as f32,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)
+    }
+}
+
+pub struct Linear {
+    weight: Tensor,
+}
+
+impl Linear {
+    pub fn new(vb: VarBuilder, out_dim: usize, in_dim: usize) -> Result<Self> {
+        let std = (1.0 / in_dim as f64).sqrt();
+        Ok(Self {
+            weight: vb.get_with_hints((out_dim, in_dim), "weight", Init::Randn { mean: 0.0, stdev: std })?,
+        })
+    }
+
+    /// `x [..., in] → [..., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_matmul(&self.weight.t()?)
+    }
+}
+
+/// cos / sin of the rotate-half convention, full head width: `[positions, head_dim]`.
+pub struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RopeTables {
+    pub fn new(head_dim: usize, positions: usize, theta: f64, device: &Device) -> Result<Self> {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(positions * head_dim);
+        let mut sin = Vec::with_capacity(positions * head_dim);
+        for p in 0..positions {
+            for i in 0..head_dim {
+                let freq = 1.0 / theta.powf(2.0 * (i % half) as f64 / head_dim as f64);
+                cos.push((p as f64 * freq).cos() as f32);
+                sin.push((p as f64 * freq).sin() as f32);
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (positions, head_dim), device)?,
+            sin: Tensor::from_vec(sin, (positions, head_dim), device)?,
+        })
+    }
+
+    /// Rotates `x [B, H, T, hd]` whose tokens sit at positions `start..start + T`.
+    pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+        let (_, _, t, hd) = x.dims4()?;
+        let cos = self.cos.narrow(0, start, t)?;
+        let sin = self.sin.narrow(0, start, t)?;
+        let half = hd / 2;
+        let rotated = Tensor::cat(&[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?], D::Minus1)?;
+        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+    }
+}
+
+/// Shape of a decoder layer.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub eps: f64,
+}
+
+pub struct DecoderLayer {
+    input_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    s: LayerShape,
+}
+
+impl DecoderLayer {
+    pub fn new(vb: VarBuilder, s: LayerShape) -> Result<Self> {
+        let attn = vb.pp("self_attn");
+        let mlp = vb.pp("mlp");
+        Ok(Self {
+            input_norm: RmsNorm::new(vb.pp("input_layernorm"), s.hidden, s.eps)?,
+            q: Linear::new(attn.pp("q_proj"), s.heads * s.head_dim, s.hidden)?,
+            k: Linear::new(attn.pp("k_proj"), s.kv_heads * s.head_dim, s.hidden)?,
+            v: Linear::new(attn.pp("v_proj"), s.kv_heads * s.head_dim, s.hidden)?,
+            o: Linear::new(attn.pp("o_proj"), s.hidden, s.heads * s.head_dim)?,
+            post_norm: RmsNorm::new(vb.pp("post_attention_layernorm"), s.hidden, s.eps)?,
+            gate: Linear::new(mlp.pp("gate_proj"), s.intermediate, s.hidden)?,
+            up: Linear::new(mlp.pp("up_proj"), s.intermediate, s.hidden)?,
+            down: Linear::new(mlp.pp("down_proj"), s.hidden, s.intermediate)?,
+            s,
+        })
+    }
+
+    /// `x [B, T, d]`, positions `start..start + T`, causal.
+    pub fn forward(&self, x: &Tensor, rope: &RopeTables, start: usize) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let s = self.s;
+        let h = self.input_norm.forward(x)?;
+        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
+            proj.forward(&h)?.reshape((b, t, n, s.head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let q = rope.apply(&heads(&self.q, s.heads)?, start)?;
+        let k = rope.apply(&heads(&self.k, s.kv_heads)?, start)?;
+        let v = heads(&self.v, s.kv_heads)?;
+        let group = s.heads / s.kv_heads;
+        let repeat = |x: Tensor| -> Result<Tensor> {
+            if group == 1 {
+                return Ok(x);
+            }
+            x.unsqueeze(2)?.expand((b, s.kv_heads, group, t, s.head_dim))?.reshape((b, s.heads, t, s.head_dim))
+        };
+        let (k, v) = (repeat(k)?, repeat(v)?);
+        let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask = Tensor::from_vec(mask, (t, t), x.device())?;
+        let scores = (q.matmul(&k.t()?)? / (s.head_dim as f64).sqrt())?.broadcast_add(&mask)?;
+        let attended = candle_nn::ops::softmax(&scores, D::Minus1)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, s.heads * s.head_dim))?;
+        let x = (x + self.o.forward(&attended)?)?;
+        let h = self.post_norm.forward(&x)?;
+        let mlp = self.down.forward(&(candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?)?;
+        x + mlp
+    }
+}
+
+/// Mean soft cross-entropy of `logits [N, V]` against target probabilities `[N, V]`.
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    (targets * log_probs)?.sum(D::Minus1)?.mean_all()?.neg()
+}

@@ -1,0 +1,23 @@
+//! Training for RecycleGPT: differentiable layers, and recyclable modules distilled from the
+//! model they serve.
+pub mod corpus;
+pub mod distill;
+mod layers;
+mod module;
+mod output;
+mod schedule;
+
+pub use corpus::Corpus;
+pub use distill::{train_recycle, DistillOptions, DistillReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Data(String),
+    #[error(transparent)]
+    Model(#[from] recyclegpt_model::ModelError),
+    #[error(transparent)]
+    Engine(#[from] recyclegpt_engine::EngineError),
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
