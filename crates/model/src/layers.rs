@@ -26,6 +26,19 @@ impl Linear {
         Self { weight }
     }
 
+    /// Several projections of the same input as one matrix (their rows stacked), so that a
+    /// decode step streams them in one kernel call instead of several.
+    fn fused(w: &Weights, names: &[&str], out_dims: &[usize], in_dim: usize) -> Result<Self> {
+        let parts = names
+            .iter()
+            .zip(out_dims)
+            .map(|(name, &out)| Linear::load(w, name, out, in_dim).map(|l| l.weight))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            weight: Tensor::cat(&parts, 0)?,
+        })
+    }
+
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
@@ -60,23 +73,25 @@ impl RmsNorm {
 }
 
 struct Mlp {
-    gate: Linear,
-    up: Linear,
+    /// `gate_proj` and `up_proj` stacked.
+    gate_up: Linear,
     down: Linear,
+    intermediate: usize,
 }
 
 impl Mlp {
     fn load(w: &Weights, s: &StackShape) -> Result<Self> {
         Ok(Self {
-            gate: Linear::load(w, "gate_proj", s.intermediate, s.hidden)?,
-            up: Linear::load(w, "up_proj", s.intermediate, s.hidden)?,
+            gate_up: Linear::fused(w, &["gate_proj", "up_proj"], &[s.intermediate, s.intermediate], s.hidden)?,
             down: Linear::load(w, "down_proj", s.hidden, s.intermediate)?,
+            intermediate: s.intermediate,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::Activation::Silu.forward(&self.gate.forward(x)?)?;
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        let gate_up = self.gate_up.forward(x)?;
+        let gate = candle_nn::Activation::Silu.forward(&gate_up.narrow(1, 0, self.intermediate)?)?;
+        self.down.forward(&(gate * gate_up.narrow(1, self.intermediate, self.intermediate)?)?)
     }
 }
 
@@ -87,9 +102,8 @@ pub struct SeqSlot<'a> {
 }
 
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` stacked.
+    qkv: Linear,
     o: Linear,
     heads: usize,
     kv_heads: usize,
@@ -100,9 +114,12 @@ struct Attention {
 impl Attention {
     fn load(w: &Weights, s: &StackShape) -> Result<Self> {
         Ok(Self {
-            q: Linear::load(w, "q_proj", s.heads * s.head_dim, s.hidden)?,
-            k: Linear::load(w, "k_proj", s.kv_heads * s.head_dim, s.hidden)?,
-            v: Linear::load(w, "v_proj", s.kv_heads * s.head_dim, s.hidden)?,
+            qkv: Linear::fused(
+                w,
+                &["q_proj", "k_proj", "v_proj"],
+                &[s.heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim],
+                s.hidden,
+            )?,
             o: Linear::load(w, "o_proj", s.hidden, s.heads * s.head_dim)?,
             heads: s.heads,
             kv_heads: s.kv_heads,
@@ -118,9 +135,11 @@ impl Attention {
     /// Projections run over all `T` rows at once; attention runs per sequence against its cache.
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, layer: usize, seqs: &[SeqSlot]) -> Result<Tensor> {
         let t = x.dim(0)?;
-        let q = self.q.forward(x)?.reshape((t, self.heads, self.head_dim))?;
-        let k = self.k.forward(x)?.reshape((t, self.kv_heads, self.head_dim))?;
-        let v = self.v.forward(x)?.reshape((t, self.kv_heads, self.head_dim))?;
+        let qkv = self.qkv.forward(x)?;
+        let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let q = qkv.narrow(1, 0, q_width)?.reshape((t, self.heads, self.head_dim))?;
+        let k = qkv.narrow(1, q_width, kv_width)?.reshape((t, self.kv_heads, self.head_dim))?;
+        let v = qkv.narrow(1, q_width + kv_width, kv_width)?.reshape((t, self.kv_heads, self.head_dim))?;
         let q = Rope::apply(&q, cos, sin)?;
         let k = Rope::apply(&k, cos, sin)?;
         let mut offsets = Vec::with_capacity(seqs.len());
