@@ -159,4 +159,15 @@ fn a_distilled_module_agrees_with_the_model_and_verify_still_equals_standard() {
     );
     let standard = run(&trained, PROMPTS[1], DecodeMode::Standard, SamplingParams::greedy(), 80);
     assert_eq!(with_trained.ids, standard.ids);
+
+    // `eval` sees the same: more agreement, and alternate text the model finds far likelier.
+    let data = [shared.join("reference/lily_tom_park.txt"), shared.join("reference/once_upon_a_time.txt")];
+    let options = recyclegpt_train::EvalOptions { prompts: 2, generate_tokens: 32, ..Default::default() };
+    let good = recyclegpt_train::evaluate(&trained.model, &trained.tokenizer, &data, &options).unwrap();
+    let bad = recyclegpt_train::evaluate(&random.model, &random.tokenizer, &data, &options).unwrap();
+    assert!(good.perplexity > 1.0 && good.perplexity < 20.0, "{good:?}");
+    assert_eq!(good.perplexity, bad.perplexity, "the module does not change the full model");
+    assert!(good.agreement > bad.agreement, "{good:?} vs {bad:?}");
+    assert!(good.alternate_generation_perplexity < bad.alternate_generation_perplexity);
+    assert!(good.verify_tokens_per_full_forward > bad.verify_tokens_per_full_forward);
 }

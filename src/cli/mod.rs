@@ -1,6 +1,7 @@
 //! Command-line parsing and the subcommands.
 mod bench;
 mod convert;
+mod eval;
 mod generate;
 mod model_args;
 mod serve;
@@ -26,6 +27,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Train a recyclable module for an existing model (the base model stays frozen).
     TrainRecycle(train_recycle::TrainRecycleArgs),
+    /// Evaluate a model on held-out text: perplexity, module agreement, verify and alternate.
+    Eval(eval::EvalArgs),
     /// Run a benchmark.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -54,5 +57,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(command) => bench::run(command),
         Command::Serve(args) => serve::run(args),
         Command::TrainRecycle(args) => train_recycle::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }

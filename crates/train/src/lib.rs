@@ -2,6 +2,7 @@
 //! model they serve.
 pub mod corpus;
 pub mod distill;
+pub mod eval;
 mod layers;
 mod module;
 mod output;
@@ -9,6 +10,7 @@ mod schedule;
 
 pub use corpus::Corpus;
 pub use distill::{train_recycle, DistillOptions, DistillReport};
+pub use eval::{evaluate, EvalOptions, EvalReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
