@@ -5,6 +5,7 @@ mod eval;
 mod generate;
 mod model_args;
 mod serve;
+mod train;
 mod train_recycle;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ enum Command {
     Convert(convert::ConvertCommand),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Train a RecycleGPT (model and recyclable module) jointly from scratch.
+    Train(train::TrainArgs),
     /// Train a recyclable module for an existing model (the base model stays frozen).
     TrainRecycle(train_recycle::TrainRecycleArgs),
     /// Evaluate a model on held-out text: perplexity, module agreement, verify and alternate.
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(command) => bench::run(command),
         Command::Serve(args) => serve::run(args),
         Command::TrainRecycle(args) => train_recycle::run(args),
+        Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
     }
 }

@@ -34,6 +34,10 @@ impl Linear {
         })
     }
 
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// `x [..., in] → [..., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.broadcast_matmul(&self.weight.t()?)

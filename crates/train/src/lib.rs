@@ -1,16 +1,24 @@
 //! Training for RecycleGPT: differentiable layers, and recyclable modules distilled from the
 //! model they serve.
+mod checkpoint;
 pub mod corpus;
 pub mod distill;
 pub mod eval;
+pub mod joint;
+mod llama;
+mod optim;
+pub mod spec;
 mod layers;
 mod module;
 mod output;
 mod schedule;
+pub mod tokenizer;
 
 pub use corpus::Corpus;
 pub use distill::{train_recycle, DistillOptions, DistillReport};
 pub use eval::{evaluate, EvalOptions, EvalReport};
+pub use joint::{train, TrainOptions, TrainReport};
+pub use spec::TrainSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

@@ -12,7 +12,8 @@ pub struct TrainableModule {
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     rope: RopeTables,
-    /// The base model's embedding and output head: shared and frozen.
+    /// The base model's embedding and output head: shared (frozen when distilling, trained
+    /// with the module when training jointly).
     embedding: Tensor,
     head: Tensor,
 }
@@ -41,8 +42,8 @@ impl TrainableModule {
             layers,
             norm: RmsNorm::new(vb.pp("norm"), d, config.rms_norm_eps)?,
             rope: RopeTables::new(shape.head_dim, config.max_position_embeddings + 1, config.rope_theta, embedding.device())?,
-            embedding: embedding.detach(),
-            head: head.detach(),
+            embedding,
+            head,
         })
     }
 

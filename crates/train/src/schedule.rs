@@ -15,7 +15,12 @@ pub fn learning_rate(step: usize, steps: usize, warmup: usize, peak: f64) -> f64
 
 /// Scales all gradients down together when their global norm exceeds `max_norm`.
 pub fn clip_gradients(varmap: &VarMap, grads: &mut GradStore, max_norm: f64) -> Result<f64> {
-    let vars = varmap.all_vars();
+    clip_gradients_all(&[varmap], grads, max_norm)
+}
+
+/// The same over the variables of several maps.
+pub fn clip_gradients_all(maps: &[&VarMap], grads: &mut GradStore, max_norm: f64) -> Result<f64> {
+    let vars: Vec<_> = maps.iter().flat_map(|m| m.all_vars()).collect();
     let mut total = 0f64;
     for var in &vars {
         if let Some(g) = grads.get(var.as_tensor()) {

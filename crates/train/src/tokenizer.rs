@@ -1,0 +1,73 @@
+//! A byte-fallback BPE tokenizer trained on the corpus (sentencepiece-style: `▁` marks word
+//! starts; bytes outside the vocabulary fall back to `<0xNN>` tokens), in `tokenizer.json` form.
+use crate::TrainError;
+use std::path::{Path, PathBuf};
+use tokenizers::models::bpe::BpeTrainerBuilder;
+use tokenizers::models::TrainerWrapper;
+use tokenizers::{AddedToken, Tokenizer};
+
+/// Special tokens first (ids 0, 1, 2), then the 256 byte tokens (ids 3..259).
+pub const SPECIAL: [&str; 3] = ["<unk>", "<s>", "</s>"];
+
+fn template() -> String {
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "always", "split": true},
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}
+        ]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                  "vocab": {}, "merges": []}
+    })
+    .to_string()
+}
+
+/// Trains a tokenizer of `vocab_size` tokens on `files` and writes `tokenizer.json` and
+/// `tokenizer_config.json` into `out`.
+pub fn train_tokenizer(files: &[PathBuf], vocab_size: usize, out: &Path) -> Result<(), TrainError> {
+    let fail = |e: String| TrainError::Data(format!("tokenizer training: {e}"));
+    if vocab_size < SPECIAL.len() + 256 + 16 {
+        return Err(TrainError::Data(format!("vocab_size {vocab_size} leaves no room beyond the 259 special and byte tokens")));
+    }
+    let mut tokenizer: Tokenizer = template().parse().map_err(|e| fail(format!("{e}")))?;
+    let mut specials: Vec<AddedToken> = SPECIAL.iter().map(|t| AddedToken::from(*t, true)).collect();
+    specials.extend((0..=255u8).map(|b| AddedToken::from(format!("<0x{b:02X}>"), true)));
+    let trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .special_tokens(specials)
+        .build();
+    let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    tokenizer.train_from_files(&mut trainer, names).map_err(|e| fail(format!("{e}")))?;
+    // BOS in front of every encoded text, as Llama tokenizers do.
+    let mut json: serde_json::Value = serde_json::from_str(&tokenizer.to_string(false).map_err(|e| fail(format!("{e}")))?)
+        .map_err(|e| fail(e.to_string()))?;
+    json["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}
+    });
+    let write = |name: &str, value: &serde_json::Value| {
+        std::fs::write(out.join(name), serde_json::to_string_pretty(value).unwrap_or_default())
+            .map_err(|e| TrainError::Data(format!("{}: {e}", out.join(name).display())))
+    };
+    write("tokenizer.json", &json)?;
+    write(
+        "tokenizer_config.json",
+        &serde_json::json!({"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+                            "unk_token": "<unk>", "add_bos_token": true, "add_eos_token": false}),
+    )
+}
