@@ -522,3 +522,19 @@ async fn bench_serve_reports_throughput_and_latency() {
     }
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_max_tokens_generation_runs_to_the_context_at_most() {
+    let _serial = serial();
+    let Some(shared) = stories260k() else { return };
+    let server = TestServer::start(&shared.join("hf"), |c| c.default_max_tokens = 100_000).await;
+    let body: Value = server
+        .post("/v1/completions", json!({"prompt": [1, 403, 407], "logit_bias": {"1": -100, "2": -100}, "recycle": "off"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["usage"]["completion_tokens"], 512 - 3, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    server.shutdown().await.unwrap();
+}

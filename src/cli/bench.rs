@@ -14,6 +14,20 @@ pub enum BenchCommand {
     Kernels(KernelArgs),
     /// Concurrent streaming clients against a running server.
     Serve(ServeArgs),
+    /// Joint training throughput (forward + backward + AdamW) for a fixed shape.
+    Train(TrainBenchArgs),
+}
+
+#[derive(Args)]
+pub struct TrainBenchArgs {
+    /// Model shape and batch (TOML, as for `train`); default: llama2.c's 15M shape
+    /// (dim 288, 6 layers, 6 heads, hidden 768, vocab 32000), batch 8 × 256 tokens.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 32000)]
+    vocab_size: usize,
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
 }
 
 #[derive(Args)]
@@ -81,7 +95,32 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Decode(args) => run_decode(args),
         BenchCommand::Kernels(args) => run_kernels(args),
         BenchCommand::Serve(args) => run_serve(args),
+        BenchCommand::Train(args) => run_train(args),
     }
+}
+
+fn run_train(args: TrainBenchArgs) -> anyhow::Result<()> {
+    let spec = match &args.config {
+        Some(path) => recyclegpt_train::TrainSpec::from_toml_file(path)?,
+        None => recyclegpt_train::TrainSpec {
+            hidden_size: 288,
+            intermediate_size: 768,
+            num_hidden_layers: 6,
+            num_attention_heads: 6,
+            num_key_value_heads: 6,
+            seq_len: 256,
+            batch: 8,
+            ..Default::default()
+        },
+    };
+    let rate = recyclegpt_train::bench_train(&spec, args.vocab_size, args.steps)?;
+    println!(
+        "{}",
+        serde_json::json!({"hidden_size": spec.hidden_size, "layers": spec.num_hidden_layers, "vocab_size": args.vocab_size,
+                           "batch": spec.batch, "seq_len": spec.seq_len, "recycle_layers": spec.recycle_layers,
+                           "steps": args.steps, "tokens_per_second": rate})
+    );
+    Ok(())
 }
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -14,8 +14,8 @@ pub enum RecycleInitArg {
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model directory in the HuggingFace layout.
-    #[arg(long, env = "RECYCLEGPT_MODEL")]
+    /// Model directory in the HuggingFace layout (default: the embedded Shakespeare model).
+    #[arg(long, env = "RECYCLEGPT_MODEL", default_value = "models/shakespeare")]
     pub model: PathBuf,
     /// Where the recyclable module comes from.
     #[arg(long, value_enum, default_value = "file")]

@@ -32,6 +32,8 @@ impl Default for DecodeOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct DecodeReport {
     pub shape: String,
+    /// Tokens in the cache when steps are timed.
+    pub cached_tokens: usize,
     pub params: usize,
     /// Bytes of weights one single-token forward reads (layers, final norm and output head).
     pub weight_bytes: usize,
@@ -91,16 +93,20 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
     let config = model.config();
     let (params, weight_bytes) = parameter_counts(config);
     let vocab = config.vocab_size;
-    let capacity = options.cached + options.generate_tokens + 4;
-    let prompt = random_tokens(options.cached, vocab, 1);
-    tracing::info!(shape = name, params, "prefilling {} tokens", options.cached);
+    // A short-context model caches half its context and generates into part of the rest.
+    let context = model.context_len();
+    let cached = options.cached.min(context / 2).max(2);
+    let generate_tokens = options.generate_tokens.min(context.saturating_sub(cached + 2)).max(1);
+    let capacity = (cached + generate_tokens + 4).min(context);
+    let prompt = random_tokens(cached, vocab, 1);
+    tracing::info!(shape = name, params, "prefilling {cached} tokens");
 
     let mut cache = model.new_cache(capacity)?;
     let prompt_hidden = full(model, &mut cache, &prompt, vec![])?;
     let mut module_cache = model.new_recycle_cache(capacity)?;
     if let Some(module_cache) = module_cache.as_mut() {
         // The module's cache holds the same positions (pairs h_{t-1}, x_t for t = 1..).
-        let pairs = prompt_hidden.narrow(0, 0, options.cached - 1)?;
+        let pairs = prompt_hidden.narrow(0, 0, cached - 1)?;
         model.recycle_forward(&pairs, &mut [SeqInput { tokens: &prompt[1..], cache: module_cache, logits_rows: vec![] }])?;
     }
     let mut batch_caches: Vec<KvCache> = Vec::new();
@@ -119,7 +125,7 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
     } else {
         vec![DecodeMode::Standard]
     };
-    let base = options.cached;
+    let base = cached;
     for round in 0..options.rounds {
         tracing::info!(shape = name, round, "round");
         let (hidden, t) = time(|| full(model, &mut cache, &next[..1], vec![0]));
@@ -156,7 +162,7 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
         }
         for &mode in &modes {
             let stop = StopCriteria {
-                max_tokens: options.generate_tokens,
+                max_tokens: generate_tokens,
                 eos_ids: vec![],
             };
             let generation = generate(model, prompt.clone(), mode, SamplingParams::greedy(), stop)?;
@@ -172,6 +178,7 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
     let median = |v: &mut Vec<f64>| median_ms(v) / 1e3;
     Ok(DecodeReport {
         shape: name.to_string(),
+        cached_tokens: cached,
         params,
         weight_bytes,
         forward_1_ms,

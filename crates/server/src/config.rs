@@ -31,7 +31,7 @@ impl Default for ServerConfig {
         Self {
             host: "127.0.0.1".into(),
             port: 8000,
-            model: PathBuf::from("models/default"),
+            model: PathBuf::from("models/shakespeare"),
             served_model_name: None,
             max_running_sequences: 16,
             kv_budget_tokens: 16 * 1024,

@@ -69,10 +69,12 @@ pub fn plan(
     if n < 1 || n as usize > limits.max_n {
         return Err(ApiError::invalid("n", format!("`n` must be between 1 and {}, got {n}", limits.max_n)));
     }
+    // Without max_tokens, generate up to the default or to the end of the context.
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let max_tokens = match max_tokens {
         Some(m) if m < 1 => return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at least 1, got {m}"))),
         Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
-        None => limits.default_max_tokens,
+        None => limits.default_max_tokens.min(limits.context_len.saturating_sub(longest)).max(1),
     };
     if prompts.is_empty() {
         return Err(ApiError::invalid("prompt", "the prompt is empty"));

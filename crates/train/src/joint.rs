@@ -243,3 +243,34 @@ pub fn train(files: &[PathBuf], out: &Path, spec: &TrainSpec, options: &TrainOpt
         tokens_per_second: (state.tokens_seen - tokens_at_start) as f64 / started.elapsed().as_secs_f64().max(1e-9),
     })
 }
+
+/// Training tokens/s of `spec`'s shape on random tokens (`recyclegpt bench train`): `steps`
+/// timed steps after one untimed warm-up step, forward + backward + AdamW each.
+pub fn bench(spec: &TrainSpec, vocab_size: usize, steps: usize) -> Result<f64, TrainError> {
+    let mut config = spec.llama_config(vocab_size)?;
+    config.recycle = Some(config.default_recycle(spec.recycle_layers));
+    let device = Device::Cpu;
+    let (base_map, module_map) = (VarMap::new(), VarMap::new());
+    let base = TrainableLlama::new(VarBuilder::from_varmap(&base_map, DType::F32, &device), &config)?;
+    let module = TrainableModule::new(
+        VarBuilder::from_varmap(&module_map, DType::F32, &device),
+        &config,
+        base.embedding().clone(),
+        base.head_weight().clone(),
+    )?;
+    let model = Model { base, module };
+    let mut optimizer = AdamW::new(checkpoint::named_vars(&base_map, &module_map), spec.weight_decay)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
+    let stream: Vec<u32> = (0..spec.batch * (spec.seq_len + 1) * 4).map(|_| rng.random_range(0..vocab_size as u32)).collect();
+    let mut started = Instant::now();
+    for step in 0..=steps {
+        if step == 1 {
+            started = Instant::now();
+        }
+        let batch = windows(&stream, spec.batch, spec.seq_len + 1, spec.seed, step, &device)?;
+        let (lm, rec, _, _) = model.losses(&batch)?;
+        let grads = ((&lm + (&rec * spec.recycle_weight)?)?).backward()?;
+        optimizer.step(&grads, spec.learning_rate)?;
+    }
+    Ok((steps * spec.batch * spec.seq_len) as f64 / started.elapsed().as_secs_f64())
+}

@@ -17,7 +17,7 @@ pub mod tokenizer;
 pub use corpus::Corpus;
 pub use distill::{train_recycle, DistillOptions, DistillReport};
 pub use eval::{evaluate, EvalOptions, EvalReport};
-pub use joint::{train, TrainOptions, TrainReport};
+pub use joint::{bench as bench_train, train, TrainOptions, TrainReport};
 pub use spec::TrainSpec;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,40 @@
+//! The embedded default model (`models/shakespeare`, trained by this project): it loads with its
+//! trained module, generates in every mode, and `verify` never changes greedy output.
+mod common;
+
+use common::run;
+use recyclegpt_engine::{DecodeMode, SamplingParams};
+use recyclegpt_model::{LoadOptions, LoadedModel, RecycleSource};
+use std::path::PathBuf;
+
+fn default_model() -> LoadedModel {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shakespeare");
+    LoadedModel::load(&dir, &LoadOptions::default()).expect("the embedded default model loads")
+}
+
+#[test]
+fn the_default_model_serves_every_mode_and_verify_equals_standard() {
+    let loaded = default_model();
+    assert_eq!(loaded.model.recycle_source(), RecycleSource::Trained);
+    for prompt in ["ROMEO. ", "To be, or not to be", "KING. My lords,"] {
+        let standard = run(&loaded, prompt, DecodeMode::Standard, SamplingParams::greedy(), 60);
+        let verify = run(&loaded, prompt, DecodeMode::Verify, SamplingParams::greedy(), 60);
+        let alternate = run(&loaded, prompt, DecodeMode::Alternate, SamplingParams::greedy(), 60);
+        assert_eq!(verify.ids, standard.ids, "{prompt:?}");
+        assert!(verify.stats.accepted > verify.stats.rejected, "{prompt:?}: {:?}", verify.stats);
+        assert_eq!(alternate.stats.full_forwards * 2, alternate.ids.len());
+        let text = loaded.tokenizer.decode(&standard.ids).unwrap();
+        assert!(text.chars().filter(|c| c.is_alphabetic()).count() > 40, "{text:?}");
+    }
+}
+
+#[test]
+fn the_generate_command_defaults_to_it() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recyclegpt"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["generate", "--prompt", "HAMLET.", "--max-tokens", "20", "--mode", "verify"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("HAMLET."));
+}
