@@ -70,6 +70,21 @@ impl Model {
     }
 }
 
+/// A fresh model and module for `config` (the module sharing the model's embedding and head),
+/// their variables, and an optimizer over all of them.
+fn build(config: &LlamaConfig, weight_decay: f64, device: &Device) -> Result<(Model, VarMap, VarMap, AdamW), TrainError> {
+    let (base_map, module_map) = (VarMap::new(), VarMap::new());
+    let base = TrainableLlama::new(VarBuilder::from_varmap(&base_map, DType::F32, device), config)?;
+    let module = TrainableModule::new(
+        VarBuilder::from_varmap(&module_map, DType::F32, device),
+        config,
+        base.embedding().clone(),
+        base.head_weight().clone(),
+    )?;
+    let optimizer = AdamW::new(checkpoint::named_vars(&base_map, &module_map), weight_decay)?;
+    Ok((Model { base, module }, base_map, module_map, optimizer))
+}
+
 fn encode_files(files: &[PathBuf], tokenizer: &TextTokenizer) -> Result<Vec<Vec<u32>>, TrainError> {
     files
         .iter()
@@ -184,16 +199,7 @@ pub fn train(files: &[PathBuf], out: &Path, spec: &TrainSpec, options: &TrainOpt
     }
 
     let device = Device::Cpu;
-    let (base_map, module_map) = (VarMap::new(), VarMap::new());
-    let base = TrainableLlama::new(VarBuilder::from_varmap(&base_map, DType::F32, &device), &config)?;
-    let module = TrainableModule::new(
-        VarBuilder::from_varmap(&module_map, DType::F32, &device),
-        &config,
-        base.embedding().clone(),
-        base.head_weight().clone(),
-    )?;
-    let model = Model { base, module };
-    let mut optimizer = AdamW::new(checkpoint::named_vars(&base_map, &module_map), spec.weight_decay)?;
+    let (model, base_map, module_map, mut optimizer) = build(&config, spec.weight_decay, &device)?;
     let mut state = TrainState { step: 0, tokens_seen: 0 };
     if resuming {
         state = checkpoint::load(out, &base_map, &module_map, &mut optimizer)?;
@@ -250,16 +256,7 @@ pub fn bench(spec: &TrainSpec, vocab_size: usize, steps: usize) -> Result<f64, T
     let mut config = spec.llama_config(vocab_size)?;
     config.recycle = Some(config.default_recycle(spec.recycle_layers));
     let device = Device::Cpu;
-    let (base_map, module_map) = (VarMap::new(), VarMap::new());
-    let base = TrainableLlama::new(VarBuilder::from_varmap(&base_map, DType::F32, &device), &config)?;
-    let module = TrainableModule::new(
-        VarBuilder::from_varmap(&module_map, DType::F32, &device),
-        &config,
-        base.embedding().clone(),
-        base.head_weight().clone(),
-    )?;
-    let model = Model { base, module };
-    let mut optimizer = AdamW::new(checkpoint::named_vars(&base_map, &module_map), spec.weight_decay)?;
+    let (model, _, _, mut optimizer) = build(&config, spec.weight_decay, &device)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
     let stream: Vec<u32> = (0..spec.batch * (spec.seq_len + 1) * 4).map(|_| rng.random_range(0..vocab_size as u32)).collect();
     let mut started = Instant::now();

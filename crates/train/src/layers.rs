@@ -3,6 +3,7 @@
 //! loader's so that what is trained here loads there.
 use candle_core::{Device, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
+use recyclegpt_model::config::StackShape;
 
 pub struct RmsNorm {
     weight: Tensor,
@@ -79,17 +80,6 @@ impl RopeTables {
     }
 }
 
-/// Shape of a decoder layer.
-#[derive(Debug, Clone, Copy)]
-pub struct LayerShape {
-    pub hidden: usize,
-    pub intermediate: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub eps: f64,
-}
-
 pub struct DecoderLayer {
     input_norm: RmsNorm,
     q: Linear,
@@ -100,11 +90,11 @@ pub struct DecoderLayer {
     gate: Linear,
     up: Linear,
     down: Linear,
-    s: LayerShape,
+    s: StackShape,
 }
 
 impl DecoderLayer {
-    pub fn new(vb: VarBuilder, s: LayerShape) -> Result<Self> {
+    pub fn new(vb: VarBuilder, s: StackShape) -> Result<Self> {
         let attn = vb.pp("self_attn");
         let mlp = vb.pp("mlp");
         Ok(Self {

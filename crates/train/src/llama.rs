@@ -1,5 +1,5 @@
 //! The base Llama in trainable form, with the HuggingFace tensor names.
-use crate::layers::{DecoderLayer, LayerShape, Linear, RmsNorm, RopeTables};
+use crate::layers::{DecoderLayer, Linear, RmsNorm, RopeTables};
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use recyclegpt_model::LlamaConfig;
@@ -19,16 +19,8 @@ impl TrainableLlama {
         let embed = model
             .pp("embed_tokens")
             .get_with_hints((config.vocab_size, s.hidden), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
-        let shape = LayerShape {
-            hidden: s.hidden,
-            intermediate: s.intermediate,
-            heads: s.heads,
-            kv_heads: s.kv_heads,
-            head_dim: s.head_dim,
-            eps: s.eps,
-        };
         let layers = (0..s.layers)
-            .map(|i| DecoderLayer::new(model.pp("layers").pp(i), shape))
+            .map(|i| DecoderLayer::new(model.pp("layers").pp(i), s))
             .collect::<Result<Vec<_>>>()?;
         let head = if config.tie_word_embeddings {
             None

@@ -1,6 +1,6 @@
 //! The recyclable module in trainable form: the same computation and tensor names as
 //! `recyclegpt_model`'s inference module, over `[batch, positions, d]` without a cache.
-use crate::layers::{DecoderLayer, LayerShape, Linear, RmsNorm, RopeTables};
+use crate::layers::{DecoderLayer, Linear, RmsNorm, RopeTables};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use recyclegpt_model::LlamaConfig;
@@ -24,16 +24,8 @@ impl TrainableModule {
             .recycle_shape()
             .ok_or_else(|| candle_core::Error::Msg("the config has no `recycle` block".into()))?;
         let d = config.hidden_size;
-        let layer_shape = LayerShape {
-            hidden: d,
-            intermediate: shape.intermediate,
-            heads: shape.heads,
-            kv_heads: shape.kv_heads,
-            head_dim: shape.head_dim,
-            eps: shape.eps,
-        };
         let layers = (0..shape.layers)
-            .map(|i| DecoderLayer::new(vb.pp("layers").pp(i), layer_shape))
+            .map(|i| DecoderLayer::new(vb.pp("layers").pp(i), shape))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             hidden_norm: RmsNorm::new(vb.pp("hnorm"), d, config.rms_norm_eps)?,
