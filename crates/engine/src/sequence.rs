@@ -215,15 +215,17 @@ impl Sequence {
                 let (Some(draft), [first, second]) = (self.draft.take(), &mut logits[..]) else {
                     return Err(EngineError::Internal("a verify step lost its draft or logits".into()));
                 };
-                let p = distribution(first.clone(), &self.params, &self.history);
+                let raw = self.raw_for_logprobs(first);
+                let p = distribution(std::mem::take(first), &self.params, &self.history);
                 let (token, accepted) = verify_draft(draft.token, &draft.dist, &p, &mut self.rng);
-                self.emit(token, first);
+                self.emit(token, raw.as_deref());
                 if accepted {
                     self.stats.accepted += 1;
                     if !self.is_finished() {
-                        let next = distribution(second.clone(), &self.params, &self.history);
+                        let raw = self.raw_for_logprobs(second);
+                        let next = distribution(std::mem::take(second), &self.params, &self.history);
                         let token = next.sample(&mut self.rng);
-                        self.emit(token, second);
+                        self.emit(token, raw.as_deref());
                     }
                     fed
                 } else {
@@ -237,9 +239,10 @@ impl Sequence {
                 let Some(row) = logits.pop() else {
                     return Err(EngineError::Internal("a full step returned no logits".into()));
                 };
-                let token = distribution(row.clone(), &self.params, &self.history).sample(&mut self.rng);
+                let raw = self.raw_for_logprobs(&row);
+                let token = distribution(row, &self.params, &self.history).sample(&mut self.rng);
                 self.draft = None;
-                self.emit(token, &row);
+                self.emit(token, raw.as_deref());
                 fed
             }
         };
@@ -263,21 +266,29 @@ impl Sequence {
 
     pub(crate) fn accept_draft(&mut self, logits: Vec<f32>) {
         self.stats.recycle_steps += 1;
-        let dist = distribution(logits.clone(), &self.params, &self.history);
+        let raw = self.raw_for_logprobs(&logits);
+        let dist = distribution(logits, &self.params, &self.history);
         let token = dist.sample(&mut self.rng);
         match self.mode {
             // The paper's schedule: the recycled token is kept unchecked.
-            DecodeMode::Alternate => self.emit(token, &logits),
+            DecodeMode::Alternate => self.emit(token, raw.as_deref()),
             _ => self.draft = Some(Draft { token, dist }),
         }
     }
 
-    /// `logits` are the raw logits the token was chosen from (for its log-probability).
-    fn emit(&mut self, token: u32, logits: &[f32]) {
+    /// A copy of a logits row for `emit`, only when log-probabilities were asked for: sampling
+    /// consumes the row, and copying every row of every step would be wasted work otherwise.
+    fn raw_for_logprobs(&self, logits: &[f32]) -> Option<Vec<f32>> {
+        self.params.logprobs.map(|_| logits.to_vec())
+    }
+
+    /// `logits` are the raw logits the token was chosen from, kept when log-probabilities were
+    /// asked for.
+    fn emit(&mut self, token: u32, logits: Option<&[f32]>) {
         if self.is_finished() {
             return;
         }
-        if let Some(top_n) = self.params.logprobs {
+        if let (Some(top_n), Some(logits)) = (self.params.logprobs, logits) {
             self.fresh_logprobs.push(TokenLogprob::from_logits(logits, token, top_n));
         }
         self.tokens.push(token);
