@@ -33,12 +33,7 @@ impl Corpus {
 
     /// Text files, tokenized and cut into windows of `length` tokens.
     pub fn from_files(paths: &[PathBuf], tokenizer: &TextTokenizer, length: usize) -> Result<Self, TrainError> {
-        let mut sequences = Vec::new();
-        for path in paths {
-            let text = std::fs::read_to_string(path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
-            let ids = tokenizer.encode(&text)?;
-            sequences.extend(ids.chunks(length).filter(|c| c.len() >= 2).map(<[u32]>::to_vec));
-        }
+        let sequences = windows(paths, tokenizer, length, 2)?;
         if sequences.is_empty() {
             return Err(TrainError::Data("the text files hold no tokens to train on".into()));
         }
@@ -50,4 +45,16 @@ impl Corpus {
         let held = ((self.sequences.len() as f64 * fraction).ceil() as usize).clamp(1, self.sequences.len());
         self.sequences.split_at(self.sequences.len() - held)
     }
+}
+
+/// Each file tokenized and cut into windows of `length` tokens, keeping those of at least
+/// `min_len` tokens.
+pub fn windows(paths: &[PathBuf], tokenizer: &TextTokenizer, length: usize, min_len: usize) -> Result<Vec<Vec<u32>>, TrainError> {
+    let mut windows = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+        let ids = tokenizer.encode(&text)?;
+        windows.extend(ids.chunks(length).filter(|c| c.len() >= min_len).map(<[u32]>::to_vec));
+    }
+    Ok(windows)
 }

@@ -79,13 +79,8 @@ fn score(model: &RecycleGpt, window: &[u32], scored_from: usize) -> Result<((f64
 }
 
 pub fn evaluate(model: &RecycleGpt, tokenizer: &TextTokenizer, data: &[PathBuf], options: &EvalOptions) -> Result<EvalReport, TrainError> {
-    let mut windows = Vec::new();
     let window = options.window.min(model.context_len()).max(3);
-    for path in data {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
-        let ids = tokenizer.encode(&text)?;
-        windows.extend(ids.chunks(window).filter(|c| c.len() >= 3).map(<[u32]>::to_vec));
-    }
+    let windows = crate::corpus::windows(data, tokenizer, window, 3)?;
     if windows.is_empty() {
         return Err(TrainError::Data("the evaluation files hold fewer than 3 tokens".into()));
     }
