@@ -85,9 +85,14 @@ pub struct DecodeArgs {
     /// Tokens generated per mode per round.
     #[arg(long, default_value_t = 32)]
     generate_tokens: usize,
+    /// Batch sizes of the aggregate-throughput steps.
+    #[arg(long = "batch", value_delimiter = ',', default_value = "1,4,8,16")]
+    batch_sizes: Vec<usize>,
     /// One JSON object per shape instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    placement: super::model_args::PlacementArgs,
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -170,12 +175,14 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
     let options = DecodeOptions {
         rounds: args.rounds,
         generate_tokens: args.generate_tokens,
+        batch_sizes: args.batch_sizes.clone(),
         ..DecodeOptions::default()
     };
     let bandwidth = Bandwidth {
         copy: copy_bandwidth_gb_per_s(1 << 30, 5),
         read: read_bandwidth_gb_per_s(1 << 30, 5),
     };
+    let (device, dtype) = args.placement.resolve()?;
     let mut targets: Vec<(String, RecycleGpt)> = Vec::new();
     if let Some(dir) = &args.model {
         let model_args = ModelArgs {
@@ -183,6 +190,7 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
             recycle_init: args.recycle_init,
             recycle_layers: 1,
             recycle_seed: 0,
+            placement: args.placement.clone(),
         };
         targets.push((dir.display().to_string(), model_args.load()?.model));
     }
@@ -194,7 +202,7 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
     for shape in shapes {
         let (config, recycle) = shape.config();
         tracing::info!(shape = shape.name(), "building random weights");
-        targets.push((shape.name().to_string(), RecycleGpt::random(config, Some(recycle), 42, &candle_core::Device::Cpu)?));
+        targets.push((shape.name().to_string(), RecycleGpt::random(config, Some(recycle), 42, &device, dtype)?));
     }
     for (name, model) in targets {
         let report = decode::run(&name, &model, &options, bandwidth)?;
@@ -210,7 +218,7 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
 fn print_table(r: &DecodeReport) {
     let rate = |m: &str| r.tokens_per_second.get(m).copied().unwrap_or(0.0);
     let batch = |b: &str| r.batched_tokens_per_second.get(b).copied().unwrap_or(0.0);
-    println!("== {} ({:.1}M parameters, {:.0} MB read per token) ==", r.shape, r.params as f64 / 1e6, r.weight_bytes as f64 / 1e6);
+    println!("== {} on {} in {} ({:.1}M parameters, {:.0} MB read per token) ==", r.shape, r.device, r.dtype, r.params as f64 / 1e6, r.weight_bytes as f64 / 1e6);
     println!("full forward, 1 token      {:8.2} ms", r.forward_1_ms);
     println!("full forward, 2 tokens     {:8.2} ms   ratio {:.2}", r.forward_2_ms, r.forward_2_ms / r.forward_1_ms);
     println!("recycle step (2 pairs)     {:8.2} ms", r.recycle_step_ms);

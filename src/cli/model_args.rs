@@ -1,7 +1,8 @@
 //! Options every command that loads a model shares.
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use recyclegpt_model::{LoadOptions, LoadedModel, RecycleInit};
+use candle_core::{DType, Device};
+use recyclegpt_model::{DTypeSpec, DeviceSpec, LoadOptions, LoadedModel, RecycleInit};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -26,6 +27,32 @@ pub struct ModelArgs {
     /// Seed of a random module.
     #[arg(long, default_value_t = 0)]
     pub recycle_seed: u64,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+}
+
+/// Where the model runs and in what precision.
+#[derive(Args, Debug, Clone)]
+pub struct PlacementArgs {
+    /// cpu, cuda, cuda:N or auto (CUDA when compiled in and a GPU is present, else the CPU).
+    #[arg(long, env = "RECYCLEGPT_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// auto (f32 on the CPU, f16 on a GPU), f32, f16 or bf16.
+    #[arg(long, env = "RECYCLEGPT_DTYPE", default_value = "auto")]
+    pub dtype: DTypeSpec,
+}
+
+impl PlacementArgs {
+    pub fn resolve(&self) -> anyhow::Result<(Device, DType)> {
+        resolve_placement(self.device, self.dtype)
+    }
+}
+
+pub fn resolve_placement(device: DeviceSpec, dtype: DTypeSpec) -> anyhow::Result<(Device, DType)> {
+    let device = device.resolve()?;
+    let dtype = dtype.resolve(&device);
+    tracing::info!(device = %recyclegpt_model::device_name(&device), ?dtype, "placement");
+    Ok((device, dtype))
 }
 
 impl ModelArgs {
@@ -40,9 +67,11 @@ impl ModelArgs {
                 }
             }
         };
+        let (device, dtype) = self.placement.resolve()?;
         let options = LoadOptions {
             recycle_init,
-            ..LoadOptions::default()
+            device,
+            dtype,
         };
         LoadedModel::load(&self.model, &options)
             .with_context(|| format!("loading the model from {}", self.model.display()))

@@ -1,5 +1,5 @@
 //! `recyclegpt serve`: the OpenAI-compatible server.
-use super::model_args::RecycleInitArg;
+use super::model_args::{resolve_placement, RecycleInitArg};
 use anyhow::Context;
 use clap::Args;
 use recyclegpt_model::{LoadOptions, LoadedModel, RecycleInit};
@@ -45,6 +45,12 @@ pub struct ServeArgs {
     /// text | json
     #[arg(long, env = "RECYCLEGPT_LOG_FORMAT")]
     log_format: Option<String>,
+    /// cpu, cuda, cuda:N or auto (CUDA when compiled in and a GPU is present, else the CPU).
+    #[arg(long, env = "RECYCLEGPT_DEVICE")]
+    device: Option<String>,
+    /// auto (f32 on the CPU, f16 on a GPU), f32, f16 or bf16.
+    #[arg(long, env = "RECYCLEGPT_DTYPE")]
+    dtype: Option<String>,
     #[arg(long, value_enum, env = "RECYCLEGPT_RECYCLE_INIT", default_value = "file")]
     recycle_init: RecycleInitArg,
 }
@@ -60,7 +66,7 @@ impl ServeArgs {
             ($($field:ident),*) => { $(if let Some(v) = &self.$field { c.$field = v.clone(); })* };
         }
         set!(model, host, port, max_running_sequences, kv_budget_tokens, prefill_chunk, queue_capacity, default_recycle,
-             default_max_tokens, cors_origins, body_limit_bytes, shutdown_grace_seconds, log_format);
+             default_max_tokens, cors_origins, body_limit_bytes, shutdown_grace_seconds, log_format, device, dtype);
         if self.served_model_name.is_some() {
             c.served_model_name = self.served_model_name.clone();
         }
@@ -81,9 +87,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             RecycleInit::Random { seed: 0, layers: 1 }
         }
     };
+    let (device, dtype) = resolve_placement(config.device.parse()?, config.dtype.parse()?)?;
     let options = LoadOptions {
         recycle_init,
-        ..LoadOptions::default()
+        device,
+        dtype,
     };
     let loaded = LoadedModel::load(&config.model, &options)
         .with_context(|| format!("loading the model from {}", config.model.display()))?;

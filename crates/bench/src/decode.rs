@@ -32,6 +32,9 @@ impl Default for DecodeOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct DecodeReport {
     pub shape: String,
+    /// `cpu` or `cuda:N`, and the weights' dtype.
+    pub device: String,
+    pub dtype: String,
     /// Tokens in the cache when steps are timed.
     pub cached_tokens: usize,
     pub params: usize,
@@ -62,7 +65,7 @@ pub struct Bandwidth {
 }
 
 /// Parameters of the base model (the module excluded), and the bytes a 1-token forward reads.
-pub fn parameter_counts(c: &LlamaConfig) -> (usize, usize) {
+pub fn parameter_counts(c: &LlamaConfig, bytes_per_weight: usize) -> (usize, usize) {
     let s = c.base_shape();
     let attention = s.hidden * s.head_dim * (2 * s.heads + 2 * s.kv_heads);
     let layer = attention + 3 * s.hidden * s.intermediate + 2 * s.hidden;
@@ -71,7 +74,7 @@ pub fn parameter_counts(c: &LlamaConfig) -> (usize, usize) {
     let params = embed + s.layers * layer + s.hidden + head;
     // The embedding lookup reads one row; the head reads all of its matrix.
     let read = s.layers * layer + s.hidden + embed;
-    (params, read * 4)
+    (params, read * bytes_per_weight)
 }
 
 fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
@@ -91,7 +94,7 @@ fn full(model: &RecycleGpt, cache: &mut KvCache, tokens: &[u32], rows: Vec<usize
 
 pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: Bandwidth) -> Result<DecodeReport, EngineError> {
     let config = model.config();
-    let (params, weight_bytes) = parameter_counts(config);
+    let (params, weight_bytes) = parameter_counts(config, model.dtype().size_in_bytes());
     let vocab = config.vocab_size;
     // A short-context model caches half its context and generates into part of the rest.
     let context = model.context_len();
@@ -178,6 +181,8 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
     let median = |v: &mut Vec<f64>| median_ms(v) / 1e3;
     Ok(DecodeReport {
         shape: name.to_string(),
+        device: recyclegpt_model::device_name(model.device()),
+        dtype: format!("{:?}", model.dtype()).to_lowercase(),
         cached_tokens: cached,
         params,
         weight_bytes,

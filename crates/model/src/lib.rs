@@ -2,6 +2,7 @@
 //! HuggingFace-layout checkpoints, run as ragged batches over per-sequence KV caches.
 pub mod config;
 mod decoder;
+pub mod device;
 pub mod error;
 pub mod kv_cache;
 mod layers;
@@ -14,6 +15,7 @@ pub mod tokenizer;
 mod weights;
 
 pub use config::{LlamaConfig, RecycleConfig};
+pub use device::{device_name, DTypeSpec, DeviceSpec};
 pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
 pub use llama::{ForwardOutput, SeqInput};

@@ -1,6 +1,7 @@
 //! A RecycleGPT model: the base Llama plus an optional recyclable module, loaded from a
 //! HuggingFace-layout directory or initialised at random.
 use crate::config::{LlamaConfig, RecycleConfig};
+use crate::device::device_name;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::llama::{ForwardOutput, Llama, SeqInput};
@@ -31,6 +32,8 @@ pub enum RecycleSource {
 pub struct LoadOptions {
     pub recycle_init: RecycleInit,
     pub device: Device,
+    /// Weights, activations and KV caches; checkpoints in another dtype are converted on load.
+    pub dtype: DType,
 }
 
 impl Default for LoadOptions {
@@ -38,6 +41,7 @@ impl Default for LoadOptions {
         Self {
             recycle_init: RecycleInit::FromFiles,
             device: Device::Cpu,
+            dtype: DType::F32,
         }
     }
 }
@@ -77,8 +81,7 @@ impl RecycleGpt {
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
         let config_path = dir.join("config.json");
         let mut config = LlamaConfig::from_file(&config_path)?;
-        // f16 / bf16 checkpoints are widened: the CPU kernels run in f32.
-        let dtype = DType::F32;
+        let dtype = options.dtype;
         let files = SafetensorFiles::open_model_dir(dir)?;
         let llama = Llama::load(&Weights::from_files(files, dtype, &options.device), &config)?;
         let recycle_path = dir.join("recycle.safetensors");
@@ -116,6 +119,8 @@ impl RecycleGpt {
             layers = config.num_hidden_layers,
             hidden = config.hidden_size,
             recycle = ?recycle_source,
+            device = %device_name(&options.device),
+            ?dtype,
             "model loaded"
         );
         Ok(Self {
@@ -129,10 +134,15 @@ impl RecycleGpt {
     }
 
     /// A whole model with random weights (benchmark shapes); the module gets `recycle`'s shape.
-    pub fn random(mut config: LlamaConfig, recycle: Option<RecycleConfig>, seed: u64, device: &Device) -> Result<Self> {
+    pub fn random(
+        mut config: LlamaConfig,
+        recycle: Option<RecycleConfig>,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         config.recycle = recycle;
         config.validate()?;
-        let dtype = DType::F32;
         let llama = Llama::load(&Weights::random(seed, dtype, device), &config)?;
         let module = match config.recycle {
             Some(_) => Some(RecycleModule::load(&Weights::random(seed ^ 0x5eed, dtype, device), &config)?),
@@ -167,6 +177,10 @@ impl RecycleGpt {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {

@@ -24,6 +24,10 @@ pub struct ServerConfig {
     /// `text` or `json`.
     pub log_format: String,
     pub shutdown_grace_seconds: u64,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// `auto`, `f32`, `f16` or `bf16`.
+    pub dtype: String,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +48,8 @@ impl Default for ServerConfig {
             body_limit_bytes: 2 * 1024 * 1024,
             log_format: "text".into(),
             shutdown_grace_seconds: 30,
+            device: "auto".into(),
+            dtype: "auto".into(),
         }
     }
 }
