@@ -46,9 +46,40 @@ fn prometheus() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
+            register_metrics();
             handle
         })
         .clone()
+}
+
+/// Describes the metrics and creates the gauges at zero, so that every series exists from the
+/// first scrape (an autoscaler reading `recyclegpt_queue_depth` must not see "no data" on a
+/// replica that has not had a request yet).
+fn register_metrics() {
+    let gauges = [
+        ("recyclegpt_queue_depth", "Requests waiting for a slot in the running batch"),
+        ("recyclegpt_running_sequences", "Sequences in the running batch"),
+        ("recyclegpt_kv_tokens_in_use", "KV-cache tokens reserved by running sequences"),
+    ];
+    for (name, help) in gauges {
+        metrics::describe_gauge!(name, help);
+        metrics::gauge!(name).set(0.0);
+    }
+    let counters = [
+        ("recyclegpt_requests_total", "Requests answered, by HTTP status"),
+        ("recyclegpt_cancelled_total", "Sequences cancelled because their client went away"),
+        ("recyclegpt_prompt_tokens_total", "Prompt tokens processed"),
+        ("recyclegpt_generated_tokens_total", "Tokens generated"),
+        ("recyclegpt_full_forwards_total", "Full-model forward passes"),
+        ("recyclegpt_full_forward_tokens_total", "Tokens run through full-model forwards"),
+        ("recyclegpt_recycle_accepted_total", "Recycled drafts accepted by verification"),
+        ("recyclegpt_recycle_rejected_total", "Recycled drafts rejected by verification"),
+    ];
+    for (name, help) in counters {
+        metrics::describe_counter!(name, help);
+    }
+    metrics::describe_histogram!("recyclegpt_time_to_first_token_seconds", "Time from arrival to the first token");
+    metrics::describe_histogram!("recyclegpt_inter_token_seconds", "Time between streamed tokens");
 }
 
 pub fn now_seconds() -> u64 {
