@@ -16,6 +16,32 @@ pub enum BenchCommand {
     Serve(ServeArgs),
     /// Joint training throughput (forward + backward + AdamW) for a fixed shape.
     Train(TrainBenchArgs),
+    /// Decode and serving benchmarks in one run, written as report.json and SVG charts.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// Directory for report.json and the charts (created if missing).
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// A model with a trained module: decode-benchmarked and served on 127.0.0.1.
+    #[arg(long, env = "RECYCLEGPT_MODEL", default_value = "models/shakespeare")]
+    model: std::path::PathBuf,
+    /// Random-weight shapes with random modules, decode-benchmarked beside the model.
+    #[arg(long = "shape", value_delimiter = ',', default_value = "M1,M3")]
+    shapes: Vec<Shape>,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Concurrent streaming clients, one serving run per count and mode.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    clients: Vec<usize>,
+    #[arg(long, default_value_t = 8)]
+    requests_per_client: usize,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    #[arg(long, default_value = "ROMEO:\nWhat light")]
+    prompt: String,
 }
 
 #[derive(Args)]
@@ -101,7 +127,34 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Kernels(args) => run_kernels(args),
         BenchCommand::Serve(args) => run_serve(args),
         BenchCommand::Train(args) => run_train(args),
+        BenchCommand::Report(args) => run_report(args),
     }
+}
+
+fn run_report(args: ReportArgs) -> anyhow::Result<()> {
+    let options = recyclegpt_bench::report::ReportOptions {
+        out: args.out.clone(),
+        model: args.model,
+        shapes: args.shapes,
+        decode: DecodeOptions {
+            rounds: args.rounds,
+            ..DecodeOptions::default()
+        },
+        clients: args.clients,
+        requests_per_client: args.requests_per_client,
+        max_tokens: args.max_tokens,
+        prompt: args.prompt.replace("\\n", "\n"),
+    };
+    let report = recyclegpt_bench::report::run(&options)?;
+    for r in &report.decode {
+        print_table(r);
+    }
+    println!("{:>9} {:>7} {:>9} {:>10} {:>9}", "mode", "clients", "tokens/s", "ttft p50", "itl p50");
+    for r in &report.serve {
+        println!("{:>9} {:>7} {:>9.1} {:>8.1}ms {:>7.2}ms", r.mode, r.clients, r.tokens_per_second, r.ttft_p50_ms, r.itl_p50_ms);
+    }
+    println!("wrote {} and {}", args.out.join("report.json").display(), report.charts.join(", "));
+    Ok(())
 }
 
 fn run_train(args: TrainBenchArgs) -> anyhow::Result<()> {
@@ -229,6 +282,9 @@ fn print_table(r: &DecodeReport) {
     println!("tokens/s  standard {:.1}  alternate {:.1} ({:.2}x)  verify {:.1} ({:.2}x, {:.2} tokens per full forward)",
         rate("standard"), rate("alternate"), rate("alternate") / rate("standard"),
         rate("verify"), rate("verify") / rate("standard"), r.verify_tokens_per_full_forward);
+    if let Some(agreement) = r.module_agreement {
+        println!("module agreement with the full model along the greedy text: {:.1}%", 100.0 * agreement);
+    }
     let mut sizes: Vec<String> = r.batched_tokens_per_second.keys().cloned().collect();
     sizes.sort_by_key(|s| s.parse::<usize>().unwrap_or(0));
     for (label, table) in [("1 new token", &r.batched_tokens_per_second), ("2 new tokens", &r.batched_2_tokens_per_second)] {

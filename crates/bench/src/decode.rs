@@ -47,6 +47,9 @@ pub struct DecodeReport {
     pub tokens_per_second: BTreeMap<String, f64>,
     /// Tokens per full forward in `verify` mode (a random module is nearly always rejected).
     pub verify_tokens_per_full_forward: f64,
+    /// Module top-1 agreement with the full model along the standard greedy text (`None`
+    /// without a module); greedy verify emits about 1 + this many tokens per full forward.
+    pub module_agreement: Option<f64>,
     pub batched_tokens_per_second: BTreeMap<String, f64>,
     pub batched_2_tokens_per_second: BTreeMap<String, f64>,
     /// A large copy, read + write traffic.
@@ -123,6 +126,7 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
     let mut mode_rates: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut batched: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
     let mut verify_tpf = Vec::new();
+    let mut standard_text: Vec<u32> = Vec::new();
     let modes: Vec<DecodeMode> = if model.has_recycle() {
         vec![DecodeMode::Standard, DecodeMode::Alternate, DecodeMode::Verify]
     } else {
@@ -173,9 +177,15 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
             if mode == DecodeMode::Verify {
                 verify_tpf.push(generation.tokens_per_full_forward());
             }
+            if mode == DecodeMode::Standard {
+                standard_text = generation.ids;
+            }
         }
     }
 
+    // Agreement along the text that verify checks: the prompt's greedy continuation.
+    let text: Vec<u32> = prompt.iter().chain(&standard_text).copied().collect();
+    let module_agreement = crate::agreement::module_agreement(model, &text, prompt.len())?;
     let mut ms = |key: &str| median_ms(samples.get_mut(key).map(Vec::as_mut_slice).unwrap_or(&mut []));
     let forward_1_ms = ms("forward_1");
     let median = |v: &mut Vec<f64>| median_ms(v) / 1e3;
@@ -192,6 +202,7 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
         head_ms: ms("head"),
         tokens_per_second: mode_rates.iter_mut().map(|(k, v)| (k.clone(), median(v))).collect(),
         verify_tokens_per_full_forward: median(&mut verify_tpf),
+        module_agreement,
         batched_tokens_per_second: batched
             .iter_mut()
             .filter(|((_, new), _)| *new == 1)
