@@ -50,13 +50,13 @@ impl DeviceSpec {
 
 fn cuda(ordinal: usize) -> Result<Device> {
     if !candle_core::utils::cuda_is_available() {
-        return Err(ModelError::Config(
+        return Err(ModelError::Device(
             "this binary was built without CUDA: rebuild with `cargo build --release --features cuda` \
              (scripts/cuda-toolchain.sh sets up the compiler)"
                 .into(),
         ));
     }
-    Device::new_cuda(ordinal).map_err(|e| ModelError::Config(format!("CUDA device {ordinal} is not usable: {e}")))
+    Device::new_cuda(ordinal).map_err(|e| ModelError::Device(format!("CUDA device {ordinal} is not usable: {e}")))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -13,6 +13,8 @@ pub enum ModelError {
     },
     #[error("invalid model configuration: {0}")]
     Config(String),
+    #[error("device: {0}")]
+    Device(String),
     #[error("invalid input: {0}")]
     Input(String),
     #[error("tensor operation failed: {0}")]
