@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::{reference, run, stories260k};
-use recyclegpt_engine::{DecodeMode, SamplingParams};
+use recyclegpt_engine::{argmax, DecodeMode, SamplingParams};
 use recyclegpt_model::{LoadOptions, LoadedModel, RecycleInit, SeqInput};
 use std::path::Path;
 
@@ -16,13 +16,6 @@ fn load(dir: &Path, dtype: DType, recycle_init: RecycleInit) -> LoadedModel {
         dtype,
     };
     LoadedModel::load(dir, &options).expect("the model loads in half precision")
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
-        .0 as u32
 }
 
 #[test]

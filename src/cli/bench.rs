@@ -42,6 +42,8 @@ pub struct ReportArgs {
     max_tokens: usize,
     #[arg(long, default_value = "ROMEO:\nWhat light")]
     prompt: String,
+    #[command(flatten)]
+    placement: super::model_args::PlacementArgs,
 }
 
 #[derive(Args)]
@@ -132,6 +134,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 }
 
 fn run_report(args: ReportArgs) -> anyhow::Result<()> {
+    let (device, dtype) = args.placement.resolve()?;
     let options = recyclegpt_bench::report::ReportOptions {
         out: args.out.clone(),
         model: args.model,
@@ -144,6 +147,8 @@ fn run_report(args: ReportArgs) -> anyhow::Result<()> {
         requests_per_client: args.requests_per_client,
         max_tokens: args.max_tokens,
         prompt: args.prompt.replace("\\n", "\n"),
+        device,
+        dtype,
     };
     let report = recyclegpt_bench::report::run(&options)?;
     for r in &report.decode {

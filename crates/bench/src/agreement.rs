@@ -1,15 +1,8 @@
 //! How often the recyclable module guesses what the full model would say: the quantity that
 //! bounds what verify can gain (greedy verify emits 1 + agreement tokens per full forward).
 use candle_core::Tensor;
-use recyclegpt_engine::EngineError;
+use recyclegpt_engine::{argmax, EngineError};
 use recyclegpt_model::{ModelError, RecycleGpt, SeqInput};
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
-        .0
-}
 
 /// Share of positions `t >= from` in `tokens` where the module's guess for x_{t+1}, made from
 /// (h_{t-1}, x_t), equals the full model's own argmax for x_{t+1}; `None` without a module.

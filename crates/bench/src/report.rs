@@ -21,6 +21,8 @@ pub struct ReportOptions {
     pub requests_per_client: usize,
     pub max_tokens: usize,
     pub prompt: String,
+    pub device: candle_core::Device,
+    pub dtype: candle_core::DType,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,8 +71,13 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-fn load(dir: &Path) -> Result<LoadedModel, ReportError> {
-    LoadedModel::load(dir, &LoadOptions::default()).map_err(|e| ReportError::Model(dir.to_path_buf(), e))
+fn load(dir: &Path, options: &ReportOptions) -> Result<LoadedModel, ReportError> {
+    let load_options = LoadOptions {
+        device: options.device.clone(),
+        dtype: options.dtype,
+        ..LoadOptions::default()
+    };
+    LoadedModel::load(dir, &load_options).map_err(|e| ReportError::Model(dir.to_path_buf(), e))
 }
 
 pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
@@ -96,12 +103,12 @@ pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
     for &shape in &options.shapes {
         let (config, recycle) = shape.config();
         tracing::info!(shape = shape.name(), "decode benchmark (random weights and module)");
-        let model = RecycleGpt::random(config, Some(recycle), 42, &candle_core::Device::Cpu, candle_core::DType::F32)
+        let model = RecycleGpt::random(config, Some(recycle), 42, &options.device, options.dtype)
             .map_err(|e| ReportError::Model(PathBuf::from(shape.name()), e))?;
         decode_reports.push(decode::run(shape.name(), &model, &options.decode, bandwidth)?);
     }
     tracing::info!(model = %options.model.display(), "decode benchmark (trained module)");
-    let loaded = load(&options.model)?;
+    let loaded = load(&options.model, options)?;
     decode_reports.push(decode::run(&served_model, &loaded.model, &options.decode, bandwidth)?);
     drop(loaded);
 
@@ -126,7 +133,7 @@ pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
 
 /// Starts the server on 127.0.0.1 (a free port) and runs every client count in every mode.
 fn serve_all(options: &ReportOptions) -> Result<Vec<ServeReport>, ReportError> {
-    let loaded = load(&options.model)?;
+    let loaded = load(&options.model, options)?;
     let modes: &[&str] = if loaded.model.has_recycle() { &["off", "alternate", "verify"] } else { &["off"] };
     let config = ServerConfig {
         model: options.model.clone(),

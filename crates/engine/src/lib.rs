@@ -6,7 +6,7 @@ mod sequence;
 mod step;
 
 pub use generate::{generate, Generation};
-pub use sampling::{SamplingParams, TokenLogprob};
+pub use sampling::{argmax, SamplingParams, TokenLogprob};
 pub use sequence::{FinishReason, Sequence, SequenceStats, StopCriteria};
 pub use step::{step, StepReport};
 

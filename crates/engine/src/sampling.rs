@@ -145,7 +145,8 @@ pub fn sample_weights(weights: &[f32], rng: &mut StdRng) -> u32 {
     last_positive as u32
 }
 
-fn argmax(values: &[f32]) -> u32 {
+/// The index of the largest value (the first, on ties): the greedy choice.
+pub fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in values.iter().enumerate() {
         if v > values[best] {

@@ -1,7 +1,7 @@
 //! `recyclegpt eval`: how good the full model is on held-out text, how often its module agrees
 //! with it, what `verify` gains from that, and what `alternate` costs in quality.
 use crate::TrainError;
-use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
+use recyclegpt_engine::{argmax, generate, DecodeMode, SamplingParams, StopCriteria};
 use recyclegpt_model::{RecycleGpt, SeqInput, TextTokenizer};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -43,10 +43,6 @@ fn log_softmax_at(row: &[f32], token: u32) -> f64 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = f64::from(max) + row.iter().map(|&l| f64::from(l - max).exp()).sum::<f64>().ln();
     f64::from(row[token as usize]) - log_sum
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
 }
 
 /// Negative log-likelihood (sum, count) of `window[scored_from..]` under the full model; and,
