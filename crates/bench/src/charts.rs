@@ -12,13 +12,16 @@ const MODES: [(&str, RGBColor); 3] = [("standard", RGBColor(90, 90, 90)), ("alte
 const SERVE_MODES: [(&str, RGBColor); 3] = [("off", MODES[0].1), ("alternate", MODES[1].1), ("verify", MODES[2].1)];
 const SIZE: (u32, u32) = (760, 440);
 
+type Drawn = Result<(), Box<dyn std::error::Error>>;
+type Chart<'a> = &'a dyn Fn(&Path) -> Drawn;
+
 fn chart_error(name: &str) -> impl Fn(Box<dyn std::error::Error>) -> ReportError + '_ {
     move |e| ReportError::Chart(name.to_string(), e.to_string())
 }
 
 /// Draws every chart into `out` and returns their file names.
 pub fn draw_all(out: &Path, decode: &[DecodeReport], serve: &[ServeReport]) -> Result<Vec<String>, ReportError> {
-    let charts: [(&str, &dyn Fn(&Path) -> Result<(), Box<dyn std::error::Error>>); 4] = [
+    let charts: [(&str, Chart); 4] = [
         ("decode_tokens_per_second.svg", &|p| decode_modes(p, decode)),
         ("serve_throughput.svg", &|p| serve_metric(p, serve, "Aggregate generated tokens/s", "tokens/s", |r| r.tokens_per_second)),
         ("serve_ttft.svg", &|p| serve_metric(p, serve, "Time to first token, p50", "ms", |r| r.ttft_p50_ms)),
@@ -34,7 +37,7 @@ pub fn draw_all(out: &Path, decode: &[DecodeReport], serve: &[ServeReport]) -> R
 
 /// Grouped bars: one group per shape, one bar per mode, log scale (shapes differ 100-fold);
 /// each recycled bar is labelled with its speed-up over standard.
-fn decode_modes(path: &Path, reports: &[DecodeReport]) -> Result<(), Box<dyn std::error::Error>> {
+fn decode_modes(path: &Path, reports: &[DecodeReport]) -> Drawn {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let rate = |r: &DecodeReport, m: &str| r.tokens_per_second.get(m).copied().unwrap_or(0.0);
@@ -73,7 +76,7 @@ fn decode_modes(path: &Path, reports: &[DecodeReport]) -> Result<(), Box<dyn std
 }
 
 /// One line per mode over the client counts.
-fn serve_metric(path: &Path, reports: &[ServeReport], title: &str, unit: &str, value: fn(&ServeReport) -> f64) -> Result<(), Box<dyn std::error::Error>> {
+fn serve_metric(path: &Path, reports: &[ServeReport], title: &str, unit: &str, value: fn(&ServeReport) -> f64) -> Drawn {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let mut clients: Vec<usize> = reports.iter().map(|r| r.clients).collect();
@@ -120,7 +123,7 @@ fn serve_metric(path: &Path, reports: &[ServeReport], title: &str, unit: &str, v
 
 /// Measured greedy verify tokens per full forward against module agreement, with the ideal
 /// 1 + agreement line (each full forward checks one draft).
-fn verify_vs_agreement(path: &Path, reports: &[DecodeReport]) -> Result<(), Box<dyn std::error::Error>> {
+fn verify_vs_agreement(path: &Path, reports: &[DecodeReport]) -> Drawn {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
