@@ -1,7 +1,6 @@
 //! `recyclegpt bench ...`: the shipped benchmarks.
 use super::model_args::ModelArgs;
 use clap::{Args, Subcommand};
-use recyclegpt_bench::bandwidth::{copy_bandwidth_gb_per_s, read_bandwidth_gb_per_s};
 use recyclegpt_bench::decode::{self, Bandwidth, DecodeOptions, DecodeReport};
 use recyclegpt_bench::shapes::Shape;
 use recyclegpt_model::RecycleGpt;
@@ -236,10 +235,7 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
         batch_sizes: args.batch_sizes.clone(),
         ..DecodeOptions::default()
     };
-    let bandwidth = Bandwidth {
-        copy: copy_bandwidth_gb_per_s(1 << 30, 5),
-        read: read_bandwidth_gb_per_s(1 << 30, 5),
-    };
+    let bandwidth = Bandwidth::measure();
     let (device, dtype) = args.placement.resolve()?;
     let mut targets: Vec<(String, RecycleGpt)> = Vec::new();
     if let Some(dir) = &args.model {

@@ -1,16 +1,13 @@
 //! A real server on 127.0.0.1 (port 0) in this process, and a small SSE client.
 use super::{load, random_module};
-use recyclegpt_server::{AppState, ServerConfig};
-use std::net::SocketAddr;
+use recyclegpt_server::{AppState, LoopbackServer, ServerConfig};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 pub struct TestServer {
     pub base: String,
     pub state: Arc<AppState>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    server: LoopbackServer,
 }
 
 impl TestServer {
@@ -24,17 +21,11 @@ impl TestServer {
         tweak(&mut config);
         let loaded = load(model_dir, random_module(1));
         let state = AppState::start(config, loaded).expect("server state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address: SocketAddr = listener.local_addr().expect("address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(recyclegpt_server::serve(state.clone(), listener, async move {
-            let _ = stopped.await;
-        }));
+        let server = LoopbackServer::start(state.clone()).await.expect("bind 127.0.0.1");
         Self {
-            base: format!("http://{address}"),
+            base: format!("http://{}", server.address),
             state,
-            stop: Some(stop),
-            task: Some(task),
+            server,
         }
     }
 
@@ -43,14 +34,8 @@ impl TestServer {
     }
 
     /// Sends the shutdown signal and waits for the server to return.
-    pub async fn shutdown(mut self) -> std::io::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.task.take() {
-            Some(task) => task.await.expect("server task"),
-            None => Ok(()),
-        }
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.server.stop().await
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {

@@ -1,8 +1,10 @@
 //! `recyclegpt bench decode`: what one decode step costs, what each decoding mode delivers, and
 //! how throughput grows with the batch, all in one process.
+use crate::bandwidth::{copy_bandwidth_gb_per_s, read_bandwidth_gb_per_s};
 use crate::{median_ms, time};
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
+use recyclegpt_engine::agreement::module_agreement;
 use recyclegpt_engine::{generate, DecodeMode, EngineError, SamplingParams, StopCriteria};
 use recyclegpt_model::{KvCache, LlamaConfig, RecycleGpt, SeqInput};
 use serde::Serialize;
@@ -67,6 +69,16 @@ pub struct Bandwidth {
     pub read: f64,
 }
 
+impl Bandwidth {
+    /// Copy and read bandwidth over 1 GiB, best of 5.
+    pub fn measure() -> Self {
+        Self {
+            copy: copy_bandwidth_gb_per_s(1 << 30, 5),
+            read: read_bandwidth_gb_per_s(1 << 30, 5),
+        }
+    }
+}
+
 /// Parameters of the base model (the module excluded), and the bytes a 1-token forward reads.
 pub fn parameter_counts(c: &LlamaConfig, bytes_per_weight: usize) -> (usize, usize) {
     let s = c.base_shape();
@@ -93,6 +105,18 @@ fn full(model: &RecycleGpt, cache: &mut KvCache, tokens: &[u32], rows: Vec<usize
         logits_rows: rows,
     }])?;
     Ok(out.hidden)
+}
+
+/// The module's agreement rate along `text` from position `from` (>= 1) on.
+fn agreement_rate(model: &RecycleGpt, text: &[u32], from: usize) -> Result<Option<f64>, EngineError> {
+    if !model.has_recycle() || text.len() < from + 2 {
+        return Ok(None);
+    }
+    let mut cache = model.new_cache(text.len())?;
+    let logits_rows = (from..text.len() - 1).collect();
+    let out = model.forward(&mut [SeqInput { tokens: text, cache: &mut cache, logits_rows }])?;
+    let counts = module_agreement(model, text, &out.hidden, &out.logits, from)?;
+    Ok(counts.map(|(same, compared)| same as f64 / compared as f64))
 }
 
 pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: Bandwidth) -> Result<DecodeReport, EngineError> {
@@ -185,7 +209,7 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
 
     // Agreement along the text that verify checks: the prompt's greedy continuation.
     let text: Vec<u32> = prompt.iter().chain(&standard_text).copied().collect();
-    let module_agreement = crate::agreement::module_agreement(model, &text, prompt.len())?;
+    let module_agreement = agreement_rate(model, &text, prompt.len())?;
     let mut ms = |key: &str| median_ms(samples.get_mut(key).map(Vec::as_mut_slice).unwrap_or(&mut []));
     let forward_1_ms = ms("forward_1");
     let median = |v: &mut Vec<f64>| median_ms(v) / 1e3;

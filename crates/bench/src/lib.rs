@@ -1,6 +1,5 @@
 //! Benchmarks anyone can run (`recyclegpt bench ...`). Variants are interleaved round by
 //! round so that machine noise hits all of them alike, and results are medians.
-pub mod agreement;
 pub mod bandwidth;
 pub mod charts;
 pub mod decode;

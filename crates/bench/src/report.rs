@@ -1,12 +1,11 @@
 //! `recyclegpt bench report`: the decode benchmark on random-weight shapes and a real model, and
 //! the serving benchmark against a server started here on 127.0.0.1, written as `report.json`
 //! plus SVG charts.
-use crate::bandwidth::{copy_bandwidth_gb_per_s, read_bandwidth_gb_per_s};
 use crate::decode::{self, Bandwidth, DecodeOptions, DecodeReport};
 use crate::serve::{self, ServeOptions, ServeReport};
 use crate::shapes::Shape;
 use recyclegpt_model::{LoadOptions, LoadedModel, RecycleGpt};
-use recyclegpt_server::{AppState, ServerConfig};
+use recyclegpt_server::{AppState, LoopbackServer, ServerConfig};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -82,10 +81,7 @@ fn load(dir: &Path, options: &ReportOptions) -> Result<LoadedModel, ReportError>
 
 pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
     std::fs::create_dir_all(&options.out).map_err(|e| ReportError::Io(options.out.clone(), e))?;
-    let bandwidth = Bandwidth {
-        copy: copy_bandwidth_gb_per_s(1 << 30, 5),
-        read: read_bandwidth_gb_per_s(1 << 30, 5),
-    };
+    let bandwidth = Bandwidth::measure();
     let machine = Machine {
         cpu: cpu_name(),
         threads: std::thread::available_parallelism().map(usize::from).unwrap_or(1),
@@ -110,14 +106,10 @@ pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
     tracing::info!(model = %options.model.display(), "decode benchmark (trained module)");
     let loaded = load(&options.model, options)?;
     decode_reports.push(decode::run(&served_model, &loaded.model, &options.decode, bandwidth)?);
-    drop(loaded);
 
-    let serve_reports = serve_all(options)?;
+    let serve_reports = serve_all(options, loaded)?;
     let report = Report {
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created_unix: recyclegpt_server::now_seconds(),
         machine,
         served_model,
         max_tokens: options.max_tokens,
@@ -131,9 +123,8 @@ pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
     Ok(report)
 }
 
-/// Starts the server on 127.0.0.1 (a free port) and runs every client count in every mode.
-fn serve_all(options: &ReportOptions) -> Result<Vec<ServeReport>, ReportError> {
-    let loaded = load(&options.model, options)?;
+/// Serves `loaded` on 127.0.0.1 (a free port) and runs every client count in every mode.
+fn serve_all(options: &ReportOptions, loaded: LoadedModel) -> Result<Vec<ServeReport>, ReportError> {
     let modes: &[&str] = if loaded.model.has_recycle() { &["off", "alternate", "verify"] } else { &["off"] };
     let config = ServerConfig {
         model: options.model.clone(),
@@ -147,20 +138,13 @@ fn serve_all(options: &ReportOptions) -> Result<Vec<ServeReport>, ReportError> {
         .build()
         .map_err(|e| ReportError::Server(e.to_string()))?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| ReportError::Server(e.to_string()))?;
-        let address = listener.local_addr().map_err(|e| ReportError::Server(e.to_string()))?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(recyclegpt_server::serve(state, listener, async move {
-            let _ = stopped.await;
-        }));
+        let server = LoopbackServer::start(state).await.map_err(|e| ReportError::Server(e.to_string()))?;
         let mut reports = Vec::new();
         for &clients in &options.clients {
             for mode in modes {
                 tracing::info!(clients, mode, "serving benchmark");
                 let serve_options = ServeOptions {
-                    url: format!("http://{address}"),
+                    url: format!("http://{}", server.address),
                     clients,
                     requests: clients * options.requests_per_client,
                     max_tokens: options.max_tokens,
@@ -170,8 +154,7 @@ fn serve_all(options: &ReportOptions) -> Result<Vec<ServeReport>, ReportError> {
                 reports.push(serve::run(&serve_options, mode).await);
             }
         }
-        let _ = stop.send(());
-        let _ = server.await;
+        server.stop().await.map_err(|e| ReportError::Server(e.to_string()))?;
         Ok(reports)
     })
 }

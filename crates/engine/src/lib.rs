@@ -1,5 +1,6 @@
 //! Decoding on top of the model core: sampling, the per-request `Sequence` state machine, and
 //! the batched step that runs the `standard`, `alternate` and `verify` schedules side by side.
+pub mod agreement;
 mod generate;
 pub mod sampling;
 mod sequence;

@@ -160,3 +160,29 @@ pub async fn serve(
     }
     server.await.map_err(std::io::Error::other)?
 }
+
+/// A server on 127.0.0.1 at a free port, running on the current tokio runtime until stopped:
+/// what benchmarks and tests serve against.
+pub struct LoopbackServer {
+    pub address: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl LoopbackServer {
+    pub async fn start(state: Arc<AppState>) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(state, listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { address, stop, task })
+    }
+
+    /// Shuts down as on SIGTERM (drain, then end what remains) and waits for it.
+    pub async fn stop(self) -> std::io::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}

@@ -1,8 +1,9 @@
 //! `recyclegpt eval`: how good the full model is on held-out text, how often its module agrees
 //! with it, what `verify` gains from that, and what `alternate` costs in quality.
 use crate::TrainError;
-use recyclegpt_engine::{argmax, generate, DecodeMode, SamplingParams, StopCriteria};
-use recyclegpt_model::{RecycleGpt, SeqInput, TextTokenizer};
+use recyclegpt_engine::agreement::module_agreement;
+use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
+use recyclegpt_model::{ForwardOutput, RecycleGpt, SeqInput, TextTokenizer};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -45,33 +46,22 @@ fn log_softmax_at(row: &[f32], token: u32) -> f64 {
     f64::from(row[token as usize]) - log_sum
 }
 
-/// Negative log-likelihood (sum, count) of `window[scored_from..]` under the full model; and,
-/// with a module, (agreeing positions, positions).
-fn score(model: &RecycleGpt, window: &[u32], scored_from: usize) -> Result<((f64, usize), (usize, usize)), TrainError> {
+/// The full model along `window`, with logits at every position but the last.
+fn full_forward(model: &RecycleGpt, window: &[u32]) -> Result<ForwardOutput, TrainError> {
     let n = window.len();
     let mut cache = model.new_cache(n)?;
-    let out = model.forward(&mut [SeqInput {
+    Ok(model.forward(&mut [SeqInput {
         tokens: window,
         cache: &mut cache,
         logits_rows: (0..n - 1).collect(),
-    }])?;
-    let mut nll = 0.0;
-    for t in scored_from.max(1)..n {
-        nll -= log_softmax_at(&out.logits[t - 1], window[t]);
-    }
-    let counted = n - scored_from.max(1);
-    let Some(mut module_cache) = model.new_recycle_cache(n)? else {
-        return Ok(((nll, counted), (0, 0)));
-    };
-    // The module's prediction for x_{t+1} from (h_{t-1}, x_t), t = 1..n-1, against the model's.
-    let hidden = out.hidden.narrow(0, 0, n - 1)?;
-    let drafts = model.recycle_forward(&hidden, &mut [SeqInput {
-        tokens: &window[1..],
-        cache: &mut module_cache,
-        logits_rows: (0..n - 2).collect(),
-    }])?;
-    let same = drafts.iter().enumerate().filter(|(i, d)| argmax(d) == argmax(&out.logits[i + 1])).count();
-    Ok(((nll, counted), (same, drafts.len())))
+    }])?)
+}
+
+/// Negative log-likelihood (sum, count) of `window[scored_from..]` given the full model's `out`.
+fn nll(out: &ForwardOutput, window: &[u32], scored_from: usize) -> (f64, usize) {
+    let from = scored_from.max(1);
+    let sum = (from..window.len()).map(|t| -log_softmax_at(&out.logits[t - 1], window[t])).sum();
+    (sum, window.len() - from)
 }
 
 pub fn evaluate(model: &RecycleGpt, tokenizer: &TextTokenizer, data: &[PathBuf], options: &EvalOptions) -> Result<EvalReport, TrainError> {
@@ -80,16 +70,19 @@ pub fn evaluate(model: &RecycleGpt, tokenizer: &TextTokenizer, data: &[PathBuf],
     if windows.is_empty() {
         return Err(TrainError::Data("the evaluation files hold fewer than 3 tokens".into()));
     }
-    let (mut nll, mut count, mut same, mut compared) = (0.0, 0, 0, 0);
+    let (mut total_nll, mut count, mut same, mut compared) = (0.0, 0, 0, 0);
     for w in &windows {
-        let ((n, c), (s, p)) = score(model, w, 1)?;
-        nll += n;
+        let out = full_forward(model, w)?;
+        let (n, c) = nll(&out, w, 1);
+        total_nll += n;
         count += c;
-        same += s;
-        compared += p;
+        if let Some((s, p)) = module_agreement(model, w, &out.hidden, &out.logits[1..], 1)? {
+            same += s;
+            compared += p;
+        }
     }
     let generation_nll = |mode: DecodeMode| -> Result<(f64, f64), TrainError> {
-        let (mut nll, mut count, mut tokens, mut forwards) = (0.0, 0, 0, 0);
+        let (mut sum, mut count, mut tokens, mut forwards) = (0.0, 0, 0, 0);
         for w in windows.iter().take(options.prompts) {
             let prompt = w[..options.prompt_tokens.min(w.len() - 1)].to_vec();
             let stop = StopCriteria {
@@ -101,11 +94,11 @@ pub fn evaluate(model: &RecycleGpt, tokenizer: &TextTokenizer, data: &[PathBuf],
             forwards += generation.stats.full_forwards;
             let mut full = prompt.clone();
             full.extend(&generation.ids);
-            let ((n, c), _) = score(model, &full, prompt.len())?;
-            nll += n;
+            let (n, c) = nll(&full_forward(model, &full)?, &full, prompt.len());
+            sum += n;
             count += c;
         }
-        Ok(((nll / count.max(1) as f64).exp(), tokens as f64 / forwards.max(1) as f64))
+        Ok(((sum / count.max(1) as f64).exp(), tokens as f64 / forwards.max(1) as f64))
     };
     let (standard_ppl, _) = generation_nll(DecodeMode::Standard)?;
     let (alternate_ppl, verify_tpf) = if model.has_recycle() {
@@ -117,7 +110,7 @@ pub fn evaluate(model: &RecycleGpt, tokenizer: &TextTokenizer, data: &[PathBuf],
     };
     Ok(EvalReport {
         tokens: count,
-        perplexity: (nll / count.max(1) as f64).exp(),
+        perplexity: (total_nll / count.max(1) as f64).exp(),
         agreement: (compared > 0).then(|| same as f64 / compared as f64),
         verify_tokens_per_full_forward: verify_tpf,
         standard_generation_perplexity: standard_ppl,
