@@ -20,7 +20,7 @@ fn verify_greedy_equals_standard_greedy_with_a_random_module() {
         let loaded = load(&shared.join("hf"), random_module(seed));
         for prompt in PROMPTS {
             for max_tokens in [1, 2, 7, 40, 120] {
-                let standard = run(&loaded, prompt, DecodeMode::Standard, SamplingParams::greedy(), max_tokens);
+                let standard = run(&loaded, prompt, DecodeMode::Off, SamplingParams::greedy(), max_tokens);
                 let verify = run(&loaded, prompt, DecodeMode::Verify, SamplingParams::greedy(), max_tokens);
                 assert_eq!(verify.ids, standard.ids, "{prompt:?}, max_tokens {max_tokens}");
                 assert_eq!(verify.finish_reason, standard.finish_reason);
@@ -46,7 +46,7 @@ fn alternate_emits_two_tokens_per_full_forward() {
         assert_eq!(out.stats.recycle_steps, 20);
         assert_eq!(out.tokens_per_full_forward(), 2.0);
         // Every other token is the module's: with a random module the text departs from standard.
-        let standard = run(&loaded, prompt, DecodeMode::Standard, SamplingParams::greedy(), 40);
+        let standard = run(&loaded, prompt, DecodeMode::Off, SamplingParams::greedy(), 40);
         assert_eq!(out.ids[0], standard.ids[0], "the first token comes from the full model");
         assert_ne!(out.ids, standard.ids);
     }
@@ -56,7 +56,7 @@ fn alternate_emits_two_tokens_per_full_forward() {
 fn same_seed_same_text_different_seed_different_text() {
     let Some(shared) = stories260k() else { return };
     let loaded = load(&shared.join("hf"), random_module(4));
-    for mode in [DecodeMode::Standard, DecodeMode::Alternate, DecodeMode::Verify] {
+    for mode in [DecodeMode::Off, DecodeMode::Alternate, DecodeMode::Verify] {
         let sample = |seed| {
             let params = SamplingParams {
                 temperature: 1.0,
@@ -77,7 +77,7 @@ fn a_batched_step_gives_each_sequence_what_it_gets_alone() {
     let loaded = load(&shared.join("hf"), random_module(5));
     let model = &loaded.model;
     let cases = [
-        (PROMPTS[0], DecodeMode::Standard, 30),
+        (PROMPTS[0], DecodeMode::Off, 30),
         (PROMPTS[1], DecodeMode::Verify, 45),
         (PROMPTS[2], DecodeMode::Alternate, 20),
         (PROMPTS[3], DecodeMode::Verify, 64),
@@ -118,7 +118,7 @@ fn verify_equals_standard_when_drafts_are_often_accepted() {
             ..SamplingParams::greedy()
         };
         for prompt in PROMPTS {
-            let standard = run(&loaded, prompt, DecodeMode::Standard, params.clone(), 60);
+            let standard = run(&loaded, prompt, DecodeMode::Off, params.clone(), 60);
             let verify = run(&loaded, prompt, DecodeMode::Verify, params.clone(), 60);
             assert_eq!(verify.ids, standard.ids, "{prompt:?}, bias {bias}");
             accepted += verify.stats.accepted;
@@ -157,7 +157,7 @@ fn a_distilled_module_agrees_with_the_model_and_verify_still_equals_standard() {
         with_trained.stats,
         with_random.stats
     );
-    let standard = run(&trained, PROMPTS[1], DecodeMode::Standard, SamplingParams::greedy(), 80);
+    let standard = run(&trained, PROMPTS[1], DecodeMode::Off, SamplingParams::greedy(), 80);
     assert_eq!(with_trained.ids, standard.ids);
 
     // `eval` sees the same: more agreement, and alternate text the model finds far likelier.

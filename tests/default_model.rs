@@ -17,7 +17,7 @@ fn the_default_model_serves_every_mode_and_verify_equals_standard() {
     let loaded = default_model();
     assert_eq!(loaded.model.recycle_source(), RecycleSource::Trained);
     for prompt in ["ROMEO. ", "To be, or not to be", "KING. My lords,"] {
-        let standard = run(&loaded, prompt, DecodeMode::Standard, SamplingParams::greedy(), 60);
+        let standard = run(&loaded, prompt, DecodeMode::Off, SamplingParams::greedy(), 60);
         let verify = run(&loaded, prompt, DecodeMode::Verify, SamplingParams::greedy(), 60);
         let alternate = run(&loaded, prompt, DecodeMode::Alternate, SamplingParams::greedy(), 60);
         assert_eq!(verify.ids, standard.ids, "{prompt:?}");

@@ -44,7 +44,7 @@ fn half_precision_follows_the_reference_greedy_tokens() {
             expected.len()
         );
         // Free-running greedy decoding starts on the reference's path.
-        let generated = run(&loaded, &prompt, DecodeMode::Standard, SamplingParams::greedy(), 16);
+        let generated = run(&loaded, &prompt, DecodeMode::Off, SamplingParams::greedy(), 16);
         assert_eq!(generated.ids[..16], expected[..16], "{dtype:?}");
     }
 }
@@ -54,7 +54,7 @@ fn half_precision_verify_equals_standard() {
     let Some(shared) = stories260k() else { return };
     let loaded = load(&shared.join("hf"), DType::F16, RecycleInit::Random { seed: 7, layers: 1 });
     for prompt in ["Once upon a time", "Lily and Tom went to the park", "The cat"] {
-        let standard = run(&loaded, prompt, DecodeMode::Standard, SamplingParams::greedy(), 60);
+        let standard = run(&loaded, prompt, DecodeMode::Off, SamplingParams::greedy(), 60);
         let verify = run(&loaded, prompt, DecodeMode::Verify, SamplingParams::greedy(), 60);
         assert_eq!(verify.ids, standard.ids, "{prompt:?}");
         assert!(verify.stats.rejected > 0, "drafts are checked: {:?}", verify.stats);

@@ -49,7 +49,7 @@ async fn greedy_text_equals_generate_in_every_mode() {
     let server = TestServer::start(&hf, |_| {}).await;
     let prompt = "Lily and Tom went to the park";
     let mut by_mode = Vec::new();
-    for (mode, cli_mode) in [("off", "standard"), ("alternate", "alternate"), ("verify", "verify")] {
+    for (mode, cli_mode) in [("off", "off"), ("alternate", "alternate"), ("verify", "verify")] {
         let want = generate_text(&hf, prompt, cli_mode, 40);
         let body: Value = server
             .post("/v1/completions", json!({"model": "stories", "prompt": prompt, "max_tokens": 40, "temperature": 0, "recycle": mode}))
@@ -388,8 +388,8 @@ async fn shutdown_lets_streams_finish_then_ends_them_after_the_grace_period() {
     let _serial = serial();
     let Some(shared) = stories260k() else { return };
     let body = json!({"prompt": "Once", "max_tokens": 500, "stream": true, "logit_bias": {"1": -100, "2": -100}});
-    // Grace 0: the running stream is ended at once, with a final chunk and [DONE].
-    let server = TestServer::start(&shared.join("hf"), |c| c.shutdown_grace_seconds = 0).await;
+    // Grace 0: the running stream is ended at once with an error event, never a normal finish.
+    let server = TestServer::start(&shared.join("hf"), |c| c.shutdown_grace_seconds = 0.0).await;
     let mut response = server.post("/v1/completions", body.clone()).await;
     let mut text = String::from_utf8(response.chunk().await.unwrap().unwrap().to_vec()).unwrap();
     let shutdown = tokio::spawn(server.shutdown());
@@ -397,13 +397,14 @@ async fn shutdown_lets_streams_finish_then_ends_them_after_the_grace_period() {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     let chunks = sse_chunks(&text);
-    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "length");
+    assert_eq!(chunks.last().unwrap()["error"]["code"], "interrupted", "{text}");
+    assert!(chunks.iter().all(|c| c["choices"][0]["finish_reason"].is_null()), "a cut stream must not look finished");
     let pieces = chunks.iter().filter(|c| c["choices"][0]["finish_reason"].is_null()).count();
     assert!(pieces < 400, "the stream was ended early, not run to 500 tokens ({pieces} pieces)");
     shutdown.await.unwrap().expect("serve returns Ok");
 
     // A long grace period: the stream runs to its end.
-    let server = TestServer::start(&shared.join("hf"), |c| c.shutdown_grace_seconds = 60).await;
+    let server = TestServer::start(&shared.join("hf"), |c| c.shutdown_grace_seconds = 60.0).await;
     let mut short = body.clone();
     short["max_tokens"] = json!(120);
     let mut response = server.post("/v1/completions", short).await;

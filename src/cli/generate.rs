@@ -12,8 +12,8 @@ pub struct GenerateArgs {
     prompt: String,
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
-    /// standard | alternate | verify
-    #[arg(long, default_value = "standard")]
+    /// off | alternate | verify
+    #[arg(long, default_value = "off")]
     mode: DecodeMode,
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]

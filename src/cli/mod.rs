@@ -11,7 +11,7 @@ mod train_recycle;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "recyclegpt", version, about = "RecycleGPT inference: standard, alternate and verified recycled decoding")]
+#[command(name = "recyclegpt", version, about = "RecycleGPT inference: plain (off), alternate and verified recycled decoding")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -2,8 +2,9 @@
 use super::model_args::{resolve_placement, RecycleInitArg};
 use anyhow::Context;
 use clap::Args;
-use recyclegpt_model::{LoadOptions, LoadedModel, RecycleInit};
-use recyclegpt_server::{AppState, ServerConfig};
+use recyclegpt_engine::DecodeMode;
+use recyclegpt_model::{DTypeSpec, DeviceSpec, LoadOptions, LoadedModel, RecycleInit};
+use recyclegpt_server::{AppState, LogFormat, ServerConfig};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -30,9 +31,11 @@ pub struct ServeArgs {
     prefill_chunk: Option<usize>,
     #[arg(long, env = "RECYCLEGPT_QUEUE_CAPACITY")]
     queue_capacity: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_MAX_SEQUENCES_PER_REQUEST")]
+    max_sequences_per_request: Option<usize>,
     /// off | alternate | verify
     #[arg(long, env = "RECYCLEGPT_DEFAULT_RECYCLE")]
-    default_recycle: Option<String>,
+    default_recycle: Option<DecodeMode>,
     #[arg(long, env = "RECYCLEGPT_DEFAULT_MAX_TOKENS")]
     default_max_tokens: Option<usize>,
     /// Comma-separated origins, or `*`.
@@ -40,23 +43,41 @@ pub struct ServeArgs {
     cors_origins: Option<Vec<String>>,
     #[arg(long, env = "RECYCLEGPT_BODY_LIMIT_BYTES")]
     body_limit_bytes: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_MAX_STOP_BYTES")]
+    max_stop_bytes: Option<usize>,
+    /// Require the API key on /metrics too (true or false).
+    #[arg(long, env = "RECYCLEGPT_METRICS_REQUIRE_API_KEY")]
+    metrics_require_api_key: Option<bool>,
+    #[arg(long, env = "RECYCLEGPT_SHUTDOWN_DELAY_SECONDS")]
+    shutdown_delay_seconds: Option<f64>,
     #[arg(long, env = "RECYCLEGPT_SHUTDOWN_GRACE_SECONDS")]
-    shutdown_grace_seconds: Option<u64>,
+    shutdown_grace_seconds: Option<f64>,
+    #[arg(long, env = "RECYCLEGPT_HEADER_READ_TIMEOUT_SECONDS")]
+    header_read_timeout_seconds: Option<f64>,
+    #[arg(long, env = "RECYCLEGPT_BODY_READ_TIMEOUT_SECONDS")]
+    body_read_timeout_seconds: Option<f64>,
+    #[arg(long, env = "RECYCLEGPT_IDLE_TIMEOUT_SECONDS")]
+    idle_timeout_seconds: Option<f64>,
+    #[arg(long, env = "RECYCLEGPT_WRITE_TIMEOUT_SECONDS")]
+    write_timeout_seconds: Option<f64>,
+    #[arg(long, env = "RECYCLEGPT_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// text | json
     #[arg(long, env = "RECYCLEGPT_LOG_FORMAT")]
-    log_format: Option<String>,
+    log_format: Option<LogFormat>,
     /// cpu, cuda, cuda:N or auto (CUDA when compiled in and a GPU is present, else the CPU).
     #[arg(long, env = "RECYCLEGPT_DEVICE")]
-    device: Option<String>,
+    device: Option<DeviceSpec>,
     /// auto (f32 on the CPU, f16 on a GPU), f32, f16 or bf16.
     #[arg(long, env = "RECYCLEGPT_DTYPE")]
-    dtype: Option<String>,
+    dtype: Option<DTypeSpec>,
     #[arg(long, value_enum, env = "RECYCLEGPT_RECYCLE_INIT", default_value = "file")]
     recycle_init: RecycleInitArg,
 }
 
 impl ServeArgs {
-    /// Defaults, then the file, then environment variables and flags.
+    /// Defaults, then the file, then environment variables and flags; validated before anything
+    /// is loaded.
     fn config(&self) -> anyhow::Result<ServerConfig> {
         let mut c = match &self.config {
             Some(path) => ServerConfig::from_toml_file(path).map_err(anyhow::Error::msg)?,
@@ -65,21 +86,24 @@ impl ServeArgs {
         macro_rules! set {
             ($($field:ident),*) => { $(if let Some(v) = &self.$field { c.$field = v.clone(); })* };
         }
-        set!(model, host, port, max_running_sequences, kv_budget_tokens, prefill_chunk, queue_capacity, default_recycle,
-             default_max_tokens, cors_origins, body_limit_bytes, shutdown_grace_seconds, log_format, device, dtype);
+        set!(model, host, port, max_running_sequences, kv_budget_tokens, prefill_chunk, queue_capacity, max_sequences_per_request,
+             default_recycle, default_max_tokens, cors_origins, body_limit_bytes, max_stop_bytes, metrics_require_api_key,
+             shutdown_delay_seconds, shutdown_grace_seconds, header_read_timeout_seconds, body_read_timeout_seconds,
+             idle_timeout_seconds, write_timeout_seconds, max_connections, log_format, device, dtype);
         if self.served_model_name.is_some() {
             c.served_model_name = self.served_model_name.clone();
         }
         if self.api_key.is_some() {
             c.api_key = self.api_key.clone();
         }
+        c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)
     }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
-    super::init_logging(config.log_format == "json");
+    super::init_logging(config.log_format == LogFormat::Json);
     let recycle_init = match args.recycle_init {
         RecycleInitArg::File => RecycleInit::FromFiles,
         RecycleInitArg::Random => {
@@ -87,7 +111,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             RecycleInit::Random { seed: 0, layers: 1 }
         }
     };
-    let (device, dtype) = resolve_placement(config.device.parse()?, config.dtype.parse()?)?;
+    let (device, dtype) = resolve_placement(config.device, config.dtype)?;
     let options = LoadOptions {
         recycle_init,
         device,
@@ -113,8 +137,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Ctrl-C or SIGTERM.
+/// The first Ctrl-C or SIGTERM starts the drain; a second one ends the process at once (the
+/// operator has decided not to wait).
 async fn shutdown_signal() {
+    first_signal().await;
+    tokio::spawn(async {
+        first_signal().await;
+        tracing::warn!("second shutdown signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn first_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -16,6 +16,7 @@ impl TestServer {
             model: model_dir.to_path_buf(),
             served_model_name: Some("stories".into()),
             port: 0,
+            shutdown_delay_seconds: 0.0,
             ..ServerConfig::default()
         };
         tweak(&mut config);

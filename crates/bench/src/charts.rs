@@ -7,7 +7,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
-const MODES: [(&str, RGBColor); 3] = [("standard", RGBColor(90, 90, 90)), ("alternate", RGBColor(230, 140, 30)), ("verify", RGBColor(40, 110, 200))];
+const MODES: [(&str, RGBColor); 3] = [("off", RGBColor(90, 90, 90)), ("alternate", RGBColor(230, 140, 30)), ("verify", RGBColor(40, 110, 200))];
 /// The server names the standard mode `off`.
 const SERVE_MODES: [(&str, RGBColor); 3] = [("off", MODES[0].1), ("alternate", MODES[1].1), ("verify", MODES[2].1)];
 const SIZE: (u32, u32) = (760, 440);
@@ -60,7 +60,7 @@ fn decode_modes(path: &Path, reports: &[DecodeReport]) -> Drawn {
         if m > 0 {
             let labels = reports.iter().enumerate().filter(|(_, r)| rate(r, mode) > 0.0).map(|(i, r)| {
                 let x = i as f64 + 0.1 + (m as f64 + 0.45) * width;
-                let speedup = rate(r, mode) / rate(r, "standard").max(f64::MIN_POSITIVE);
+                let speedup = rate(r, mode) / rate(r, "off").max(f64::MIN_POSITIVE);
                 Text::new(format!("{speedup:.2}x"), (x, rate(r, mode) * 1.15), ("sans-serif", 12).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom)))
             });
             chart.draw_series(labels)?;

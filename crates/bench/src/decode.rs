@@ -152,9 +152,9 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
     let mut verify_tpf = Vec::new();
     let mut standard_text: Vec<u32> = Vec::new();
     let modes: Vec<DecodeMode> = if model.has_recycle() {
-        vec![DecodeMode::Standard, DecodeMode::Alternate, DecodeMode::Verify]
+        vec![DecodeMode::Off, DecodeMode::Alternate, DecodeMode::Verify]
     } else {
-        vec![DecodeMode::Standard]
+        vec![DecodeMode::Off]
     };
     let base = cached;
     for round in 0..options.rounds {
@@ -201,7 +201,7 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
             if mode == DecodeMode::Verify {
                 verify_tpf.push(generation.tokens_per_full_forward());
             }
-            if mode == DecodeMode::Standard {
+            if mode == DecodeMode::Off {
                 standard_text = generation.ids;
             }
         }

@@ -3,12 +3,14 @@
 pub mod agreement;
 mod generate;
 pub mod sampling;
+pub mod scheduler;
 mod sequence;
 mod step;
 
 pub use generate::{generate, Generation};
 pub use sampling::{argmax, SamplingParams, TokenLogprob};
-pub use sequence::{FinishReason, Sequence, SequenceStats, StopCriteria};
+pub use scheduler::{Scheduler, SchedulerConfig, SeqId, SequenceRequest, Update};
+pub use sequence::{FinishReason, Sequence, SequenceState, SequenceStats, StopCriteria};
 pub use step::{step, StepReport};
 
 use recyclegpt_model::ModelError;
@@ -18,7 +20,7 @@ use recyclegpt_model::ModelError;
 #[serde(rename_all = "lowercase")]
 pub enum DecodeMode {
     /// One token per full forward; the module is not used.
-    Standard,
+    Off,
     /// The paper's schedule: every other token comes from the module, unchecked.
     Alternate,
     /// Lossless: the module drafts, the next full forward verifies for free.
@@ -28,7 +30,7 @@ pub enum DecodeMode {
 impl DecodeMode {
     pub fn as_str(self) -> &'static str {
         match self {
-            DecodeMode::Standard => "standard",
+            DecodeMode::Off => "off",
             DecodeMode::Alternate => "alternate",
             DecodeMode::Verify => "verify",
         }
@@ -40,11 +42,11 @@ impl std::str::FromStr for DecodeMode {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "standard" | "off" => Ok(DecodeMode::Standard),
+            "off" => Ok(DecodeMode::Off),
             "alternate" => Ok(DecodeMode::Alternate),
             "verify" => Ok(DecodeMode::Verify),
             other => Err(EngineError::Invalid(format!(
-                "unknown decode mode `{other}` (expected standard, off, alternate or verify)"
+                "unknown decode mode `{other}` (expected off, alternate or verify)"
             ))),
         }
     }

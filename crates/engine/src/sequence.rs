@@ -15,6 +15,16 @@ pub enum FinishReason {
     Length,
 }
 
+/// Where a sequence is in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceState {
+    /// Its prompt is being fed, a chunk per step.
+    Prefilling,
+    /// It emits tokens each step.
+    Decoding,
+    Finished(FinishReason),
+}
+
 #[derive(Debug, Clone)]
 pub struct StopCriteria {
     pub max_tokens: usize,
@@ -85,7 +95,7 @@ impl Sequence {
                 prompt.len()
             )));
         }
-        if mode != DecodeMode::Standard && !model.has_recycle() {
+        if mode != DecodeMode::Off && !model.has_recycle() {
             return Err(EngineError::Invalid(format!(
                 "mode `{}` needs a recyclable module and this model has none",
                 mode.as_str()
@@ -94,7 +104,7 @@ impl Sequence {
         // The last emitted token is never processed, so this many positions always suffice.
         let capacity = context_len.min(prompt.len() + stop.max_tokens + 1);
         let recycle_cache = match mode {
-            DecodeMode::Standard => None,
+            DecodeMode::Off => None,
             _ => model.new_recycle_cache(capacity)?,
         };
         let rng = StdRng::seed_from_u64(params.seed.unwrap_or_else(rand::random));
@@ -145,6 +155,14 @@ impl Sequence {
 
     pub fn finish_reason(&self) -> Option<FinishReason> {
         self.finish
+    }
+
+    pub fn state(&self) -> SequenceState {
+        match self.finish {
+            Some(reason) => SequenceState::Finished(reason),
+            None if self.is_prefilling() => SequenceState::Prefilling,
+            None => SequenceState::Decoding,
+        }
     }
 
     pub fn is_finished(&self) -> bool {

@@ -1,6 +1,6 @@
 //! Causal attention of a few query rows against one sequence's token-major KV cache, without
 //! copying or transposing the cache (the decode and recycle steps: 1-2 rows per sequence).
-use crate::linear::Isa;
+use crate::isa::{Isa, Kind};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Shapes of one attention call.
@@ -22,22 +22,32 @@ pub fn attention(isa: Isa, s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], t
             && out.len() >= q.len(),
         "attention: buffer sizes do not match the shape"
     );
-    match isa {
+    match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa` is only Avx512 / Avx2 when the CPU has those features.
-        Isa::Avx512 => unsafe { attention_avx512(s, q, k, v, total, out) },
+        // SAFETY: an `Isa` only carries the AVX-512 kind when the CPU has AVX-512F (`crate::isa`),
+        // and the body is safe code, so that is all the call needs.
+        Kind::Avx512 => unsafe { attention_avx512(s, q, k, v, total, out) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { attention_avx2(s, q, k, v, total, out) },
+        // SAFETY: as above, for the AVX2 kind and AVX2 + FMA.
+        Kind::Avx2 => unsafe { attention_avx2(s, q, k, v, total, out) },
         _ => attention_generic(s, q, k, v, total, out),
     }
 }
 
+/// [`attention_generic`] compiled for AVX-512 (it is inlined here and vectorised for it).
+///
+/// # Safety
+/// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attention_avx512(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize, out: &mut [f32]) {
     attention_generic(s, q, k, v, total, out)
 }
 
+/// [`attention_generic`] compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attention_avx2(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize, out: &mut [f32]) {
@@ -126,7 +136,12 @@ impl CustomOp3 for CachedAttention {
         let (&[n, heads, hd], &[total, kv_heads, khd]) = (ql.dims(), kl.dims()) else {
             bail!("cached-attention: expected q [n, heads, hd] and k [total, kv_heads, hd]")
         };
-        if heads != s.heads || kv_heads != s.kv_heads || hd != s.head_dim || khd != hd || kl.dims() != vl.dims() || n > total
+        if heads != s.heads
+            || kv_heads != s.kv_heads
+            || hd != s.head_dim
+            || khd != hd
+            || kl.dims() != vl.dims()
+            || n > total
         {
             bail!("cached-attention: shapes {:?}, {:?}, {:?} do not match {s:?}", ql.dims(), kl.dims(), vl.dims())
         }

@@ -1,5 +1,6 @@
 //! `out[m, n] = x[m, k] · w[n, k]ᵀ` for small `m`, vectorised with AVX-512 or AVX2+FMA when the
 //! CPU has them (scalar otherwise) and split across threads by output rows of `w`.
+use crate::isa::{Isa, Kind};
 use rayon::prelude::*;
 
 /// Weight rows per register block, and input rows per register block. A single input row
@@ -10,42 +11,13 @@ const MR: usize = 4;
 /// Below this many multiply-adds per call, splitting across threads costs more than it saves.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    Avx512,
-    Avx2,
-    Scalar,
-}
-
-impl Isa {
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Scalar
-    }
-
-    /// Whether this machine can run `self` (tests force each path the CPU supports).
-    pub fn available(self) -> bool {
-        match (self, Isa::detect()) {
-            (Isa::Scalar, _) => true,
-            (Isa::Avx2, Isa::Avx512 | Isa::Avx2) => true,
-            (a, b) => a == b,
-        }
-    }
-}
-
 /// A raw output pointer shared by threads that write disjoint columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: each thread writes only the columns of its own weight-row range.
+// SAFETY: `linear_small` hands each thread its own range of weight rows, and a thread writes only
+// the output columns of that range, so no element is written by two threads or read meanwhile.
 unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`: the threads sharing the pointer write disjoint elements.
 unsafe impl Sync for OutPtr {}
 
 /// Computes `out = x · wᵀ`; `x` is `m × k`, `w` is `n × k`, `out` is `m × n`, all row-major.
@@ -59,11 +31,13 @@ pub fn linear_small(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize
         let per = n.div_ceil(threads * NR_SINGLE) * NR_SINGLE;
         (0..n.div_ceil(per)).into_par_iter().for_each(|part| {
             let rows = part * per..((part + 1) * per).min(n);
-            // SAFETY: buffers were checked above; ranges are disjoint.
+            // SAFETY: the buffer sizes were checked above, `rows` lies within `0..n`, and the
+            // parts' ranges are disjoint, so no other thread touches this part's columns of `out`.
             unsafe { run_rows(isa, x, m, k, w, n, rows, ptr) }
         });
     } else {
-        // SAFETY: buffers were checked above.
+        // SAFETY: the buffer sizes were checked above, and `out` is borrowed mutably by this call
+        // alone.
         unsafe { run_rows(isa, x, m, k, w, n, 0..n, ptr) }
     }
 }
@@ -85,10 +59,23 @@ macro_rules! dispatch {
     };
 }
 
+/// Computes columns `rows` of `out`, one register block at a time. Which vector code runs comes
+/// from `isa`, whose existence proves the CPU has its features.
+///
 /// # Safety
-/// `x`, `w` and `out` must hold `m*k`, `n*k` and `m*n` values and `isa` must be available.
+/// `x`, `w` and `out` must hold at least `m*k`, `n*k` and `m*n` values, `rows` must lie within
+/// `0..n`, and nothing else may read or write columns `rows` of `out` during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_rows(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, rows: std::ops::Range<usize>, out: OutPtr) {
+unsafe fn run_rows(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    rows: std::ops::Range<usize>,
+    out: OutPtr,
+) {
     let block_rows = if m == 1 { NR_SINGLE } else { NR };
     let mut j = rows.start;
     while j < rows.end {
@@ -96,19 +83,23 @@ unsafe fn run_rows(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize,
         let mut i = 0;
         while i < m {
             let mr = (m - i).min(MR);
-            let args = Block {
-                x: x.as_ptr().add(i * k),
-                w: w.as_ptr().add(j * k),
-                out: out.0.add(i * n + j),
-                k,
-                n,
+            // SAFETY: `i < m` and `j < rows.end <= n`, so row `i` of `x`, row `j` of `w` and element
+            // `(i, j)` of `out` lie inside buffers of the sizes the caller guarantees.
+            let args = unsafe {
+                Block { x: x.as_ptr().add(i * k), w: w.as_ptr().add(j * k), out: out.0.add(i * n + j), k, n }
             };
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => dispatch!(avx512, mr, nr, args),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => dispatch!(avx2, mr, nr, args),
-                _ => scalar_block(mr, nr, args),
+            // SAFETY: `args` covers `mr <= m - i` rows of `x`, `nr <= rows.end - j` rows of `w`
+            // and that `mr × nr` corner of `out`: in bounds, and this call's alone (the caller's
+            // contract), as `Block` requires. An `Isa` only carries a vector kind when the CPU
+            // has that kind's features (see `crate::isa`), as the `#[target_feature]` blocks need.
+            unsafe {
+                match isa.kind() {
+                    #[cfg(target_arch = "x86_64")]
+                    Kind::Avx512 => dispatch!(avx512, mr, nr, args),
+                    #[cfg(target_arch = "x86_64")]
+                    Kind::Avx2 => dispatch!(avx2, mr, nr, args),
+                    _ => scalar_block(mr, nr, args),
+                }
             }
             i += mr;
         }
@@ -116,8 +107,12 @@ unsafe fn run_rows(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize,
     }
 }
 
-
-/// One register block: `mr` rows of `x` starting at `x`, `nr` rows of `w` starting at `w`.
+/// One register block: `mr` rows of `x` starting at `x`, `nr` rows of `w` starting at `w`, each
+/// `k` long, and the `mr × nr` outputs at `out`, rows `n` apart.
+///
+/// The contract every block function relies on: `x` is readable for its `mr` rows and `w` for
+/// its `nr` rows, neither is written during the call, `out` is writable at `i * n + r` for
+/// `i < mr`, `r < nr`, and no one else reads or writes those outputs meanwhile.
 #[derive(Clone, Copy)]
 struct Block {
     x: *const f32,
@@ -127,12 +122,20 @@ struct Block {
     n: usize,
 }
 
+/// The block without vector instructions (any CPU).
+///
+/// # Safety
+/// `b` must satisfy [`Block`]'s contract for `mr` input rows and `nr` weight rows.
 unsafe fn scalar_block(mr: usize, nr: usize, b: Block) {
-    for i in 0..mr {
-        let xi = std::slice::from_raw_parts(b.x.add(i * b.k), b.k);
-        for r in 0..nr {
-            let wr = std::slice::from_raw_parts(b.w.add(r * b.k), b.k);
-            *b.out.add(i * b.n + r) = xi.iter().zip(wr).map(|(a, c)| a * c).sum();
+    // SAFETY: every row slice and output element here is one the caller vouches for, and the
+    // rows are not written while the slices live (the contract), as `from_raw_parts` requires.
+    unsafe {
+        for i in 0..mr {
+            let xi = std::slice::from_raw_parts(b.x.add(i * b.k), b.k);
+            for r in 0..nr {
+                let wr = std::slice::from_raw_parts(b.w.add(r * b.k), b.k);
+                *b.out.add(i * b.n + r) = xi.iter().zip(wr).map(|(a, c)| a * c).sum();
+            }
         }
     }
 }
@@ -142,39 +145,52 @@ mod avx512 {
     use super::Block;
     use std::arch::x86_64::*;
 
+    /// The block in AVX-512: 16 columns per step, then one masked step for the tail.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, and `b` must satisfy [`Block`]'s contract for `MR` input rows
+    /// and `NR` weight rows.
+    // Indexing keeps the loops shaped like the `MR × NR` register tile they fill.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn block<const MR: usize, const NR: usize>(b: Block) {
-        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-        let mut wv = [_mm512_setzero_ps(); NR];
-        let full = b.k / 16 * 16;
-        let mut c = 0;
-        while c < full {
-            for r in 0..NR {
-                wv[r] = _mm512_loadu_ps(b.w.add(r * b.k + c));
-            }
-            for i in 0..MR {
-                let xv = _mm512_loadu_ps(b.x.add(i * b.k + c));
+        // SAFETY: the caller guarantees the CPU has AVX-512F, which is all these intrinsics use,
+        // and that rows `0..MR` of `x`, `0..NR` of `w` (each `k` long) and the `MR × NR` outputs
+        // are valid. Full loads read columns `c..c + 16 <= full <= k`; the tail's masked loads
+        // touch only columns `full..k` (masked-off lanes are never accessed).
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+            let mut wv = [_mm512_setzero_ps(); NR];
+            let full = b.k / 16 * 16;
+            let mut c = 0;
+            while c < full {
                 for r in 0..NR {
-                    acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
+                    wv[r] = _mm512_loadu_ps(b.w.add(r * b.k + c));
+                }
+                for i in 0..MR {
+                    let xv = _mm512_loadu_ps(b.x.add(i * b.k + c));
+                    for r in 0..NR {
+                        acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
+                    }
+                }
+                c += 16;
+            }
+            if full < b.k {
+                let mask: __mmask16 = (1u32 << (b.k - full)).wrapping_sub(1) as __mmask16;
+                for r in 0..NR {
+                    wv[r] = _mm512_maskz_loadu_ps(mask, b.w.add(r * b.k + full));
+                }
+                for i in 0..MR {
+                    let xv = _mm512_maskz_loadu_ps(mask, b.x.add(i * b.k + full));
+                    for r in 0..NR {
+                        acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
+                    }
                 }
             }
-            c += 16;
-        }
-        if full < b.k {
-            let mask: __mmask16 = (1u32 << (b.k - full)).wrapping_sub(1) as __mmask16;
-            for r in 0..NR {
-                wv[r] = _mm512_maskz_loadu_ps(mask, b.w.add(r * b.k + full));
-            }
             for i in 0..MR {
-                let xv = _mm512_maskz_loadu_ps(mask, b.x.add(i * b.k + full));
                 for r in 0..NR {
-                    acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
+                    *b.out.add(i * b.n + r) = _mm512_reduce_add_ps(acc[i][r]);
                 }
-            }
-        }
-        for i in 0..MR {
-            for r in 0..NR {
-                *b.out.add(i * b.n + r) = _mm512_reduce_add_ps(acc[i][r]);
             }
         }
     }
@@ -185,38 +201,61 @@ mod avx2 {
     use super::Block;
     use std::arch::x86_64::*;
 
+    /// The sum of the 8 lanes of `v`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (the features this is compiled for).
+    // Since Rust 1.87 these intrinsics are safe inside a function with their features enabled;
+    // the block is for older compilers (the workspace's rust-version is 1.80).
+    #[allow(unused_unsafe)]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn sum(v: __m256) -> f32 {
-        let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
-        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
+        // SAFETY: register-only intrinsics, needing no more than the AVX the caller guarantees.
+        unsafe {
+            let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+            _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
+        }
     }
 
+    /// The block in AVX2: 8 columns per step, then a scalar tail.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA, and `b` must satisfy [`Block`]'s contract for `MR` input
+    /// rows and `NR` weight rows.
+    // Indexing keeps the loops shaped like the `MR × NR` register tile they fill.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn block<const MR: usize, const NR: usize>(b: Block) {
-        let mut acc = [[_mm256_setzero_ps(); NR]; MR];
-        let mut wv = [_mm256_setzero_ps(); NR];
-        let full = b.k / 8 * 8;
-        let mut c = 0;
-        while c < full {
-            for r in 0..NR {
-                wv[r] = _mm256_loadu_ps(b.w.add(r * b.k + c));
+        // SAFETY: the caller guarantees the CPU has AVX2 and FMA, which is all these intrinsics
+        // (and `sum`) use, and that rows `0..MR` of `x`, `0..NR` of `w` (each `k` long) and the
+        // `MR × NR` outputs are valid. Vector loads read columns `c..c + 8 <= full <= k`; the
+        // scalar tail reads columns `full..k`.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+            let mut wv = [_mm256_setzero_ps(); NR];
+            let full = b.k / 8 * 8;
+            let mut c = 0;
+            while c < full {
+                for r in 0..NR {
+                    wv[r] = _mm256_loadu_ps(b.w.add(r * b.k + c));
+                }
+                for i in 0..MR {
+                    let xv = _mm256_loadu_ps(b.x.add(i * b.k + c));
+                    for r in 0..NR {
+                        acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
+                    }
+                }
+                c += 8;
             }
             for i in 0..MR {
-                let xv = _mm256_loadu_ps(b.x.add(i * b.k + c));
                 for r in 0..NR {
-                    acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
+                    let mut total = sum(acc[i][r]);
+                    for t in full..b.k {
+                        total += *b.x.add(i * b.k + t) * *b.w.add(r * b.k + t);
+                    }
+                    *b.out.add(i * b.n + r) = total;
                 }
-            }
-            c += 8;
-        }
-        for i in 0..MR {
-            for r in 0..NR {
-                let mut total = sum(acc[i][r]);
-                for t in full..b.k {
-                    total += *b.x.add(i * b.k + t) * *b.w.add(r * b.k + t);
-                }
-                *b.out.add(i * b.n + r) = total;
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The kernel as a candle op, so model code keeps working with tensors.
-use crate::linear::{linear_small, Isa};
+use crate::isa::Isa;
+use crate::linear::linear_small;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::OnceLock;
 
@@ -20,9 +21,7 @@ impl CustomOp2 for SmallLinear {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (xs, ws) else {
-            bail!("small-linear: f32 tensors only")
-        };
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (xs, ws) else { bail!("small-linear: f32 tensors only") };
         let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
             bail!("small-linear: contiguous tensors only")
         };

@@ -32,13 +32,9 @@ fn check(isa: Isa, m: usize, k: usize, n: usize, seed: u64) -> Result<(), String
     Ok(())
 }
 
-fn isas() -> Vec<Isa> {
-    [Isa::Avx512, Isa::Avx2, Isa::Scalar].into_iter().filter(|i| i.available()).collect()
-}
-
 #[test]
 fn fixed_shapes_cover_blocks_tails_and_threads() {
-    for isa in isas() {
+    for isa in Isa::supported() {
         for m in [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 32, 33, 48] {
             for (k, n) in [(1, 1), (7, 1), (16, 5), (17, 9), (64, 64), (100, 37), (288, 768), (769, 300)] {
                 check(isa, m, k, n, (m * 1000 + k * 10 + n) as u64).unwrap();
@@ -67,7 +63,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
     fn random_shapes_agree(m in 1usize..40, k in 1usize..300, n in 1usize..200, seed in 0u64..1000) {
-        for isa in isas() {
+        for isa in Isa::supported() {
             prop_assert!(check(isa, m, k, n, seed).is_ok(), "{:?}", check(isa, m, k, n, seed));
         }
     }

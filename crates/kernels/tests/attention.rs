@@ -28,9 +28,7 @@ fn reference(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize) -
             let weights: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
             let sum: f64 = weights.iter().sum();
             for d in 0..hd {
-                let value: f64 = (0..visible)
-                    .map(|j| weights[j] * f64::from(v[(j * s.kv_heads + kvh) * hd + d]))
-                    .sum();
+                let value: f64 = (0..visible).map(|j| weights[j] * f64::from(v[(j * s.kv_heads + kvh) * hd + d])).sum();
                 out[(i * s.heads + h) * hd + d] = (value / sum) as f32;
             }
         }
@@ -44,7 +42,7 @@ fn check(heads: usize, kv_heads: usize, head_dim: usize, n: usize, total: usize,
     let k = random(total * kv_heads * head_dim, seed + 1);
     let v = random(total * kv_heads * head_dim, seed + 2);
     let want = reference(s, &q, &k, &v, total);
-    for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar].into_iter().filter(|i| i.available()) {
+    for isa in Isa::supported() {
         let mut got = vec![0f32; q.len()];
         attention(isa, s, &q, &k, &v, total, &mut got);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {

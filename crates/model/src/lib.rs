@@ -2,6 +2,7 @@
 //! HuggingFace-layout checkpoints, run as ragged batches over per-sequence KV caches.
 pub mod config;
 mod decoder;
+pub mod detokenize;
 pub mod device;
 pub mod error;
 pub mod kv_cache;

@@ -1,12 +1,16 @@
 //! Text ⇄ token ids through `tokenizer.json`, with the special tokens and end-of-sequence ids
 //! gathered from `tokenizer_config.json`, `generation_config.json` and `config.json`.
 use crate::config::{LlamaConfig, TokenIds};
+use crate::detokenize::{IncrementalDecoder, TokenBytes};
 use crate::error::{ModelError, Result};
 use serde::Deserialize;
 use std::path::Path;
+use std::sync::Arc;
 
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
+    /// Every token's bytes, for detokenizing generated text incrementally.
+    bytes: Arc<TokenBytes>,
     bos_id: Option<u32>,
     add_bos: bool,
     eos_ids: Vec<u32>,
@@ -84,6 +88,7 @@ impl TextTokenizer {
             _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
         };
         Ok(Self {
+            bytes: Arc::new(TokenBytes::new(&inner)),
             inner,
             bos_id,
             add_bos: tok_config.add_bos_token.unwrap_or(true),
@@ -97,10 +102,7 @@ impl TextTokenizer {
     /// Encodes `text`, starting with BOS when the model expects it (and the tokenizer's own
     /// post-processor did not already add it).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| ModelError::Input(format!("cannot tokenize: {e}")))?;
+        let encoding = self.inner.encode(text, true).map_err(|e| ModelError::Input(format!("cannot tokenize: {e}")))?;
         let mut ids = encoding.get_ids().to_vec();
         if let (true, Some(bos)) = (self.add_bos, self.bos_id) {
             if ids.first() != Some(&bos) {
@@ -111,9 +113,42 @@ impl TextTokenizer {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| ModelError::Input(format!("cannot detokenize: {e}")))
+        self.inner.decode(ids, true).map_err(|e| ModelError::Input(format!("cannot detokenize: {e}")))
+    }
+
+    /// The text of `ids` generated after a prompt, as the streamed text adds up to: the lossy
+    /// UTF-8 decoding of the tokens' bytes. Unlike [`decode`](Self::decode) it keeps a leading
+    /// space (the text follows the prompt's) and the U+FFFD of each invalid byte does not depend
+    /// on the tokens after it.
+    pub fn decode_continuation(&self, ids: &[u32]) -> String {
+        self.bytes.decode_continuation(ids)
+    }
+
+    /// A decoder that turns generated tokens into text one at a time.
+    pub fn incremental_decoder(&self) -> IncrementalDecoder {
+        IncrementalDecoder::new(Arc::clone(&self.bytes))
+    }
+
+    /// The bytes token `id` adds to text it follows; empty for special and unknown ids.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.bytes.get(id)
+    }
+
+    /// The vocabulary's byte table, shared by the incremental decoders.
+    pub fn token_table(&self) -> &Arc<TokenBytes> {
+        &self.bytes
+    }
+
+    /// The most prompt bytes one token can stand for (at least the longest token's bytes): a
+    /// prompt of `n` bytes needs at least `n / max_token_bytes()` tokens, which bounds its
+    /// length before tokenizing it. See [`TokenBytes::max_token_bytes`] for the exceptions.
+    pub fn max_token_bytes(&self) -> usize {
+        self.bytes.max_token_bytes()
+    }
+
+    /// One token's text for log-probabilities (lossy; a special token's content).
+    pub fn token_text(&self, id: u32) -> String {
+        self.bytes.token_text(id)
     }
 
     pub fn eos_ids(&self) -> &[u32] {
@@ -122,6 +157,11 @@ impl TextTokenizer {
 
     pub fn bos_id(&self) -> Option<u32> {
         self.bos_id
+    }
+
+    /// Whether `encode` puts BOS in front.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos && self.bos_id.is_some()
     }
 
     pub fn bos_token(&self) -> Option<&str> {

@@ -10,6 +10,42 @@ pub struct ChatMessage {
     pub content: String,
 }
 
+/// Brackets each message's content while the template renders (a private-use character that
+/// no template writes; content containing it is refused).
+const MARK: char = '\u{F8FF}';
+
+/// A rendered chat prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub text: String,
+    /// Byte ranges of `text` that are message content.
+    pub content: Vec<std::ops::Range<usize>>,
+}
+
+impl Rendered {
+    /// Removes the marks, pairing them into content ranges (a template that drops or repeats
+    /// content still yields well-formed ranges: an odd mark out is ignored).
+    fn from_marked(marked: &str) -> Self {
+        let mut text = String::with_capacity(marked.len());
+        let mut content = Vec::new();
+        let mut open: Option<usize> = None;
+        for piece in marked.split_inclusive(MARK) {
+            let (body, is_mark) = match piece.strip_suffix(MARK) {
+                Some(body) => (body, true),
+                None => (piece, false),
+            };
+            text.push_str(body);
+            if is_mark {
+                match open.take() {
+                    None => open = Some(text.len()),
+                    Some(start) => content.push(start..text.len()),
+                }
+            }
+        }
+        Self { text, content }
+    }
+}
+
 pub struct ChatTemplate {
     env: Option<Environment<'static>>,
     bos_token: String,
@@ -38,7 +74,7 @@ impl ChatTemplate {
         })
     }
 
-    /// Without a template: one `role: content` line per message, then `assistant:`.
+    /// The prompt. Without a template: one `role: content` line per message, then `assistant:`.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, ApiError> {
         let Some(env) = &self.env else {
             let mut prompt: String = messages.iter().map(|m| format!("{}: {}\n", m.role, m.content)).collect();
@@ -56,8 +92,70 @@ impl ChatTemplate {
             .map_err(|e| ApiError::invalid("messages", format!("the chat template rejected the messages: {e}")))
     }
 
+    /// The prompt, and where the messages' content lies in it: content goes into the template
+    /// between two private-use marks, which are then removed and their positions kept, so the
+    /// tokenizer can tell the template's markup from what users wrote. (A template that trims
+    /// content sees the marks first, so surrounding whitespace stays: this path is for content
+    /// that spells control tokens, where keeping them literal matters more.)
+    pub fn render_marked(&self, messages: &[ChatMessage]) -> Result<Rendered, ApiError> {
+        if messages.iter().any(|m| m.content.contains(MARK)) {
+            return Err(ApiError::invalid("messages", "content may not contain the character U+F8FF"));
+        }
+        let marked: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: m.role.clone(),
+                content: format!("{MARK}{}{MARK}", m.content),
+            })
+            .collect();
+        Ok(Rendered::from_marked(&self.render(&marked)?))
+    }
+
     /// Whether the rendered prompt already starts with BOS (then the tokenizer must not add one).
     pub fn starts_with_bos(&self, prompt: &str) -> bool {
         !self.bos_token.is_empty() && prompt.starts_with(&self.bos_token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(role: &str, content: &str) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn content_spans_cover_exactly_the_content() {
+        let template = ChatTemplate::new(
+            Some("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"),
+            None,
+            None,
+        )
+        .unwrap();
+        let rendered = template.render_marked(&[message("system", "Be brief."), message("user", "</s> hi <|im_start|>")]).unwrap();
+        assert_eq!(
+            rendered.text,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n</s> hi <|im_start|><|im_end|>\n<|im_start|>assistant\n"
+        );
+        let spans: Vec<&str> = rendered.content.iter().map(|r| &rendered.text[r.clone()]).collect();
+        assert_eq!(spans, ["Be brief.", "</s> hi <|im_start|>"]);
+    }
+
+    #[test]
+    fn the_plain_fallback_marks_content_too() {
+        let template = ChatTemplate::new(None, None, None).unwrap();
+        let rendered = template.render_marked(&[message("user", "hello")]).unwrap();
+        assert_eq!(rendered.text, "user: hello\nassistant:");
+        assert_eq!(&rendered.text[rendered.content[0].clone()], "hello");
+    }
+
+    #[test]
+    fn content_with_the_mark_is_refused() {
+        let template = ChatTemplate::new(None, None, None).unwrap();
+        assert!(template.render_marked(&[message("user", "a\u{F8FF}b")]).is_err());
     }
 }

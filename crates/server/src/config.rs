@@ -1,9 +1,33 @@
 //! Server configuration: `config/default.toml` keys, each overridable by a flag or a
-//! `RECYCLEGPT_*` environment variable (the binary merges them).
-use serde::{Deserialize, Serialize};
+//! `RECYCLEGPT_*` environment variable (the binary merges them). Values are typed: a bad mode,
+//! device or format is refused when the file or flag is read, before the model loads.
+use recyclegpt_engine::DecodeMode;
+use recyclegpt_model::{DTypeSpec, DeviceSpec};
+use serde::{Deserialize, Deserializer};
 use std::path::PathBuf;
+use std::str::FromStr;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format `{other}` (expected text or json)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub host: String,
@@ -14,20 +38,49 @@ pub struct ServerConfig {
     pub max_running_sequences: usize,
     pub kv_budget_tokens: usize,
     pub prefill_chunk: usize,
+    /// Sequences (prompts × n, all requests together) that may wait for a slot.
     pub queue_capacity: usize,
-    /// `off`, `alternate` or `verify`.
-    pub default_recycle: String,
+    /// Sequences one request may ask for (prompts × n; never more than `queue_capacity`); more
+    /// is a 400, since such a request could never be queued.
+    pub max_sequences_per_request: usize,
+    pub default_recycle: DecodeMode,
     pub default_max_tokens: usize,
     pub api_key: Option<String>,
+    /// Whether `/metrics` needs the API key too (`/health` never does).
+    pub metrics_require_api_key: bool,
     pub cors_origins: Vec<String>,
     pub body_limit_bytes: usize,
-    /// `text` or `json`.
-    pub log_format: String,
-    pub shutdown_grace_seconds: u64,
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
-    /// `auto`, `f32`, `f16` or `bf16`.
-    pub dtype: String,
+    /// The longest stop string, in bytes: matching costs grow with it on every token.
+    pub max_stop_bytes: usize,
+    pub log_format: LogFormat,
+    /// After SIGTERM, how long the listener still accepts (answering 503) so that load
+    /// balancers see the drain before connections are refused.
+    pub shutdown_delay_seconds: f64,
+    /// From SIGTERM, how long running requests may take before they are ended with an error.
+    pub shutdown_grace_seconds: f64,
+    /// A client must send a request's headers within this.
+    pub header_read_timeout_seconds: f64,
+    /// ... and its body within this.
+    pub body_read_timeout_seconds: f64,
+    /// A connection with no request in flight and no traffic is closed after this.
+    pub idle_timeout_seconds: f64,
+    /// A write that makes no progress for this long (a client that stopped reading) ends the
+    /// connection and frees its sequences.
+    pub write_timeout_seconds: f64,
+    /// Open connections at most (also kept under the process's descriptor limit).
+    pub max_connections: usize,
+    #[serde(deserialize_with = "parsed")]
+    pub device: DeviceSpec,
+    #[serde(deserialize_with = "parsed")]
+    pub dtype: DTypeSpec,
+}
+
+fn parsed<'de, D: Deserializer<'de>, T: FromStr>(deserializer: D) -> Result<T, D::Error>
+where
+    T::Err: std::fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(serde::de::Error::custom)
 }
 
 impl Default for ServerConfig {
@@ -41,15 +94,24 @@ impl Default for ServerConfig {
             kv_budget_tokens: 16 * 1024,
             prefill_chunk: 128,
             queue_capacity: 64,
-            default_recycle: "verify".into(),
+            max_sequences_per_request: 16,
+            default_recycle: DecodeMode::Verify,
             default_max_tokens: 256,
             api_key: None,
+            metrics_require_api_key: true,
             cors_origins: Vec::new(),
             body_limit_bytes: 2 * 1024 * 1024,
-            log_format: "text".into(),
-            shutdown_grace_seconds: 30,
-            device: "auto".into(),
-            dtype: "auto".into(),
+            max_stop_bytes: 256,
+            log_format: LogFormat::Text,
+            shutdown_delay_seconds: 2.0,
+            shutdown_grace_seconds: 30.0,
+            header_read_timeout_seconds: 10.0,
+            body_read_timeout_seconds: 30.0,
+            idle_timeout_seconds: 60.0,
+            write_timeout_seconds: 30.0,
+            max_connections: 4096,
+            device: DeviceSpec::Auto,
+            dtype: DTypeSpec::Auto,
         }
     }
 }
@@ -60,6 +122,43 @@ impl ServerConfig {
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// Checks what types cannot: ranges and relations between keys.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_running_sequences", self.max_running_sequences),
+            ("kv_budget_tokens", self.kv_budget_tokens),
+            ("prefill_chunk", self.prefill_chunk),
+            ("queue_capacity", self.queue_capacity),
+            ("max_sequences_per_request", self.max_sequences_per_request),
+            ("default_max_tokens", self.default_max_tokens),
+            ("body_limit_bytes", self.body_limit_bytes),
+            ("max_stop_bytes", self.max_stop_bytes),
+            ("max_connections", self.max_connections),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("`{key}` must be at least 1"));
+            }
+        }
+        let seconds = [
+            ("shutdown_delay_seconds", self.shutdown_delay_seconds),
+            ("shutdown_grace_seconds", self.shutdown_grace_seconds),
+            ("header_read_timeout_seconds", self.header_read_timeout_seconds),
+            ("body_read_timeout_seconds", self.body_read_timeout_seconds),
+            ("idle_timeout_seconds", self.idle_timeout_seconds),
+            ("write_timeout_seconds", self.write_timeout_seconds),
+        ];
+        for (key, value) in seconds {
+            if !(value.is_finite() && (0.0..=86_400.0).contains(&value)) {
+                return Err(format!("`{key}` must be between 0 and 86400 seconds, got {value}"));
+            }
+        }
+        if self.shutdown_delay_seconds > self.shutdown_grace_seconds {
+            return Err("`shutdown_delay_seconds` must not exceed `shutdown_grace_seconds`".into());
+        }
+        Ok(())
+    }
+
     pub fn served_name(&self) -> String {
         self.served_model_name.clone().unwrap_or_else(|| {
             self.model
@@ -68,4 +167,9 @@ impl ServerConfig {
                 .unwrap_or_else(|| "recyclegpt".into())
         })
     }
+}
+
+/// Seconds from configuration as a `Duration` (validated finite and non-negative).
+pub fn seconds(value: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(value.max(0.0))
 }

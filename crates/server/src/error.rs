@@ -1,5 +1,5 @@
 //! Every error a client can see, mapped to a status code and OpenAI's error shape in one place.
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -19,8 +19,18 @@ pub enum ApiError {
     Unauthorized,
     #[error("The server is busy: the request queue is full, retry later")]
     QueueFull,
-    #[error("The server is shutting down")]
+    #[error("The server is shutting down: retry on another replica")]
     Draining,
+    #[error("The server shut down before this request could finish")]
+    Interrupted,
+    #[error("The request body was not received in time")]
+    BodyTimeout,
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("No route for {0}")]
+    NotFound(String),
+    #[error("Method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -38,10 +48,13 @@ impl ApiError {
             ApiError::InvalidParameter { .. } | ApiError::ContextLength(_) => StatusCode::BAD_REQUEST,
             ApiError::Malformed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Draining | ApiError::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,16 +70,36 @@ impl ApiError {
             ApiError::Unauthorized => ("authentication_error", "invalid_api_key", None),
             ApiError::QueueFull => ("rate_limit_error", "queue_full", None),
             ApiError::Draining => ("server_error", "shutting_down", None),
+            ApiError::Interrupted => ("server_error", "interrupted", None),
+            ApiError::BodyTimeout => ("invalid_request_error", "body_timeout", None),
+            ApiError::UnsupportedMediaType => ("invalid_request_error", "unsupported_media_type", None),
+            ApiError::NotFound(_) => ("invalid_request_error", "not_found", None),
+            ApiError::MethodNotAllowed { .. } => ("invalid_request_error", "method_not_allowed", None),
             ApiError::Internal(_) => ("server_error", "internal_error", None),
         };
         serde_json::json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}})
     }
 }
 
+/// Seconds a client should wait before retrying a 429 or a 503 while draining: about one
+/// batch's turnover here, or time for a load balancer to pick another replica.
+const RETRY_AFTER_SECONDS: &str = "1";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         metrics::counter!("recyclegpt_requests_total", "status" => self.status().as_u16().to_string()).increment(1);
-        (self.status(), Json(self.body())).into_response()
+        let mut response = (self.status(), Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        match self {
+            ApiError::QueueFull | ApiError::Draining => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+            }
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
     }
 }
 
@@ -79,30 +112,57 @@ pub enum ErrorResponses {
     Unauthorized,
     #[response(status = 404, description = "Unknown model")]
     UnknownModel,
+    #[response(status = 408, description = "The body was not received in time")]
+    BodyTimeout,
     #[response(status = 413, description = "Body too large")]
     TooLarge,
+    #[response(status = 415, description = "Content-Type is not application/json")]
+    UnsupportedMediaType,
     #[response(status = 422, description = "Malformed JSON")]
     Malformed,
-    #[response(status = 429, description = "The request queue is full")]
+    #[response(status = 429, description = "The request queue is full (see Retry-After)")]
     QueueFull,
-    #[response(status = 503, description = "The server is draining")]
+    #[response(status = 503, description = "The server is draining or was shut down during the request")]
     Draining,
 }
 
 /// A JSON body whose rejections (too large, not JSON, wrong types) come out in OpenAI's shape.
 pub struct ApiJson<T>(pub T);
 
-impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for ApiJson<T> {
+/// Whether the request says its body is JSON. Requiring it keeps a web page from making a
+/// browser send generation requests as a "simple" (preflight-free) form or text POST.
+fn is_json(req: &axum::extract::Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The body must arrive within `body_read_timeout_seconds`: a stalled upload must not hold its
+/// connection and task forever.
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<std::sync::Arc<crate::AppState>> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge
-            } else {
-                ApiError::Malformed(rejection.body_text())
-            }
-        })?;
+    async fn from_request(req: axum::extract::Request, state: &std::sync::Arc<crate::AppState>) -> Result<Self, Self::Rejection> {
+        if !is_json(&req) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let timeout = crate::config::seconds(state.config.body_read_timeout_seconds);
+        let read = tokio::time::timeout(timeout, axum::body::Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| {
+                metrics::counter!("recyclegpt_connections_timed_out_total", "phase" => "body").increment(1);
+                ApiError::BodyTimeout
+            })?
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge
+                } else {
+                    ApiError::Malformed(rejection.body_text())
+                }
+            })?;
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::Malformed(e.to_string()))

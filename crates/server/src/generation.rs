@@ -1,49 +1,189 @@
-//! Turning a validated plan into worker jobs, and the jobs' events into OpenAI responses and
-//! stream chunks.
+//! Turning a validated plan into worker jobs, and the jobs' events into text, OpenAI responses
+//! and stream chunks. Detokenization and stop strings run here, on the request's own task, so the
+//! worker thread only ever handles token ids.
 use crate::error::ApiError;
 use crate::openai::Usage;
+use crate::text::TextStream;
 use crate::validation::Plan;
 use crate::worker::{Event, Job};
-use recyclegpt_engine::TokenLogprob;
-use recyclegpt_model::TextTokenizer;
 use crate::AppState;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
+use recyclegpt_engine::{FinishReason, TokenLogprob};
+use recyclegpt_model::TextTokenizer;
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-pub type Events = mpsc::UnboundedReceiver<(usize, Event)>;
+/// The running choices of one request: their events, text streams and cancel flags.
+pub struct Generation {
+    events: mpsc::UnboundedReceiver<(usize, Event)>,
+    choices: Vec<ChoiceState>,
+    prompt_tokens: usize,
+    done: usize,
+}
 
-/// Queues one job per (prompt, sample); choice `index = prompt * n + sample`.
-pub fn submit(state: &AppState, plan: &Plan, request_id: &str) -> Result<Events, ApiError> {
+struct ChoiceState {
+    text: TextStream,
+    cancel: Arc<AtomicBool>,
+    completion_tokens: usize,
+    finished: bool,
+}
+
+/// What one event meant for its choice.
+pub enum Progress {
+    Text { index: usize, text: String, logprobs: Vec<TokenLogprob> },
+    /// The choice ended; `text` is what remained to send.
+    Finished(ChoiceEnd),
+}
+
+#[derive(Debug, Clone)]
+pub struct ChoiceEnd {
+    pub index: usize,
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub reason: &'static str,
+    pub completion_tokens: usize,
+    pub accepted: usize,
+    pub rejected: usize,
+    pub full_forwards: usize,
+}
+
+/// Queues one job per (prompt, sample), all or none; choice `index = prompt * n + sample`.
+pub fn submit(state: &AppState, plan: &Plan, request_id: &str) -> Result<Generation, ApiError> {
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::Draining);
     }
     let (events, receiver) = mpsc::unbounded_channel();
-    for (p, prompt) in plan.prompts.iter().enumerate() {
+    let mut jobs = Vec::new();
+    let mut choices = Vec::new();
+    for prompt in &plan.prompts {
         for sample in 0..plan.n {
             let mut params = plan.params.clone();
             // Samples of one request differ, yet a seeded request stays reproducible.
             params.seed = params.seed.map(|s| s.wrapping_add(sample as u64));
-            state.worker.submit(Job {
+            let cancel = Arc::new(AtomicBool::new(false));
+            jobs.push(Job {
                 request_id: request_id.to_string(),
-                index: p * plan.n + sample,
+                index: jobs.len(),
                 prompt: prompt.clone(),
                 params,
                 max_tokens: plan.max_tokens,
-                stop: plan.stop.clone(),
+                eos_ids: state.tokenizer.eos_ids().to_vec(),
                 mode: plan.mode,
                 events: events.clone(),
-            })?;
+                cancel: cancel.clone(),
+            });
+            choices.push(ChoiceState {
+                text: TextStream::new(&state.tokenizer, plan.stop.clone()),
+                cancel,
+                completion_tokens: 0,
+                finished: false,
+            });
         }
     }
-    Ok(receiver)
+    state.backend.submit(jobs)?;
+    Ok(Generation {
+        events: receiver,
+        choices,
+        prompt_tokens: plan.prompts.iter().map(Vec::len).sum(),
+        done: 0,
+    })
 }
 
-/// The outcome of one choice.
+impl Generation {
+    pub fn is_done(&self) -> bool {
+        self.done == self.choices.len()
+    }
+
+    pub fn choice_count(&self) -> usize {
+        self.choices.len()
+    }
+
+    /// The next thing that happened to a choice; `Err` when the request failed as a whole.
+    pub async fn next(&mut self) -> Result<Progress, ApiError> {
+        loop {
+            let Some((index, event)) = self.events.recv().await else {
+                return Err(ApiError::Internal("the model worker stopped before the request finished".into()));
+            };
+            let Some(choice) = self.choices.get_mut(index).filter(|c| !c.finished) else {
+                continue;
+            };
+            match event {
+                Event::Tokens { tokens, logprobs } => {
+                    let chunk = choice.text.push(&tokens);
+                    match chunk.stopped_after {
+                        None => {
+                            choice.completion_tokens += tokens.len();
+                            return Ok(Progress::Text {
+                                index,
+                                text: chunk.text,
+                                logprobs,
+                            });
+                        }
+                        Some(used) => {
+                            // A stop string matched: the worker may stop generating this choice.
+                            choice.cancel.store(true, Ordering::Relaxed);
+                            choice.completion_tokens += used;
+                            let mut logprobs = logprobs;
+                            logprobs.truncate(used);
+                            return Ok(self.end(index, chunk.text, logprobs, "stop", None));
+                        }
+                    }
+                }
+                Event::Finished(finished) => {
+                    let chunk = choice.text.finish();
+                    let reason = match (chunk.stopped_after, finished.reason) {
+                        (Some(_), _) | (None, FinishReason::Stop) => "stop",
+                        (None, FinishReason::Length) => "length",
+                    };
+                    let stats = Some((finished.stats.accepted, finished.stats.rejected, finished.stats.full_forwards));
+                    return Ok(self.end(index, chunk.text, Vec::new(), reason, stats));
+                }
+                Event::Failed(failure) => {
+                    self.cancel_all();
+                    return Err(failure.into_error());
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, index: usize, text: String, logprobs: Vec<TokenLogprob>, reason: &'static str, stats: Option<(usize, usize, usize)>) -> Progress {
+        let choice = &mut self.choices[index];
+        choice.finished = true;
+        self.done += 1;
+        let (accepted, rejected, full_forwards) = stats.unwrap_or_default();
+        Progress::Finished(ChoiceEnd {
+            index,
+            text,
+            logprobs,
+            reason,
+            completion_tokens: choice.completion_tokens,
+            accepted,
+            rejected,
+            full_forwards,
+        })
+    }
+
+    fn cancel_all(&self) {
+        for choice in &self.choices {
+            choice.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        let completion_tokens = self.choices.iter().map(|c| c.completion_tokens).sum();
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens,
+            total_tokens: self.prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// The outcome of one choice of a whole (non-streamed) response.
 #[derive(Debug, Default, Clone)]
 pub struct Choice {
     pub text: String,
@@ -56,47 +196,28 @@ pub struct Choice {
 }
 
 /// Waits for every choice to finish.
-pub async fn collect(mut events: Events, plan: &Plan) -> Result<(Vec<Choice>, Usage), ApiError> {
-    let count = plan.prompts.len() * plan.n;
-    let mut choices = vec![Choice::default(); count];
-    let mut done = 0;
-    while done < count {
-        let Some((index, event)) = events.recv().await else {
-            return Err(ApiError::Internal("the worker stopped before the request finished".into()));
-        };
-        let choice = &mut choices[index];
-        match event {
-            Event::Text { text, logprobs } => {
-                choice.text.push_str(&text);
-                choice.logprobs.extend(logprobs);
+pub async fn collect(mut generation: Generation) -> Result<(Vec<Choice>, Usage), ApiError> {
+    let mut choices = vec![Choice::default(); generation.choice_count()];
+    while !generation.is_done() {
+        match generation.next().await? {
+            Progress::Text { index, text, logprobs } => {
+                choices[index].text.push_str(&text);
+                choices[index].logprobs.extend(logprobs);
             }
-            Event::Done {
-                finish_reason,
-                completion_tokens,
-                stats,
-                ..
-            } => {
-                choice.finish_reason = Some(finish_reason);
-                choice.completion_tokens = completion_tokens;
-                choice.accepted = stats.accepted;
-                choice.rejected = stats.rejected;
-                choice.full_forwards = stats.full_forwards;
-                done += 1;
+            Progress::Finished(end) => {
+                let choice = &mut choices[end.index];
+                choice.text.push_str(&end.text);
+                choice.logprobs.extend(end.logprobs);
+                choice.finish_reason = Some(end.reason);
+                choice.completion_tokens = end.completion_tokens;
+                choice.accepted = end.accepted;
+                choice.rejected = end.rejected;
+                choice.full_forwards = end.full_forwards;
             }
-            Event::Error(message) => return Err(ApiError::Internal(message)),
         }
     }
-    let usage = usage(plan, choices.iter().map(|c| c.completion_tokens).sum());
+    let usage = generation.usage();
     Ok((choices, usage))
-}
-
-pub fn usage(plan: &Plan, completion_tokens: usize) -> Usage {
-    let prompt_tokens = plan.prompts.iter().map(Vec::len).sum();
-    Usage {
-        prompt_tokens,
-        completion_tokens,
-        total_tokens: prompt_tokens + completion_tokens,
-    }
 }
 
 /// Recycling statistics of a response (an extension field, `recycle`).
@@ -115,25 +236,31 @@ fn recycle_stats(plan: &Plan, choices: &[Choice]) -> serde_json::Value {
 /// How one endpoint shapes its stream chunks.
 pub trait ChunkShape: Send + 'static {
     /// Chunks sent before any text for a choice (chat: the role).
-    fn opening(&self, index: usize) -> Option<serde_json::Value>;
-    fn text(&self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value;
-    fn finish(&self, index: usize, reason: &str) -> serde_json::Value;
+    fn opening(&mut self, index: usize) -> Option<serde_json::Value>;
+    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value;
+    fn finish(&mut self, index: usize, reason: &str) -> serde_json::Value;
     fn usage(&self, usage: Usage) -> serde_json::Value;
 }
 
-/// An SSE response: chunks as events arrive, a usage chunk when asked, then `[DONE]`.
-/// Dropping it (the client went away) drops `events`, which cancels the sequences.
-pub fn sse(shape: impl ChunkShape, mut events: Events, plan: Plan) -> Response {
+/// An SSE response: chunks as events arrive, a usage chunk when asked, then `[DONE]`. A failure
+/// (shutdown, engine error) ends the stream with an error event, never a normal finish.
+/// Dropping it (the client went away) drops the event receiver, which cancels the sequences.
+pub fn sse(mut shape: impl ChunkShape, mut generation: Generation, plan: Plan) -> Response {
     let stream = async_stream::stream! {
-        let count = plan.prompts.len() * plan.n;
-        let mut opened = vec![false; count];
-        let mut done = 0;
-        let mut completion_tokens = 0;
-        while done < count {
-            let Some((index, event)) = events.recv().await else {
-                let error = ApiError::Internal("the worker stopped before the request finished".into());
-                yield json_event(&error.body());
-                break;
+        let mut opened = vec![false; generation.choice_count()];
+        let mut failed = false;
+        while !generation.is_done() {
+            let progress = match generation.next().await {
+                Ok(progress) => progress,
+                Err(error) => {
+                    yield json_event(&error.body());
+                    failed = true;
+                    break;
+                }
+            };
+            let index = match &progress {
+                Progress::Text { index, .. } => *index,
+                Progress::Finished(end) => end.index,
             };
             if !opened[index] {
                 opened[index] = true;
@@ -141,21 +268,22 @@ pub fn sse(shape: impl ChunkShape, mut events: Events, plan: Plan) -> Response {
                     yield json_event(&chunk);
                 }
             }
-            match event {
-                Event::Text { text, logprobs } => yield json_event(&shape.text(index, &text, &logprobs)),
-                Event::Done { finish_reason, completion_tokens: n, .. } => {
-                    completion_tokens += n;
-                    done += 1;
-                    yield json_event(&shape.finish(index, finish_reason));
+            match progress {
+                Progress::Text { index, text, logprobs } => {
+                    if !text.is_empty() || !logprobs.is_empty() {
+                        yield json_event(&shape.text(index, &text, &logprobs));
+                    }
                 }
-                Event::Error(message) => {
-                    yield json_event(&ApiError::Internal(message).body());
-                    break;
+                Progress::Finished(end) => {
+                    if !end.text.is_empty() || !end.logprobs.is_empty() {
+                        yield json_event(&shape.text(end.index, &end.text, &end.logprobs));
+                    }
+                    yield json_event(&shape.finish(end.index, end.reason));
                 }
             }
         }
-        if plan.include_usage {
-            yield json_event(&shape.usage(usage(&plan, completion_tokens)));
+        if plan.include_usage && !failed {
+            yield json_event(&shape.usage(generation.usage()));
         }
         yield Ok::<_, Infallible>(SseEvent::default().data("[DONE]"));
     };
@@ -186,11 +314,7 @@ pub fn whole_response(object: &str, id: &str, state: &Arc<AppState>, plan: &Plan
     .into_response()
 }
 
-/// A token as clients see it in log-probabilities: its piece, with sentencepiece's `▁` as a space.
+/// A token as clients see it in log-probabilities: its decoded text.
 pub fn token_text(tokenizer: &TextTokenizer, token: u32) -> String {
-    tokenizer
-        .inner()
-        .id_to_token(token)
-        .map(|piece| piece.replace('\u{2581}', " "))
-        .unwrap_or_default()
+    tokenizer.token_text(token)
 }

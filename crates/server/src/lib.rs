@@ -1,37 +1,46 @@
 //! The OpenAI-compatible front end: axum routes → one validation pass → a bounded queue →
 //! the model worker (one thread, continuous batching) → per-request SSE streams.
+pub mod backend;
 mod chat_template;
 pub mod config;
+mod connections;
 pub mod error;
 mod generation;
 pub mod openai;
+mod prompt;
 mod routes;
 mod text;
 pub mod validation;
 pub mod worker;
 
-pub use config::ServerConfig;
+pub use backend::Backend;
+pub use config::{LogFormat, ServerConfig};
 
 use chat_template::ChatTemplate;
+use config::seconds;
+use connections::{ConnectionLimits, Phase};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use recyclegpt_engine::DecodeMode;
+use prompt::PromptBuilder;
+use recyclegpt_engine::scheduler::Budget;
+use recyclegpt_engine::{DecodeMode, SchedulerConfig};
 use recyclegpt_model::{LoadedModel, RecycleSource, TextTokenizer};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use validation::Limits;
-use worker::{WorkerConfig, WorkerHandle};
+use worker::WorkerConfig;
 
 pub struct AppState {
     pub config: ServerConfig,
     pub limits: Limits,
     pub tokenizer: Arc<TextTokenizer>,
-    template: ChatTemplate,
-    pub worker: WorkerHandle,
+    prompts: PromptBuilder,
+    pub backend: Arc<dyn Backend>,
     pub recycle_source: RecycleSource,
     pub draining: AtomicBool,
     pub created: u64,
     pub metrics: PrometheusHandle,
+    next_id: AtomicU64,
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every server in a process).
@@ -74,6 +83,11 @@ fn register_metrics() {
         ("recyclegpt_full_forward_tokens_total", "Tokens run through full-model forwards"),
         ("recyclegpt_recycle_accepted_total", "Recycled drafts accepted by verification"),
         ("recyclegpt_recycle_rejected_total", "Recycled drafts rejected by verification"),
+        ("recyclegpt_connections_timed_out_total", "Connections cut off for stalling, by phase (header, body, idle, write)"),
+        ("recyclegpt_connections_evicted_total", "Idle connections closed to make room at max_connections"),
+        ("recyclegpt_connections_refused_total", "Connections refused because every slot was busy"),
+        ("recyclegpt_worker_panics_total", "Engine steps that panicked (their sequences failed; the worker went on)"),
+        ("recyclegpt_step_failures_total", "Engine steps that returned an error (their sequences failed)"),
     ];
     for (name, help) in counters {
         metrics::describe_counter!(name, help);
@@ -92,28 +106,36 @@ pub fn now_seconds() -> u64 {
 impl AppState {
     /// Starts the worker on `loaded` and builds everything the routes share.
     pub fn start(config: ServerConfig, loaded: LoadedModel) -> Result<Arc<Self>, String> {
+        config.validate()?;
         let metrics = prometheus();
-        let default_mode: DecodeMode = config.default_recycle.parse().map_err(|e| format!("default_recycle: {e}"))?;
         let has_recycle = loaded.model.has_recycle();
+        let context_len = loaded.model.context_len();
         let limits = Limits {
             served_model_name: config.served_name(),
-            context_len: loaded.model.context_len(),
+            context_len,
             vocab_size: loaded.model.config().vocab_size,
             default_max_tokens: config.default_max_tokens,
-            default_mode: if has_recycle { default_mode } else { DecodeMode::Standard },
+            default_mode: if has_recycle { config.default_recycle } else { DecodeMode::Off },
             has_recycle,
             max_n: 16,
+            max_sequences: config.max_sequences_per_request.min(config.queue_capacity),
+            max_stop_bytes: config.max_stop_bytes,
         };
         let tokenizer = Arc::new(loaded.tokenizer);
         let template = ChatTemplate::new(tokenizer.chat_template(), tokenizer.bos_token(), tokenizer.eos_token())?;
+        let prompts = PromptBuilder::new(tokenizer.clone(), template, context_len);
         let recycle_source = loaded.model.recycle_source();
         let worker = worker::spawn(
             loaded.model,
-            tokenizer.clone(),
             WorkerConfig {
-                max_running: config.max_running_sequences.max(1),
-                kv_budget_tokens: config.kv_budget_tokens,
-                prefill_chunk: config.prefill_chunk.max(1),
+                scheduler: SchedulerConfig {
+                    budget: Budget {
+                        max_running: config.max_running_sequences,
+                        kv_tokens: config.kv_budget_tokens,
+                    },
+                    prefill_chunk: config.prefill_chunk,
+                },
+                context_len,
                 queue_capacity: config.queue_capacity,
             },
         );
@@ -121,44 +143,63 @@ impl AppState {
             config,
             limits,
             tokenizer,
-            template,
-            worker,
+            prompts,
+            backend: Arc::new(worker),
             recycle_source,
             draining: AtomicBool::new(false),
             created: now_seconds(),
             metrics,
+            next_id: AtomicU64::new(1),
         }))
+    }
+
+    /// A request id: unpredictable, and unique within the process.
+    pub fn next_request_id(&self) -> String {
+        format!("{:016x}", self.next_id.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u64>())
+    }
+
+    fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: seconds(self.config.header_read_timeout_seconds),
+            idle_timeout: seconds(self.config.idle_timeout_seconds),
+            write_timeout: seconds(self.config.write_timeout_seconds),
+            max_connections: descriptors::connection_cap(self.config.max_connections),
+        }
     }
 }
 
-/// Serves on `listener` until `shutdown` resolves; then stops accepting, lets running streams
-/// finish for up to the grace period, ends the rest with a final chunk, and returns.
+/// Serves on `listener` until `shutdown` resolves, then shuts down in phases:
+/// 1. at once, `/health` and new generation requests answer 503 and queued requests that never
+///    started fail with 503, while the listener keeps accepting for `shutdown_delay_seconds`
+///    (load balancers see the drain instead of refused connections);
+/// 2. the listener closes and running requests may finish until `shutdown_grace_seconds` after
+///    the signal;
+/// 3. then running streams end with an error event, and any connection still open is dropped
+///    within a second, whatever its client does.
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = routes::router(state.clone());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain_state = state.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: draining running requests");
-        drain_state.draining.store(true, Ordering::Relaxed);
-        let _ = stop_tx.send(());
-    });
-    let server = tokio::spawn(async move { server.await });
-    let _ = stop_rx.await;
-    let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
-    let mut server = server;
-    tokio::select! {
-        result = &mut server => return result.map_err(std::io::Error::other)?,
-        _ = tokio::time::sleep(grace) => {
-            tracing::warn!("grace period over: ending the remaining streams");
-            state.worker.abort_running();
-        }
+    let (phase, phase_rx) = tokio::sync::watch::channel(Phase::Serving);
+    let mut connections = connections::spawn(listener, routes::router(state.clone()), state.connection_limits(), phase_rx);
+    shutdown.await;
+    let signalled = Instant::now();
+    tracing::info!("shutting down: draining");
+    state.draining.store(true, Ordering::Relaxed);
+    state.backend.begin_drain();
+    tokio::time::sleep(seconds(state.config.shutdown_delay_seconds)).await;
+    let _ = phase.send(Phase::Draining);
+    let grace_end = signalled + seconds(state.config.shutdown_grace_seconds);
+    if tokio::time::timeout_at(grace_end.into(), connections.closed()).await.is_err() {
+        tracing::warn!("grace period over: ending the remaining requests");
+        state.backend.abort_running();
+        // A moment for the error events to reach their clients, then drop what is left.
+        let _ = tokio::time::timeout(Duration::from_millis(500), connections.closed()).await;
+        let _ = phase.send(Phase::Closing);
+        let _ = tokio::time::timeout(Duration::from_millis(400), connections.closed()).await;
     }
-    server.await.map_err(std::io::Error::other)?
+    Ok(())
 }
 
 /// A server on 127.0.0.1 at a free port, running on the current tokio runtime until stopped:
@@ -184,5 +225,46 @@ impl LoopbackServer {
     pub async fn stop(self) -> std::io::Result<()> {
         let _ = self.stop.send(());
         self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// The process's open-file limit, which bounds how many connections can be open.
+mod descriptors {
+    /// Descriptors kept free for the model files, the listener and logging.
+    const RESERVED: usize = 64;
+
+    /// Raises the soft descriptor limit to the hard one (as most servers do) and returns the
+    /// connection cap: the configured one, kept under that limit so that accept never fails
+    /// for lack of descriptors while idle connections could be evicted instead.
+    pub fn connection_cap(configured: usize) -> usize {
+        match raise_limit() {
+            Some(limit) => configured.min(limit.saturating_sub(RESERVED).max(1)),
+            None => configured,
+        }
+    }
+
+    #[cfg(unix)]
+    fn raise_limit() -> Option<usize> {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes one `rlimit` into the valid, exclusively borrowed struct.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: setrlimit reads one valid `rlimit`; failure leaves the limit unchanged.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit = raised;
+            }
+        }
+        usize::try_from(limit.rlim_cur).ok()
+    }
+
+    #[cfg(not(unix))]
+    fn raise_limit() -> Option<usize> {
+        None
     }
 }

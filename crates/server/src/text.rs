@@ -1,86 +1,101 @@
-//! Incremental detokenization with stop strings matched across token boundaries: text is
-//! released only once no stop string can still begin inside it.
+//! Tokens → text for one choice: incremental detokenization (the model crate's byte-exact
+//! `IncrementalDecoder`) and stop strings matched across token boundaries. Text is released only
+//! once no stop string can still begin inside it; only that unreleased tail is searched, so the
+//! work per token is bounded by the stop strings' length, not the output's.
+use recyclegpt_model::detokenize::IncrementalDecoder;
 use recyclegpt_model::TextTokenizer;
-use std::sync::Arc;
 
 pub struct TextStream {
-    tokenizer: Arc<TextTokenizer>,
-    /// The last prompt tokens, decoded in front of the output so that a leading space survives.
-    context: Vec<u32>,
-    context_len: usize,
-    ids: Vec<u32>,
-    text: String,
-    sent: usize,
+    decoder: IncrementalDecoder,
     stop: Vec<String>,
+    /// Decoded text not yet released (it may be the start of a stop string).
+    held: String,
 }
 
-/// What a push of new tokens gives: text to send now, and whether a stop string ended it.
+/// What a push of new tokens gives.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Chunk {
+    /// Text to send now.
     pub text: String,
-    pub stopped: bool,
+    /// Set when a stop string matched: the number of the pushed tokens that were used (the
+    /// rest, and everything after, is discarded).
+    pub stopped_after: Option<usize>,
 }
 
 impl TextStream {
-    pub fn new(tokenizer: Arc<TextTokenizer>, prompt: &[u32], stop: Vec<String>) -> Self {
-        let context = prompt[prompt.len().saturating_sub(4)..].to_vec();
-        let context_len = tokenizer.decode(&context).map(|t| t.len()).unwrap_or(0);
+    pub fn new(tokenizer: &TextTokenizer, stop: Vec<String>) -> Self {
         Self {
-            tokenizer,
-            context,
-            context_len,
-            ids: Vec::new(),
-            text: String::new(),
-            sent: 0,
+            decoder: tokenizer.incremental_decoder(),
             stop,
+            held: String::new(),
         }
     }
 
-    /// Adds tokens; `last` flushes everything that remains.
-    pub fn push(&mut self, tokens: &[u32], last: bool) -> Chunk {
-        self.ids.extend_from_slice(tokens);
-        let all: Vec<u32> = self.context.iter().chain(&self.ids).copied().collect();
-        let decoded = self.tokenizer.decode(&all).unwrap_or_default();
-        self.text = decoded.get(self.context_len..).unwrap_or_default().to_string();
-        if let Some(at) = self.stop.iter().filter_map(|s| self.text.find(s.as_str())).min() {
-            return Chunk {
-                text: self.take_until(at.max(self.sent)),
-                stopped: true,
-            };
-        }
-        let mut end = self.text.len();
-        if !last {
-            // An incomplete UTF-8 sequence decodes as U+FFFD until its last byte arrives.
-            if self.text.ends_with('\u{FFFD}') {
-                end -= '\u{FFFD}'.len_utf8();
+    pub fn push(&mut self, tokens: &[u32]) -> Chunk {
+        let mut text = String::new();
+        for (i, &token) in tokens.iter().enumerate() {
+            self.held.push_str(&self.decoder.push(token));
+            if let Some(at) = self.stop_match() {
+                text.push_str(&self.held[..at]);
+                self.held.clear();
+                return Chunk {
+                    text,
+                    stopped_after: Some(i + 1),
+                };
             }
-            end = end.min(self.text.len() - self.longest_stop_prefix());
         }
-        Chunk {
-            text: self.take_until(end.max(self.sent)),
-            stopped: false,
+        let keep = self.longest_stop_prefix();
+        text.push_str(&self.held[..self.held.len() - keep]);
+        self.held.drain(..self.held.len() - keep);
+        Chunk { text, stopped_after: None }
+    }
+
+    /// The rest of the text at the end of generation (an incomplete character becomes U+FFFD).
+    pub fn finish(&mut self) -> Chunk {
+        self.held.push_str(&self.decoder.finish());
+        let mut held = std::mem::take(&mut self.held);
+        match self.stop_match_in(&held) {
+            Some(at) => {
+                held.truncate(at);
+                Chunk {
+                    text: held,
+                    stopped_after: Some(0),
+                }
+            }
+            None => Chunk {
+                text: held,
+                stopped_after: None,
+            },
         }
     }
 
-    /// Length of the longest suffix of the text that a stop string starts with.
+    fn stop_match(&self) -> Option<usize> {
+        self.stop_match_in(&self.held)
+    }
+
+    fn stop_match_in(&self, text: &str) -> Option<usize> {
+        self.stop.iter().filter_map(|s| text.find(s.as_str())).min()
+    }
+
+    /// Length of the longest suffix of the held text that some stop string starts with.
     fn longest_stop_prefix(&self) -> usize {
+        let held = self.held.as_str();
         let mut longest = 0;
         for stop in &self.stop {
-            for (i, _) in stop.char_indices().skip(1) {
-                if self.text.ends_with(&stop[..i]) {
-                    longest = longest.max(i);
+            let window = held.len().min(stop.len().saturating_sub(1));
+            // Candidate suffixes, longest first; the first that starts `stop` wins.
+            let start = held.len() - window;
+            for (offset, _) in held[..].char_indices().filter(|(i, _)| *i >= start) {
+                let suffix = &held[offset..];
+                if suffix.len() <= longest {
+                    break;
+                }
+                if stop.starts_with(suffix) {
+                    longest = suffix.len();
+                    break;
                 }
             }
         }
         longest
-    }
-
-    fn take_until(&mut self, end: usize) -> String {
-        let mut end = end.min(self.text.len());
-        while !self.text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let out = self.text.get(self.sent..end).unwrap_or_default().to_string();
-        self.sent = self.sent.max(end);
-        out
     }
 }

@@ -14,6 +14,10 @@ pub struct Limits {
     pub default_mode: DecodeMode,
     pub has_recycle: bool,
     pub max_n: usize,
+    /// Sequences (prompts × n) one request may ask for.
+    pub max_sequences: usize,
+    /// The longest stop string, in bytes.
+    pub max_stop_bytes: usize,
 }
 
 /// A validated request: one or more prompts, each generated `n` times with these settings.
@@ -79,6 +83,13 @@ pub fn plan(
     if prompts.is_empty() {
         return Err(ApiError::invalid("prompt", "the prompt is empty"));
     }
+    let sequences = prompts.len().saturating_mul(n as usize);
+    if sequences > limits.max_sequences {
+        return Err(ApiError::invalid(
+            "n",
+            format!("the request asks for {sequences} sequences (prompts × n); at most {} are served per request", limits.max_sequences),
+        ));
+    }
     for prompt in &prompts {
         if prompt.is_empty() {
             return Err(ApiError::invalid("prompt", "a prompt has no tokens"));
@@ -135,12 +146,18 @@ pub fn plan(
     if stop.len() > 4 || stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid("stop", "`stop` takes up to 4 non-empty strings"));
     }
+    if let Some(long) = stop.iter().find(|s| s.len() > limits.max_stop_bytes) {
+        return Err(ApiError::invalid(
+            "stop",
+            format!("a stop string has {} bytes; at most {} are allowed", long.len(), limits.max_stop_bytes),
+        ));
+    }
     let mode = match fields.recycle.as_deref() {
         None => limits.default_mode,
         Some(name) => name.parse().map_err(|e: recyclegpt_engine::EngineError| ApiError::invalid("recycle", e.to_string()))?,
     };
-    let mode = if !limits.has_recycle && fields.recycle.is_none() { DecodeMode::Standard } else { mode };
-    if mode != DecodeMode::Standard && !limits.has_recycle {
+    let mode = if !limits.has_recycle && fields.recycle.is_none() { DecodeMode::Off } else { mode };
+    if mode != DecodeMode::Off && !limits.has_recycle {
         return Err(ApiError::invalid("recycle", "this model has no recyclable module: only `off` is served"));
     }
     Ok(Plan {

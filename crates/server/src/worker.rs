@@ -1,14 +1,30 @@
-//! The one worker that owns the model: a dedicated thread running continuous batching. It
-//! admits queued jobs while the KV budget allows, runs one engine step over every running
-//! sequence (prefill chunks, full and recycled decode steps side by side), and streams text back.
+//! The one worker that owns the model: a dedicated thread that feeds queued jobs to the engine's
+//! `Scheduler`, runs its steps, and routes each update to the request it belongs to. Text, stop
+//! strings and response shapes are the request tasks' business (`generation`), not this thread's.
+//!
+//! Concurrency, in one place:
+//! - The queue is counted in sequences by a semaphore (`queue_capacity` permits). A request
+//!   takes one permit per sequence, all or none, before its jobs are sent; a job gives its permit
+//!   back when it starts running. So a full queue answers 429 at once and a request can never be
+//!   half-queued.
+//! - A job is cancelled when its request drops the event receiver (the client went away) or
+//!   sets its `cancel` flag (a stop string ended it); the worker checks both before every step.
+//! - `draining` (SIGTERM): waiting jobs fail with `Failure::NotStarted` (503, the client may
+//!   retry elsewhere) while running ones go on. `abort` (grace period over): running ones fail
+//!   with `Failure::Interrupted`.
+//! - A panic inside a step fails that step's sequences and the worker goes on; if the thread
+//!   itself dies, `AliveGuard` makes `/health` say so.
+use crate::backend::Backend;
 use crate::error::ApiError;
-use crate::text::TextStream;
-use recyclegpt_engine::{step, DecodeMode, FinishReason, SamplingParams, Sequence, SequenceStats, StopCriteria, TokenLogprob};
-use recyclegpt_model::{RecycleGpt, TextTokenizer};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use recyclegpt_engine::scheduler::{Finished, StepOutcome};
+use recyclegpt_engine::{DecodeMode, SamplingParams, Scheduler, SchedulerConfig, SeqId, SequenceRequest, StopCriteria, TokenLogprob};
+use recyclegpt_model::RecycleGpt;
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 /// One sequence to generate; its events go to `events` tagged with `index`.
 pub struct Job {
@@ -17,301 +33,389 @@ pub struct Job {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
     pub max_tokens: usize,
-    pub stop: Vec<String>,
+    pub eos_ids: Vec<u32>,
     pub mode: DecodeMode,
     pub events: mpsc::UnboundedSender<(usize, Event)>,
+    /// Set by the request when it needs no more tokens (a stop string matched).
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Job {
+    fn abandoned(&self) -> bool {
+        self.events.is_closed()
+    }
 }
 
 #[derive(Debug)]
 pub enum Event {
-    /// New text, and the log-probabilities of the tokens it came from (when asked for).
-    Text { text: String, logprobs: Vec<TokenLogprob> },
-    Done {
-        finish_reason: &'static str,
-        prompt_tokens: usize,
-        completion_tokens: usize,
-        stats: SequenceStats,
-    },
-    Error(String),
+    /// New tokens, and their log-probabilities when asked for.
+    Tokens { tokens: Vec<u32>, logprobs: Vec<TokenLogprob> },
+    Finished(Finished),
+    Failed(Failure),
+}
+
+/// Why a job ended without finishing.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// The server began shutting down before the job started: safe to retry elsewhere.
+    NotStarted,
+    /// The shutdown grace period ended while the job was running.
+    Interrupted,
+    /// The engine failed (or panicked) in a step that included this job.
+    Engine(String),
+}
+
+impl Failure {
+    pub fn into_error(self) -> ApiError {
+        match self {
+            Failure::NotStarted => ApiError::Draining,
+            Failure::Interrupted => ApiError::Interrupted,
+            Failure::Engine(message) => ApiError::Internal(message),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub max_running: usize,
-    pub kv_budget_tokens: usize,
-    pub prefill_chunk: usize,
+    pub scheduler: SchedulerConfig,
+    pub context_len: usize,
+    /// Sequences that may wait for a slot, all requests together.
     pub queue_capacity: usize,
+}
+
+/// State shared by the front end and the worker thread.
+struct Shared {
+    alive: AtomicBool,
+    draining: AtomicBool,
+    abort: AtomicBool,
+    queue: Arc<Semaphore>,
+    queue_capacity: usize,
+}
+
+/// A queued job and its queue permit (given back when the job starts or goes away).
+struct Queued {
+    job: Job,
+    _slot: QueueSlot,
+}
+
+struct QueueSlot(Arc<Semaphore>);
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
 }
 
 /// The front end's side of the worker.
 #[derive(Clone)]
 pub struct WorkerHandle {
-    sender: mpsc::Sender<Job>,
-    alive: Arc<AtomicBool>,
-    /// Set when the grace period is over: running sequences are ended at once.
-    abort: Arc<AtomicBool>,
-    next_id: Arc<AtomicU64>,
+    sender: mpsc::UnboundedSender<Queued>,
+    shared: Arc<Shared>,
 }
 
-impl WorkerHandle {
-    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
-        self.sender.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ApiError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => ApiError::Draining,
-        })?;
-        metrics::gauge!("recyclegpt_queue_depth").increment(1.0);
+impl Backend for WorkerHandle {
+    fn submit(&self, jobs: Vec<Job>) -> Result<(), ApiError> {
+        if self.shared.draining.load(Ordering::Relaxed) {
+            return Err(ApiError::Draining);
+        }
+        let count = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
+        if jobs.len() > self.shared.queue_capacity {
+            return Err(ApiError::invalid(
+                "n",
+                format!("the request asks for {count} sequences but the queue holds {}", self.shared.queue_capacity),
+            ));
+        }
+        let permits = self.shared.queue.try_acquire_many(count).map_err(|_| ApiError::QueueFull)?;
+        // Each job carries its own permit from here on.
+        permits.forget();
+        for job in jobs {
+            let queued = Queued {
+                job,
+                _slot: QueueSlot(self.shared.queue.clone()),
+            };
+            if self.sender.send(queued).is_err() {
+                return Err(ApiError::Internal("the model worker has stopped".into()));
+            }
+        }
         Ok(())
     }
 
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Relaxed)
+    fn is_alive(&self) -> bool {
+        self.shared.alive.load(Ordering::Relaxed)
     }
 
-    pub fn abort_running(&self) {
-        self.abort.store(true, Ordering::Relaxed);
+    fn begin_drain(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        // Wake the worker so that it fails what waits even when nothing runs.
+        let _ = self.sender.send(Queued::wake());
     }
 
-    pub fn next_request_id(&self) -> String {
-        format!("{:016x}", self.next_id.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u64>())
+    fn abort_running(&self) {
+        self.shared.abort.store(true, Ordering::Relaxed);
+        let _ = self.sender.send(Queued::wake());
     }
 }
 
-struct Running {
+impl Queued {
+    /// An empty job whose only purpose is to wake a worker blocked on the queue.
+    fn wake() -> Self {
+        let (events, _) = mpsc::unbounded_channel();
+        let semaphore = Arc::new(Semaphore::new(0));
+        Queued {
+            job: Job {
+                request_id: String::new(),
+                index: 0,
+                prompt: Vec::new(),
+                params: SamplingParams::greedy(),
+                max_tokens: 0,
+                eos_ids: Vec::new(),
+                mode: DecodeMode::Off,
+                events,
+                cancel: Arc::new(AtomicBool::new(true)),
+            },
+            _slot: QueueSlot(semaphore),
+        }
+    }
+}
+
+/// Marks the worker dead however its thread ends, a panic included.
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Relaxed);
+        if std::thread::panicking() {
+            metrics::counter!("recyclegpt_worker_panics_total").increment(1);
+            tracing::error!("the model worker thread died");
+        }
+    }
+}
+
+/// A job inside the worker, with what its metrics need.
+struct Link {
     job: Job,
-    seq: Sequence,
-    text: TextStream,
-    started: Instant,
+    slot: Option<QueueSlot>,
+    arrived: Instant,
     last_token: Option<Instant>,
 }
 
 /// Starts the worker thread; it ends when every handle is dropped and its work is done.
-pub fn spawn(model: RecycleGpt, tokenizer: Arc<TextTokenizer>, config: WorkerConfig) -> WorkerHandle {
-    let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
-    let alive = Arc::new(AtomicBool::new(true));
-    let abort = Arc::new(AtomicBool::new(false));
+pub fn spawn(model: RecycleGpt, config: WorkerConfig) -> WorkerHandle {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        alive: AtomicBool::new(true),
+        draining: AtomicBool::new(false),
+        abort: AtomicBool::new(false),
+        queue: Arc::new(Semaphore::new(config.queue_capacity)),
+        queue_capacity: config.queue_capacity,
+    });
     let handle = WorkerHandle {
         sender,
-        alive: alive.clone(),
-        abort: abort.clone(),
-        next_id: Arc::new(AtomicU64::new(1)),
+        shared: shared.clone(),
     };
     let spawned = std::thread::Builder::new().name("recyclegpt-worker".into()).spawn(move || {
+        let _alive = AliveGuard(shared.clone());
         let mut worker = Worker {
+            scheduler: Scheduler::new(config.scheduler, config.context_len),
             model,
-            tokenizer,
-            config,
             receiver,
-            held: None,
-            running: Vec::new(),
-            abort,
+            shared,
+            links: HashMap::new(),
+            next_id: 0,
         };
         worker.run();
-        alive.store(false, Ordering::Relaxed);
     });
     if let Err(e) = spawned {
         tracing::error!("cannot start the worker thread: {e}");
-        handle.alive.store(false, Ordering::Relaxed);
+        handle.shared.alive.store(false, Ordering::Relaxed);
     }
     handle
 }
 
 struct Worker {
     model: RecycleGpt,
-    tokenizer: Arc<TextTokenizer>,
-    config: WorkerConfig,
-    receiver: mpsc::Receiver<Job>,
-    /// A job taken from the queue that the KV budget does not admit yet.
-    held: Option<Job>,
-    running: Vec<Running>,
-    abort: Arc<AtomicBool>,
+    scheduler: Scheduler,
+    receiver: mpsc::UnboundedReceiver<Queued>,
+    shared: Arc<Shared>,
+    links: HashMap<SeqId, Link>,
+    next_id: SeqId,
 }
 
 impl Worker {
     fn run(&mut self) {
-        loop {
-            if !self.wait_for_work() {
-                return;
+        while self.receive() {
+            self.drop_cancelled();
+            if self.shared.draining.load(Ordering::Relaxed) {
+                let ids = self.scheduler.drain_waiting();
+                self.fail(ids, Failure::NotStarted);
             }
-            self.admit();
-            self.drop_disconnected();
-            self.update_gauges();
-            if self.abort.load(Ordering::Relaxed) {
-                self.end_all("length");
-                continue;
+            if self.shared.abort.load(Ordering::Relaxed) {
+                let ids = self.scheduler.drain_running();
+                self.fail(ids, Failure::Interrupted);
             }
-            if self.running.is_empty() {
-                continue;
+            if !self.scheduler.is_idle() {
+                self.step();
             }
-            let mut seqs: Vec<&mut Sequence> = self.running.iter_mut().map(|r| &mut r.seq).collect();
-            match step(&self.model, &mut seqs, self.config.prefill_chunk) {
-                Ok(report) => {
-                    metrics::counter!("recyclegpt_full_forwards_total").increment(1);
-                    metrics::counter!("recyclegpt_full_forward_tokens_total").increment(report.full_tokens as u64);
-                }
-                Err(e) => {
-                    tracing::error!("engine step failed: {e}");
-                    for r in self.running.drain(..) {
-                        let _ = r.job.events.send((r.job.index, Event::Error(format!("generation failed: {e}"))));
-                    }
-                }
-            }
-            self.emit();
             self.update_gauges();
         }
     }
 
-    /// Waits for a job when there is nothing at all to do; returns false once every handle is
-    /// gone and no work remains. Jobs otherwise stay in the bounded queue until admitted, so a
-    /// full queue is visible to clients as 429.
-    fn wait_for_work(&mut self) -> bool {
-        if self.running.is_empty() && self.held.is_none() {
+    /// Takes queued jobs, waiting for one when there is nothing to do; false once every handle
+    /// is gone and no work remains.
+    fn receive(&mut self) -> bool {
+        if self.scheduler.is_idle() {
+            self.update_gauges();
             match self.receiver.blocking_recv() {
-                Some(job) => {
-                    metrics::gauge!("recyclegpt_queue_depth").decrement(1.0);
-                    self.held = Some(job);
-                }
+                Some(queued) => self.enqueue(queued),
                 None => return false,
             }
+        }
+        while let Ok(queued) = self.receiver.try_recv() {
+            self.enqueue(queued);
         }
         true
     }
 
-    fn next_job(&mut self) -> Option<Job> {
-        if let Some(job) = self.held.take() {
-            return Some(job);
+    fn enqueue(&mut self, Queued { job, _slot }: Queued) {
+        if job.cancel.load(Ordering::Relaxed) || job.abandoned() {
+            return;
         }
-        let job = self.receiver.try_recv().ok()?;
-        metrics::gauge!("recyclegpt_queue_depth").decrement(1.0);
-        Some(job)
-    }
-
-    fn kv_reserved(&self) -> usize {
-        self.running.iter().map(|r| r.job.prompt.len() + r.job.max_tokens).sum()
-    }
-
-    fn admit(&mut self) {
-        while self.running.len() < self.config.max_running {
-            let Some(job) = self.next_job() else { break };
-            if job.events.is_closed() {
-                continue;
-            }
-            // A job larger than the whole budget runs alone rather than never.
-            let need = job.prompt.len() + job.max_tokens;
-            if !self.running.is_empty() && self.kv_reserved() + need > self.config.kv_budget_tokens {
-                self.held = Some(job);
-                break;
-            }
-            let stop = StopCriteria {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.scheduler.enqueue(SequenceRequest {
+            id,
+            prompt: job.prompt.clone(),
+            mode: job.mode,
+            params: job.params.clone(),
+            stop: StopCriteria {
                 max_tokens: job.max_tokens,
-                eos_ids: self.tokenizer.eos_ids().to_vec(),
-            };
-            match Sequence::new(0, &self.model, job.prompt.clone(), job.mode, job.params.clone(), stop) {
-                Ok(seq) => {
-                    let text = TextStream::new(self.tokenizer.clone(), &job.prompt, job.stop.clone());
-                    self.running.push(Running {
-                        job,
-                        seq,
-                        text,
-                        started: Instant::now(),
-                        last_token: None,
-                    });
-                }
-                Err(e) => {
-                    let _ = job.events.send((job.index, Event::Error(e.to_string())));
-                }
+                eos_ids: job.eos_ids.clone(),
+            },
+        });
+        self.links.insert(
+            id,
+            Link {
+                job,
+                slot: Some(_slot),
+                arrived: Instant::now(),
+                last_token: None,
+            },
+        );
+    }
+
+    /// Frees the sequences (and KV caches) of requests that need no more tokens.
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<SeqId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.job.abandoned() || l.job.cancel.load(Ordering::Relaxed))
+            .map(|(&id, _)| id)
+            .collect();
+        let mut disconnected = 0;
+        for id in gone {
+            self.scheduler.cancel(id);
+            if let Some(link) = self.links.remove(&id) {
+                disconnected += usize::from(link.job.abandoned());
+            }
+        }
+        if disconnected > 0 {
+            tracing::info!(disconnected, "cancelled sequences of disconnected clients");
+            metrics::counter!("recyclegpt_cancelled_total").increment(disconnected as u64);
+        }
+    }
+
+    fn step(&mut self) {
+        let result = catch_unwind(AssertUnwindSafe(|| self.scheduler.step(&self.model)));
+        match result {
+            Ok(Ok(outcome)) => self.deliver(outcome),
+            Ok(Err(failed)) => {
+                tracing::error!("engine step failed: {}", failed.error);
+                metrics::counter!("recyclegpt_step_failures_total").increment(1);
+                self.fail(failed.ids, Failure::Engine(format!("generation failed: {}", failed.error)));
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(%message, "an engine step panicked; failing its sequences");
+                metrics::counter!("recyclegpt_worker_panics_total").increment(1);
+                let ids = self.scheduler.drain_running();
+                self.fail(ids, Failure::Engine("internal error: the engine failed on this request".into()));
             }
         }
     }
 
-    /// A client that went away frees its sequence (and its KV cache) before the next step.
-    fn drop_disconnected(&mut self) {
-        let before = self.running.len();
-        self.running.retain(|r| !r.job.events.is_closed());
-        let dropped = before - self.running.len();
-        if dropped > 0 {
-            tracing::info!(dropped, "cancelled sequences of disconnected clients");
-            metrics::counter!("recyclegpt_cancelled_total").increment(dropped as u64);
+    fn deliver(&mut self, outcome: StepOutcome) {
+        metrics::counter!("recyclegpt_full_forwards_total").increment(1);
+        metrics::counter!("recyclegpt_full_forward_tokens_total").increment(outcome.report.full_tokens as u64);
+        for id in outcome.started {
+            if let Some(link) = self.links.get_mut(&id) {
+                link.slot = None;
+            }
         }
-    }
-
-    fn end_all(&mut self, reason: &'static str) {
-        for mut r in std::mem::take(&mut self.running) {
-            let chunk = r.text.push(&[], true);
-            let logprobs = r.seq.take_new_logprobs();
-            finish(&mut r, chunk.text, logprobs, reason);
+        for (id, error) in outcome.refused {
+            self.fail(vec![id], Failure::Engine(error.to_string()));
         }
-    }
-
-    fn emit(&mut self) {
-        let mut still_running = Vec::with_capacity(self.running.len());
-        for mut r in std::mem::take(&mut self.running) {
-            let tokens = r.seq.take_new_tokens();
-            if !tokens.is_empty() {
+        for update in outcome.updates {
+            let Some(link) = self.links.get_mut(&update.id) else { continue };
+            if !update.tokens.is_empty() {
                 let now = Instant::now();
-                match r.last_token {
-                    None => metrics::histogram!("recyclegpt_time_to_first_token_seconds").record((now - r.started).as_secs_f64()),
+                match link.last_token {
+                    None => metrics::histogram!("recyclegpt_time_to_first_token_seconds").record((now - link.arrived).as_secs_f64()),
                     Some(t) => metrics::histogram!("recyclegpt_inter_token_seconds")
-                        .record((now - t).as_secs_f64() / tokens.len() as f64),
+                        .record((now - t).as_secs_f64() / update.tokens.len() as f64),
                 }
-                r.last_token = Some(now);
-                metrics::counter!("recyclegpt_generated_tokens_total").increment(tokens.len() as u64);
+                link.last_token = Some(now);
+                metrics::counter!("recyclegpt_generated_tokens_total").increment(update.tokens.len() as u64);
+                let event = Event::Tokens {
+                    tokens: update.tokens,
+                    logprobs: update.logprobs,
+                };
+                let _ = link.job.events.send((link.job.index, event));
             }
-            let logprobs = r.seq.take_new_logprobs();
-            let finished = r.seq.finish_reason();
-            let chunk = r.text.push(&tokens, finished.is_some());
-            let reason = match (chunk.stopped, finished) {
-                (true, _) | (false, Some(FinishReason::Stop)) => Some("stop"),
-                (false, Some(FinishReason::Length)) => Some("length"),
-                (false, None) => None,
-            };
-            match reason {
-                Some(reason) => finish(&mut r, chunk.text, logprobs, reason),
-                None => {
-                    if !chunk.text.is_empty() || !logprobs.is_empty() {
-                        let _ = r.job.events.send((r.job.index, Event::Text { text: chunk.text, logprobs }));
-                    }
-                    still_running.push(r);
+            if let Some(finished) = update.finished {
+                if let Some(link) = self.links.remove(&update.id) {
+                    record_finish(&link, &finished);
+                    let _ = link.job.events.send((link.job.index, Event::Finished(finished)));
                 }
             }
         }
-        self.running = still_running;
+    }
+
+    fn fail(&mut self, ids: Vec<SeqId>, failure: Failure) {
+        for id in ids {
+            if let Some(link) = self.links.remove(&id) {
+                let _ = link.job.events.send((link.job.index, Event::Failed(failure.clone())));
+            }
+        }
     }
 
     fn update_gauges(&self) {
-        metrics::gauge!("recyclegpt_running_sequences").set(self.running.len() as f64);
-        metrics::gauge!("recyclegpt_kv_tokens_in_use").set(self.running.iter().map(|r| r.seq.cached_tokens()).sum::<usize>() as f64);
+        let queued = self.shared.queue_capacity.saturating_sub(self.shared.queue.available_permits());
+        metrics::gauge!("recyclegpt_queue_depth").set(queued as f64);
+        metrics::gauge!("recyclegpt_running_sequences").set(self.scheduler.running_len() as f64);
+        metrics::gauge!("recyclegpt_kv_tokens_in_use").set(self.scheduler.kv_tokens_in_use() as f64);
     }
 }
 
-fn finish(r: &mut Running, text: String, logprobs: Vec<TokenLogprob>, reason: &'static str) {
-    if !text.is_empty() || !logprobs.is_empty() {
-        let _ = r.job.events.send((r.job.index, Event::Text { text, logprobs }));
-    }
-    let stats = r.seq.stats();
-    let completion_tokens = r.seq.generated().len();
+fn record_finish(link: &Link, finished: &Finished) {
+    let stats = finished.stats;
     metrics::counter!("recyclegpt_recycle_accepted_total").increment(stats.accepted as u64);
     metrics::counter!("recyclegpt_recycle_rejected_total").increment(stats.rejected as u64);
-    metrics::counter!("recyclegpt_prompt_tokens_total").increment(r.job.prompt.len() as u64);
+    metrics::counter!("recyclegpt_prompt_tokens_total").increment(finished.prompt_tokens as u64);
     tracing::info!(
-        request = %r.job.request_id,
-        index = r.job.index,
-        mode = r.seq.mode().as_str(),
-        prompt_tokens = r.job.prompt.len(),
-        completion_tokens,
+        request = %link.job.request_id,
+        index = link.job.index,
+        mode = link.job.mode.as_str(),
+        prompt_tokens = finished.prompt_tokens,
+        completion_tokens = finished.completion_tokens,
         full_forwards = stats.full_forwards,
         accepted = stats.accepted,
         rejected = stats.rejected,
-        seconds = r.started.elapsed().as_secs_f64(),
-        finish_reason = reason,
+        seconds = link.arrived.elapsed().as_secs_f64(),
+        finish_reason = ?finished.reason,
         "sequence finished"
     );
-    let _ = r.job.events.send((
-        r.job.index,
-        Event::Done {
-            finish_reason: reason,
-            prompt_tokens: r.job.prompt.len(),
-            completion_tokens,
-            stats,
-        },
-    ));
 }

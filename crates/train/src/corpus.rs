@@ -23,7 +23,7 @@ impl Corpus {
                 max_tokens: length.saturating_sub(1).max(1),
                 eos_ids: Vec::new(),
             };
-            let generation = generate(model, vec![bos], DecodeMode::Standard, params, stop)?;
+            let generation = generate(model, vec![bos], DecodeMode::Off, params, stop)?;
             let mut sequence = vec![bos];
             sequence.extend(generation.ids);
             sequences.push(sequence);

@@ -100,7 +100,7 @@ pub fn evaluate(model: &RecycleGpt, tokenizer: &TextTokenizer, data: &[PathBuf],
         }
         Ok(((sum / count.max(1) as f64).exp(), tokens as f64 / forwards.max(1) as f64))
     };
-    let (standard_ppl, _) = generation_nll(DecodeMode::Standard)?;
+    let (standard_ppl, _) = generation_nll(DecodeMode::Off)?;
     let (alternate_ppl, verify_tpf) = if model.has_recycle() {
         let (alternate, _) = generation_nll(DecodeMode::Alternate)?;
         let (_, verify) = generation_nll(DecodeMode::Verify)?;

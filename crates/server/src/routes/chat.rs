@@ -45,17 +45,17 @@ impl ChatChunks {
 }
 
 impl ChunkShape for ChatChunks {
-    fn opening(&self, index: usize) -> Option<serde_json::Value> {
+    fn opening(&mut self, index: usize) -> Option<serde_json::Value> {
         Some(self.chunk(index, json!({"role": "assistant", "content": ""}), None))
     }
-    fn text(&self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value {
+    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value {
         let mut chunk = self.chunk(index, json!({"content": text}), None);
         if self.logprobs {
             chunk["choices"][0]["logprobs"] = logprobs_json(&self.tokenizer, logprobs);
         }
         chunk
     }
-    fn finish(&self, index: usize, reason: &str) -> serde_json::Value {
+    fn finish(&mut self, index: usize, reason: &str) -> serde_json::Value {
         self.chunk(index, json!({}), Some(reason))
     }
     fn usage(&self, usage: Usage) -> serde_json::Value {
@@ -80,11 +80,20 @@ fn messages(request: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
                 Some(Content::Text(t)) => t.clone(),
                 Some(Content::Parts(parts)) => {
                     let mut text = String::new();
-                    for part in parts {
+                    for (j, part) in parts.iter().enumerate() {
                         match (part.kind.as_str(), &part.text) {
                             ("text", Some(t)) => text.push_str(t),
+                            ("text", None) => {
+                                return Err(ApiError::invalid(
+                                    "messages",
+                                    format!("messages[{i}].content[{j}]: a `text` part needs a `text` field"),
+                                ))
+                            }
                             (kind, _) => {
-                                return Err(ApiError::invalid("messages", format!("messages[{i}]: content part `{kind}` is not supported")))
+                                return Err(ApiError::invalid(
+                                    "messages",
+                                    format!("messages[{i}].content[{j}]: content parts of type `{kind}` are not supported (only `text`)"),
+                                ))
                             }
                         }
                     }
@@ -108,16 +117,11 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
         (false, None) => None,
         (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`")),
     };
-    let prompt_text = state.template.render(&messages(&request)?)?;
-    let mut prompt = state.tokenizer.encode(&prompt_text).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    // A template that writes BOS itself must not get a second one from the tokenizer.
-    if state.template.starts_with_bos(&prompt_text) && prompt.len() > 1 && prompt[0] == prompt[1] {
-        prompt.remove(0);
-    }
+    let prompt = state.prompts.chat(messages(&request)?).await?;
     let max_tokens = request.max_completion_tokens.or(request.sampling.max_tokens);
     let plan = plan(&request.sampling, max_tokens, logprobs, vec![prompt], &state.limits)?;
-    let id = format!("chatcmpl-{}", state.worker.next_request_id());
-    let events = submit(&state, &plan, &id)?;
+    let id = format!("chatcmpl-{}", state.next_request_id());
+    let generation = submit(&state, &plan, &id)?;
     let (model, created) = shared(&state);
     if plan.stream {
         let shape = ChatChunks {
@@ -127,9 +131,9 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
             model,
             created,
         };
-        return Ok(sse(shape, events, plan));
+        return Ok(sse(shape, generation, plan));
     }
-    let (choices, usage) = collect(events, &plan).await?;
+    let (choices, usage) = collect(generation).await?;
     let body: Vec<serde_json::Value> = choices
         .iter()
         .enumerate()

@@ -40,6 +40,8 @@ struct CompletionChunks {
     created: u64,
     echo: Vec<String>,
     n: usize,
+    /// Per choice, where the next token's text starts (`text_offset` runs on across chunks).
+    offsets: Vec<usize>,
 }
 
 impl CompletionChunks {
@@ -49,15 +51,28 @@ impl CompletionChunks {
 }
 
 impl ChunkShape for CompletionChunks {
-    fn opening(&self, index: usize) -> Option<serde_json::Value> {
+    fn opening(&mut self, index: usize) -> Option<serde_json::Value> {
         let echo = self.echo.get(index / self.n)?;
+        if let Some(offset) = self.offsets.get_mut(index) {
+            *offset = echo.len();
+        }
         Some(self.chunk(json!([{"index": index, "text": echo, "logprobs": null, "finish_reason": null}])))
     }
-    fn text(&self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value {
-        let logprobs = if self.logprobs { logprobs_json(&self.tokenizer, logprobs, 0) } else { Value::Null };
+    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value {
+        let logprobs = if self.logprobs {
+            let offset = self.offsets.get(index).copied().unwrap_or(0);
+            let value = logprobs_json(&self.tokenizer, logprobs, offset);
+            let advance: usize = logprobs.iter().map(|l| token_text(&self.tokenizer, l.token).len()).sum();
+            if let Some(o) = self.offsets.get_mut(index) {
+                *o += advance;
+            }
+            value
+        } else {
+            Value::Null
+        };
         self.chunk(json!([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": null}]))
     }
-    fn finish(&self, index: usize, reason: &str) -> serde_json::Value {
+    fn finish(&mut self, index: usize, reason: &str) -> serde_json::Value {
         self.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason}]))
     }
     fn usage(&self, usage: Usage) -> serde_json::Value {
@@ -77,14 +92,11 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
     if request.suffix.is_some() {
         return Err(ApiError::invalid("suffix", "`suffix` is not supported"));
     }
-    let prompts: Vec<Vec<u32>> = match &request.prompt {
-        Prompt::Text(text) => vec![state.tokenizer.encode(text).map_err(|e| ApiError::invalid("prompt", e.to_string()))?],
-        Prompt::Texts(texts) => texts
-            .iter()
-            .map(|t| state.tokenizer.encode(t).map_err(|e| ApiError::invalid("prompt", e.to_string())))
-            .collect::<Result<_, _>>()?,
-        Prompt::Ids(ids) => vec![ids.clone()],
-        Prompt::IdLists(lists) => lists.clone(),
+    let prompts: Vec<Vec<u32>> = match request.prompt {
+        Prompt::Text(text) => state.prompts.completion(vec![text]).await?,
+        Prompt::Texts(texts) => state.prompts.completion(texts).await?,
+        Prompt::Ids(ids) => vec![ids],
+        Prompt::IdLists(lists) => lists,
     };
     let logprobs = request.logprobs.map(|n| top_logprobs("logprobs", n, 5)).transpose()?;
     let plan = plan(&request.sampling, request.sampling.max_tokens, logprobs, prompts, &state.limits)?;
@@ -96,8 +108,8 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
     } else {
         Vec::new()
     };
-    let id = format!("cmpl-{}", state.worker.next_request_id());
-    let events = submit(&state, &plan, &id)?;
+    let id = format!("cmpl-{}", state.next_request_id());
+    let generation = submit(&state, &plan, &id)?;
     let (model, created) = shared(&state);
     if plan.stream {
         let shape = CompletionChunks {
@@ -106,12 +118,13 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
             id,
             model,
             created,
+            offsets: vec![0; plan.prompts.len() * plan.n],
             echo,
             n: plan.n,
         };
-        return Ok(sse(shape, events, plan));
+        return Ok(sse(shape, generation, plan));
     }
-    let (choices, usage) = collect(events, &plan).await?;
+    let (choices, usage) = collect(generation).await?;
     let body: Vec<serde_json::Value> = choices
         .iter()
         .enumerate()

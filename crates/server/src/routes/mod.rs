@@ -6,19 +6,27 @@ mod system;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use std::sync::Arc;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
-        .route("/v1/completions", post(completions::create))
-        .route("/v1/chat/completions", post(chat::create))
-        .route("/v1/models", get(system::models))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
+    let mut guarded = Router::new()
+        .route("/v1/completions", with_405(post(completions::create)))
+        .route("/v1/chat/completions", with_405(post(chat::create)))
+        .route("/v1/models", with_405(get(system::models)))
+        .route("/openapi.json", with_405(get(system::openapi)));
+    let mut open = Router::new().route("/health", with_405(get(system::health)));
+    if state.config.metrics_require_api_key {
+        guarded = guarded.route("/metrics", with_405(get(system::metrics)));
+    } else {
+        open = open.route("/metrics", with_405(get(system::metrics)));
+    }
+    let guarded = guarded.layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
     let origins: Vec<_> = state.config.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
     let cors = if state.config.cors_origins.iter().any(|o| o == "*") {
         CorsLayer::permissive()
@@ -26,26 +34,62 @@ pub fn router(state: Arc<AppState>) -> Router {
         CorsLayer::new().allow_origin(AllowOrigin::list(origins))
     };
     Router::new()
-        .merge(api)
-        .route("/health", get(system::health))
-        .route("/metrics", get(system::metrics))
-        .route("/openapi.json", get(system::openapi))
+        .merge(guarded)
+        .merge(open)
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(cors)
         .with_state(state)
 }
 
-/// With an API key configured, `/v1/*` needs `Authorization: Bearer <key>`.
+/// A known path with the wrong method gets a 405 in OpenAI's shape, not an empty body.
+fn with_405(route: MethodRouter<Arc<AppState>>) -> MethodRouter<Arc<AppState>> {
+    route.fallback(|method: Method, uri: Uri| async move {
+        ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+        }
+    })
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(uri.path().to_string())
+}
+
+/// With an API key configured, every route but `/health` (and `/metrics` when so configured)
+/// needs `Authorization: Bearer <key>`; the scheme is case-insensitive (RFC 9110) and the key is
+/// compared in constant time, so response timing does not reveal how much of a guess was right.
 async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Result<Response, ApiError> {
     if let Some(key) = &state.config.api_key {
         let given = request
             .headers()
-            .get(axum::http::header::AUTHORIZATION)
+            .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
+            .and_then(bearer_token)
+            .unwrap_or("");
+        if !constant_time_eq::constant_time_eq(given.as_bytes(), key.as_bytes()) {
             return Err(ApiError::Unauthorized);
         }
     }
     Ok(next.run(request).await)
+}
+
+/// The credentials of a `Bearer` authorization header, whatever the case of the scheme.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer k1"), Some("k1"));
+        assert_eq!(bearer_token("bearer k1"), Some("k1"));
+        assert_eq!(bearer_token("BEARER  k1 "), Some("k1"));
+        assert_eq!(bearer_token("Basic k1"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub async fn models(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let modes: Vec<&str> = if state.limits.has_recycle { vec!["off", "alternate", "verify"] } else { vec!["off"] };
     let default_mode = match state.limits.default_mode {
-        recyclegpt_engine::DecodeMode::Standard => "off",
+        recyclegpt_engine::DecodeMode::Off => "off",
         other => other.as_str(),
     };
     Json(serde_json::json!({
@@ -30,7 +30,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "Ready"), (status = 503, description = "Worker stopped or draining")))]
 /// 200 while the model is loaded and the worker alive; 503 otherwise or while draining.
 pub async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if !state.worker.is_alive() {
+    if !state.backend.is_alive() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "worker stopped"})));
     }
     if state.draining.load(Ordering::Relaxed) {

@@ -1,0 +1,215 @@
+//! The scheduler decides what runs; `step` runs it. It owns the waiting and running sequences,
+//! admits under the KV budget (`admission::admit`, a pure function), steps the running batch
+//! and returns typed updates. It knows nothing of HTTP, text or clients: a caller maps sequence
+//! ids to its own requests.
+mod admission;
+
+pub use admission::{admit, Budget};
+
+use crate::sampling::{SamplingParams, TokenLogprob};
+use crate::sequence::{FinishReason, Sequence, SequenceStats, StopCriteria};
+use crate::step::{step, StepReport};
+use crate::{DecodeMode, EngineError};
+use recyclegpt_model::RecycleGpt;
+use std::collections::VecDeque;
+
+/// The caller's name for a sequence.
+pub type SeqId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    pub budget: Budget,
+    /// Prompt tokens fed per sequence per step, so that a long prompt does not stall the
+    /// sequences decoding beside it.
+    pub prefill_chunk: usize,
+}
+
+/// A sequence to generate, as queued.
+#[derive(Debug, Clone)]
+pub struct SequenceRequest {
+    pub id: SeqId,
+    pub prompt: Vec<u32>,
+    pub mode: DecodeMode,
+    pub params: SamplingParams,
+    pub stop: StopCriteria,
+}
+
+impl SequenceRequest {
+    /// KV tokens it may come to hold: prompt + max_tokens, within the context.
+    fn reservation(&self, context_len: usize) -> usize {
+        self.prompt.len().saturating_add(self.stop.max_tokens).min(context_len)
+    }
+}
+
+/// What one step did to one sequence.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub id: SeqId,
+    /// Tokens emitted by this step (may be empty while the prompt is being fed).
+    pub tokens: Vec<u32>,
+    /// Their log-probabilities, when asked for.
+    pub logprobs: Vec<TokenLogprob>,
+    /// Set on the sequence's last update.
+    pub finished: Option<Finished>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub stats: SequenceStats,
+}
+
+/// The result of one `Scheduler::step`.
+#[derive(Debug, Default)]
+pub struct StepOutcome {
+    /// Sequences that started this step.
+    pub started: Vec<SeqId>,
+    pub updates: Vec<Update>,
+    /// Sequences that could not start (their caches could not be made) and were dropped.
+    pub refused: Vec<(SeqId, EngineError)>,
+    pub report: StepReport,
+}
+
+/// A step that failed: every running sequence was dropped, since its caches may be half-written.
+#[derive(Debug)]
+pub struct StepFailed {
+    pub ids: Vec<SeqId>,
+    pub error: EngineError,
+}
+
+pub struct Scheduler {
+    config: SchedulerConfig,
+    context_len: usize,
+    waiting: VecDeque<SequenceRequest>,
+    running: Vec<Sequence>,
+    reservations: Vec<usize>,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig, context_len: usize) -> Self {
+        Self {
+            config,
+            context_len,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            reservations: Vec::new(),
+        }
+    }
+
+    pub fn enqueue(&mut self, request: SequenceRequest) {
+        self.waiting.push_back(request);
+    }
+
+    /// Forgets a sequence, waiting or running (its KV cache is freed). False if unknown.
+    pub fn cancel(&mut self, id: SeqId) -> bool {
+        if let Some(at) = self.waiting.iter().position(|r| r.id == id) {
+            self.waiting.remove(at);
+            return true;
+        }
+        if let Some(at) = self.running.iter().position(|s| s.id() == id) {
+            self.running.remove(at);
+            self.reservations.remove(at);
+            return true;
+        }
+        false
+    }
+
+    /// Drops every waiting sequence (shutdown), returning their ids.
+    pub fn drain_waiting(&mut self) -> Vec<SeqId> {
+        self.waiting.drain(..).map(|r| r.id).collect()
+    }
+
+    /// Drops every running sequence (grace period over, or a failed step), returning their ids.
+    pub fn drain_running(&mut self) -> Vec<SeqId> {
+        self.reservations.clear();
+        self.running.drain(..).map(|s| s.id()).collect()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    pub fn waiting_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
+        self.waiting.iter().map(|r| r.id)
+    }
+
+    pub fn running_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
+        self.running.iter().map(Sequence::id)
+    }
+
+    pub fn running_len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Tokens held in the running sequences' full-model KV caches.
+    pub fn kv_tokens_in_use(&self) -> usize {
+        self.running.iter().map(Sequence::cached_tokens).sum()
+    }
+
+    /// Admits what the budget allows, then advances every running sequence by one step.
+    pub fn step(&mut self, model: &RecycleGpt) -> Result<StepOutcome, StepFailed> {
+        let mut outcome = StepOutcome::default();
+        self.admit(model, &mut outcome);
+        if self.running.is_empty() {
+            return Ok(outcome);
+        }
+        let mut seqs: Vec<&mut Sequence> = self.running.iter_mut().collect();
+        match step(model, &mut seqs, self.config.prefill_chunk) {
+            Ok(report) => outcome.report = report,
+            Err(error) => {
+                return Err(StepFailed {
+                    ids: self.drain_running(),
+                    error,
+                })
+            }
+        }
+        let mut kept = Vec::with_capacity(self.running.len());
+        let mut kept_reservations = Vec::with_capacity(self.running.len());
+        for (mut seq, reservation) in std::mem::take(&mut self.running).into_iter().zip(std::mem::take(&mut self.reservations)) {
+            let tokens = seq.take_new_tokens();
+            let logprobs = seq.take_new_logprobs();
+            let finished = seq.finish_reason().map(|reason| Finished {
+                reason,
+                prompt_tokens: seq.prompt().len(),
+                completion_tokens: seq.generated().len(),
+                stats: seq.stats(),
+            });
+            if !tokens.is_empty() || finished.is_some() {
+                outcome.updates.push(Update {
+                    id: seq.id(),
+                    tokens,
+                    logprobs,
+                    finished,
+                });
+            }
+            if finished.is_none() {
+                kept.push(seq);
+                kept_reservations.push(reservation);
+            }
+        }
+        self.running = kept;
+        self.reservations = kept_reservations;
+        Ok(outcome)
+    }
+
+    fn admit(&mut self, model: &RecycleGpt, outcome: &mut StepOutcome) {
+        let waiting: Vec<usize> = self.waiting.iter().map(|r| r.reservation(self.context_len)).collect();
+        let count = admit(self.config.budget, &self.reservations, &waiting);
+        for (request, reservation) in self.waiting.drain(..count).zip(waiting) {
+            match Sequence::new(request.id, model, request.prompt, request.mode, request.params, request.stop) {
+                Ok(seq) => {
+                    outcome.started.push(request.id);
+                    self.running.push(seq);
+                    self.reservations.push(reservation);
+                }
+                Err(error) => outcome.refused.push((request.id, error)),
+            }
+        }
+    }
+}
