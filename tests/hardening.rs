@@ -407,3 +407,33 @@ async fn many_streams_with_disconnects_match_the_solo_run_and_free_everything() 
     assert_eq!(server.metric("recyclegpt_kv_tokens_in_use").await, 0.0);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_names_operations_and_describes_responses() {
+    let _serial = serial();
+    let server = TestServer::start(&embedded(), |_| {}).await;
+    let spec: Value = reqwest::get(server.url("/openapi.json")).await.unwrap().json().await.unwrap();
+    let mut ids = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            ids.push(id.to_string());
+            for tag in operation["tags"].as_array().into_iter().flatten() {
+                assert!(!tag.as_str().unwrap().contains("::"), "{method} {path}: tag {tag} is a module path");
+            }
+            let ok = &operation["responses"]["200"];
+            assert!(ok["content"].is_object(), "{method} {path}: the 200 response has no schema");
+        }
+    }
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "operation ids repeat: {ids:?}");
+    let completion = &spec["paths"]["/v1/completions"]["post"]["responses"];
+    for status in ["400", "401", "413", "415", "429", "503"] {
+        assert!(completion[status]["content"]["application/json"]["schema"].is_object(), "{status} lacks the error schema");
+    }
+    let temperature = &spec["components"]["schemas"]["SamplingFields"]["properties"]["temperature"];
+    assert_eq!(temperature["maximum"], 2.0, "{temperature}");
+    server.shutdown().await.unwrap();
+}

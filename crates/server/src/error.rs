@@ -2,6 +2,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use crate::responses::{ErrorDetail, ErrorResponse};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -60,7 +61,7 @@ impl ApiError {
     }
 
     /// OpenAI's `{"error": {"message", "type", "param", "code"}}`.
-    pub fn body(&self) -> serde_json::Value {
+    pub fn body(&self) -> ErrorResponse {
         let (kind, code, param) = match self {
             ApiError::InvalidParameter { param, .. } => ("invalid_request_error", "invalid_parameter", param.clone()),
             ApiError::ContextLength(_) => ("invalid_request_error", "context_length_exceeded", Some("max_tokens".into())),
@@ -77,7 +78,14 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => ("invalid_request_error", "method_not_allowed", None),
             ApiError::Internal(_) => ("server_error", "internal_error", None),
         };
-        serde_json::json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}})
+        ErrorResponse {
+            error: ErrorDetail {
+                message: self.to_string(),
+                kind,
+                param,
+                code,
+            },
+        }
     }
 }
 
@@ -107,23 +115,23 @@ impl IntoResponse for ApiError {
 #[derive(utoipa::IntoResponses)]
 pub enum ErrorResponses {
     #[response(status = 400, description = "An invalid parameter (named in `param`), or prompt + max_tokens over the context")]
-    Invalid,
+    Invalid(ErrorResponse),
     #[response(status = 401, description = "Missing or wrong API key")]
-    Unauthorized,
+    Unauthorized(ErrorResponse),
     #[response(status = 404, description = "Unknown model")]
-    UnknownModel,
+    UnknownModel(ErrorResponse),
     #[response(status = 408, description = "The body was not received in time")]
-    BodyTimeout,
+    BodyTimeout(ErrorResponse),
     #[response(status = 413, description = "Body too large")]
-    TooLarge,
+    TooLarge(ErrorResponse),
     #[response(status = 415, description = "Content-Type is not application/json")]
-    UnsupportedMediaType,
+    UnsupportedMediaType(ErrorResponse),
     #[response(status = 422, description = "Malformed JSON")]
-    Malformed,
+    Malformed(ErrorResponse),
     #[response(status = 429, description = "The request queue is full (see Retry-After)")]
-    QueueFull,
+    QueueFull(ErrorResponse),
     #[response(status = 503, description = "The server is draining or was shut down during the request")]
-    Draining,
+    Draining(ErrorResponse),
 }
 
 /// A JSON body whose rejections (too large, not JSON, wrong types) come out in OpenAI's shape.

@@ -3,6 +3,7 @@
 //! worker thread only ever handles token ids.
 use crate::error::ApiError;
 use crate::openai::Usage;
+use crate::responses::{FinishReason as ApiFinish, RecycleStats};
 use crate::text::TextStream;
 use crate::validation::Plan;
 use crate::worker::{Event, Job};
@@ -11,6 +12,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use recyclegpt_engine::{FinishReason, TokenLogprob};
+use serde::Serialize;
 use recyclegpt_model::TextTokenizer;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,7 +46,7 @@ pub struct ChoiceEnd {
     pub index: usize,
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
-    pub reason: &'static str,
+    pub reason: ApiFinish,
     pub completion_tokens: usize,
     pub accepted: usize,
     pub rejected: usize,
@@ -129,15 +131,15 @@ impl Generation {
                             choice.completion_tokens += used;
                             let mut logprobs = logprobs;
                             logprobs.truncate(used);
-                            return Ok(self.end(index, chunk.text, logprobs, "stop", None));
+                            return Ok(self.end(index, chunk.text, logprobs, ApiFinish::Stop, None));
                         }
                     }
                 }
                 Event::Finished(finished) => {
                     let chunk = choice.text.finish();
                     let reason = match (chunk.stopped_after, finished.reason) {
-                        (Some(_), _) | (None, FinishReason::Stop) => "stop",
-                        (None, FinishReason::Length) => "length",
+                        (Some(_), _) | (None, FinishReason::Stop) => ApiFinish::Stop,
+                        (None, FinishReason::Length) => ApiFinish::Length,
                     };
                     let stats = Some((finished.stats.accepted, finished.stats.rejected, finished.stats.full_forwards));
                     return Ok(self.end(index, chunk.text, Vec::new(), reason, stats));
@@ -150,7 +152,7 @@ impl Generation {
         }
     }
 
-    fn end(&mut self, index: usize, text: String, logprobs: Vec<TokenLogprob>, reason: &'static str, stats: Option<(usize, usize, usize)>) -> Progress {
+    fn end(&mut self, index: usize, text: String, logprobs: Vec<TokenLogprob>, reason: ApiFinish, stats: Option<(usize, usize, usize)>) -> Progress {
         let choice = &mut self.choices[index];
         choice.finished = true;
         self.done += 1;
@@ -188,7 +190,7 @@ impl Generation {
 pub struct Choice {
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
-    pub finish_reason: Option<&'static str>,
+    pub finish_reason: Option<ApiFinish>,
     pub completion_tokens: usize,
     pub accepted: usize,
     pub rejected: usize,
@@ -221,25 +223,26 @@ pub async fn collect(mut generation: Generation) -> Result<(Vec<Choice>, Usage),
 }
 
 /// Recycling statistics of a response (an extension field, `recycle`).
-fn recycle_stats(plan: &Plan, choices: &[Choice]) -> serde_json::Value {
+pub fn recycle_stats(plan: &Plan, choices: &[Choice]) -> RecycleStats {
     let tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
     let forwards: usize = choices.iter().map(|c| c.full_forwards).sum();
-    serde_json::json!({
-        "mode": plan.mode.as_str(),
-        "full_forwards": forwards,
-        "tokens_per_full_forward": if forwards > 0 { tokens as f64 / forwards as f64 } else { 0.0 },
-        "accepted": choices.iter().map(|c| c.accepted).sum::<usize>(),
-        "rejected": choices.iter().map(|c| c.rejected).sum::<usize>(),
-    })
+    RecycleStats {
+        mode: plan.mode.as_str().to_string(),
+        full_forwards: forwards,
+        tokens_per_full_forward: if forwards > 0 { tokens as f64 / forwards as f64 } else { 0.0 },
+        accepted: choices.iter().map(|c| c.accepted).sum(),
+        rejected: choices.iter().map(|c| c.rejected).sum(),
+    }
 }
 
 /// How one endpoint shapes its stream chunks.
 pub trait ChunkShape: Send + 'static {
-    /// Chunks sent before any text for a choice (chat: the role).
-    fn opening(&mut self, index: usize) -> Option<serde_json::Value>;
-    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value;
-    fn finish(&mut self, index: usize, reason: &str) -> serde_json::Value;
-    fn usage(&self, usage: Usage) -> serde_json::Value;
+    type Chunk: Serialize + Send;
+    /// A chunk sent before any text for a choice (chat: the role).
+    fn opening(&mut self, index: usize) -> Option<Self::Chunk>;
+    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> Self::Chunk;
+    fn finish(&mut self, index: usize, reason: ApiFinish) -> Self::Chunk;
+    fn usage(&self, usage: Usage) -> Self::Chunk;
 }
 
 /// An SSE response: chunks as events arrive, a usage chunk when asked, then `[DONE]`. A failure
@@ -291,8 +294,8 @@ pub fn sse(mut shape: impl ChunkShape, mut generation: Generation, plan: Plan) -
     sse_response(stream)
 }
 
-fn json_event(value: &serde_json::Value) -> Result<SseEvent, Infallible> {
-    Ok(SseEvent::default().data(value.to_string()))
+fn json_event(value: &impl Serialize) -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().data(serde_json::to_string(value).unwrap_or_default()))
 }
 
 fn sse_response(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static) -> Response {
@@ -303,15 +306,10 @@ pub fn shared(state: &Arc<AppState>) -> (String, u64) {
     (state.limits.served_model_name.clone(), crate::now_seconds())
 }
 
-/// A whole (non-streamed) response: `object` is `text_completion` or `chat.completion`.
-pub fn whole_response(object: &str, id: &str, state: &Arc<AppState>, plan: &Plan, choices: &[Choice], body: Vec<serde_json::Value>, usage: Usage) -> Response {
-    let (model, created) = shared(state);
+/// A whole (non-streamed) response.
+pub fn ok_json(body: &impl Serialize) -> Response {
     metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
-    axum::Json(serde_json::json!({
-        "id": id, "object": object, "created": created, "model": model,
-        "choices": body, "usage": usage, "recycle": recycle_stats(plan, choices),
-    }))
-    .into_response()
+    axum::Json(body).into_response()
 }
 
 /// A token as clients see it in log-probabilities: its decoded text.

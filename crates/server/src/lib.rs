@@ -8,6 +8,7 @@ pub mod error;
 mod generation;
 pub mod openai;
 mod prompt;
+mod responses;
 mod routes;
 mod text;
 pub mod validation;

@@ -26,27 +26,44 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// Sampling and stopping fields shared by both endpoints.
+/// Sampling and stopping fields shared by both endpoints. The ranges declared here are the
+/// ones validation enforces; a request may still be refused for what only the model knows
+/// (prompt + max_tokens over the context, a token id outside the vocabulary).
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct SamplingFields {
+    /// The served model's name (see `/v1/models`).
     pub model: Option<String>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
+    /// Greater than 0.
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f64>,
+    /// -1 or 0: off.
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub min_p: Option<f64>,
+    #[schema(minimum = 1, maximum = 16)]
     pub n: Option<i64>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// Up to 4 non-empty strings of at most `max_stop_bytes` bytes each.
     pub stop: Option<Stop>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
     pub presence_penalty: Option<f64>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
     pub frequency_penalty: Option<f64>,
+    #[schema(minimum = 0.01, maximum = 10.0)]
     pub repetition_penalty: Option<f64>,
+    /// Token id (as a string) → bias in [-100, 100].
     pub logit_bias: Option<HashMap<String, f64>>,
     pub seed: Option<i64>,
     pub user: Option<String>,
     /// `off` | `alternate` | `verify`; the server's default when absent.
+    #[schema(pattern = "^(off|alternate|verify)$")]
     pub recycle: Option<String>,
 }
 
@@ -55,10 +72,14 @@ pub struct CompletionRequest {
     pub prompt: Prompt,
     #[serde(flatten)]
     pub sampling: SamplingFields,
+    #[schema(minimum = 0, maximum = 5)]
     pub logprobs: Option<i64>,
     #[serde(default)]
     pub echo: bool,
+    /// Only 1 is supported.
+    #[schema(minimum = 1, maximum = 1)]
     pub best_of: Option<i64>,
+    /// Not supported: any value is refused.
     pub suffix: Option<String>,
 }
 
@@ -88,9 +109,12 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<i64>,
     #[serde(default)]
     pub logprobs: bool,
+    /// Needs `logprobs: true`.
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
 }
 

@@ -1,32 +1,43 @@
 //! `POST /v1/chat/completions`.
 use crate::chat_template::ChatMessage;
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{collect, shared, submit, sse, token_text, whole_response, ChunkShape};
+use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, token_text, ChunkShape};
 use crate::openai::{ChatRequest, Content, Usage};
+use crate::responses::{
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse, ChatDelta, ChatLogprobs,
+    ChatTokenLogprob, FinishReason, TopLogprob,
+};
 use crate::validation::{plan, top_logprobs};
-use recyclegpt_engine::TokenLogprob;
-use recyclegpt_model::TextTokenizer;
 use crate::AppState;
 use axum::extract::State;
 use axum::response::Response;
-use serde_json::{json, Value};
+use recyclegpt_engine::TokenLogprob;
+use recyclegpt_model::TextTokenizer;
 use std::sync::Arc;
 
 /// OpenAI's chat `logprobs` object.
-fn logprobs_json(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob]) -> Value {
-    let entry = |token: u32, logprob: f32| {
-        let text = token_text(tokenizer, token);
-        json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()})
+fn logprobs_of(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob]) -> ChatLogprobs {
+    let top = |token: u32, logprob: f32| {
+        let token = token_text(tokenizer, token);
+        TopLogprob {
+            bytes: token.as_bytes().to_vec(),
+            token,
+            logprob,
+        }
     };
-    let content: Vec<Value> = logprobs
+    let content = logprobs
         .iter()
         .map(|l| {
-            let mut item = entry(l.token, l.logprob);
-            item["top_logprobs"] = l.top.iter().map(|(t, lp)| entry(*t, *lp)).collect();
-            item
+            let first = top(l.token, l.logprob);
+            ChatTokenLogprob {
+                token: first.token,
+                logprob: first.logprob,
+                bytes: first.bytes,
+                top_logprobs: l.top.iter().map(|(t, lp)| top(*t, *lp)).collect(),
+            }
         })
         .collect();
-    json!({ "content": content })
+    ChatLogprobs { content }
 }
 
 struct ChatChunks {
@@ -38,28 +49,53 @@ struct ChatChunks {
 }
 
 impl ChatChunks {
-    fn chunk(&self, index: usize, delta: serde_json::Value, finish: Option<&str>) -> serde_json::Value {
-        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-               "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        }
+    }
+
+    fn choice(index: usize, delta: ChatDelta, logprobs: Option<ChatLogprobs>, finish_reason: Option<FinishReason>) -> Vec<ChatChunkChoice> {
+        vec![ChatChunkChoice {
+            index,
+            delta,
+            logprobs,
+            finish_reason,
+        }]
     }
 }
 
 impl ChunkShape for ChatChunks {
-    fn opening(&mut self, index: usize) -> Option<serde_json::Value> {
-        Some(self.chunk(index, json!({"role": "assistant", "content": ""}), None))
+    type Chunk = ChatCompletionChunk;
+
+    fn opening(&mut self, index: usize) -> Option<ChatCompletionChunk> {
+        let delta = ChatDelta {
+            role: Some("assistant"),
+            content: Some(String::new()),
+        };
+        Some(self.chunk(Self::choice(index, delta, None, None), None))
     }
-    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value {
-        let mut chunk = self.chunk(index, json!({"content": text}), None);
-        if self.logprobs {
-            chunk["choices"][0]["logprobs"] = logprobs_json(&self.tokenizer, logprobs);
-        }
-        chunk
+
+    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> ChatCompletionChunk {
+        let delta = ChatDelta {
+            role: None,
+            content: Some(text.to_string()),
+        };
+        let logprobs = self.logprobs.then(|| logprobs_of(&self.tokenizer, logprobs));
+        self.chunk(Self::choice(index, delta, logprobs, None), None)
     }
-    fn finish(&mut self, index: usize, reason: &str) -> serde_json::Value {
-        self.chunk(index, json!({}), Some(reason))
+
+    fn finish(&mut self, index: usize, reason: FinishReason) -> ChatCompletionChunk {
+        self.chunk(Self::choice(index, ChatDelta::default(), None, Some(reason)), None)
     }
-    fn usage(&self, usage: Usage) -> serde_json::Value {
-        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": [], "usage": usage})
+
+    fn usage(&self, usage: Usage) -> ChatCompletionChunk {
+        self.chunk(Vec::new(), Some(usage))
     }
 }
 
@@ -107,8 +143,9 @@ fn messages(request: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
 }
 
 /// Chat completions; the prompt comes from the model's chat template.
-#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatRequest, responses(
-        (status = 200, description = "A `chat.completion` object, or a stream of `chat.completion.chunk`s"),
+#[utoipa::path(post, path = "/v1/chat/completions", operation_id = "createChatCompletion", tag = "chat",
+    request_body = ChatRequest, responses(
+        (status = 200, description = "A `chat.completion` object, or (with `stream`) a `text/event-stream` of `chat.completion.chunk`s ending in `[DONE]`", body = ChatCompletionResponse),
         crate::error::ErrorResponses
 ))]
 pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
@@ -134,13 +171,26 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
         return Ok(sse(shape, generation, plan));
     }
     let (choices, usage) = collect(generation).await?;
-    let body: Vec<serde_json::Value> = choices
+    let body = choices
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            let logprobs = if plan.wants_logprobs() { logprobs_json(&state.tokenizer, &c.logprobs) } else { Value::Null };
-            json!({"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": logprobs, "finish_reason": c.finish_reason})
+        .map(|(i, c)| ChatChoice {
+            index: i,
+            message: AssistantMessage {
+                role: "assistant",
+                content: c.text.clone(),
+            },
+            logprobs: plan.wants_logprobs().then(|| logprobs_of(&state.tokenizer, &c.logprobs)),
+            finish_reason: c.finish_reason,
         })
         .collect();
-    Ok(whole_response("chat.completion", &id, &state, &plan, &choices, body, usage))
+    Ok(ok_json(&ChatCompletionResponse {
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        choices: body,
+        usage,
+        recycle: recycle_stats(&plan, &choices),
+    }))
 }

@@ -1,18 +1,18 @@
 //! `POST /v1/completions`.
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{collect, shared, submit, sse, token_text, whole_response, ChunkShape};
+use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, token_text, ChunkShape};
 use crate::openai::{CompletionRequest, Prompt, Usage};
+use crate::responses::{CompletionChoice, CompletionLogprobs, CompletionResponse, FinishReason};
 use crate::validation::{plan, top_logprobs};
-use recyclegpt_engine::TokenLogprob;
-use recyclegpt_model::TextTokenizer;
 use crate::AppState;
 use axum::extract::State;
 use axum::response::Response;
-use serde_json::{json, Value};
+use recyclegpt_engine::TokenLogprob;
+use recyclegpt_model::TextTokenizer;
 use std::sync::Arc;
 
 /// OpenAI's completions `logprobs` object; `offset` is where the tokens' text starts.
-fn logprobs_json(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob], offset: usize) -> Value {
+fn logprobs_of(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob], offset: usize) -> CompletionLogprobs {
     let tokens: Vec<String> = logprobs.iter().map(|l| token_text(tokenizer, l.token)).collect();
     let mut text_offset = Vec::with_capacity(tokens.len());
     let mut at = offset;
@@ -20,16 +20,12 @@ fn logprobs_json(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob], offset: u
         text_offset.push(at);
         at += t.len();
     }
-    let top: Vec<Value> = logprobs
-        .iter()
-        .map(|l| Value::Object(l.top.iter().map(|(t, lp)| (token_text(tokenizer, *t), json!(lp))).collect()))
-        .collect();
-    json!({
-        "tokens": tokens,
-        "token_logprobs": logprobs.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-        "top_logprobs": top,
-        "text_offset": text_offset,
-    })
+    CompletionLogprobs {
+        top_logprobs: logprobs.iter().map(|l| l.top.iter().map(|(t, lp)| (token_text(tokenizer, *t), *lp)).collect()).collect(),
+        token_logprobs: logprobs.iter().map(|l| l.logprob).collect(),
+        tokens,
+        text_offset,
+    }
 }
 
 struct CompletionChunks {
@@ -45,44 +41,66 @@ struct CompletionChunks {
 }
 
 impl CompletionChunks {
-    fn chunk(&self, choices: serde_json::Value) -> serde_json::Value {
-        json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": choices})
+    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> CompletionResponse {
+        CompletionResponse {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+            recycle: None,
+        }
+    }
+
+    fn choice(index: usize, text: String, logprobs: Option<CompletionLogprobs>, finish_reason: Option<FinishReason>) -> CompletionChoice {
+        CompletionChoice {
+            index,
+            text,
+            logprobs,
+            finish_reason,
+        }
     }
 }
 
 impl ChunkShape for CompletionChunks {
-    fn opening(&mut self, index: usize) -> Option<serde_json::Value> {
-        let echo = self.echo.get(index / self.n)?;
+    type Chunk = CompletionResponse;
+
+    fn opening(&mut self, index: usize) -> Option<CompletionResponse> {
+        let echo = self.echo.get(index / self.n)?.clone();
         if let Some(offset) = self.offsets.get_mut(index) {
             *offset = echo.len();
         }
-        Some(self.chunk(json!([{"index": index, "text": echo, "logprobs": null, "finish_reason": null}])))
+        Some(self.chunk(vec![Self::choice(index, echo, None, None)], None))
     }
-    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value {
-        let logprobs = if self.logprobs {
+
+    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> CompletionResponse {
+        let logprobs = self.logprobs.then(|| {
             let offset = self.offsets.get(index).copied().unwrap_or(0);
-            let value = logprobs_json(&self.tokenizer, logprobs, offset);
-            let advance: usize = logprobs.iter().map(|l| token_text(&self.tokenizer, l.token).len()).sum();
+            let value = logprobs_of(&self.tokenizer, logprobs, offset);
             if let Some(o) = self.offsets.get_mut(index) {
-                *o += advance;
+                *o += value.tokens.iter().map(String::len).sum::<usize>();
             }
             value
-        } else {
-            Value::Null
-        };
-        self.chunk(json!([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": null}]))
+        });
+        self.chunk(vec![Self::choice(index, text.to_string(), logprobs, None)], None)
     }
-    fn finish(&mut self, index: usize, reason: &str) -> serde_json::Value {
-        self.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason}]))
+
+    fn finish(&mut self, index: usize, reason: FinishReason) -> CompletionResponse {
+        self.chunk(vec![Self::choice(index, String::new(), None, Some(reason))], None)
     }
-    fn usage(&self, usage: Usage) -> serde_json::Value {
-        json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": [], "usage": usage})
+
+    fn usage(&self, usage: Usage) -> CompletionResponse {
+        self.chunk(Vec::new(), Some(usage))
     }
 }
 
 /// Completions; `stream: true` answers with server-sent events ending in `data: [DONE]`.
-#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest, responses(
-        (status = 200, description = "A `text_completion` object, or a stream of them"),
+/// Control tokens written in the prompt (such as `</s>`) are parsed as control tokens here, as in
+/// OpenAI's and vLLM's completions; chat content never is.
+#[utoipa::path(post, path = "/v1/completions", operation_id = "createCompletion", tag = "completions",
+    request_body = CompletionRequest, responses(
+        (status = 200, description = "A `text_completion` object, or (with `stream`) a `text/event-stream` of them ending in `[DONE]`", body = CompletionResponse),
         crate::error::ErrorResponses
 ))]
 pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
@@ -125,14 +143,26 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
         return Ok(sse(shape, generation, plan));
     }
     let (choices, usage) = collect(generation).await?;
-    let body: Vec<serde_json::Value> = choices
+    let body = choices
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let prefix = echo.get(i / plan.n).map(String::as_str).unwrap_or("");
-            let logprobs = if plan.wants_logprobs() { logprobs_json(&state.tokenizer, &c.logprobs, prefix.len()) } else { Value::Null };
-            json!({"index": i, "text": format!("{prefix}{}", c.text), "logprobs": logprobs, "finish_reason": c.finish_reason})
+            CompletionChoice {
+                index: i,
+                text: format!("{prefix}{}", c.text),
+                logprobs: plan.wants_logprobs().then(|| logprobs_of(&state.tokenizer, &c.logprobs, prefix.len())),
+                finish_reason: c.finish_reason,
+            }
         })
         .collect();
-    Ok(whole_response("text_completion", &id, &state, &plan, &choices, body, usage))
+    Ok(ok_json(&CompletionResponse {
+        id,
+        object: "text_completion",
+        created,
+        model,
+        choices: body,
+        usage: Some(usage),
+        recycle: Some(recycle_stats(&plan, &choices)),
+    }))
 }
