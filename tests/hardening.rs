@@ -437,3 +437,35 @@ async fn the_openapi_document_names_operations_and_describes_responses() {
     assert_eq!(temperature["maximum"], 2.0, "{temperature}");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_step_fails_its_sequences_and_the_worker_goes_on() {
+    use recyclegpt_engine::{DecodeMode, SamplingParams};
+    use recyclegpt_server::{Event, Failure, Job};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let _serial = serial();
+    let server = TestServer::start(&embedded(), |_| {}).await;
+    // A token id far outside the vocabulary, sent past validation straight to the worker.
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let job = Job {
+        request_id: "broken".into(),
+        index: 0,
+        prompt: vec![1, 999_999],
+        params: SamplingParams::greedy(),
+        max_tokens: 5,
+        eos_ids: Vec::new(),
+        mode: DecodeMode::Off,
+        events,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    server.state.backend.submit(vec![job]).unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), received.recv()).await.unwrap() {
+        Some((0, Event::Failed(Failure::Engine(message)))) => assert!(!message.is_empty()),
+        other => panic!("expected an engine failure, got {other:?}"),
+    }
+    assert_eq!(reqwest::get(server.url("/health")).await.unwrap().status(), 200);
+    let body: Value = server.post("/v1/completions", json!({"prompt": "ROMEO:", "max_tokens": 5})).await.json().await.unwrap();
+    assert_eq!(body["usage"]["completion_tokens"], 5, "{body}");
+    server.shutdown().await.unwrap();
+}

@@ -21,7 +21,9 @@ pub fn stories260k() -> Option<PathBuf> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{message}");
     }
-    eprintln!("SKIPPED: {message}");
+    // One line per test binary, not one per test.
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| eprintln!("SKIPPED: the tests of this file that need it ({message})"));
     None
 }
 

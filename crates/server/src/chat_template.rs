@@ -139,7 +139,7 @@ mod tests {
         let rendered = template.render_marked(&[message("system", "Be brief."), message("user", "</s> hi <|im_start|>")]).unwrap();
         assert_eq!(
             rendered.text,
-            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n</s> hi <|im_start|><|im_end|>\n<|im_start|>assistant\n"
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n</s> hi <|im_start|><|im_end|>\n<|im_start|>assistant"
         );
         let spans: Vec<&str> = rendered.content.iter().map(|r| &rendered.text[r.clone()]).collect();
         assert_eq!(spans, ["Be brief.", "</s> hi <|im_start|>"]);

@@ -16,6 +16,7 @@ pub mod worker;
 
 pub use backend::Backend;
 pub use config::{LogFormat, ServerConfig};
+pub use worker::{Event, Failure, Job};
 
 use chat_template::ChatTemplate;
 use config::seconds;
@@ -30,6 +31,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use validation::Limits;
 use worker::WorkerConfig;
+
+/// What the routes need to know of the model.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelInfo {
+    pub context_len: usize,
+    pub vocab_size: usize,
+    pub has_recycle: bool,
+    pub recycle_source: RecycleSource,
+}
 
 pub struct AppState {
     pub config: ServerConfig,
@@ -108,24 +118,12 @@ impl AppState {
     /// Starts the worker on `loaded` and builds everything the routes share.
     pub fn start(config: ServerConfig, loaded: LoadedModel) -> Result<Arc<Self>, String> {
         config.validate()?;
-        let metrics = prometheus();
-        let has_recycle = loaded.model.has_recycle();
-        let context_len = loaded.model.context_len();
-        let limits = Limits {
-            served_model_name: config.served_name(),
-            context_len,
+        let model = ModelInfo {
+            context_len: loaded.model.context_len(),
             vocab_size: loaded.model.config().vocab_size,
-            default_max_tokens: config.default_max_tokens,
-            default_mode: if has_recycle { config.default_recycle } else { DecodeMode::Off },
-            has_recycle,
-            max_n: 16,
-            max_sequences: config.max_sequences_per_request.min(config.queue_capacity),
-            max_stop_bytes: config.max_stop_bytes,
+            has_recycle: loaded.model.has_recycle(),
+            recycle_source: loaded.model.recycle_source(),
         };
-        let tokenizer = Arc::new(loaded.tokenizer);
-        let template = ChatTemplate::new(tokenizer.chat_template(), tokenizer.bos_token(), tokenizer.eos_token())?;
-        let prompts = PromptBuilder::new(tokenizer.clone(), template, context_len);
-        let recycle_source = loaded.model.recycle_source();
         let worker = worker::spawn(
             loaded.model,
             WorkerConfig {
@@ -136,20 +134,41 @@ impl AppState {
                     },
                     prefill_chunk: config.prefill_chunk,
                 },
-                context_len,
+                context_len: model.context_len,
                 queue_capacity: config.queue_capacity,
             },
         );
+        Self::with_backend(config, loaded.tokenizer, model, Arc::new(worker))
+    }
+
+    /// Everything the routes share, over any backend (the worker, or one a test supplies to
+    /// exercise the routes without a model).
+    pub fn with_backend(config: ServerConfig, tokenizer: TextTokenizer, model: ModelInfo, backend: Arc<dyn Backend>) -> Result<Arc<Self>, String> {
+        config.validate()?;
+        let limits = Limits {
+            served_model_name: config.served_name(),
+            context_len: model.context_len,
+            vocab_size: model.vocab_size,
+            default_max_tokens: config.default_max_tokens,
+            default_mode: if model.has_recycle { config.default_recycle } else { DecodeMode::Off },
+            has_recycle: model.has_recycle,
+            max_n: 16,
+            max_sequences: config.max_sequences_per_request.min(config.queue_capacity),
+            max_stop_bytes: config.max_stop_bytes,
+        };
+        let tokenizer = Arc::new(tokenizer);
+        let template = ChatTemplate::new(tokenizer.chat_template(), tokenizer.bos_token(), tokenizer.eos_token())?;
+        let prompts = PromptBuilder::new(tokenizer.clone(), template, model.context_len);
         Ok(Arc::new(Self {
             config,
             limits,
             tokenizer,
             prompts,
-            backend: Arc::new(worker),
-            recycle_source,
+            backend,
+            recycle_source: model.recycle_source,
             draining: AtomicBool::new(false),
             created: now_seconds(),
-            metrics,
+            metrics: prometheus(),
             next_id: AtomicU64::new(1),
         }))
     }

@@ -1,0 +1,136 @@
+//! The routes over a scripted backend, with no model: the seam between HTTP and generation
+//! (`recyclegpt_server::Backend`) carries everything, so what the routes do with tokens,
+//! failures and a dead worker can be checked exactly. The tokenizer is the embedded model's.
+use recyclegpt_engine::scheduler::Finished;
+use recyclegpt_engine::{FinishReason, SequenceStats};
+use recyclegpt_model::{LlamaConfig, RecycleSource, TextTokenizer};
+use recyclegpt_server::error::ApiError;
+use recyclegpt_server::worker::{Event, Failure, Job};
+use recyclegpt_server::{AppState, Backend, LoopbackServer, ModelInfo, ServerConfig};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// What the scripted backend does with every job.
+#[derive(Clone, Copy)]
+enum Script {
+    /// Emits the job's prompt back as its generated tokens, a token per event.
+    EchoPrompt,
+    /// Fails every job as an engine failure would.
+    Fail,
+}
+
+struct Scripted {
+    script: Script,
+    alive: AtomicBool,
+}
+
+impl Backend for Scripted {
+    fn submit(&self, jobs: Vec<Job>) -> Result<(), ApiError> {
+        for job in jobs {
+            let send = |event| {
+                let _ = job.events.send((job.index, event));
+            };
+            match self.script {
+                Script::Fail => send(Event::Failed(Failure::Engine("the engine failed on this request".into()))),
+                Script::EchoPrompt => {
+                    let tokens: Vec<u32> = job.prompt.iter().copied().skip(1).take(job.max_tokens).collect();
+                    for &token in &tokens {
+                        send(Event::Tokens { tokens: vec![token], logprobs: Vec::new() });
+                    }
+                    send(Event::Finished(Finished {
+                        reason: FinishReason::Length,
+                        prompt_tokens: job.prompt.len(),
+                        completion_tokens: tokens.len(),
+                        stats: SequenceStats::default(),
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+    fn begin_drain(&self) {}
+    fn abort_running(&self) {}
+}
+
+async fn serve(script: Script, alive: bool) -> (LoopbackServer, String, Arc<TextTokenizer>) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shakespeare");
+    let config = LlamaConfig::from_file(&dir.join("config.json")).expect("config");
+    let tokenizer = TextTokenizer::load(&dir, &config).expect("tokenizer");
+    let model = ModelInfo {
+        context_len: config.max_position_embeddings,
+        vocab_size: config.vocab_size,
+        has_recycle: false,
+        recycle_source: RecycleSource::None,
+    };
+    let backend = Arc::new(Scripted { script, alive: AtomicBool::new(alive) });
+    let server_config = ServerConfig { port: 0, shutdown_delay_seconds: 0.0, ..ServerConfig::default() };
+    let state = AppState::with_backend(server_config, tokenizer, model, backend).expect("state");
+    let tokenizer = state.tokenizer.clone();
+    let server = LoopbackServer::start(state).await.expect("bind");
+    let base = format!("http://{}", server.address);
+    (server, base, tokenizer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_the_backend_become_text_and_stop_strings_end_a_choice() {
+    let (server, base, tokenizer) = serve(Script::EchoPrompt, true).await;
+    let client = reqwest::Client::new();
+    let prompt = "Good morrow, café 😀 cousin; what news?";
+    let ids = tokenizer.encode(prompt).unwrap();
+    let expected = tokenizer.decode_continuation(&ids[1..]);
+    let body: Value = client.post(format!("{base}/v1/completions")).json(&json!({"prompt": prompt, "max_tokens": 100})).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["choices"][0]["text"], expected.as_str());
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    // A stop string cuts the text before it, and the choice ends with `stop`.
+    let body: Value = client
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({"prompt": prompt, "max_tokens": 100, "stop": ["; what"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cut = &expected[..expected.find("; what").unwrap()];
+    assert_eq!(body["choices"][0]["text"], cut);
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() < ids.len() as u64 - 1);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_is_a_500_or_an_error_event_never_a_finish() {
+    let (server, base, _) = serve(Script::Fail, true).await;
+    let client = reqwest::Client::new();
+    let r = client.post(format!("{base}/v1/completions")).json(&json!({"prompt": "Hi", "max_tokens": 5})).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "server_error");
+    let raw = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "stream": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(raw.contains("\"error\""), "{raw}");
+    assert!(!raw.contains("\"finish_reason\":\"stop\"") && !raw.contains("\"finish_reason\":\"length\""), "{raw}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_worker_makes_health_say_so() {
+    let (server, base, _) = serve(Script::EchoPrompt, false).await;
+    let r = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "worker stopped");
+    server.stop().await.unwrap();
+}
