@@ -83,7 +83,15 @@ async fn tokens_from_the_backend_become_text_and_stop_strings_end_a_choice() {
     let prompt = "Good morrow, café 😀 cousin; what news?";
     let ids = tokenizer.encode(prompt).unwrap();
     let expected = tokenizer.decode_continuation(&ids[1..]);
-    let body: Value = client.post(format!("{base}/v1/completions")).json(&json!({"prompt": prompt, "max_tokens": 100})).send().await.unwrap().json().await.unwrap();
+    let body: Value = client
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({"prompt": prompt, "max_tokens": 100}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["choices"][0]["text"], expected.as_str());
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     // A stop string cuts the text before it, and the choice ends with `stop`.
@@ -107,7 +115,12 @@ async fn tokens_from_the_backend_become_text_and_stop_strings_end_a_choice() {
 async fn a_failed_job_is_a_500_or_an_error_event_never_a_finish() {
     let (server, base, _) = serve(Script::Fail, true).await;
     let client = reqwest::Client::new();
-    let r = client.post(format!("{base}/v1/completions")).json(&json!({"prompt": "Hi", "max_tokens": 5})).send().await.unwrap();
+    let r = client
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({"prompt": "Hi", "max_tokens": 5}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 500);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "server_error");

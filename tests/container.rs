@@ -46,26 +46,17 @@ fn assert_cli_accepts(args: &[String], context: &str) {
 
 /// The environment variables `recyclegpt serve` reads (from its `--help`).
 fn serve_env_vars() -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_recyclegpt"))
-        .args(["serve", "--help"])
-        .output()
-        .expect("runs recyclegpt");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_recyclegpt")).args(["serve", "--help"]).output().expect("runs recyclegpt");
     let help = String::from_utf8_lossy(&out.stdout).into_owned();
-    help.split("[env: ")
-        .skip(1)
-        .filter_map(|rest| rest.split('=').next().map(str::to_string))
-        .collect()
+    help.split("[env: ").skip(1).filter_map(|rest| rest.split('=').next().map(str::to_string)).collect()
 }
 
 fn dockerignore_excludes(path: &str) -> bool {
-    read(".dockerignore")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .any(|pattern| {
-            let pattern = pattern.trim_end_matches('/');
-            path == pattern || path.starts_with(&format!("{pattern}/"))
-        })
+    read(".dockerignore").lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).any(|pattern| {
+        let pattern = pattern.trim_end_matches('/');
+        path == pattern || path.starts_with(&format!("{pattern}/"))
+    })
 }
 
 /// The checks both Dockerfiles must pass; `runtime_base` is the expected runtime image prefix.
@@ -73,24 +64,49 @@ fn check_dockerfile(path: &str, runtime_base: &str) {
     let file = dockerfile(path);
     assert!(file.stages.len() >= 3, "{path}: a multi-stage build (planner, builder, runtime)");
     for stage in &file.stages {
-        assert!(stage.base.contains(':') && !stage.base.ends_with(":latest") || file.stage(&stage.base).is_some(),
-            "{path}: base image {} has no pinned tag", stage.base);
+        assert!(
+            stage.base.contains(':') && !stage.base.ends_with(":latest") || file.stage(&stage.base).is_some(),
+            "{path}: base image {} has no pinned tag",
+            stage.base
+        );
         for run in stage.all("RUN") {
             if run.args.contains("apt-get install") {
-                assert!(run.args.contains("--no-install-recommends"), "{path}:{}: apt-get install without --no-install-recommends", run.line);
-                assert!(run.args.contains("rm -rf /var/lib/apt/lists"), "{path}:{}: apt lists are not cleaned", run.line);
-                assert!(run.args.contains("apt-get update"), "{path}:{}: install without update in the same layer", run.line);
+                assert!(
+                    run.args.contains("--no-install-recommends"),
+                    "{path}:{}: apt-get install without --no-install-recommends",
+                    run.line
+                );
+                assert!(
+                    run.args.contains("rm -rf /var/lib/apt/lists"),
+                    "{path}:{}: apt lists are not cleaned",
+                    run.line
+                );
+                assert!(
+                    run.args.contains("apt-get update"),
+                    "{path}:{}: install without update in the same layer",
+                    run.line
+                );
             }
         }
         for copy in stage.all("COPY") {
             let (from, sources, dest) = copy_parts(&copy.args);
-            assert!(!dest.is_empty() && !sources.is_empty(), "{path}:{}: COPY needs a source and a destination", copy.line);
+            assert!(
+                !dest.is_empty() && !sources.is_empty(),
+                "{path}:{}: COPY needs a source and a destination",
+                copy.line
+            );
             match from {
-                Some(stage_name) => assert!(file.stage(&stage_name).is_some(), "{path}:{}: no stage named {stage_name}", copy.line),
+                Some(stage_name) => {
+                    assert!(file.stage(&stage_name).is_some(), "{path}:{}: no stage named {stage_name}", copy.line)
+                }
                 None => {
                     for source in sources {
                         assert!(root().join(&source).exists(), "{path}:{}: {source} does not exist", copy.line);
-                        assert!(!dockerignore_excludes(&source), "{path}:{}: {source} is excluded by .dockerignore", copy.line);
+                        assert!(
+                            !dockerignore_excludes(&source),
+                            "{path}:{}: {source} is excluded by .dockerignore",
+                            copy.line
+                        );
                     }
                 }
             }
@@ -100,7 +116,10 @@ fn check_dockerfile(path: &str, runtime_base: &str) {
     let builder = file.stage("builder").unwrap_or_else(|| panic!("{path}: a `builder` stage"));
     let cook = builder.all("RUN").find(|r| r.args.contains("cargo chef cook")).map(|r| r.line);
     let first_source = builder.all("COPY").find(|c| c.args.contains("crates")).map(|c| c.line);
-    assert!(matches!((cook, first_source), (Some(c), Some(s)) if c < s), "{path}: dependencies are cooked before the sources are copied");
+    assert!(
+        matches!((cook, first_source), (Some(c), Some(s)) if c < s),
+        "{path}: dependencies are cooked before the sources are copied"
+    );
 
     let runtime: &Stage = file.runtime();
     assert!(runtime.base.starts_with(runtime_base), "{path}: runtime image {} (want {runtime_base}*)", runtime.base);
@@ -116,7 +135,10 @@ fn check_dockerfile(path: &str, runtime_base: &str) {
     assert_cli_accepts(&[], &format!("{path} (docker run IMAGE --help)"));
     // The runtime copies the binary from the builder, and the model and config its CMD names.
     let copies: Vec<String> = runtime.all("COPY").map(|c| c.args.clone()).collect();
-    assert!(copies.iter().any(|c| c.contains("--from=builder") && c.contains("target/release/recyclegpt")), "{path}: copies the binary");
+    assert!(
+        copies.iter().any(|c| c.contains("--from=builder") && c.contains("target/release/recyclegpt")),
+        "{path}: copies the binary"
+    );
     for needed in ["models", "config"] {
         assert!(copies.iter().any(|c| copy_parts(c).1.contains(&needed.to_string())), "{path}: copies {needed}/");
     }
@@ -193,7 +215,8 @@ fn kubernetes_manifests_probe_health_and_scale_on_a_metric_the_server_exports() 
     let docs = manifests();
     let deployment = kind(&docs, "Deployment");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    let args: Vec<String> = container["args"].as_vec().expect("args").iter().filter_map(|a| a.as_str().map(String::from)).collect();
+    let args: Vec<String> =
+        container["args"].as_vec().expect("args").iter().filter_map(|a| a.as_str().map(String::from)).collect();
     assert_cli_accepts(&args, "deployment.yaml");
     assert_eq!(container["ports"][0]["containerPort"].as_i64(), Some(8000));
     for probe in ["readinessProbe", "livenessProbe"] {
@@ -213,7 +236,10 @@ fn kubernetes_manifests_probe_health_and_scale_on_a_metric_the_server_exports() 
     let metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"].as_str().expect("a pods metric");
     let adapter = kind(&docs, "ConfigMap")["data"]["config.yaml"].as_str().expect("adapter config");
     let rules = &YamlLoader::load_from_str(adapter).expect("adapter rules parse")[0]["rules"];
-    assert!(rules.as_vec().expect("rules").iter().any(|r| r["name"]["as"].as_str() == Some(metric)), "the adapter serves {metric}");
+    assert!(
+        rules.as_vec().expect("rules").iter().any(|r| r["name"]["as"].as_str() == Some(metric)),
+        "the adapter serves {metric}"
+    );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let exported = runtime.block_on(async {
         let server = TestServer::start(&root().join("models/shakespeare"), |_| {}).await;

@@ -58,12 +58,8 @@ fn same_seed_same_text_different_seed_different_text() {
     let loaded = load(&shared.join("hf"), random_module(4));
     for mode in [DecodeMode::Off, DecodeMode::Alternate, DecodeMode::Verify] {
         let sample = |seed| {
-            let params = SamplingParams {
-                temperature: 1.0,
-                top_p: 0.95,
-                seed: Some(seed),
-                ..SamplingParams::default()
-            };
+            let params =
+                SamplingParams { temperature: 1.0, top_p: 0.95, seed: Some(seed), ..SamplingParams::default() };
             run(&loaded, "Once upon a time", mode, params, 48).ids
         };
         assert_eq!(sample(11), sample(11), "{mode:?}");
@@ -82,10 +78,7 @@ fn a_batched_step_gives_each_sequence_what_it_gets_alone() {
         (PROMPTS[2], DecodeMode::Alternate, 20),
         (PROMPTS[3], DecodeMode::Verify, 64),
     ];
-    let stop = |max_tokens| StopCriteria {
-        max_tokens,
-        eos_ids: loaded.tokenizer.eos_ids().to_vec(),
-    };
+    let stop = |max_tokens| StopCriteria { max_tokens, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
     let mut seqs: Vec<Sequence> = cases
         .iter()
         .enumerate()
@@ -113,10 +106,8 @@ fn verify_equals_standard_when_drafts_are_often_accepted() {
     // so that both the accept and the reject paths run in one generation.
     let (mut accepted, mut rejected) = (0, 0);
     for bias in [3.0, 6.0, 8.0] {
-        let params = SamplingParams {
-            logit_bias: vec![(261, bias), (267, bias), (426, bias)],
-            ..SamplingParams::greedy()
-        };
+        let params =
+            SamplingParams { logit_bias: vec![(261, bias), (267, bias), (426, bias)], ..SamplingParams::greedy() };
         for prompt in PROMPTS {
             let standard = run(&loaded, prompt, DecodeMode::Off, params.clone(), 60);
             let verify = run(&loaded, prompt, DecodeMode::Verify, params.clone(), 60);
@@ -135,12 +126,7 @@ fn a_distilled_module_agrees_with_the_model_and_verify_still_equals_standard() {
     let base = load(&hf, recyclegpt_model::RecycleInit::FromFiles);
     let corpus = recyclegpt_train::Corpus::self_distilled(&base.model, &base.tokenizer, 48, 64, 7).unwrap();
     let out = common::scratch("distilled");
-    let options = recyclegpt_train::DistillOptions {
-        steps: 60,
-        batch: 8,
-        progress: false,
-        ..Default::default()
-    };
+    let options = recyclegpt_train::DistillOptions { steps: 60, batch: 8, progress: false, ..Default::default() };
     let report = recyclegpt_train::train_recycle(&base.model, &hf, &corpus, &out, &options).unwrap();
     assert!(report.last_loss < report.first_loss * 0.6, "{report:?}");
 
@@ -148,7 +134,9 @@ fn a_distilled_module_agrees_with_the_model_and_verify_still_equals_standard() {
     let trained = load(&out, recyclegpt_model::RecycleInit::FromFiles);
     assert_eq!(trained.model.recycle_source(), recyclegpt_model::RecycleSource::Trained);
     let random = load(&hf, random_module(9));
-    let verify = |loaded: &recyclegpt_model::LoadedModel| run(loaded, PROMPTS[1], DecodeMode::Verify, SamplingParams::greedy(), 80);
+    let verify = |loaded: &recyclegpt_model::LoadedModel| {
+        run(loaded, PROMPTS[1], DecodeMode::Verify, SamplingParams::greedy(), 80)
+    };
     let (with_trained, with_random) = (verify(&trained), verify(&random));
     assert!(report.agreement > 0.25, "{report:?}");
     assert!(

@@ -7,16 +7,17 @@ mod common;
 use common::server::{sse_chunks, sse_data, TestServer};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Mutex;
 
-/// Metrics are process-wide: the tests of this file run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Metrics are process-wide: the tests of this file run one at a time (an async lock, held
+/// across the whole test).
+static SERIAL: Mutex<()> = Mutex::const_new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 fn embedded() -> PathBuf {
@@ -43,10 +44,15 @@ async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_ascii_text_survives_echo_streams_and_generation() {
-    let _serial = serial();
+    let _serial = serial().await;
     let server = TestServer::start(&embedded(), |_| {}).await;
     let prompt = "café naïve — “quoted” 😀 日本";
-    let body: Value = server.post("/v1/completions", json!({"prompt": prompt, "max_tokens": 1, "echo": true})).await.json().await.unwrap();
+    let body: Value = server
+        .post("/v1/completions", json!({"prompt": prompt, "max_tokens": 1, "echo": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
     let text = body["choices"][0]["text"].as_str().unwrap();
     assert!(text.starts_with(prompt), "echo lost text: {text:?}");
 
@@ -64,7 +70,7 @@ async fn non_ascii_text_survives_echo_streams_and_generation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_connections_cannot_lock_out_health() {
-    let _serial = serial();
+    let _serial = serial().await;
     let server = TestServer::start(&embedded(), |c| {
         c.max_connections = 16;
         c.header_read_timeout_seconds = 60.0;
@@ -97,7 +103,7 @@ async fn stalled_connections_cannot_lock_out_health() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_idle_connections_and_slow_bodies_are_cut_off() {
-    let _serial = serial();
+    let _serial = serial().await;
     let server = TestServer::start(&embedded(), |c| {
         c.header_read_timeout_seconds = 0.5;
         c.idle_timeout_seconds = 0.5;
@@ -128,7 +134,7 @@ async fn slow_headers_idle_connections_and_slow_bodies_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_half_open_connections_ends_within_the_grace_period() {
-    let _serial = serial();
+    let _serial = serial().await;
     let server = TestServer::start(&embedded(), |c| {
         c.shutdown_grace_seconds = 1.0;
         c.header_read_timeout_seconds = 600.0;
@@ -152,7 +158,7 @@ async fn shutdown_with_half_open_connections_ends_within_the_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_answers_503_while_still_accepting_and_queued_requests_are_not_faked() {
-    let _serial = serial();
+    let _serial = serial().await;
     let server = TestServer::start(&embedded(), |c| {
         c.max_running_sequences = 1;
         c.shutdown_delay_seconds = 1.5;
@@ -182,7 +188,12 @@ async fn draining_answers_503_while_still_accepting_and_queued_requests_are_not_
 
     let health = client.get(format!("{base}/health")).send().await.expect("the listener still accepts");
     assert_eq!(health.status(), 503);
-    let refused = client.post(format!("{base}/v1/completions")).json(&json!({"prompt": "x", "max_tokens": 2})).send().await.unwrap();
+    let refused = client
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({"prompt": "x", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "1");
     let body: Value = refused.json().await.unwrap();
@@ -214,7 +225,7 @@ async fn draining_answers_503_while_still_accepting_and_queued_requests_are_not_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_methods_media_types_and_keys_answer_in_openai_shape() {
-    let _serial = serial();
+    let _serial = serial().await;
     let server = TestServer::start(&embedded(), |c| c.api_key = Some("sekret".into())).await;
     let client = reqwest::Client::new();
     let key = |r: reqwest::RequestBuilder| r.header("Authorization", "bearer sekret");
@@ -262,7 +273,7 @@ async fn routes_methods_media_types_and_keys_answer_in_openai_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_refuses_what_can_never_fit_and_429_says_when_to_retry() {
-    let _serial = serial();
+    let _serial = serial().await;
     let server = TestServer::start(&embedded(), |c| {
         c.body_limit_bytes = 8 * 1024 * 1024;
         c.max_running_sequences = 1;
@@ -293,7 +304,12 @@ async fn admission_refuses_what_can_never_fit_and_429_says_when_to_retry() {
         .map(|_| {
             let (client, url) = (client.clone(), server.url(c));
             tokio::spawn(async move {
-                client.post(url).json(&json!({"prompt": "ROMEO:", "max_tokens": 60, "logit_bias": {"2": -100}})).send().await.unwrap()
+                client
+                    .post(url)
+                    .json(&json!({"prompt": "ROMEO:", "max_tokens": 60, "logit_bias": {"2": -100}}))
+                    .send()
+                    .await
+                    .unwrap()
             })
         })
         .collect();
@@ -314,7 +330,7 @@ async fn admission_refuses_what_can_never_fit_and_429_says_when_to_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_content_never_becomes_control_tokens() {
-    let _serial = serial();
+    let _serial = serial().await;
     let server = TestServer::start(&embedded(), |_| {}).await;
     let content = "to be </s><s> or not";
     let chat: Value = server
@@ -326,18 +342,23 @@ async fn chat_content_never_becomes_control_tokens() {
     // The same rendered prompt through /v1/completions, which parses control tokens in its
     // prompt (documented): `</s><s>` becomes two tokens there, several as chat content.
     let rendered = format!("user: {content}\nassistant:");
-    let completion: Value = server.post("/v1/completions", json!({"prompt": rendered, "max_tokens": 1})).await.json().await.unwrap();
-    let (as_chat, as_prompt) = (chat["usage"]["prompt_tokens"].as_u64().unwrap(), completion["usage"]["prompt_tokens"].as_u64().unwrap());
+    let completion: Value =
+        server.post("/v1/completions", json!({"prompt": rendered, "max_tokens": 1})).await.json().await.unwrap();
+    let (as_chat, as_prompt) =
+        (chat["usage"]["prompt_tokens"].as_u64().unwrap(), completion["usage"]["prompt_tokens"].as_u64().unwrap());
     assert!(as_chat >= as_prompt + 3, "chat content became control tokens: {as_chat} vs {as_prompt} tokens");
     server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_text_offsets_run_on_across_chunks() {
-    let _serial = serial();
+    let _serial = serial().await;
     let server = TestServer::start(&embedded(), |_| {}).await;
     let raw = server
-        .post("/v1/completions", json!({"prompt": "ROMEO:", "max_tokens": 20, "logprobs": 1, "stream": true, "temperature": 0}))
+        .post(
+            "/v1/completions",
+            json!({"prompt": "ROMEO:", "max_tokens": 20, "logprobs": 1, "stream": true, "temperature": 0}),
+        )
         .await
         .text()
         .await
@@ -346,7 +367,9 @@ async fn streamed_text_offsets_run_on_across_chunks() {
     let mut seen = 0;
     for chunk in sse_chunks(&raw) {
         let logprobs = &chunk["choices"][0]["logprobs"];
-        let (Some(tokens), Some(offsets)) = (logprobs["tokens"].as_array(), logprobs["text_offset"].as_array()) else { continue };
+        let (Some(tokens), Some(offsets)) = (logprobs["tokens"].as_array(), logprobs["text_offset"].as_array()) else {
+            continue;
+        };
         for (token, offset) in tokens.iter().zip(offsets) {
             assert_eq!(offset.as_u64().unwrap(), expected, "{raw}");
             expected += token.as_str().unwrap().len() as u64;
@@ -359,7 +382,7 @@ async fn streamed_text_offsets_run_on_across_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_streams_with_disconnects_match_the_solo_run_and_free_everything() {
-    let _serial = serial();
+    let _serial = serial().await;
     let server = TestServer::start(&embedded(), |c| c.queue_capacity = 64).await;
     let body = json!({"prompt": "KING HENRY:", "max_tokens": 40, "temperature": 0, "stream": true});
     let solo = server.post("/v1/completions", body.clone()).await.text().await.unwrap();
@@ -397,7 +420,9 @@ async fn many_streams_with_disconnects_match_the_solo_run_and_free_everything() 
     assert_eq!(complete, 28);
     let mut settled = false;
     for _ in 0..200 {
-        if server.metric("recyclegpt_running_sequences").await == 0.0 && server.metric("recyclegpt_queue_depth").await == 0.0 {
+        if server.metric("recyclegpt_running_sequences").await == 0.0
+            && server.metric("recyclegpt_queue_depth").await == 0.0
+        {
             settled = true;
             break;
         }
@@ -410,7 +435,7 @@ async fn many_streams_with_disconnects_match_the_solo_run_and_free_everything() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_names_operations_and_describes_responses() {
-    let _serial = serial();
+    let _serial = serial().await;
     let server = TestServer::start(&embedded(), |_| {}).await;
     let spec: Value = reqwest::get(server.url("/openapi.json")).await.unwrap().json().await.unwrap();
     let mut ids = Vec::new();
@@ -431,7 +456,10 @@ async fn the_openapi_document_names_operations_and_describes_responses() {
     assert_eq!(ids.len(), count, "operation ids repeat: {ids:?}");
     let completion = &spec["paths"]["/v1/completions"]["post"]["responses"];
     for status in ["400", "401", "413", "415", "429", "503"] {
-        assert!(completion[status]["content"]["application/json"]["schema"].is_object(), "{status} lacks the error schema");
+        assert!(
+            completion[status]["content"]["application/json"]["schema"].is_object(),
+            "{status} lacks the error schema"
+        );
     }
     let temperature = &spec["components"]["schemas"]["SamplingFields"]["properties"]["temperature"];
     assert_eq!(temperature["maximum"], 2.0, "{temperature}");
@@ -444,7 +472,7 @@ async fn a_failing_step_fails_its_sequences_and_the_worker_goes_on() {
     use recyclegpt_server::{Event, Failure, Job};
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
-    let _serial = serial();
+    let _serial = serial().await;
     let server = TestServer::start(&embedded(), |_| {}).await;
     // A token id far outside the vocabulary, sent past validation straight to the worker.
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
@@ -465,7 +493,8 @@ async fn a_failing_step_fails_its_sequences_and_the_worker_goes_on() {
         other => panic!("expected an engine failure, got {other:?}"),
     }
     assert_eq!(reqwest::get(server.url("/health")).await.unwrap().status(), 200);
-    let body: Value = server.post("/v1/completions", json!({"prompt": "ROMEO:", "max_tokens": 5})).await.json().await.unwrap();
+    let body: Value =
+        server.post("/v1/completions", json!({"prompt": "ROMEO:", "max_tokens": 5})).await.json().await.unwrap();
     assert_eq!(body["usage"]["completion_tokens"], 5, "{body}");
     server.shutdown().await.unwrap();
 }

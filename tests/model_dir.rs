@@ -64,10 +64,8 @@ fn sharded_and_half_precision_checkpoints_load() {
 
     for (name, dtype) in [("f16", DType::F16), ("bf16", DType::BF16)] {
         let half = copy_model(&shared, name);
-        let converted: HashMap<String, Tensor> = tensors(&half)
-            .into_iter()
-            .map(|(n, t)| (n, t.to_dtype(dtype).unwrap()))
-            .collect();
+        let converted: HashMap<String, Tensor> =
+            tensors(&half).into_iter().map(|(n, t)| (n, t.to_dtype(dtype).unwrap())).collect();
         candle_core::safetensors::save(&converted, half.join("model.safetensors")).unwrap();
         let logits = first_logits(&load(&half, RecycleInit::FromFiles).model);
         let diff = logits.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
@@ -98,7 +96,8 @@ fn broken_directories_name_the_file_and_the_problem() {
     assert!(e.contains("config.json") && e.contains("invalid JSON"), "{e}");
 
     let dir = copy_model(&shared, "bad-heads");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     config["num_key_value_heads"] = 3.into();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let e = load_error(&dir);
@@ -106,10 +105,7 @@ fn broken_directories_name_the_file_and_the_problem() {
 
     let dir = copy_model(&shared, "wrong-shape");
     let mut all = tensors(&dir);
-    all.insert(
-        "model.layers.2.mlp.up_proj.weight".into(),
-        Tensor::zeros((171, 64), DType::F32, &Device::Cpu).unwrap(),
-    );
+    all.insert("model.layers.2.mlp.up_proj.weight".into(), Tensor::zeros((171, 64), DType::F32, &Device::Cpu).unwrap());
     candle_core::safetensors::save(&all, dir.join("model.safetensors")).unwrap();
     let e = load_error(&dir);
     assert!(
@@ -131,7 +127,8 @@ fn broken_directories_name_the_file_and_the_problem() {
     assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors file"), "{e}");
 
     let dir = copy_model(&shared, "recycle-without-weights");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     config["recycle"] = serde_json::json!({
         "num_layers": 1, "intermediate_size": 172, "num_attention_heads": 8, "num_key_value_heads": 4
     });
@@ -167,7 +164,8 @@ fn a_saved_recycle_module_loads_from_its_files() {
         put(&format!("layers.0.{name}"), &shape);
     }
     candle_core::safetensors::save(&module, dir.join("recycle.safetensors")).unwrap();
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     config["recycle"] = serde_json::json!({
         "num_layers": 1, "intermediate_size": 100, "num_attention_heads": 8, "num_key_value_heads": 4
     });

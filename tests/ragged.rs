@@ -13,13 +13,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn warmed_cache(model: &RecycleGpt, history: &[u32]) -> KvCache {
     let mut cache = model.new_cache(64).unwrap();
     if !history.is_empty() {
-        model
-            .forward(&mut [SeqInput {
-                tokens: history,
-                cache: &mut cache,
-                logits_rows: vec![],
-            }])
-            .unwrap();
+        model.forward(&mut [SeqInput { tokens: history, cache: &mut cache, logits_rows: vec![] }]).unwrap();
     }
     cache
 }
@@ -30,21 +24,14 @@ fn ragged_batch_of_three_equals_each_alone() {
     let loaded = load(&shared.join("hf"), random_module(6));
     let model = &loaded.model;
     // (history already cached, new tokens)
-    let seqs: [(&[u32], &[u32]); 3] = [
-        (&[], &[1, 403, 407, 261, 378]),
-        (&[1, 317, 269, 274, 287, 263, 377], &[267]),
-        (&[1, 13, 438], &[310, 426]),
-    ];
+    let seqs: [(&[u32], &[u32]); 3] =
+        [(&[], &[1, 403, 407, 261, 378]), (&[1, 317, 269, 274, 287, 263, 377], &[267]), (&[1, 13, 438], &[310, 426])];
     let mut alone_logits = Vec::new();
     let mut alone_hidden = Vec::new();
     for (history, new) in seqs {
         let mut cache = warmed_cache(model, history);
         let out = model
-            .forward(&mut [SeqInput {
-                tokens: new,
-                cache: &mut cache,
-                logits_rows: (0..new.len()).collect(),
-            }])
+            .forward(&mut [SeqInput { tokens: new, cache: &mut cache, logits_rows: (0..new.len()).collect() }])
             .unwrap();
         alone_logits.extend(out.logits);
         alone_hidden.extend(out.hidden.flatten_all().unwrap().to_vec1::<f32>().unwrap());
@@ -53,11 +40,7 @@ fn ragged_batch_of_three_equals_each_alone() {
     let mut inputs: Vec<SeqInput> = seqs
         .iter()
         .zip(caches.iter_mut())
-        .map(|((_, new), cache)| SeqInput {
-            tokens: new,
-            cache,
-            logits_rows: (0..new.len()).collect(),
-        })
+        .map(|((_, new), cache)| SeqInput { tokens: new, cache, logits_rows: (0..new.len()).collect() })
         .collect();
     let batched = model.forward(&mut inputs).unwrap();
     assert_eq!(batched.logits.len(), alone_logits.len());
@@ -102,11 +85,7 @@ fn rollback_is_a_length_reset() {
     let model = &loaded.model;
     let mut cache = warmed_cache(model, &[1, 403, 407]);
     let step = |cache: &mut KvCache, tokens: &[u32]| {
-        model
-            .forward(&mut [SeqInput { tokens, cache, logits_rows: vec![tokens.len() - 1] }])
-            .unwrap()
-            .logits
-            .remove(0)
+        model.forward(&mut [SeqInput { tokens, cache, logits_rows: vec![tokens.len() - 1] }]).unwrap().logits.remove(0)
     };
     let direct = step(&mut cache, &[261]);
     cache.truncate(3);

@@ -35,12 +35,8 @@ fn converted_llama2c_checkpoint_matches_llama2c_with_either_tokenizer() {
     let Some(shared) = stories260k() else { return };
     for tokenizer in ["tok512.bin", "tok512.model"] {
         let out = scratch(&format!("converted-{tokenizer}"));
-        llama2c::convert(
-            &shared.join("llama2c/stories260K.bin"),
-            &shared.join(format!("llama2c/{tokenizer}")),
-            &out,
-        )
-        .expect("converts");
+        llama2c::convert(&shared.join("llama2c/stories260K.bin"), &shared.join(format!("llama2c/{tokenizer}")), &out)
+            .expect("converts");
         assert_matches_references(&out, &shared);
         // The converted tokenizer splits text exactly as the HuggingFace one does.
         let ours = load(&out, RecycleInit::FromFiles).tokenizer;

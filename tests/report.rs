@@ -16,7 +16,8 @@ fn bench_report_writes_json_and_charts_from_one_run() {
         .status()
         .expect("runs recyclegpt");
     assert!(status.success());
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report.json")).expect("JSON");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report.json")).expect("JSON");
     let decode = report["decode"].as_array().expect("decode runs");
     let shapes: Vec<&str> = decode.iter().filter_map(|d| d["shape"].as_str()).collect();
     assert_eq!(shapes, ["M1", "shakespeare"]);

@@ -6,13 +6,14 @@ use common::server::{sse_chunks, TestServer};
 use common::stories260k;
 use serde_json::{json, Value};
 use std::process::Command;
-use std::sync::Mutex;
+use tokio::sync::Mutex;
 
-/// Metrics are process-wide: the tests of this file run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Metrics are process-wide: the tests of this file run one at a time (an async lock, held
+/// across the whole test).
+static SERIAL: Mutex<()> = Mutex::const_new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 /// `recyclegpt generate --json` text for a prompt (random module seed 1, as the test server).
@@ -43,7 +44,7 @@ fn streamed_text(chunks: &[Value], field: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_text_equals_generate_in_every_mode() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let hf = shared.join("hf");
     let server = TestServer::start(&hf, |_| {}).await;
@@ -52,7 +53,10 @@ async fn greedy_text_equals_generate_in_every_mode() {
     for (mode, cli_mode) in [("off", "off"), ("alternate", "alternate"), ("verify", "verify")] {
         let want = generate_text(&hf, prompt, cli_mode, 40);
         let body: Value = server
-            .post("/v1/completions", json!({"model": "stories", "prompt": prompt, "max_tokens": 40, "temperature": 0, "recycle": mode}))
+            .post(
+                "/v1/completions",
+                json!({"model": "stories", "prompt": prompt, "max_tokens": 40, "temperature": 0, "recycle": mode}),
+            )
             .await
             .json()
             .await
@@ -65,7 +69,10 @@ async fn greedy_text_equals_generate_in_every_mode() {
         assert_eq!(body["recycle"]["mode"], cli_mode);
 
         let stream = server
-            .post("/v1/completions", json!({"prompt": prompt, "max_tokens": 40, "temperature": 0, "recycle": mode, "stream": true}))
+            .post(
+                "/v1/completions",
+                json!({"prompt": prompt, "max_tokens": 40, "temperature": 0, "recycle": mode, "stream": true}),
+            )
             .await;
         assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
         let chunks = sse_chunks(&stream.text().await.unwrap());
@@ -79,7 +86,7 @@ async fn greedy_text_equals_generate_in_every_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_stream_has_role_content_finish_usage_and_done() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let server = TestServer::start(&shared.join("hf"), |_| {}).await;
     let request = json!({
@@ -111,21 +118,23 @@ async fn chat_stream_has_role_content_finish_usage_and_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_concurrent_streams_match_their_solo_runs() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let server = TestServer::start(&shared.join("hf"), |c| c.prefill_chunk = 6).await;
     let cases: Vec<(String, usize, &str)> = (0..8)
         .map(|i| {
-            let prompt = ["Once upon a time", "The dog", "Lily and Tom went to the park to play with a ball", "Tim"][i % 4];
+            let prompt =
+                ["Once upon a time", "The dog", "Lily and Tom went to the park to play with a ball", "Tim"][i % 4];
             (format!("{prompt}{}", " and".repeat(i)), 10 + 7 * i, ["off", "alternate", "verify"][i % 3])
         })
         .collect();
-    let request = |(prompt, max, mode): &(String, usize, &str)| {
-        json!({"prompt": prompt, "max_tokens": max, "temperature": 0, "recycle": mode, "stream": true})
-    };
+    let request = |(prompt, max, mode): &(String, usize, &str)| json!({"prompt": prompt, "max_tokens": max, "temperature": 0, "recycle": mode, "stream": true});
     let mut solo = Vec::new();
     for case in &cases {
-        solo.push(streamed_text(&sse_chunks(&server.post("/v1/completions", request(case)).await.text().await.unwrap()), "text"));
+        solo.push(streamed_text(
+            &sse_chunks(&server.post("/v1/completions", request(case)).await.text().await.unwrap()),
+            "text",
+        ));
     }
     let client = reqwest::Client::new();
     let tasks: Vec<_> = cases
@@ -144,7 +153,7 @@ async fn eight_concurrent_streams_match_their_solo_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnected_stream_frees_its_slot() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let server = TestServer::start(&shared.join("hf"), |c| c.max_running_sequences = 1).await;
     let cancelled_before = server.metric("recyclegpt_cancelled_total").await;
@@ -166,14 +175,15 @@ async fn a_disconnected_stream_frees_its_slot() {
     assert!(freed, "the sequence of a disconnected client was not cancelled");
     assert_eq!(server.metric("recyclegpt_kv_tokens_in_use").await, 0.0);
     // The only slot serves the next request.
-    let next: Value = server.post("/v1/completions", json!({"prompt": "Hi", "max_tokens": 3})).await.json().await.unwrap();
+    let next: Value =
+        server.post("/v1/completions", json!({"prompt": "Hi", "max_tokens": 3})).await.json().await.unwrap();
     assert_eq!(next["usage"]["completion_tokens"], 3);
     server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429_and_the_rest_complete() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let server = TestServer::start(&shared.join("hf"), |c| {
         c.max_running_sequences = 1;
@@ -220,7 +230,7 @@ async fn expect_error(server: &TestServer, path: &str, body: Value, status: u16,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_status_in_openai_shape() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let server = TestServer::start(&shared.join("hf"), |c| c.body_limit_bytes = 4096).await;
     let c = "/v1/completions";
@@ -235,7 +245,13 @@ async fn every_error_status_in_openai_shape() {
     expect_error(&server, c, json!({"prompt": "x", "model": "gpt-4"}), 404, Some("model")).await;
     expect_error(&server, "/v1/chat/completions", json!({"messages": []}), 400, Some("messages")).await;
     expect_error(&server, c, json!({"prompt": "x".repeat(5000)}), 413, None).await;
-    let response = reqwest::Client::new().post(server.url(c)).body("{not json").header("content-type", "application/json").send().await.unwrap();
+    let response = reqwest::Client::new()
+        .post(server.url(c))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 422);
     assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "malformed_json");
 
@@ -262,33 +278,66 @@ async fn every_error_status_in_openai_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_malformed_bodies_get_4xx_and_the_server_keeps_serving() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let server = TestServer::start(&shared.join("hf"), |_| {}).await;
     let client = reqwest::Client::new();
     let mut bodies: Vec<Vec<u8>> = vec![
-        b"".to_vec(), b"{".to_vec(), b"[]".to_vec(), b"null".to_vec(), b"42".to_vec(), b"\"prompt\"".to_vec(),
-        vec![0xff, 0xfe, 0x7b], b"{\"prompt\": \"\xff\"}".to_vec(),
+        b"".to_vec(),
+        b"{".to_vec(),
+        b"[]".to_vec(),
+        b"null".to_vec(),
+        b"42".to_vec(),
+        b"\"prompt\"".to_vec(),
+        vec![0xff, 0xfe, 0x7b],
+        b"{\"prompt\": \"\xff\"}".to_vec(),
     ];
     let bad_json = [
-        json!({}), json!({"prompt": 5}), json!({"prompt": null}), json!({"prompt": [1.5]}), json!({"prompt": [-1]}),
-        json!({"prompt": "x", "max_tokens": "ten"}), json!({"prompt": "x", "max_tokens": 1e30}),
-        json!({"prompt": "x", "max_tokens": -1}), json!({"prompt": "x", "max_tokens": 0}), json!({"prompt": "x", "n": 0}),
-        json!({"prompt": "x", "n": 1000}), json!({"prompt": "x", "temperature": -1}), json!({"prompt": "x", "temperature": "hot"}),
-        json!({"prompt": "x", "top_p": 0}), json!({"prompt": "x", "top_p": 7}), json!({"prompt": "x", "top_k": -7}),
-        json!({"prompt": "x", "min_p": 2}), json!({"prompt": "x", "stop": 5}), json!({"prompt": "x", "stop": ["", "a"]}),
-        json!({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), json!({"prompt": "x", "logit_bias": {"abc": 1}}),
-        json!({"prompt": "x", "logit_bias": {"5": 1000}}), json!({"prompt": "x", "seed": "s"}), json!({"prompt": "x", "stream": "yes"}),
-        json!({"prompt": "x", "frequency_penalty": 9}), json!({"prompt": "x", "presence_penalty": -9}),
-        json!({"prompt": "x", "repetition_penalty": 0}), json!({"prompt": "x", "recycle": 1}), json!({"prompt": []}),
-        json!({"prompt": [[]]}), json!({"prompt": ["a", 5]}), json!({"prompt": "x", "suffix": "y"}), json!({"prompt": "x", "logprobs": 9}),
-        json!({"prompt": "x", "max_tokens": 99999999999u64}), json!({"prompt": "x", "model": 7}),
+        json!({}),
+        json!({"prompt": 5}),
+        json!({"prompt": null}),
+        json!({"prompt": [1.5]}),
+        json!({"prompt": [-1]}),
+        json!({"prompt": "x", "max_tokens": "ten"}),
+        json!({"prompt": "x", "max_tokens": 1e30}),
+        json!({"prompt": "x", "max_tokens": -1}),
+        json!({"prompt": "x", "max_tokens": 0}),
+        json!({"prompt": "x", "n": 0}),
+        json!({"prompt": "x", "n": 1000}),
+        json!({"prompt": "x", "temperature": -1}),
+        json!({"prompt": "x", "temperature": "hot"}),
+        json!({"prompt": "x", "top_p": 0}),
+        json!({"prompt": "x", "top_p": 7}),
+        json!({"prompt": "x", "top_k": -7}),
+        json!({"prompt": "x", "min_p": 2}),
+        json!({"prompt": "x", "stop": 5}),
+        json!({"prompt": "x", "stop": ["", "a"]}),
+        json!({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}),
+        json!({"prompt": "x", "logit_bias": {"abc": 1}}),
+        json!({"prompt": "x", "logit_bias": {"5": 1000}}),
+        json!({"prompt": "x", "seed": "s"}),
+        json!({"prompt": "x", "stream": "yes"}),
+        json!({"prompt": "x", "frequency_penalty": 9}),
+        json!({"prompt": "x", "presence_penalty": -9}),
+        json!({"prompt": "x", "repetition_penalty": 0}),
+        json!({"prompt": "x", "recycle": 1}),
+        json!({"prompt": []}),
+        json!({"prompt": [[]]}),
+        json!({"prompt": ["a", 5]}),
+        json!({"prompt": "x", "suffix": "y"}),
+        json!({"prompt": "x", "logprobs": 9}),
+        json!({"prompt": "x", "max_tokens": 99999999999u64}),
+        json!({"prompt": "x", "model": 7}),
     ];
     bodies.extend(bad_json.iter().map(|b| b.to_string().into_bytes()));
     let chat = [
-        json!({"messages": []}), json!({"messages": "hi"}), json!({"messages": [{"role": "robot", "content": "x"}]}),
-        json!({"messages": [{"content": "x"}]}), json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
-        json!({"messages": [{"role": "user", "content": 5}]}), json!({"messages": [{"role": "user", "content": "x"}], "n": 0}),
+        json!({"messages": []}),
+        json!({"messages": "hi"}),
+        json!({"messages": [{"role": "robot", "content": "x"}]}),
+        json!({"messages": [{"content": "x"}]}),
+        json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+        json!({"messages": [{"role": "user", "content": 5}]}),
+        json!({"messages": [{"role": "user", "content": "x"}], "n": 0}),
     ];
     assert!(bodies.len() + chat.len() >= 50, "{}", bodies.len() + chat.len());
     for (path, body) in bodies
@@ -296,20 +345,27 @@ async fn fifty_malformed_bodies_get_4xx_and_the_server_keeps_serving() {
         .map(|b| ("/v1/completions", b))
         .chain(chat.iter().map(|b| ("/v1/chat/completions", b.to_string().into_bytes())))
     {
-        let response = client.post(server.url(path)).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+        let response = client
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         assert!((400..500).contains(&status), "{path} {}: {status}", String::from_utf8_lossy(&body));
         let error: Value = response.json().await.unwrap();
         assert!(error["error"]["message"].is_string(), "{error}");
     }
-    let body: Value = server.post("/v1/completions", json!({"prompt": "Once", "max_tokens": 5})).await.json().await.unwrap();
+    let body: Value =
+        server.post("/v1/completions", json!({"prompt": "Once", "max_tokens": 5})).await.json().await.unwrap();
     assert_eq!(body["usage"]["completion_tokens"], 5);
     server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completion_fields_prompts_echo_stop_n_and_seed() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let server = TestServer::start(&shared.join("hf"), |_| {}).await;
     let post = |body: Value| {
@@ -350,7 +406,9 @@ async fn completion_fields_prompts_echo_stop_n_and_seed() {
     }
 
     // n samples differ; the same seed repeats; different seeds differ.
-    let sampled = |seed: u64, n: u64| post(json!({"prompt": "Once upon a time", "max_tokens": 24, "temperature": 1.0, "seed": seed, "n": n}));
+    let sampled = |seed: u64, n: u64| {
+        post(json!({"prompt": "Once upon a time", "max_tokens": 24, "temperature": 1.0, "seed": seed, "n": n}))
+    };
     let a = sampled(5, 2).await;
     let b = sampled(5, 2).await;
     let c = sampled(6, 2).await;
@@ -374,9 +432,16 @@ async fn completion_fields_prompts_echo_stop_n_and_seed() {
     }
     assert!(spec["components"]["schemas"]["CompletionRequest"].is_object());
     for name in [
-        "recyclegpt_requests_total", "recyclegpt_queue_depth", "recyclegpt_running_sequences", "recyclegpt_kv_tokens_in_use",
-        "recyclegpt_prompt_tokens_total", "recyclegpt_generated_tokens_total", "recyclegpt_time_to_first_token_seconds_bucket",
-        "recyclegpt_inter_token_seconds_bucket", "recyclegpt_full_forwards_total", "recyclegpt_recycle_accepted_total",
+        "recyclegpt_requests_total",
+        "recyclegpt_queue_depth",
+        "recyclegpt_running_sequences",
+        "recyclegpt_kv_tokens_in_use",
+        "recyclegpt_prompt_tokens_total",
+        "recyclegpt_generated_tokens_total",
+        "recyclegpt_time_to_first_token_seconds_bucket",
+        "recyclegpt_inter_token_seconds_bucket",
+        "recyclegpt_full_forwards_total",
+        "recyclegpt_recycle_accepted_total",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
@@ -385,7 +450,7 @@ async fn completion_fields_prompts_echo_stop_n_and_seed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_streams_finish_then_ends_them_after_the_grace_period() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let body = json!({"prompt": "Once", "max_tokens": 500, "stream": true, "logit_bias": {"1": -100, "2": -100}});
     // Grace 0: the running stream is ended at once with an error event, never a normal finish.
@@ -421,7 +486,7 @@ async fn shutdown_lets_streams_finish_then_ends_them_after_the_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logprobs_for_completions_and_chat() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let server = TestServer::start(&shared.join("hf"), |_| {}).await;
     for mode in ["off", "verify"] {
@@ -448,11 +513,8 @@ async fn logprobs_for_completions_and_chat() {
     let request = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0,
                          "logprobs": true, "top_logprobs": 2, "stream": true});
     let chunks = sse_chunks(&server.post("/v1/chat/completions", request).await.text().await.unwrap());
-    let entries: Vec<&Value> = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
-        .flatten()
-        .collect();
+    let entries: Vec<&Value> =
+        chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).flatten().collect();
     assert_eq!(entries.len(), 8);
     assert!(entries.iter().all(|e| e["top_logprobs"].as_array().unwrap().len() == 2 && e["bytes"].is_array()));
     server.shutdown().await.unwrap();
@@ -460,7 +522,7 @@ async fn logprobs_for_completions_and_chat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_uses_the_models_template() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let dir = common::scratch("chat-template");
     for entry in std::fs::read_dir(shared.join("hf")).unwrap() {
@@ -477,9 +539,12 @@ async fn chat_uses_the_models_template() {
 
     let server = TestServer::start(&dir, |_| {}).await;
     let chat: Value = server
-        .post("/v1/chat/completions", json!({"messages": [
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": [
             {"role": "system", "content": "  Once upon a time  "},
-            {"role": "user", "content": " Who was there? "}], "max_tokens": 20, "temperature": 0}))
+            {"role": "user", "content": " Who was there? "}], "max_tokens": 20, "temperature": 0}),
+        )
         .await
         .json()
         .await
@@ -499,20 +564,33 @@ async fn chat_uses_the_models_template() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_serve_reports_throughput_and_latency() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let server = TestServer::start(&shared.join("hf"), |_| {}).await;
     let base = server.base.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_recyclegpt"))
-            .args(["bench", "serve", "--url", &base, "--clients", "2", "--requests", "4", "--max-tokens", "8", "--json"])
+            .args([
+                "bench",
+                "serve",
+                "--url",
+                &base,
+                "--clients",
+                "2",
+                "--requests",
+                "4",
+                "--max-tokens",
+                "8",
+                "--json",
+            ])
             .output()
             .expect("runs")
     })
     .await
     .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let reports: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let reports: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(reports.iter().map(|r| r["mode"].as_str().unwrap()).collect::<Vec<_>>(), ["off", "alternate", "verify"]);
     for r in &reports {
         assert_eq!(r["failed"], 0);
@@ -526,11 +604,14 @@ async fn bench_serve_reports_throughput_and_latency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_max_tokens_generation_runs_to_the_context_at_most() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(shared) = stories260k() else { return };
     let server = TestServer::start(&shared.join("hf"), |c| c.default_max_tokens = 100_000).await;
     let body: Value = server
-        .post("/v1/completions", json!({"prompt": [1, 403, 407], "logit_bias": {"1": -100, "2": -100}, "recycle": "off"}))
+        .post(
+            "/v1/completions",
+            json!({"prompt": [1, 403, 407], "logit_bias": {"1": -100, "2": -100}, "recycle": "off"}),
+        )
         .await
         .json()
         .await

@@ -20,7 +20,9 @@ fn corpus(dir: &std::path::Path) -> PathBuf {
         (state >> 33) as usize % n
     };
     let lines: Vec<String> = (0..1500)
-        .map(|_| format!("{} {} {}", subjects[next(subjects.len())], verbs[next(verbs.len())], objects[next(objects.len())]))
+        .map(|_| {
+            format!("{} {} {}", subjects[next(subjects.len())], verbs[next(verbs.len())], objects[next(objects.len())])
+        })
         .collect();
     let path = dir.join("corpus.txt");
     std::fs::write(&path, lines.join("\n")).unwrap();

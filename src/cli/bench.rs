@@ -138,10 +138,7 @@ fn run_report(args: ReportArgs) -> anyhow::Result<()> {
         out: args.out.clone(),
         model: args.model,
         shapes: args.shapes,
-        decode: DecodeOptions {
-            rounds: args.rounds,
-            ..DecodeOptions::default()
-        },
+        decode: DecodeOptions { rounds: args.rounds, ..DecodeOptions::default() },
         clients: args.clients,
         requests_per_client: args.requests_per_client,
         max_tokens: args.max_tokens,
@@ -155,7 +152,10 @@ fn run_report(args: ReportArgs) -> anyhow::Result<()> {
     }
     println!("{:>9} {:>7} {:>9} {:>10} {:>9}", "mode", "clients", "tokens/s", "ttft p50", "itl p50");
     for r in &report.serve {
-        println!("{:>9} {:>7} {:>9.1} {:>8.1}ms {:>7.2}ms", r.mode, r.clients, r.tokens_per_second, r.ttft_p50_ms, r.itl_p50_ms);
+        println!(
+            "{:>9} {:>7} {:>9.1} {:>8.1}ms {:>7.2}ms",
+            r.mode, r.clients, r.tokens_per_second, r.ttft_p50_ms, r.itl_p50_ms
+        );
     }
     println!("wrote {} and {}", args.out.join("report.json").display(), report.charts.join(", "));
     Ok(())
@@ -200,15 +200,28 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if !args.json {
-        println!("{:>9} {:>7} {:>8} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9}", "mode", "clients", "requests", "failed", "tokens/s", "ttft p50", "ttft p99", "itl p50", "itl p99");
+        println!(
+            "{:>9} {:>7} {:>8} {:>7} {:>9} {:>10} {:>10} {:>9} {:>9}",
+            "mode", "clients", "requests", "failed", "tokens/s", "ttft p50", "ttft p99", "itl p50", "itl p99"
+        );
     }
     for mode in modes {
         let r = runtime.block_on(recyclegpt_bench::serve::run(&options, &mode));
         if args.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
-            println!("{:>9} {:>7} {:>8} {:>7} {:>9.1} {:>8.1}ms {:>8.1}ms {:>7.2}ms {:>7.2}ms", r.mode, r.clients, r.requests, r.failed,
-                r.tokens_per_second, r.ttft_p50_ms, r.ttft_p99_ms, r.itl_p50_ms, r.itl_p99_ms);
+            println!(
+                "{:>9} {:>7} {:>8} {:>7} {:>9.1} {:>8.1}ms {:>8.1}ms {:>7.2}ms {:>7.2}ms",
+                r.mode,
+                r.clients,
+                r.requests,
+                r.failed,
+                r.tokens_per_second,
+                r.ttft_p50_ms,
+                r.ttft_p99_ms,
+                r.itl_p50_ms,
+                r.itl_p99_ms
+            );
         }
     }
     Ok(())
@@ -223,7 +236,14 @@ fn run_kernels(args: KernelArgs) -> anyhow::Result<()> {
     println!("weight [{} x {}], {:.1} MB", args.n, args.k, (args.n * args.k * 4) as f64 / 1e6);
     println!("{:>4} {:>10} {:>10} {:>8} {:>10}", "m", "kernel ms", "candle ms", "speedup", "kernel GB/s");
     for r in rows {
-        println!("{:>4} {:>10.3} {:>10.3} {:>7.2}x {:>10.1}", r.m, r.kernel_ms, r.candle_ms, r.candle_ms / r.kernel_ms, r.kernel_gb_per_s);
+        println!(
+            "{:>4} {:>10.3} {:>10.3} {:>7.2}x {:>10.1}",
+            r.m,
+            r.kernel_ms,
+            r.candle_ms,
+            r.candle_ms / r.kernel_ms,
+            r.kernel_gb_per_s
+        );
     }
     Ok(())
 }
@@ -248,11 +268,8 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
         };
         targets.push((dir.display().to_string(), model_args.load()?.model));
     }
-    let shapes = if args.shapes.is_empty() && args.model.is_none() {
-        vec![Shape::M1, Shape::M3]
-    } else {
-        args.shapes.clone()
-    };
+    let shapes =
+        if args.shapes.is_empty() && args.model.is_none() { vec![Shape::M1, Shape::M3] } else { args.shapes.clone() };
     for shape in shapes {
         let (config, recycle) = shape.config();
         tracing::info!(shape = shape.name(), "building random weights");
@@ -272,24 +289,46 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
 fn print_table(r: &DecodeReport) {
     let rate = |m: &str| r.tokens_per_second.get(m).copied().unwrap_or(0.0);
     let batch = |b: &str| r.batched_tokens_per_second.get(b).copied().unwrap_or(0.0);
-    println!("== {} on {} in {} ({:.1}M parameters, {:.0} MB read per token) ==", r.shape, r.device, r.dtype, r.params as f64 / 1e6, r.weight_bytes as f64 / 1e6);
+    println!(
+        "== {} on {} in {} ({:.1}M parameters, {:.0} MB read per token) ==",
+        r.shape,
+        r.device,
+        r.dtype,
+        r.params as f64 / 1e6,
+        r.weight_bytes as f64 / 1e6
+    );
     println!("full forward, 1 token      {:8.2} ms", r.forward_1_ms);
     println!("full forward, 2 tokens     {:8.2} ms   ratio {:.2}", r.forward_2_ms, r.forward_2_ms / r.forward_1_ms);
     println!("recycle step (2 pairs)     {:8.2} ms", r.recycle_step_ms);
     println!("output head (1 row)        {:8.2} ms", r.head_ms);
-    println!("memory bandwidth           {:8.1} GB/s read, {:.1} GB/s copy (read + write)", r.read_bandwidth_gb_per_s, r.bandwidth_gb_per_s);
-    println!("1-token forward reads weights at {:.1} GB/s: {:.0}% of the read bandwidth",
-        r.weight_bytes as f64 / r.forward_1_ms / 1e6, 100.0 * r.weight_read_fraction);
-    println!("tokens/s  off {:.1}  alternate {:.1} ({:.2}x)  verify {:.1} ({:.2}x, {:.2} tokens per full forward)",
-        rate("off"), rate("alternate"), rate("alternate") / rate("off"),
-        rate("verify"), rate("verify") / rate("off"), r.verify_tokens_per_full_forward);
+    println!(
+        "memory bandwidth           {:8.1} GB/s read, {:.1} GB/s copy (read + write)",
+        r.read_bandwidth_gb_per_s, r.bandwidth_gb_per_s
+    );
+    println!(
+        "1-token forward reads weights at {:.1} GB/s: {:.0}% of the read bandwidth",
+        r.weight_bytes as f64 / r.forward_1_ms / 1e6,
+        100.0 * r.weight_read_fraction
+    );
+    println!(
+        "tokens/s  off {:.1}  alternate {:.1} ({:.2}x)  verify {:.1} ({:.2}x, {:.2} tokens per full forward)",
+        rate("off"),
+        rate("alternate"),
+        rate("alternate") / rate("off"),
+        rate("verify"),
+        rate("verify") / rate("off"),
+        r.verify_tokens_per_full_forward
+    );
     if let Some(agreement) = r.module_agreement {
         println!("module agreement with the full model along the greedy text: {:.1}%", 100.0 * agreement);
     }
     let mut sizes: Vec<String> = r.batched_tokens_per_second.keys().cloned().collect();
     sizes.sort_by_key(|s| s.parse::<usize>().unwrap_or(0));
-    for (label, table) in [("1 new token", &r.batched_tokens_per_second), ("2 new tokens", &r.batched_2_tokens_per_second)] {
-        let row: Vec<String> = sizes.iter().map(|s| format!("{s}: {:.1}", table.get(s).copied().unwrap_or(0.0))).collect();
+    for (label, table) in
+        [("1 new token", &r.batched_tokens_per_second), ("2 new tokens", &r.batched_2_tokens_per_second)]
+    {
+        let row: Vec<String> =
+            sizes.iter().map(|s| format!("{s}: {:.1}", table.get(s).copied().unwrap_or(0.0))).collect();
         println!("batched tokens/s, {label:12} {}", row.join("  "));
     }
     if let Some(max) = sizes.last() {

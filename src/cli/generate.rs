@@ -46,10 +46,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..SamplingParams::default()
     };
-    let stop = StopCriteria {
-        max_tokens: args.max_tokens,
-        eos_ids: loaded.tokenizer.eos_ids().to_vec(),
-    };
+    let stop = StopCriteria { max_tokens: args.max_tokens, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
     let generation = generate(&loaded.model, prompt_ids.clone(), args.mode, params, stop)
         .with_context(|| format!("generating in {} mode", args.mode.as_str()))?;
     let text = completion_text(&loaded.tokenizer, &prompt_ids, &generation.ids)?;

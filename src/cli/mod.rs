@@ -11,13 +11,19 @@ mod train_recycle;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "recyclegpt", version, about = "RecycleGPT inference: plain (off), alternate and verified recycled decoding")]
+#[command(
+    name = "recyclegpt",
+    version,
+    about = "RecycleGPT inference: plain (off), alternate and verified recycled decoding"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
+// Parsed once at start-up; the size of the largest argument set does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Generate a completion for one prompt and print it.
     Generate(generate::GenerateArgs),

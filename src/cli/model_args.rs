@@ -1,7 +1,7 @@
 //! Options every command that loads a model shares.
 use anyhow::Context;
-use clap::{Args, ValueEnum};
 use candle_core::{DType, Device};
+use clap::{Args, ValueEnum};
 use recyclegpt_model::{DTypeSpec, DeviceSpec, LoadOptions, LoadedModel, RecycleInit};
 use std::path::PathBuf;
 
@@ -61,18 +61,11 @@ impl ModelArgs {
             RecycleInitArg::File => RecycleInit::FromFiles,
             RecycleInitArg::Random => {
                 tracing::warn!("using a RANDOMLY INITIALISED recyclable module: for benchmarks and tests only");
-                RecycleInit::Random {
-                    seed: self.recycle_seed,
-                    layers: self.recycle_layers,
-                }
+                RecycleInit::Random { seed: self.recycle_seed, layers: self.recycle_layers }
             }
         };
         let (device, dtype) = self.placement.resolve()?;
-        let options = LoadOptions {
-            recycle_init,
-            device,
-            dtype,
-        };
+        let options = LoadOptions { recycle_init, device, dtype };
         LoadedModel::load(&self.model, &options)
             .with_context(|| format!("loading the model from {}", self.model.display()))
     }

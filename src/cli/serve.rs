@@ -86,10 +86,32 @@ impl ServeArgs {
         macro_rules! set {
             ($($field:ident),*) => { $(if let Some(v) = &self.$field { c.$field = v.clone(); })* };
         }
-        set!(model, host, port, max_running_sequences, kv_budget_tokens, prefill_chunk, queue_capacity, max_sequences_per_request,
-             default_recycle, default_max_tokens, cors_origins, body_limit_bytes, max_stop_bytes, metrics_require_api_key,
-             shutdown_delay_seconds, shutdown_grace_seconds, header_read_timeout_seconds, body_read_timeout_seconds,
-             idle_timeout_seconds, write_timeout_seconds, max_connections, log_format, device, dtype);
+        set!(
+            model,
+            host,
+            port,
+            max_running_sequences,
+            kv_budget_tokens,
+            prefill_chunk,
+            queue_capacity,
+            max_sequences_per_request,
+            default_recycle,
+            default_max_tokens,
+            cors_origins,
+            body_limit_bytes,
+            max_stop_bytes,
+            metrics_require_api_key,
+            shutdown_delay_seconds,
+            shutdown_grace_seconds,
+            header_read_timeout_seconds,
+            body_read_timeout_seconds,
+            idle_timeout_seconds,
+            write_timeout_seconds,
+            max_connections,
+            log_format,
+            device,
+            dtype
+        );
         if self.served_model_name.is_some() {
             c.served_model_name = self.served_model_name.clone();
         }
@@ -112,17 +134,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let (device, dtype) = resolve_placement(config.device, config.dtype)?;
-    let options = LoadOptions {
-        recycle_init,
-        device,
-        dtype,
-    };
+    let options = LoadOptions { recycle_init, device, dtype };
     let loaded = LoadedModel::load(&config.model, &options)
         .with_context(|| format!("loading the model from {}", config.model.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
             .await

@@ -40,12 +40,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(seed) = args.seed {
         spec.seed = seed;
     }
-    let options = TrainOptions {
-        resume: args.resume,
-        stop_after: args.stop_after,
-        progress: true,
-        tokenizer: args.tokenizer,
-    };
+    let options =
+        TrainOptions { resume: args.resume, stop_after: args.stop_after, progress: true, tokenizer: args.tokenizer };
     let report = train(&args.data, &args.out, &spec, &options)?;
     println!("{}", serde_json::to_string(&report)?);
     eprintln!("wrote {}", args.out.display());

@@ -3,8 +3,24 @@
 use std::collections::HashMap;
 
 pub const INSTRUCTIONS: [&str; 18] = [
-    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL", "MAINTAINER", "ONBUILD",
-    "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
 ];
 
 #[derive(Debug, Clone)]
@@ -76,13 +92,14 @@ impl Dockerfile {
                 let (base, name) = match words.as_slice() {
                     [base] => (*base, None),
                     [base, as_word, name] if as_word.eq_ignore_ascii_case("as") => (*base, Some(name.to_string())),
-                    _ => return Err(format!("line {}: FROM {:?} is not `image [AS name]`", instruction.line, instruction.args)),
+                    _ => {
+                        return Err(format!(
+                            "line {}: FROM {:?} is not `image [AS name]`",
+                            instruction.line, instruction.args
+                        ))
+                    }
                 };
-                stages.push(Stage {
-                    base: substitute(base, &globals),
-                    name,
-                    instructions: Vec::new(),
-                });
+                stages.push(Stage { base: substitute(base, &globals), name, instructions: Vec::new() });
             } else if let Some(stage) = stages.last_mut() {
                 stage.instructions.push(instruction);
             } else {
@@ -113,11 +130,7 @@ fn split(line: usize, joined: &str) -> Result<Instruction, String> {
     if !INSTRUCTIONS.contains(&keyword.as_str()) {
         return Err(format!("line {line}: unknown instruction {keyword}"));
     }
-    Ok(Instruction {
-        keyword,
-        args: args.split_whitespace().collect::<Vec<_>>().join(" "),
-        line,
-    })
+    Ok(Instruction { keyword, args: args.split_whitespace().collect::<Vec<_>>().join(" "), line })
 }
 
 /// `${NAME}` and `$NAME` replaced by the global `ARG` defaults.

@@ -28,10 +28,7 @@ pub fn stories260k() -> Option<PathBuf> {
 }
 
 pub fn load(dir: &std::path::Path, recycle_init: RecycleInit) -> LoadedModel {
-    let options = LoadOptions {
-        recycle_init,
-        ..LoadOptions::default()
-    };
+    let options = LoadOptions { recycle_init, ..LoadOptions::default() };
     LoadedModel::load(dir, &options).expect("the model loads")
 }
 
@@ -51,12 +48,15 @@ pub fn reference(dir: &std::path::Path, name: &str) -> (String, Vec<u32>) {
     (prompt.to_string(), ids)
 }
 
-pub fn run(loaded: &LoadedModel, prompt: &str, mode: DecodeMode, params: SamplingParams, max_tokens: usize) -> Generation {
+pub fn run(
+    loaded: &LoadedModel,
+    prompt: &str,
+    mode: DecodeMode,
+    params: SamplingParams,
+    max_tokens: usize,
+) -> Generation {
     let ids = loaded.tokenizer.encode(prompt).expect("encodes");
-    let stop = StopCriteria {
-        max_tokens,
-        eos_ids: loaded.tokenizer.eos_ids().to_vec(),
-    };
+    let stop = StopCriteria { max_tokens, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
     generate(&loaded.model, ids, mode, params, stop).expect("generates")
 }
 

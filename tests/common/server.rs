@@ -23,11 +23,7 @@ impl TestServer {
         let loaded = load(model_dir, random_module(1));
         let state = AppState::start(config, loaded).expect("server state");
         let server = LoopbackServer::start(state.clone()).await.expect("bind 127.0.0.1");
-        Self {
-            base: format!("http://{}", server.address),
-            state,
-            server,
-        }
+        Self { base: format!("http://{}", server.address), state, server }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -11,9 +11,7 @@ pub fn copy_bandwidth_gb_per_s(bytes: usize, repeats: usize) -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..repeats.max(1) {
         let (_, seconds) = crate::time(|| {
-            dst.par_chunks_mut(chunk)
-                .zip(src.par_chunks(chunk))
-                .for_each(|(d, s)| d.copy_from_slice(s));
+            dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
         });
         best = best.min(seconds);
     }

@@ -7,7 +7,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
-const MODES: [(&str, RGBColor); 3] = [("off", RGBColor(90, 90, 90)), ("alternate", RGBColor(230, 140, 30)), ("verify", RGBColor(40, 110, 200))];
+const MODES: [(&str, RGBColor); 3] =
+    [("off", RGBColor(90, 90, 90)), ("alternate", RGBColor(230, 140, 30)), ("verify", RGBColor(40, 110, 200))];
 /// The server names the standard mode `off`.
 const SERVE_MODES: [(&str, RGBColor); 3] = [("off", MODES[0].1), ("alternate", MODES[1].1), ("verify", MODES[2].1)];
 const SIZE: (u32, u32) = (760, 440);
@@ -23,7 +24,9 @@ fn chart_error(name: &str) -> impl Fn(Box<dyn std::error::Error>) -> ReportError
 pub fn draw_all(out: &Path, decode: &[DecodeReport], serve: &[ServeReport]) -> Result<Vec<String>, ReportError> {
     let charts: [(&str, Chart); 4] = [
         ("decode_tokens_per_second.svg", &|p| decode_modes(p, decode)),
-        ("serve_throughput.svg", &|p| serve_metric(p, serve, "Aggregate generated tokens/s", "tokens/s", |r| r.tokens_per_second)),
+        ("serve_throughput.svg", &|p| {
+            serve_metric(p, serve, "Aggregate generated tokens/s", "tokens/s", |r| r.tokens_per_second)
+        }),
         ("serve_ttft.svg", &|p| serve_metric(p, serve, "Time to first token, p50", "ms", |r| r.ttft_p50_ms)),
         ("verify_vs_agreement.svg", &|p| verify_vs_agreement(p, decode)),
     ];
@@ -56,27 +59,49 @@ fn decode_modes(path: &Path, reports: &[DecodeReport]) -> Drawn {
             let x0 = i as f64 + 0.1 + m as f64 * width;
             Rectangle::new([(x0, min / 2.0), (x0 + width * 0.9, rate(r, mode))], color.filled())
         });
-        chart.draw_series(bars)?.label(*mode).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        chart
+            .draw_series(bars)?
+            .label(*mode)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         if m > 0 {
             let labels = reports.iter().enumerate().filter(|(_, r)| rate(r, mode) > 0.0).map(|(i, r)| {
                 let x = i as f64 + 0.1 + (m as f64 + 0.45) * width;
                 let speedup = rate(r, mode) / rate(r, "off").max(f64::MIN_POSITIVE);
-                Text::new(format!("{speedup:.2}x"), (x, rate(r, mode) * 1.15), ("sans-serif", 12).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom)))
+                Text::new(
+                    format!("{speedup:.2}x"),
+                    (x, rate(r, mode) * 1.15),
+                    ("sans-serif", 12).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom)),
+                )
             });
             chart.draw_series(labels)?;
         }
     }
     for (i, r) in reports.iter().enumerate() {
         let (x, y) = chart.backend_coord(&(i as f64 + 0.5, min / 2.0));
-        root.draw(&Text::new(r.shape.clone(), (x, y + 8), ("sans-serif", 14).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top))))?;
+        root.draw(&Text::new(
+            r.shape.clone(),
+            (x, y + 8),
+            ("sans-serif", 14).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top)),
+        ))?;
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.9)).position(SeriesLabelPosition::UpperMiddle).draw()?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .position(SeriesLabelPosition::UpperMiddle)
+        .draw()?;
     root.present()?;
     Ok(())
 }
 
 /// One line per mode over the client counts.
-fn serve_metric(path: &Path, reports: &[ServeReport], title: &str, unit: &str, value: fn(&ServeReport) -> f64) -> Drawn {
+fn serve_metric(
+    path: &Path,
+    reports: &[ServeReport],
+    title: &str,
+    unit: &str,
+    value: fn(&ServeReport) -> f64,
+) -> Drawn {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let mut clients: Vec<usize> = reports.iter().map(|r| r.clients).collect();
@@ -105,7 +130,9 @@ fn serve_metric(path: &Path, reports: &[ServeReport], title: &str, unit: &str, v
         let points: Vec<(SegmentValue<i32>, f64)> = reports
             .iter()
             .filter(|r| r.mode == mode)
-            .filter_map(|r| clients.iter().position(|&c| c == r.clients).map(|i| (SegmentValue::CenterOf(i as i32), value(r))))
+            .filter_map(|r| {
+                clients.iter().position(|&c| c == r.clients).map(|i| (SegmentValue::CenterOf(i as i32), value(r)))
+            })
             .collect();
         if points.is_empty() {
             continue;
@@ -116,7 +143,12 @@ fn serve_metric(path: &Path, reports: &[ServeReport], title: &str, unit: &str, v
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], color.stroke_width(2)));
         chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.9)).position(SeriesLabelPosition::UpperLeft).draw()?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -132,7 +164,11 @@ fn verify_vs_agreement(path: &Path, reports: &[DecodeReport]) -> Drawn {
         .x_label_area_size(40)
         .y_label_area_size(64)
         .build_cartesian_2d(0f64..1f64, 0.9f64..2.05f64)?;
-    chart.configure_mesh().x_desc("module top-1 agreement with the full model").y_desc("tokens per full forward").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("module top-1 agreement with the full model")
+        .y_desc("tokens per full forward")
+        .draw()?;
     chart
         .draw_series(LineSeries::new([(0.0, 1.0), (1.0, 2.0)], RGBColor(150, 150, 150).stroke_width(1)))?
         .label("ideal: 1 + agreement")
@@ -147,9 +183,18 @@ fn verify_vs_agreement(path: &Path, reports: &[DecodeReport]) -> Drawn {
         .label("measured (greedy verify)")
         .legend(move |(x, y)| Circle::new((x + 7, y), 4, color.filled()));
     chart.draw_series(points.iter().map(|(a, t, name)| {
-        Text::new(name.clone(), (*a + 0.02, *t), ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center)))
+        Text::new(
+            name.clone(),
+            (*a + 0.02, *t),
+            ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center)),
+        )
     }))?;
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.9)).position(SeriesLabelPosition::UpperLeft).draw()?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
     root.present()?;
     Ok(())
 }

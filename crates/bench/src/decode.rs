@@ -22,12 +22,7 @@ pub struct DecodeOptions {
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        Self {
-            rounds: 5,
-            cached: 128,
-            generate_tokens: 32,
-            batch_sizes: vec![1, 4, 8, 16],
-        }
+        Self { rounds: 5, cached: 128, generate_tokens: 32, batch_sizes: vec![1, 4, 8, 16] }
     }
 }
 
@@ -72,10 +67,7 @@ pub struct Bandwidth {
 impl Bandwidth {
     /// Copy and read bandwidth over 1 GiB, best of 5.
     pub fn measure() -> Self {
-        Self {
-            copy: copy_bandwidth_gb_per_s(1 << 30, 5),
-            read: read_bandwidth_gb_per_s(1 << 30, 5),
-        }
+        Self { copy: copy_bandwidth_gb_per_s(1 << 30, 5), read: read_bandwidth_gb_per_s(1 << 30, 5) }
     }
 }
 
@@ -99,11 +91,7 @@ fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 
 /// Runs `tokens` through the full model on `cache`, asking for logits at `rows`.
 fn full(model: &RecycleGpt, cache: &mut KvCache, tokens: &[u32], rows: Vec<usize>) -> Result<Tensor, EngineError> {
-    let out = model.forward(&mut [SeqInput {
-        tokens,
-        cache,
-        logits_rows: rows,
-    }])?;
+    let out = model.forward(&mut [SeqInput { tokens, cache, logits_rows: rows }])?;
     Ok(out.hidden)
 }
 
@@ -119,7 +107,12 @@ fn agreement_rate(model: &RecycleGpt, text: &[u32], from: usize) -> Result<Optio
     Ok(counts.map(|(same, compared)| same as f64 / compared as f64))
 }
 
-pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: Bandwidth) -> Result<DecodeReport, EngineError> {
+pub fn run(
+    name: &str,
+    model: &RecycleGpt,
+    options: &DecodeOptions,
+    bandwidth: Bandwidth,
+) -> Result<DecodeReport, EngineError> {
     let config = model.config();
     let (params, weight_bytes) = parameter_counts(config, model.dtype().size_in_bytes());
     let vocab = config.vocab_size;
@@ -137,7 +130,10 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
     if let Some(module_cache) = module_cache.as_mut() {
         // The module's cache holds the same positions (pairs h_{t-1}, x_t for t = 1..).
         let pairs = prompt_hidden.narrow(0, 0, cached - 1)?;
-        model.recycle_forward(&pairs, &mut [SeqInput { tokens: &prompt[1..], cache: module_cache, logits_rows: vec![] }])?;
+        model.recycle_forward(
+            &pairs,
+            &mut [SeqInput { tokens: &prompt[1..], cache: module_cache, logits_rows: vec![] }],
+        )?;
     }
     let mut batch_caches: Vec<KvCache> = Vec::new();
     for _ in 0..options.batch_sizes.iter().copied().max().unwrap_or(1) {
@@ -171,7 +167,10 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
         record("head", t);
         if let Some(module_cache) = module_cache.as_mut() {
             let (out, t) = time(|| {
-                model.recycle_forward(&hidden, &mut [SeqInput { tokens: &next, cache: module_cache, logits_rows: vec![1] }])
+                model.recycle_forward(
+                    &hidden,
+                    &mut [SeqInput { tokens: &next, cache: module_cache, logits_rows: vec![1] }],
+                )
             });
             out?;
             record("recycle_step", t);
@@ -192,10 +191,7 @@ pub fn run(name: &str, model: &RecycleGpt, options: &DecodeOptions, bandwidth: B
             }
         }
         for &mode in &modes {
-            let stop = StopCriteria {
-                max_tokens: generate_tokens,
-                eos_ids: vec![],
-            };
+            let stop = StopCriteria { max_tokens: generate_tokens, eos_ids: vec![] };
             let generation = generate(model, prompt.clone(), mode, SamplingParams::greedy(), stop)?;
             mode_rates.entry(mode.as_str().to_string()).or_default().push(generation.tokens_per_second());
             if mode == DecodeMode::Verify {

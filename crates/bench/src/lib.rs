@@ -17,11 +17,7 @@ pub fn median_ms(samples: &mut [f64]) -> f64 {
     }
     samples.sort_by(f64::total_cmp);
     let mid = samples.len() / 2;
-    let median = if samples.len() % 2 == 0 {
-        (samples[mid - 1] + samples[mid]) / 2.0
-    } else {
-        samples[mid]
-    };
+    let median = if samples.len().is_multiple_of(2) { (samples[mid - 1] + samples[mid]) / 2.0 } else { samples[mid] };
     median * 1e3
 }
 

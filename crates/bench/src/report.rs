@@ -71,11 +71,7 @@ fn cpu_name() -> String {
 }
 
 fn load(dir: &Path, options: &ReportOptions) -> Result<LoadedModel, ReportError> {
-    let load_options = LoadOptions {
-        device: options.device.clone(),
-        dtype: options.dtype,
-        ..LoadOptions::default()
-    };
+    let load_options = LoadOptions { device: options.device.clone(), dtype: options.dtype, ..LoadOptions::default() };
     LoadedModel::load(dir, &load_options).map_err(|e| ReportError::Model(dir.to_path_buf(), e))
 }
 

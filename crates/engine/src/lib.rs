@@ -45,9 +45,9 @@ impl std::str::FromStr for DecodeMode {
             "off" => Ok(DecodeMode::Off),
             "alternate" => Ok(DecodeMode::Alternate),
             "verify" => Ok(DecodeMode::Verify),
-            other => Err(EngineError::Invalid(format!(
-                "unknown decode mode `{other}` (expected off, alternate or verify)"
-            ))),
+            other => {
+                Err(EngineError::Invalid(format!("unknown decode mode `{other}` (expected off, alternate or verify)")))
+            }
         }
     }
 }

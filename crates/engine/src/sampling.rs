@@ -40,10 +40,7 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self {
-            temperature: 0.0,
-            ..Self::default()
-        }
+        Self { temperature: 0.0, ..Self::default() }
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -96,11 +93,7 @@ impl TokenLogprob {
                 top.truncate(top_n);
             }
         }
-        Self {
-            token,
-            logprob: logprob(token),
-            top: top.into_iter().map(|t| (t, logprob(t))).collect(),
-        }
+        Self { token, logprob: logprob(token), top: top.into_iter().map(|t| (t, logprob(t))).collect() }
     }
 }
 
@@ -229,11 +222,7 @@ pub fn verify_draft(draft: u32, q: &TokenDist, p: &TokenDist, rng: &mut StdRng) 
             if qd > 0.0 && rng.random::<f32>() < (pd / qd).min(1.0) {
                 return (draft, true);
             }
-            let residual: Vec<f32> = pp
-                .iter()
-                .enumerate()
-                .map(|(i, &pi)| (pi - q.prob(i as u32)).max(0.0))
-                .collect();
+            let residual: Vec<f32> = pp.iter().enumerate().map(|(i, &pi)| (pi - q.prob(i as u32)).max(0.0)).collect();
             if residual.iter().sum::<f32>() > 0.0 {
                 (sample_weights(&residual, rng), false)
             } else {

@@ -194,12 +194,7 @@ impl Sequence {
             let tokens = self.tokens[self.prefilled..end].to_vec();
             let prefill_done = end == self.prompt_len;
             let logits_rows = if prefill_done { vec![tokens.len() - 1] } else { Vec::new() };
-            return FullPlan {
-                tokens,
-                logits_rows,
-                prefill_done,
-                has_draft: false,
-            };
+            return FullPlan { tokens, logits_rows, prefill_done, has_draft: false };
         }
         let mut tokens = self.tokens[self.full_cache.len()..].to_vec();
         if let Some(d) = &self.draft {
@@ -210,12 +205,7 @@ impl Sequence {
             (DecodeMode::Verify, true) => vec![0, 1],
             _ => vec![tokens.len() - 1],
         };
-        FullPlan {
-            tokens,
-            logits_rows,
-            prefill_done: true,
-            has_draft,
-        }
+        FullPlan { tokens, logits_rows, prefill_done: true, has_draft }
     }
 
     /// Takes the full forward's logits; returns how many of the plan's positions stay cached.

@@ -49,14 +49,9 @@ pub fn step(model: &RecycleGpt, seqs: &mut [&mut Sequence], prefill_chunk: usize
         row_offset += plan.tokens.len() as u32;
     }
     if recycle.is_empty() {
-        return Ok(StepReport {
-            full_tokens,
-            recycle_tokens: 0,
-        });
+        return Ok(StepReport { full_tokens, recycle_tokens: 0 });
     }
-    let hidden = output
-        .hidden
-        .index_select(&Tensor::new(hidden_rows.as_slice(), output.hidden.device())?, 0)?;
+    let hidden = output.hidden.index_select(&Tensor::new(hidden_rows.as_slice(), output.hidden.device())?, 0)?;
     let drafts = {
         let mut inputs: Vec<SeqInput> = Vec::with_capacity(recycle.len());
         let mut wanted = recycle.iter().peekable();
@@ -79,14 +74,9 @@ pub fn step(model: &RecycleGpt, seqs: &mut [&mut Sequence], prefill_chunk: usize
     let mut drafts = drafts.into_iter();
     for (i, _, wants_draft) in &recycle {
         if *wants_draft {
-            let row = drafts
-                .next()
-                .ok_or_else(|| EngineError::Internal("the module returned too few rows".into()))?;
+            let row = drafts.next().ok_or_else(|| EngineError::Internal("the module returned too few rows".into()))?;
             seqs[*i].accept_draft(row);
         }
     }
-    Ok(StepReport {
-        full_tokens,
-        recycle_tokens: hidden_rows.len(),
-    })
+    Ok(StepReport { full_tokens, recycle_tokens: hidden_rows.len() })
 }

@@ -116,13 +116,13 @@ impl StackShape {
         if self.hidden == 0 || self.intermediate == 0 || self.heads == 0 || self.kv_heads == 0 {
             return fail("sizes and head counts must be positive".into());
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return fail(format!(
                 "{} attention heads do not divide into {} key/value heads",
                 self.heads, self.kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return fail(format!("head_dim {} must be even and positive", self.head_dim));
         }
         Ok(())
@@ -132,22 +132,17 @@ impl StackShape {
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
-        let config: LlamaConfig = serde_json::from_str(&text)
-            .map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))?;
-        config
-            .validate()
-            .map_err(|e| ModelError::file(path, e))?;
+        let config: LlamaConfig =
+            serde_json::from_str(&text).map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))?;
+        config.validate().map_err(|e| ModelError::file(path, e))?;
         Ok(config)
     }
 
     pub fn validate(&self) -> Result<()> {
         if self.hidden_act != "silu" {
-            return Err(ModelError::Config(format!(
-                "hidden_act `{}` is not supported (only silu)",
-                self.hidden_act
-            )));
+            return Err(ModelError::Config(format!("hidden_act `{}` is not supported (only silu)", self.hidden_act)));
         }
-        if self.hidden_size % self.num_attention_heads != 0 && self.head_dim.is_none() {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) && self.head_dim.is_none() {
             return Err(ModelError::Config(format!(
                 "hidden_size {} does not divide into {} heads",
                 self.hidden_size, self.num_attention_heads
@@ -172,8 +167,7 @@ impl LlamaConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     pub fn base_shape(&self) -> StackShape {

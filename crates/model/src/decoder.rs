@@ -25,16 +25,9 @@ impl DecoderStack {
         scaling: Option<&RopeScaling>,
         first_position: usize,
     ) -> Result<Self> {
-        let layers = (0..shape.layers)
-            .map(|i| DecoderLayer::load(&w.pp(i), &shape))
-            .collect::<Result<Vec<_>>>()?;
+        let layers = (0..shape.layers).map(|i| DecoderLayer::load(&w.pp(i), &shape)).collect::<Result<Vec<_>>>()?;
         let rope = Rope::new(shape.head_dim, max_positions + first_position, theta, scaling, w.dtype(), w.device())?;
-        Ok(Self {
-            layers,
-            rope,
-            shape,
-            first_position,
-        })
+        Ok(Self { layers, rope, shape, first_position })
     }
 
     pub fn new_cache(&self, capacity: usize, dtype: DType, device: &Device) -> Result<KvCache> {
@@ -46,10 +39,7 @@ impl DecoderStack {
     pub fn forward(&self, mut x: Tensor, seqs: &mut [SeqSlot]) -> Result<Tensor> {
         let total: usize = seqs.iter().map(|s| s.new_tokens).sum();
         if x.dim(0)? != total {
-            return Err(ModelError::Input(format!(
-                "{} rows for {total} new tokens",
-                x.dim(0)?
-            )));
+            return Err(ModelError::Input(format!("{} rows for {total} new tokens", x.dim(0)?)));
         }
         let mut positions = Vec::with_capacity(total);
         for seq in seqs.iter() {

@@ -21,11 +21,11 @@ impl FromStr for DeviceSpec {
             "auto" => Ok(Self::Auto),
             "cpu" => Ok(Self::Cpu),
             "cuda" | "gpu" => Ok(Self::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Self::Cuda)
-                .ok_or_else(|| ModelError::Config(format!("unknown device `{s}`: expected cpu, cuda, cuda:N or auto"))),
+            other => {
+                other.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Self::Cuda).ok_or_else(|| {
+                    ModelError::Config(format!("unknown device `{s}`: expected cpu, cuda, cuda:N or auto"))
+                })
+            }
         }
     }
 }

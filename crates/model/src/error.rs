@@ -6,11 +6,7 @@ pub enum ModelError {
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
     #[error("{}: tensor `{name}`: {message}", path.display())]
-    Tensor {
-        path: PathBuf,
-        name: String,
-        message: String,
-    },
+    Tensor { path: PathBuf, name: String, message: String },
     #[error("invalid model configuration: {0}")]
     Config(String),
     #[error("device: {0}")]
@@ -25,9 +21,6 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 impl ModelError {
     pub fn file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
-        ModelError::File {
-            path: path.into(),
-            message: message.to_string(),
-        }
+        ModelError::File { path: path.into(), message: message.to_string() }
     }
 }

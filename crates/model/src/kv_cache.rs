@@ -19,12 +19,7 @@ impl KvCache {
             keys.push(Tensor::zeros(block, dtype, device)?);
             values.push(Tensor::zeros(block, dtype, device)?);
         }
-        Ok(Self {
-            keys,
-            values,
-            len: 0,
-            capacity,
-        })
+        Ok(Self { keys, values, len: 0, capacity })
     }
 
     pub fn len(&self) -> usize {
@@ -71,10 +66,7 @@ impl KvCache {
         self.keys[layer].slice_set(&k.contiguous()?, 0, self.len)?;
         self.values[layer].slice_set(&v.contiguous()?, 0, self.len)?;
         let total = self.len + t;
-        Ok((
-            self.keys[layer].narrow(0, 0, total)?,
-            self.values[layer].narrow(0, 0, total)?,
-        ))
+        Ok((self.keys[layer].narrow(0, 0, total)?, self.values[layer].narrow(0, 0, total)?))
     }
 
     pub(crate) fn commit(&mut self, new_tokens: usize) {

@@ -17,9 +17,7 @@ pub struct Linear {
 impl Linear {
     pub fn load(w: &Weights, name: &str, out_dim: usize, in_dim: usize) -> Result<Self> {
         let std = 1.0 / (in_dim as f32).sqrt();
-        Ok(Self {
-            weight: w.pp(name).get("weight", &[out_dim, in_dim], Init::Normal(std))?,
-        })
+        Ok(Self { weight: w.pp(name).get("weight", &[out_dim, in_dim], Init::Normal(std))? })
     }
 
     pub fn from_weight(weight: Tensor) -> Self {
@@ -34,9 +32,7 @@ impl Linear {
             .zip(out_dims)
             .map(|(name, &out)| Linear::load(w, name, out, in_dim).map(|l| l.weight))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            weight: Tensor::cat(&parts, 0)?,
-        })
+        Ok(Self { weight: Tensor::cat(&parts, 0)? })
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -61,10 +57,7 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn load(w: &Weights, name: &str, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self {
-            weight: w.pp(name).get("weight", &[dim], Init::Ones)?,
-            eps: eps as f32,
-        })
+        Ok(Self { weight: w.pp(name).get("weight", &[dim], Init::Ones)?, eps: eps as f32 })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -124,11 +117,7 @@ impl Attention {
             heads: s.heads,
             kv_heads: s.kv_heads,
             head_dim: s.head_dim,
-            shape: AttentionShape {
-                heads: s.heads,
-                kv_heads: s.kv_heads,
-                head_dim: s.head_dim,
-            },
+            shape: AttentionShape { heads: s.heads, kv_heads: s.kv_heads, head_dim: s.head_dim },
         })
     }
 
@@ -164,11 +153,7 @@ impl Attention {
         } else {
             seqs.iter().zip(offsets.iter()).map(attend_one).collect::<Result<_>>()?
         };
-        let attended = if outputs.len() == 1 {
-            outputs.swap_remove(0)
-        } else {
-            Tensor::cat(&outputs, 0)?
-        };
+        let attended = if outputs.len() == 1 { outputs.swap_remove(0) } else { Tensor::cat(&outputs, 0)? };
         self.o.forward(&attended)
     }
 
@@ -179,11 +164,11 @@ impl Attention {
         let n = q.dim(0)?;
         let total = keys.dim(0)?;
         let group = self.heads / self.kv_heads;
-        let q = q
-            .reshape((n, self.kv_heads, group, self.head_dim))?
-            .permute((1, 2, 0, 3))?
-            .contiguous()?
-            .reshape((self.kv_heads, group * n, self.head_dim))?;
+        let q = q.reshape((n, self.kv_heads, group, self.head_dim))?.permute((1, 2, 0, 3))?.contiguous()?.reshape((
+            self.kv_heads,
+            group * n,
+            self.head_dim,
+        ))?;
         let keys = keys.transpose(0, 1)?.contiguous()?;
         let values = values.transpose(0, 1)?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
@@ -193,10 +178,11 @@ impl Attention {
                 .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
                 .collect();
             let mask = Tensor::from_vec(mask, (n, total), q.device())?.to_dtype(scores.dtype())?;
-            scores = scores
-                .reshape((self.kv_heads, group, n, total))?
-                .broadcast_add(&mask)?
-                .reshape((self.kv_heads, group * n, total))?;
+            scores = scores.reshape((self.kv_heads, group, n, total))?.broadcast_add(&mask)?.reshape((
+                self.kv_heads,
+                group * n,
+                total,
+            ))?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(&values)?;
@@ -226,9 +212,7 @@ impl DecoderLayer {
     }
 
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, layer: usize, seqs: &[SeqSlot]) -> Result<Tensor> {
-        let attended = self
-            .attention
-            .forward(&self.input_norm.forward(x)?, cos, sin, layer, seqs)?;
+        let attended = self.attention.forward(&self.input_norm.forward(x)?, cos, sin, layer, seqs)?;
         let x = (x + attended)?;
         let mlp = self.mlp.forward(&self.post_norm.forward(&x)?)?;
         Ok((x + mlp)?)

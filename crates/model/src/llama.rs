@@ -50,13 +50,7 @@ impl Llama {
         } else {
             Linear::load(w, "lm_head", vocab, dim)?
         };
-        Ok(Self {
-            embed,
-            stack,
-            norm,
-            head,
-            vocab_size: vocab,
-        })
+        Ok(Self { embed, stack, norm, head, vocab_size: vocab })
     }
 
     /// The token embedding `[vocab, d]` and output head `[vocab, d]` (the same tensor when tied).
@@ -70,10 +64,7 @@ impl Llama {
 
     pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
-            return Err(ModelError::Input(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.vocab_size
-            )));
+            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {}", self.vocab_size)));
         }
         let ids = Tensor::new(tokens, self.embed.device())?;
         Ok(self.embed.index_select(&ids, 0)?)
@@ -97,13 +88,8 @@ impl Llama {
     pub fn forward(&self, inputs: &mut [SeqInput]) -> Result<ForwardOutput> {
         let tokens: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let rows = gather_logit_rows(inputs);
-        let mut slots: Vec<SeqSlot> = inputs
-            .iter_mut()
-            .map(|s| SeqSlot {
-                new_tokens: s.tokens.len(),
-                cache: &mut *s.cache,
-            })
-            .collect();
+        let mut slots: Vec<SeqSlot> =
+            inputs.iter_mut().map(|s| SeqSlot { new_tokens: s.tokens.len(), cache: &mut *s.cache }).collect();
         let hidden = self.stack.forward(self.embed(&tokens)?, &mut slots)?;
         let logits = self.logits(&hidden, &rows)?;
         Ok(ForwardOutput { hidden, logits })

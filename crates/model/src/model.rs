@@ -38,11 +38,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            recycle_init: RecycleInit::FromFiles,
-            device: Device::Cpu,
-            dtype: DType::F32,
-        }
+        Self { recycle_init: RecycleInit::FromFiles, device: Device::Cpu, dtype: DType::F32 }
     }
 }
 
@@ -69,11 +65,7 @@ impl LoadedModel {
         }
         let model = RecycleGpt::load(dir, options)?;
         let tokenizer = TextTokenizer::load(dir, model.config())?;
-        Ok(Self {
-            model,
-            tokenizer,
-            dir: dir.to_path_buf(),
-        })
+        Ok(Self { model, tokenizer, dir: dir.to_path_buf() })
     }
 }
 
@@ -123,14 +115,7 @@ impl RecycleGpt {
             ?dtype,
             "model loaded"
         );
-        Ok(Self {
-            config,
-            llama,
-            recycle,
-            recycle_source,
-            device: options.device.clone(),
-            dtype,
-        })
+        Ok(Self { config, llama, recycle, recycle_source, device: options.device.clone(), dtype })
     }
 
     /// A whole model with random weights (benchmark shapes); the module gets `recycle`'s shape.
@@ -149,14 +134,7 @@ impl RecycleGpt {
             None => None,
         };
         let recycle_source = if module.is_some() { RecycleSource::Random } else { RecycleSource::None };
-        Ok(Self {
-            config,
-            llama,
-            recycle: module,
-            recycle_source,
-            device: device.clone(),
-            dtype,
-        })
+        Ok(Self { config, llama, recycle: module, recycle_source, device: device.clone(), dtype })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -189,10 +167,7 @@ impl RecycleGpt {
 
     /// The module's own cache, or `None` for a standard-only model.
     pub fn new_recycle_cache(&self, capacity: usize) -> Result<Option<KvCache>> {
-        self.recycle
-            .as_ref()
-            .map(|m| m.stack().new_cache(capacity, self.dtype, &self.device))
-            .transpose()
+        self.recycle.as_ref().map(|m| m.stack().new_cache(capacity, self.dtype, &self.device)).transpose()
     }
 
     /// One ragged forward of the full model.
@@ -213,10 +188,8 @@ impl RecycleGpt {
 
     /// One ragged forward of the recyclable module; `hidden` holds h_{t-1} for each x_t.
     pub fn recycle_forward(&self, hidden: &Tensor, inputs: &mut [SeqInput]) -> Result<Vec<Vec<f32>>> {
-        let module = self
-            .recycle
-            .as_ref()
-            .ok_or_else(|| ModelError::Input("this model has no recyclable module".into()))?;
+        let module =
+            self.recycle.as_ref().ok_or_else(|| ModelError::Input("this model has no recyclable module".into()))?;
         on_worker(|| module.forward(&self.llama, hidden, inputs))
     }
 }

@@ -19,9 +19,8 @@ pub struct RecycleModule {
 impl RecycleModule {
     /// Tensor names (in `recycle.safetensors`): `hnorm`, `enorm`, `eh_proj`, `layers.N.*`, `norm`.
     pub fn load(w: &Weights, config: &LlamaConfig) -> Result<Self> {
-        let shape = config
-            .recycle_shape()
-            .ok_or_else(|| ModelError::Config("no `recycle` block in config.json".into()))?;
+        let shape =
+            config.recycle_shape().ok_or_else(|| ModelError::Config("no `recycle` block in config.json".into()))?;
         let d = config.hidden_size;
         Ok(Self {
             hidden_norm: RmsNorm::load(w, "hnorm", d, config.rms_norm_eps)?,
@@ -48,21 +47,11 @@ impl RecycleModule {
     pub fn forward(&self, llama: &Llama, hidden: &Tensor, inputs: &mut [SeqInput]) -> Result<Vec<Vec<f32>>> {
         let tokens: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let rows = gather_logit_rows(inputs);
-        let fused = Tensor::cat(
-            &[
-                self.hidden_norm.forward(hidden)?,
-                self.embed_norm.forward(&llama.embed(&tokens)?)?,
-            ],
-            1,
-        )?;
+        let fused =
+            Tensor::cat(&[self.hidden_norm.forward(hidden)?, self.embed_norm.forward(&llama.embed(&tokens)?)?], 1)?;
         let x = self.projection.forward(&fused)?;
-        let mut slots: Vec<SeqSlot> = inputs
-            .iter_mut()
-            .map(|s| SeqSlot {
-                new_tokens: s.tokens.len(),
-                cache: &mut *s.cache,
-            })
-            .collect();
+        let mut slots: Vec<SeqSlot> =
+            inputs.iter_mut().map(|s| SeqSlot { new_tokens: s.tokens.len(), cache: &mut *s.cache }).collect();
         let out = self.stack.forward(x, &mut slots)?;
         if rows.is_empty() {
             return Ok(Vec::new());

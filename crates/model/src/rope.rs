@@ -9,9 +9,7 @@ pub struct Rope {
 }
 
 fn inverse_frequencies(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f64> {
-    let base: Vec<f64> = (0..head_dim / 2)
-        .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))
-        .collect();
+    let base: Vec<f64> = (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect();
     let Some(s) = scaling else { return base };
     let old_context = s.original_max_position_embeddings as f64;
     let low_wavelen = old_context / s.low_freq_factor;

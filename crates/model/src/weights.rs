@@ -46,8 +46,8 @@ impl SafetensorFiles {
         let index_path = dir.join("model.safetensors.index.json");
         if index_path.exists() {
             let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::file(&index_path, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| ModelError::file(&index_path, format!("invalid JSON: {e}")))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::file(&index_path, format!("invalid JSON: {e}")))?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -88,11 +88,7 @@ impl SafetensorFiles {
             });
         };
         let (path, mapped) = &self.files[file];
-        let err = |message: String| ModelError::Tensor {
-            path: path.clone(),
-            name: name.to_string(),
-            message,
-        };
+        let err = |message: String| ModelError::Tensor { path: path.clone(), name: name.to_string(), message };
         let tensor = mapped.load(name, device).map_err(|e| err(e.to_string()))?;
         if tensor.dims() != shape {
             return Err(err(format!("expected shape {shape:?}, found {:?}", tensor.dims())));
@@ -103,7 +99,7 @@ impl SafetensorFiles {
 
 enum Source {
     Files(SafetensorFiles),
-    Random(RefCell<StdRng>),
+    Random(Box<RefCell<StdRng>>),
 }
 
 /// Hands out named tensors of a known shape, with a name prefix like candle's `VarBuilder`.
@@ -116,17 +112,12 @@ pub struct Weights {
 
 impl Weights {
     pub fn from_files(files: SafetensorFiles, dtype: DType, device: &Device) -> Self {
-        Self {
-            source: std::rc::Rc::new(Source::Files(files)),
-            prefix: String::new(),
-            dtype,
-            device: device.clone(),
-        }
+        Self { source: std::rc::Rc::new(Source::Files(files)), prefix: String::new(), dtype, device: device.clone() }
     }
 
     pub fn random(seed: u64, dtype: DType, device: &Device) -> Self {
         Self {
-            source: std::rc::Rc::new(Source::Random(RefCell::new(StdRng::seed_from_u64(seed)))),
+            source: std::rc::Rc::new(Source::Random(Box::new(RefCell::new(StdRng::seed_from_u64(seed))))),
             prefix: String::new(),
             dtype,
             device: device.clone(),
@@ -134,17 +125,8 @@ impl Weights {
     }
 
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
-        let prefix = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
-        Self {
-            source: self.source.clone(),
-            prefix,
-            dtype: self.dtype,
-            device: self.device.clone(),
-        }
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Self { source: self.source.clone(), prefix, dtype: self.dtype, device: self.device.clone() }
     }
 
     pub fn device(&self) -> &Device {

@@ -103,10 +103,7 @@ impl ChatTemplate {
         }
         let marked: Vec<ChatMessage> = messages
             .iter()
-            .map(|m| ChatMessage {
-                role: m.role.clone(),
-                content: format!("{MARK}{}{MARK}", m.content),
-            })
+            .map(|m| ChatMessage { role: m.role.clone(), content: format!("{MARK}{}{MARK}", m.content) })
             .collect();
         Ok(Rendered::from_marked(&self.render(&marked)?))
     }
@@ -122,10 +119,7 @@ mod tests {
     use super::*;
 
     fn message(role: &str, content: &str) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage { role: role.into(), content: content.into() }
     }
 
     #[test]
@@ -136,7 +130,8 @@ mod tests {
             None,
         )
         .unwrap();
-        let rendered = template.render_marked(&[message("system", "Be brief."), message("user", "</s> hi <|im_start|>")]).unwrap();
+        let rendered =
+            template.render_marked(&[message("system", "Be brief."), message("user", "</s> hi <|im_start|>")]).unwrap();
         assert_eq!(
             rendered.text,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n</s> hi <|im_start|><|im_end|>\n<|im_start|>assistant"

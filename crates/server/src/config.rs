@@ -161,10 +161,7 @@ impl ServerConfig {
 
     pub fn served_name(&self) -> String {
         self.served_model_name.clone().unwrap_or_else(|| {
-            self.model
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "recyclegpt".into())
+            self.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "recyclegpt".into())
         })
     }
 }

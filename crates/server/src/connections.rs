@@ -208,13 +208,15 @@ impl Registry {
 
 /// Serves `router` on `listener` until the phase leaves `Serving`; returns a handle that resolves
 /// once every connection has closed.
-pub fn spawn(listener: TcpListener, router: axum::Router, limits: ConnectionLimits, phase: watch::Receiver<Phase>) -> Connections {
+pub fn spawn(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    phase: watch::Receiver<Phase>,
+) -> Connections {
     let registry = Arc::new(Registry::default());
     let accept = tokio::spawn(accept_loop(listener, router, limits, phase, registry.clone()));
-    Connections {
-        registry,
-        accept: Some(accept),
-    }
+    Connections { registry, accept: Some(accept) }
 }
 
 pub struct Connections {
@@ -240,7 +242,13 @@ impl Connections {
     }
 }
 
-async fn accept_loop(listener: TcpListener, router: axum::Router, limits: ConnectionLimits, mut phase: watch::Receiver<Phase>, registry: Arc<Registry>) {
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    mut phase: watch::Receiver<Phase>,
+    registry: Arc<Registry>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -260,7 +268,9 @@ async fn accept_loop(listener: TcpListener, router: axum::Router, limits: Connec
         if registry.len() >= limits.max_connections && !registry.evict_one() {
             metrics::counter!("recyclegpt_connections_refused_total").increment(1);
             // Best effort: a client that cannot take these bytes now is simply closed.
-            let _ = stream.try_write(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = stream.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
             continue;
         }
         let id = registry.next.fetch_add(1, Ordering::Relaxed);
@@ -277,14 +287,15 @@ async fn accept_loop(listener: TcpListener, router: axum::Router, limits: Connec
     }
 }
 
-async fn serve_connection(stream: TcpStream, router: axum::Router, limits: ConnectionLimits, mut phase: watch::Receiver<Phase>, activity: Arc<Activity>) {
+async fn serve_connection(
+    stream: TcpStream,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    mut phase: watch::Receiver<Phase>,
+    activity: Arc<Activity>,
+) {
     let _ = stream.set_nodelay(true);
-    let io = Watched {
-        stream,
-        activity: activity.clone(),
-        write_timeout: limits.write_timeout,
-        write_deadline: None,
-    };
+    let io = Watched { stream, activity: activity.clone(), write_timeout: limits.write_timeout, write_deadline: None };
     let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let activity = service_activity.clone();

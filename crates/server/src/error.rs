@@ -1,8 +1,8 @@
 //! Every error a client can see, mapped to a status code and OpenAI's error shape in one place.
+use crate::responses::{ErrorDetail, ErrorResponse};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use crate::responses::{ErrorDetail, ErrorResponse};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -38,10 +38,7 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(param: &str, message: impl Into<String>) -> Self {
-        ApiError::InvalidParameter {
-            param: Some(param.to_string()),
-            message: message.into(),
-        }
+        ApiError::InvalidParameter { param: Some(param.to_string()), message: message.into() }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -64,7 +61,9 @@ impl ApiError {
     pub fn body(&self) -> ErrorResponse {
         let (kind, code, param) = match self {
             ApiError::InvalidParameter { param, .. } => ("invalid_request_error", "invalid_parameter", param.clone()),
-            ApiError::ContextLength(_) => ("invalid_request_error", "context_length_exceeded", Some("max_tokens".into())),
+            ApiError::ContextLength(_) => {
+                ("invalid_request_error", "context_length_exceeded", Some("max_tokens".into()))
+            }
             ApiError::Malformed(_) => ("invalid_request_error", "malformed_json", None),
             ApiError::TooLarge => ("invalid_request_error", "body_too_large", None),
             ApiError::UnknownModel(_) => ("invalid_request_error", "model_not_found", Some("model".into())),
@@ -78,14 +77,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => ("invalid_request_error", "method_not_allowed", None),
             ApiError::Internal(_) => ("server_error", "internal_error", None),
         };
-        ErrorResponse {
-            error: ErrorDetail {
-                message: self.to_string(),
-                kind,
-                param,
-                code,
-            },
-        }
+        ErrorResponse { error: ErrorDetail { message: self.to_string(), kind, param, code } }
     }
 }
 
@@ -114,7 +106,10 @@ impl IntoResponse for ApiError {
 /// The error statuses of the generation endpoints, for the OpenAPI document.
 #[derive(utoipa::IntoResponses)]
 pub enum ErrorResponses {
-    #[response(status = 400, description = "An invalid parameter (named in `param`), or prompt + max_tokens over the context")]
+    #[response(
+        status = 400,
+        description = "An invalid parameter (named in `param`), or prompt + max_tokens over the context"
+    )]
     Invalid(ErrorResponse),
     #[response(status = 401, description = "Missing or wrong API key")]
     Unauthorized(ErrorResponse),
@@ -152,7 +147,10 @@ fn is_json(req: &axum::extract::Request) -> bool {
 impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<std::sync::Arc<crate::AppState>> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: axum::extract::Request, state: &std::sync::Arc<crate::AppState>) -> Result<Self, Self::Rejection> {
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &std::sync::Arc<crate::AppState>,
+    ) -> Result<Self, Self::Rejection> {
         if !is_json(&req) {
             return Err(ApiError::UnsupportedMediaType);
         }
@@ -171,8 +169,6 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<std::sync::Arc<c
                     ApiError::Malformed(rejection.body_text())
                 }
             })?;
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|e| ApiError::Malformed(e.to_string()))
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| ApiError::Malformed(e.to_string()))
     }
 }

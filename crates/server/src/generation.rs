@@ -12,8 +12,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use recyclegpt_engine::{FinishReason, TokenLogprob};
-use serde::Serialize;
 use recyclegpt_model::TextTokenizer;
+use serde::Serialize;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,7 +36,11 @@ struct ChoiceState {
 
 /// What one event meant for its choice.
 pub enum Progress {
-    Text { index: usize, text: String, logprobs: Vec<TokenLogprob> },
+    Text {
+        index: usize,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// The choice ended; `text` is what remained to send.
     Finished(ChoiceEnd),
 }
@@ -87,12 +91,7 @@ pub fn submit(state: &AppState, plan: &Plan, request_id: &str) -> Result<Generat
         }
     }
     state.backend.submit(jobs)?;
-    Ok(Generation {
-        events: receiver,
-        choices,
-        prompt_tokens: plan.prompts.iter().map(Vec::len).sum(),
-        done: 0,
-    })
+    Ok(Generation { events: receiver, choices, prompt_tokens: plan.prompts.iter().map(Vec::len).sum(), done: 0 })
 }
 
 impl Generation {
@@ -119,11 +118,7 @@ impl Generation {
                     match chunk.stopped_after {
                         None => {
                             choice.completion_tokens += tokens.len();
-                            return Ok(Progress::Text {
-                                index,
-                                text: chunk.text,
-                                logprobs,
-                            });
+                            return Ok(Progress::Text { index, text: chunk.text, logprobs });
                         }
                         Some(used) => {
                             // A stop string matched: the worker may stop generating this choice.
@@ -152,7 +147,14 @@ impl Generation {
         }
     }
 
-    fn end(&mut self, index: usize, text: String, logprobs: Vec<TokenLogprob>, reason: ApiFinish, stats: Option<(usize, usize, usize)>) -> Progress {
+    fn end(
+        &mut self,
+        index: usize,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+        reason: ApiFinish,
+        stats: Option<(usize, usize, usize)>,
+    ) -> Progress {
         let choice = &mut self.choices[index];
         choice.finished = true;
         self.done += 1;

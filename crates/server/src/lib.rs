@@ -94,7 +94,10 @@ fn register_metrics() {
         ("recyclegpt_full_forward_tokens_total", "Tokens run through full-model forwards"),
         ("recyclegpt_recycle_accepted_total", "Recycled drafts accepted by verification"),
         ("recyclegpt_recycle_rejected_total", "Recycled drafts rejected by verification"),
-        ("recyclegpt_connections_timed_out_total", "Connections cut off for stalling, by phase (header, body, idle, write)"),
+        (
+            "recyclegpt_connections_timed_out_total",
+            "Connections cut off for stalling, by phase (header, body, idle, write)",
+        ),
         ("recyclegpt_connections_evicted_total", "Idle connections closed to make room at max_connections"),
         ("recyclegpt_connections_refused_total", "Connections refused because every slot was busy"),
         ("recyclegpt_worker_panics_total", "Engine steps that panicked (their sequences failed; the worker went on)"),
@@ -108,10 +111,7 @@ fn register_metrics() {
 }
 
 pub fn now_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl AppState {
@@ -128,10 +128,7 @@ impl AppState {
             loaded.model,
             WorkerConfig {
                 scheduler: SchedulerConfig {
-                    budget: Budget {
-                        max_running: config.max_running_sequences,
-                        kv_tokens: config.kv_budget_tokens,
-                    },
+                    budget: Budget { max_running: config.max_running_sequences, kv_tokens: config.kv_budget_tokens },
                     prefill_chunk: config.prefill_chunk,
                 },
                 context_len: model.context_len,
@@ -143,7 +140,12 @@ impl AppState {
 
     /// Everything the routes share, over any backend (the worker, or one a test supplies to
     /// exercise the routes without a model).
-    pub fn with_backend(config: ServerConfig, tokenizer: TextTokenizer, model: ModelInfo, backend: Arc<dyn Backend>) -> Result<Arc<Self>, String> {
+    pub fn with_backend(
+        config: ServerConfig,
+        tokenizer: TextTokenizer,
+        model: ModelInfo,
+        backend: Arc<dyn Backend>,
+    ) -> Result<Arc<Self>, String> {
         config.validate()?;
         let limits = Limits {
             served_model_name: config.served_name(),
@@ -202,7 +204,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (phase, phase_rx) = tokio::sync::watch::channel(Phase::Serving);
-    let mut connections = connections::spawn(listener, routes::router(state.clone()), state.connection_limits(), phase_rx);
+    let mut connections =
+        connections::spawn(listener, routes::router(state.clone()), state.connection_limits(), phase_rx);
     shutdown.await;
     let signalled = Instant::now();
     tracing::info!("shutting down: draining");
@@ -271,10 +274,7 @@ mod descriptors {
             return None;
         }
         if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
             // SAFETY: setrlimit reads one valid `rlimit`; failure leaves the limit unchanged.
             if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
                 limit = raised;

@@ -1,7 +1,7 @@
 //! OpenAI's request and response shapes for completions and chat completions.
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use std::collections::HashMap;
+use utoipa::ToSchema;
 
 /// `prompt`: a string, a list of strings, token ids, or a list of token-id lists.
 #[derive(Debug, Clone, Deserialize, ToSchema)]

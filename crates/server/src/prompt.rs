@@ -63,10 +63,7 @@ impl PromptBuilder {
         }
         let tokenizer = self.tokenizer.clone();
         self.blocking(move || {
-            texts
-                .iter()
-                .map(|t| tokenizer.encode(t).map_err(|e| ApiError::invalid("prompt", e.to_string())))
-                .collect()
+            texts.iter().map(|t| tokenizer.encode(t).map_err(|e| ApiError::invalid("prompt", e.to_string()))).collect()
         })
         .await
     }
@@ -97,22 +94,24 @@ impl PromptBuilder {
         .await
     }
 
-    async fn blocking<T: Send + 'static>(&self, work: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Internal("the tokenizer pool is closed".into()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _slot =
+            self.slots.acquire().await.map_err(|_| ApiError::Internal("the tokenizer pool is closed".into()))?;
+        tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
     }
 }
 
 /// Tokenizes the template's markup and the content separately: only the markup may hold
 /// control tokens. Used only when content spells a special token, since tokenizing in pieces can
 /// split a merge at the boundaries.
-fn encode_segments(tokenizer: &TextTokenizer, literal: &tokenizers::Tokenizer, rendered: &Rendered) -> Result<Vec<u32>, ApiError> {
+fn encode_segments(
+    tokenizer: &TextTokenizer,
+    literal: &tokenizers::Tokenizer,
+    rendered: &Rendered,
+) -> Result<Vec<u32>, ApiError> {
     let fail = |e: tokenizers::Error| ApiError::invalid("messages", format!("cannot tokenize: {e}"));
     let mut ids = Vec::new();
     let mut at = 0;

@@ -24,11 +24,7 @@ pub struct Chunk {
 
 impl TextStream {
     pub fn new(tokenizer: &TextTokenizer, stop: Vec<String>) -> Self {
-        Self {
-            decoder: tokenizer.incremental_decoder(),
-            stop,
-            held: String::new(),
-        }
+        Self { decoder: tokenizer.incremental_decoder(), stop, held: String::new() }
     }
 
     pub fn push(&mut self, tokens: &[u32]) -> Chunk {
@@ -38,10 +34,7 @@ impl TextStream {
             if let Some(at) = self.stop_match() {
                 text.push_str(&self.held[..at]);
                 self.held.clear();
-                return Chunk {
-                    text,
-                    stopped_after: Some(i + 1),
-                };
+                return Chunk { text, stopped_after: Some(i + 1) };
             }
         }
         let keep = self.longest_stop_prefix();
@@ -57,15 +50,9 @@ impl TextStream {
         match self.stop_match_in(&held) {
             Some(at) => {
                 held.truncate(at);
-                Chunk {
-                    text: held,
-                    stopped_after: Some(0),
-                }
+                Chunk { text: held, stopped_after: Some(0) }
             }
-            None => Chunk {
-                text: held,
-                stopped_after: None,
-            },
+            None => Chunk { text: held, stopped_after: None },
         }
     }
 

@@ -76,7 +76,9 @@ pub fn plan(
     // Without max_tokens, generate up to the default or to the end of the context.
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let max_tokens = match max_tokens {
-        Some(m) if m < 1 => return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at least 1, got {m}"))),
+        Some(m) if m < 1 => {
+            return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at least 1, got {m}")))
+        }
         Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
         None => limits.default_max_tokens.min(limits.context_len.saturating_sub(longest)).max(1),
     };
@@ -87,7 +89,10 @@ pub fn plan(
     if sequences > limits.max_sequences {
         return Err(ApiError::invalid(
             "n",
-            format!("the request asks for {sequences} sequences (prompts × n); at most {} are served per request", limits.max_sequences),
+            format!(
+                "the request asks for {sequences} sequences (prompts × n); at most {} are served per request",
+                limits.max_sequences
+            ),
         ));
     }
     for prompt in &prompts {
@@ -95,7 +100,10 @@ pub fn plan(
             return Err(ApiError::invalid("prompt", "a prompt has no tokens"));
         }
         if let Some(bad) = prompt.iter().find(|&&t| t as usize >= limits.vocab_size) {
-            return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary of {}", limits.vocab_size)));
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("token id {bad} is outside the vocabulary of {}", limits.vocab_size),
+            ));
         }
         if prompt.len().saturating_add(max_tokens) > limits.context_len {
             return Err(ApiError::ContextLength(format!(
@@ -154,7 +162,9 @@ pub fn plan(
     }
     let mode = match fields.recycle.as_deref() {
         None => limits.default_mode,
-        Some(name) => name.parse().map_err(|e: recyclegpt_engine::EngineError| ApiError::invalid("recycle", e.to_string()))?,
+        Some(name) => {
+            name.parse().map_err(|e: recyclegpt_engine::EngineError| ApiError::invalid("recycle", e.to_string()))?
+        }
     };
     let mode = if !limits.has_recycle && fields.recycle.is_none() { DecodeMode::Off } else { mode };
     if mode != DecodeMode::Off && !limits.has_recycle {

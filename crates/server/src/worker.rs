@@ -17,7 +17,9 @@
 use crate::backend::Backend;
 use crate::error::ApiError;
 use recyclegpt_engine::scheduler::{Finished, StepOutcome};
-use recyclegpt_engine::{DecodeMode, SamplingParams, Scheduler, SchedulerConfig, SeqId, SequenceRequest, StopCriteria, TokenLogprob};
+use recyclegpt_engine::{
+    DecodeMode, SamplingParams, Scheduler, SchedulerConfig, SeqId, SequenceRequest, StopCriteria, TokenLogprob,
+};
 use recyclegpt_model::RecycleGpt;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -49,7 +51,10 @@ impl Job {
 #[derive(Debug)]
 pub enum Event {
     /// New tokens, and their log-probabilities when asked for.
-    Tokens { tokens: Vec<u32>, logprobs: Vec<TokenLogprob> },
+    Tokens {
+        tokens: Vec<u32>,
+        logprobs: Vec<TokenLogprob>,
+    },
     Finished(Finished),
     Failed(Failure),
 }
@@ -129,10 +134,7 @@ impl Backend for WorkerHandle {
         // Each job carries its own permit from here on.
         permits.forget();
         for job in jobs {
-            let queued = Queued {
-                job,
-                _slot: QueueSlot(self.shared.queue.clone()),
-            };
+            let queued = Queued { job, _slot: QueueSlot(self.shared.queue.clone()) };
             if self.sender.send(queued).is_err() {
                 return Err(ApiError::Internal("the model worker has stopped".into()));
             }
@@ -209,10 +211,7 @@ pub fn spawn(model: RecycleGpt, config: WorkerConfig) -> WorkerHandle {
         queue: Arc::new(Semaphore::new(config.queue_capacity)),
         queue_capacity: config.queue_capacity,
     });
-    let handle = WorkerHandle {
-        sender,
-        shared: shared.clone(),
-    };
+    let handle = WorkerHandle { sender, shared: shared.clone() };
     let spawned = std::thread::Builder::new().name("recyclegpt-worker".into()).spawn(move || {
         let _alive = AliveGuard(shared.clone());
         let mut worker = Worker {
@@ -287,20 +286,9 @@ impl Worker {
             prompt: job.prompt.clone(),
             mode: job.mode,
             params: job.params.clone(),
-            stop: StopCriteria {
-                max_tokens: job.max_tokens,
-                eos_ids: job.eos_ids.clone(),
-            },
+            stop: StopCriteria { max_tokens: job.max_tokens, eos_ids: job.eos_ids.clone() },
         });
-        self.links.insert(
-            id,
-            Link {
-                job,
-                slot: Some(_slot),
-                arrived: Instant::now(),
-                last_token: None,
-            },
-        );
+        self.links.insert(id, Link { job, slot: Some(_slot), arrived: Instant::now(), last_token: None });
     }
 
     /// Frees the sequences (and KV caches) of requests that need no more tokens.
@@ -363,16 +351,14 @@ impl Worker {
             if !update.tokens.is_empty() {
                 let now = Instant::now();
                 match link.last_token {
-                    None => metrics::histogram!("recyclegpt_time_to_first_token_seconds").record((now - link.arrived).as_secs_f64()),
+                    None => metrics::histogram!("recyclegpt_time_to_first_token_seconds")
+                        .record((now - link.arrived).as_secs_f64()),
                     Some(t) => metrics::histogram!("recyclegpt_inter_token_seconds")
                         .record((now - t).as_secs_f64() / update.tokens.len() as f64),
                 }
                 link.last_token = Some(now);
                 metrics::counter!("recyclegpt_generated_tokens_total").increment(update.tokens.len() as u64);
-                let event = Event::Tokens {
-                    tokens: update.tokens,
-                    logprobs: update.logprobs,
-                };
+                let event = Event::Tokens { tokens: update.tokens, logprobs: update.logprobs };
                 let _ = link.job.events.send((link.job.index, event));
             }
             if let Some(finished) = update.finished {

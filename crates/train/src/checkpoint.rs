@@ -56,7 +56,8 @@ pub fn named_vars(base: &VarMap, module: &VarMap) -> Vec<(String, Var)> {
     let mut all = Vec::new();
     for (prefix, map) in [("base", base), ("recycle", module)] {
         if let Ok(vars) = map.data().lock() {
-            let mut named: Vec<(String, Var)> = vars.iter().map(|(n, v)| (format!("{prefix}.{n}"), v.clone())).collect();
+            let mut named: Vec<(String, Var)> =
+                vars.iter().map(|(n, v)| (format!("{prefix}.{n}"), v.clone())).collect();
             named.sort_by(|a, b| a.0.cmp(&b.0));
             all.extend(named);
         }
@@ -64,7 +65,13 @@ pub fn named_vars(base: &VarMap, module: &VarMap) -> Vec<(String, Var)> {
     all
 }
 
-pub fn save(out: &Path, base: &VarMap, module: &VarMap, optimizer: &AdamW, state: &TrainState) -> Result<(), TrainError> {
+pub fn save(
+    out: &Path,
+    base: &VarMap,
+    module: &VarMap,
+    optimizer: &AdamW,
+    state: &TrainState,
+) -> Result<(), TrainError> {
     base.save(out.join("model.safetensors"))?;
     module.save(out.join("recycle.safetensors"))?;
     optimizer.save(&out.join(OPTIMIZER))?;

@@ -11,7 +11,13 @@ pub struct Corpus {
 impl Corpus {
     /// `count` continuations of BOS that the model samples from itself (temperature 1), each
     /// up to `length` tokens.
-    pub fn self_distilled(model: &RecycleGpt, tokenizer: &TextTokenizer, count: usize, length: usize, seed: u64) -> Result<Self, TrainError> {
+    pub fn self_distilled(
+        model: &RecycleGpt,
+        tokenizer: &TextTokenizer,
+        count: usize,
+        length: usize,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
         let bos = tokenizer.bos_id().unwrap_or(1);
         let mut sequences = Vec::with_capacity(count);
         for i in 0..count {
@@ -19,10 +25,7 @@ impl Corpus {
                 seed: Some(seed.wrapping_mul(1_000_003).wrapping_add(i as u64)),
                 ..SamplingParams::default()
             };
-            let stop = StopCriteria {
-                max_tokens: length.saturating_sub(1).max(1),
-                eos_ids: Vec::new(),
-            };
+            let stop = StopCriteria { max_tokens: length.saturating_sub(1).max(1), eos_ids: Vec::new() };
             let generation = generate(model, vec![bos], DecodeMode::Off, params, stop)?;
             let mut sequence = vec![bos];
             sequence.extend(generation.ids);
@@ -49,7 +52,12 @@ impl Corpus {
 
 /// Each file tokenized and cut into windows of `length` tokens, keeping those of at least
 /// `min_len` tokens.
-pub fn windows(paths: &[PathBuf], tokenizer: &TextTokenizer, length: usize, min_len: usize) -> Result<Vec<Vec<u32>>, TrainError> {
+pub fn windows(
+    paths: &[PathBuf],
+    tokenizer: &TextTokenizer,
+    length: usize,
+    min_len: usize,
+) -> Result<Vec<Vec<u32>>, TrainError> {
     let mut windows = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;

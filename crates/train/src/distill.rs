@@ -59,11 +59,7 @@ struct Example {
 fn teacher(model: &RecycleGpt, sequence: &[u32]) -> Result<Example, TrainError> {
     let n = sequence.len();
     let mut cache = model.new_cache(n)?;
-    let out = model.forward(&mut [SeqInput {
-        tokens: sequence,
-        cache: &mut cache,
-        logits_rows: (1..n).collect(),
-    }])?;
+    let out = model.forward(&mut [SeqInput { tokens: sequence, cache: &mut cache, logits_rows: (1..n).collect() }])?;
     let logits = Tensor::new(out.logits, model.device())?;
     Ok(Example {
         hidden: out.hidden.narrow(0, 0, n - 1)?,
@@ -75,11 +71,7 @@ fn teacher(model: &RecycleGpt, sequence: &[u32]) -> Result<Example, TrainError> 
 fn batch(model: &RecycleGpt, sequences: &[&Vec<u32>]) -> Result<Example, TrainError> {
     let examples = sequences.iter().map(|s| teacher(model, s)).collect::<Result<Vec<_>, _>>()?;
     let stack = |f: fn(&Example) -> &Tensor| Tensor::stack(&examples.iter().map(f).collect::<Vec<_>>(), 0);
-    Ok(Example {
-        hidden: stack(|e| &e.hidden)?,
-        tokens: stack(|e| &e.tokens)?,
-        targets: stack(|e| &e.targets)?,
-    })
+    Ok(Example { hidden: stack(|e| &e.hidden)?, tokens: stack(|e| &e.tokens)?, targets: stack(|e| &e.targets)? })
 }
 
 /// Share of held-out positions where the module's argmax is the base model's.
@@ -111,11 +103,7 @@ pub fn train_recycle(
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, model.device());
     let (embedding, head) = model.embedding_and_head();
     let module = TrainableModule::new(vb, &config, embedding.clone(), head.clone())?;
-    let params = ParamsAdamW {
-        lr: options.learning_rate,
-        weight_decay: 0.0,
-        ..ParamsAdamW::default()
-    };
+    let params = ParamsAdamW { lr: options.learning_rate, weight_decay: 0.0, ..ParamsAdamW::default() };
     let mut optimizer = AdamW::new(varmap.all_vars(), params)?;
     let (train, held_out) = corpus.split(0.1);
     if train.is_empty() {
@@ -159,10 +147,5 @@ pub fn train_recycle(
     let agreement = agreement(model, &module, held_out)?;
     tracing::info!(first_loss, last_loss, agreement, "recyclable module trained");
     crate::output::write_model(model_dir, out, &config, &varmap)?;
-    Ok(DistillReport {
-        steps: options.steps,
-        first_loss,
-        last_loss,
-        agreement,
-    })
+    Ok(DistillReport { steps: options.steps, first_loss, last_loss, agreement })
 }

@@ -31,12 +31,7 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self {
-            window: 128,
-            prompts: 8,
-            prompt_tokens: 8,
-            generate_tokens: 64,
-        }
+        Self { window: 128, prompts: 8, prompt_tokens: 8, generate_tokens: 64 }
     }
 }
 
@@ -50,11 +45,7 @@ fn log_softmax_at(row: &[f32], token: u32) -> f64 {
 fn full_forward(model: &RecycleGpt, window: &[u32]) -> Result<ForwardOutput, TrainError> {
     let n = window.len();
     let mut cache = model.new_cache(n)?;
-    Ok(model.forward(&mut [SeqInput {
-        tokens: window,
-        cache: &mut cache,
-        logits_rows: (0..n - 1).collect(),
-    }])?)
+    Ok(model.forward(&mut [SeqInput { tokens: window, cache: &mut cache, logits_rows: (0..n - 1).collect() }])?)
 }
 
 /// Negative log-likelihood (sum, count) of `window[scored_from..]` given the full model's `out`.
@@ -64,7 +55,12 @@ fn nll(out: &ForwardOutput, window: &[u32], scored_from: usize) -> (f64, usize) 
     (sum, window.len() - from)
 }
 
-pub fn evaluate(model: &RecycleGpt, tokenizer: &TextTokenizer, data: &[PathBuf], options: &EvalOptions) -> Result<EvalReport, TrainError> {
+pub fn evaluate(
+    model: &RecycleGpt,
+    tokenizer: &TextTokenizer,
+    data: &[PathBuf],
+    options: &EvalOptions,
+) -> Result<EvalReport, TrainError> {
     let window = options.window.min(model.context_len()).max(3);
     let windows = crate::corpus::windows(data, tokenizer, window, 3)?;
     if windows.is_empty() {

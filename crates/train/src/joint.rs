@@ -59,7 +59,8 @@ impl Model {
         let inputs = windows.narrow(1, 0, t)?;
         let (hidden, logits) = self.base.forward(&inputs)?;
         let vocab = logits.dim(D::Minus1)?;
-        let lm = candle_nn::loss::cross_entropy(&logits.reshape(((), vocab))?, &windows.narrow(1, 1, t)?.flatten_all()?)?;
+        let lm =
+            candle_nn::loss::cross_entropy(&logits.reshape(((), vocab))?, &windows.narrow(1, 1, t)?.flatten_all()?)?;
         // Pairs (h_{t-1}, x_t) for t = 1..T-1, predicting x_{t+1}.
         let module_logits = self.module.forward(&hidden.narrow(1, 0, t - 1)?, &windows.narrow(1, 1, t - 1)?)?;
         let rec = candle_nn::loss::cross_entropy(
@@ -72,7 +73,11 @@ impl Model {
 
 /// A fresh model and module for `config` (the module sharing the model's embedding and head),
 /// their variables, and an optimizer over all of them.
-fn build(config: &LlamaConfig, weight_decay: f64, device: &Device) -> Result<(Model, VarMap, VarMap, AdamW), TrainError> {
+fn build(
+    config: &LlamaConfig,
+    weight_decay: f64,
+    device: &Device,
+) -> Result<(Model, VarMap, VarMap, AdamW), TrainError> {
     let (base_map, module_map) = (VarMap::new(), VarMap::new());
     let base = TrainableLlama::new(VarBuilder::from_varmap(&base_map, DType::F32, device), config)?;
     let module = TrainableModule::new(
@@ -89,7 +94,8 @@ fn encode_files(files: &[PathBuf], tokenizer: &TextTokenizer) -> Result<Vec<Vec<
     files
         .iter()
         .map(|path| {
-            let text = std::fs::read_to_string(path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
             Ok(tokenizer.encode(&text)?)
         })
         .collect()
@@ -109,7 +115,14 @@ fn split(streams: Vec<Vec<u32>>) -> (Vec<u32>, Vec<u32>) {
 
 /// Random windows of `len` tokens, drawn from a generator seeded by (seed, step): a resumed run
 /// sees exactly the batches the uninterrupted one would.
-fn windows(stream: &[u32], batch: usize, len: usize, seed: u64, step: usize, device: &Device) -> Result<Tensor, TrainError> {
+fn windows(
+    stream: &[u32],
+    batch: usize,
+    len: usize,
+    seed: u64,
+    step: usize,
+    device: &Device,
+) -> Result<Tensor, TrainError> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut data = Vec::with_capacity(batch * len);
     for _ in 0..batch {
@@ -159,14 +172,15 @@ fn evaluate(model: &Model, held_out: &[u32], spec: &TrainSpec, device: &Device) 
         total += full.len();
     }
     let loss = loss / count as f64;
-    Ok(EvalPoint {
-        loss,
-        perplexity: loss.exp(),
-        agreement: same as f64 / total.max(1) as f64,
-    })
+    Ok(EvalPoint { loss, perplexity: loss.exp(), agreement: same as f64 / total.max(1) as f64 })
 }
 
-pub fn train(files: &[PathBuf], out: &Path, spec: &TrainSpec, options: &TrainOptions) -> Result<TrainReport, TrainError> {
+pub fn train(
+    files: &[PathBuf],
+    out: &Path,
+    spec: &TrainSpec,
+    options: &TrainOptions,
+) -> Result<TrainReport, TrainError> {
     if files.is_empty() {
         return Err(TrainError::Data("no training files given".into()));
     }
@@ -228,12 +242,21 @@ pub fn train(files: &[PathBuf], out: &Path, spec: &TrainSpec, options: &TrainOpt
         state.tokens_seen += spec.batch * spec.seq_len;
         (last, lm_last, rec_last) = (loss.to_scalar()?, lm.to_scalar()?, rec.to_scalar()?);
         let rate = (state.tokens_seen - tokens_at_start) as f64 / started.elapsed().as_secs_f64();
-        bar.set_message(format!("{}/{}  loss {last:.3} (lm {lm_last:.3}, rec {rec_last:.3})  {rate:.0} tok/s", state.step, spec.steps));
+        bar.set_message(format!(
+            "{}/{}  loss {last:.3} (lm {lm_last:.3}, rec {rec_last:.3})  {rate:.0} tok/s",
+            state.step, spec.steps
+        ));
         bar.inc(1);
-        let at_eval = spec.eval_every > 0 && state.step % spec.eval_every == 0;
+        let at_eval = spec.eval_every > 0 && state.step.is_multiple_of(spec.eval_every);
         if at_eval || state.step == end {
             let point = evaluate(&model, &held_out, spec, &device)?;
-            tracing::info!(step = state.step, loss = point.loss, perplexity = point.perplexity, agreement = point.agreement, "eval");
+            tracing::info!(
+                step = state.step,
+                loss = point.loss,
+                perplexity = point.perplexity,
+                agreement = point.agreement,
+                "eval"
+            );
             evals.push(point);
             checkpoint::save(out, &base_map, &module_map, &optimizer, &state)?;
         }
@@ -258,7 +281,8 @@ pub fn bench(spec: &TrainSpec, vocab_size: usize, steps: usize) -> Result<f64, T
     let device = Device::Cpu;
     let (model, _, _, mut optimizer) = build(&config, spec.weight_decay, &device)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
-    let stream: Vec<u32> = (0..spec.batch * (spec.seq_len + 1) * 4).map(|_| rng.random_range(0..vocab_size as u32)).collect();
+    let stream: Vec<u32> =
+        (0..spec.batch * (spec.seq_len + 1) * 4).map(|_| rng.random_range(0..vocab_size as u32)).collect();
     let mut started = Instant::now();
     for step in 0..=steps {
         if step == 1 {

@@ -12,10 +12,7 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
-            eps: eps as f32,
-        })
+        Ok(Self { weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?, eps: eps as f32 })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -30,9 +27,7 @@ pub struct Linear {
 impl Linear {
     pub fn new(vb: VarBuilder, out_dim: usize, in_dim: usize) -> Result<Self> {
         let std = (1.0 / in_dim as f64).sqrt();
-        Ok(Self {
-            weight: vb.get_with_hints((out_dim, in_dim), "weight", Init::Randn { mean: 0.0, stdev: std })?,
-        })
+        Ok(Self { weight: vb.get_with_hints((out_dim, in_dim), "weight", Init::Randn { mean: 0.0, stdev: std })? })
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -75,7 +70,8 @@ impl RopeTables {
         let cos = self.cos.narrow(0, start, t)?;
         let sin = self.sin.narrow(0, start, t)?;
         let half = hd / 2;
-        let rotated = Tensor::cat(&[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?], D::Minus1)?;
+        let rotated =
+            Tensor::cat(&[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?], D::Minus1)?;
         x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
     }
 }
@@ -130,13 +126,15 @@ impl DecoderLayer {
             x.unsqueeze(2)?.expand((b, s.kv_heads, group, t, s.head_dim))?.reshape((b, s.heads, t, s.head_dim))
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
-        let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask: Vec<f32> =
+            (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
         let mask = Tensor::from_vec(mask, (t, t), x.device())?;
         let scores = (q.matmul(&k.t()?)? / (s.head_dim as f64).sqrt())?.broadcast_add(&mask)?;
-        let attended = candle_nn::ops::softmax(&scores, D::Minus1)?
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, s.heads * s.head_dim))?;
+        let attended = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v)?.transpose(1, 2)?.reshape((
+            b,
+            t,
+            s.heads * s.head_dim,
+        ))?;
         let x = (x + self.o.forward(&attended)?)?;
         let h = self.post_norm.forward(&x)?;
         let mlp = self.down.forward(&(candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?)?;

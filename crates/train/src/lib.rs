@@ -5,13 +5,13 @@ pub mod corpus;
 pub mod distill;
 pub mod eval;
 pub mod joint;
-mod llama;
-mod optim;
-pub mod spec;
 mod layers;
+mod llama;
 mod module;
+mod optim;
 mod output;
 mod schedule;
+pub mod spec;
 pub mod tokenizer;
 
 pub use corpus::Corpus;

@@ -16,12 +16,13 @@ impl TrainableLlama {
     pub fn new(vb: VarBuilder, config: &LlamaConfig) -> Result<Self> {
         let s = config.base_shape();
         let model = vb.pp("model");
-        let embed = model
-            .pp("embed_tokens")
-            .get_with_hints((config.vocab_size, s.hidden), "weight", Init::Randn { mean: 0.0, stdev: 0.02 })?;
-        let layers = (0..s.layers)
-            .map(|i| DecoderLayer::new(model.pp("layers").pp(i), s))
-            .collect::<Result<Vec<_>>>()?;
+        let embed = model.pp("embed_tokens").get_with_hints(
+            (config.vocab_size, s.hidden),
+            "weight",
+            Init::Randn { mean: 0.0, stdev: 0.02 },
+        )?;
+        let layers =
+            (0..s.layers).map(|i| DecoderLayer::new(model.pp("layers").pp(i), s)).collect::<Result<Vec<_>>>()?;
         let head = if config.tie_word_embeddings {
             None
         } else {

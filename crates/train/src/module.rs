@@ -24,16 +24,20 @@ impl TrainableModule {
             .recycle_shape()
             .ok_or_else(|| candle_core::Error::Msg("the config has no `recycle` block".into()))?;
         let d = config.hidden_size;
-        let layers = (0..shape.layers)
-            .map(|i| DecoderLayer::new(vb.pp("layers").pp(i), shape))
-            .collect::<Result<Vec<_>>>()?;
+        let layers =
+            (0..shape.layers).map(|i| DecoderLayer::new(vb.pp("layers").pp(i), shape)).collect::<Result<Vec<_>>>()?;
         Ok(Self {
             hidden_norm: RmsNorm::new(vb.pp("hnorm"), d, config.rms_norm_eps)?,
             embed_norm: RmsNorm::new(vb.pp("enorm"), d, config.rms_norm_eps)?,
             projection: Linear::new(vb.pp("eh_proj"), d, 2 * d)?,
             layers,
             norm: RmsNorm::new(vb.pp("norm"), d, config.rms_norm_eps)?,
-            rope: RopeTables::new(shape.head_dim, config.max_position_embeddings + 1, config.rope_theta, embedding.device())?,
+            rope: RopeTables::new(
+                shape.head_dim,
+                config.max_position_embeddings + 1,
+                config.rope_theta,
+                embedding.device(),
+            )?,
             embedding,
             head,
         })

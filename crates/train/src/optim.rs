@@ -61,7 +61,8 @@ impl AdamW {
             self.m[i] = tensors.remove(&format!("m.{name}")).ok_or_else(|| missing(&format!("m.{name}")))?;
             self.v[i] = tensors.remove(&format!("v.{name}")).ok_or_else(|| missing(&format!("v.{name}")))?;
         }
-        let step = tensors.remove("step").ok_or_else(|| candle_core::Error::Msg(format!("{}: no `step`", path.display())))?;
+        let step =
+            tensors.remove("step").ok_or_else(|| candle_core::Error::Msg(format!("{}: no `step`", path.display())))?;
         self.step = step.to_vec1::<u32>()?.first().copied().unwrap_or(0) as usize;
         Ok(())
     }

@@ -23,8 +23,10 @@ pub fn write_model(model_dir: &Path, out: &Path, config: &LlamaConfig, varmap: &
     // The original config.json, with the recycle block added: keys this project does not model stay.
     let original = model_dir.join("config.json");
     let text = std::fs::read_to_string(&original).map_err(|e| io(&original, e))?;
-    let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Data(format!("{}: {e}", original.display())))?;
+    let mut json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| TrainError::Data(format!("{}: {e}", original.display())))?;
     json["recycle"] = serde_json::to_value(&config.recycle).map_err(|e| TrainError::Data(e.to_string()))?;
     let path = out.join("config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json).map_err(|e| TrainError::Data(e.to_string()))?).map_err(|e| io(&path, e))
+    std::fs::write(&path, serde_json::to_string_pretty(&json).map_err(|e| TrainError::Data(e.to_string()))?)
+        .map_err(|e| io(&path, e))
 }

@@ -65,7 +65,7 @@ impl TrainSpec {
         if self.batch == 0 || self.seq_len < 3 || self.steps == 0 {
             return Err(TrainError::Data("batch and steps must be positive and seq_len at least 3".into()));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(TrainError::Data(format!(
                 "hidden_size {} does not divide into {} heads",
                 self.hidden_size, self.num_attention_heads

@@ -18,19 +18,15 @@ pub struct Budget {
 /// prompt is never starved by a stream of short ones. A sequence larger than the whole budget
 /// runs alone rather than never.
 pub fn admit(budget: Budget, running: &[usize], waiting: &[usize]) -> usize {
-    let mut count = running.len();
+    let slots = budget.max_running.max(1).saturating_sub(running.len());
     let mut reserved: usize = running.iter().sum();
     let mut admitted = 0;
-    for &need in waiting {
-        if count >= budget.max_running.max(1) {
-            break;
-        }
-        let alone = count == 0;
+    for &need in waiting.iter().take(slots) {
+        let alone = running.is_empty() && admitted == 0;
         if !alone && reserved.saturating_add(need) > budget.kv_tokens {
             break;
         }
         reserved = reserved.saturating_add(need);
-        count += 1;
         admitted += 1;
     }
     admitted
@@ -40,10 +36,7 @@ pub fn admit(budget: Budget, running: &[usize], waiting: &[usize]) -> usize {
 mod tests {
     use super::*;
 
-    const BUDGET: Budget = Budget {
-        max_running: 3,
-        kv_tokens: 100,
-    };
+    const BUDGET: Budget = Budget { max_running: 3, kv_tokens: 100 };
 
     #[test]
     fn admits_in_order_while_the_budget_allows() {
@@ -77,10 +70,7 @@ mod tests {
 
     #[test]
     fn a_zero_max_running_still_runs_one_at_a_time() {
-        let budget = Budget {
-            max_running: 0,
-            kv_tokens: 100,
-        };
+        let budget = Budget { max_running: 0, kv_tokens: 100 };
         assert_eq!(admit(budget, &[], &[10, 10]), 1);
     }
 }

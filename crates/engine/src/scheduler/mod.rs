@@ -89,13 +89,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig, context_len: usize) -> Self {
-        Self {
-            config,
-            context_len,
-            waiting: VecDeque::new(),
-            running: Vec::new(),
-            reservations: Vec::new(),
-        }
+        Self { config, context_len, waiting: VecDeque::new(), running: Vec::new(), reservations: Vec::new() }
     }
 
     pub fn enqueue(&mut self, request: SequenceRequest) {
@@ -162,16 +156,13 @@ impl Scheduler {
         let mut seqs: Vec<&mut Sequence> = self.running.iter_mut().collect();
         match step(model, &mut seqs, self.config.prefill_chunk) {
             Ok(report) => outcome.report = report,
-            Err(error) => {
-                return Err(StepFailed {
-                    ids: self.drain_running(),
-                    error,
-                })
-            }
+            Err(error) => return Err(StepFailed { ids: self.drain_running(), error }),
         }
         let mut kept = Vec::with_capacity(self.running.len());
         let mut kept_reservations = Vec::with_capacity(self.running.len());
-        for (mut seq, reservation) in std::mem::take(&mut self.running).into_iter().zip(std::mem::take(&mut self.reservations)) {
+        for (mut seq, reservation) in
+            std::mem::take(&mut self.running).into_iter().zip(std::mem::take(&mut self.reservations))
+        {
             let tokens = seq.take_new_tokens();
             let logprobs = seq.take_new_logprobs();
             let finished = seq.finish_reason().map(|reason| Finished {
@@ -181,12 +172,7 @@ impl Scheduler {
                 stats: seq.stats(),
             });
             if !tokens.is_empty() || finished.is_some() {
-                outcome.updates.push(Update {
-                    id: seq.id(),
-                    tokens,
-                    logprobs,
-                    finished,
-                });
+                outcome.updates.push(Update { id: seq.id(), tokens, logprobs, finished });
             }
             if finished.is_none() {
                 kept.push(seq);

@@ -66,11 +66,7 @@ fn permute_rotary(rows: &[f32], heads: usize, head_size: usize, cols: usize) -> 
 impl Checkpoint {
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| ModelError::file(path, e))?;
-        let mut r = Reader {
-            path: path.to_path_buf(),
-            bytes,
-            at: 0,
-        };
+        let mut r = Reader { path: path.to_path_buf(), bytes, at: 0 };
         let mut header = [0i32; 7];
         for h in header.iter_mut() {
             *h = r.i32()?;
@@ -83,7 +79,8 @@ impl Checkpoint {
         {
             return Err(ModelError::file(path, format!("not a llama2.c checkpoint: header {header:?}")));
         }
-        let (d, h, l, v, s) = (dim as usize, hidden_dim as usize, layers as usize, vocab.unsigned_abs() as usize, seq_len as usize);
+        let (d, h, l, v, s) =
+            (dim as usize, hidden_dim as usize, layers as usize, vocab.unsigned_abs() as usize, seq_len as usize);
         let (nh, nkv) = (heads as usize, kv_heads as usize);
         let hs = d / nh;
         let kv_dim = nkv * hs;

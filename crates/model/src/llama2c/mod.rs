@@ -16,11 +16,7 @@ pub fn convert(checkpoint: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
     if vocab.len() != checkpoint.vocab_size() {
         return Err(ModelError::file(
             tokenizer,
-            format!(
-                "{} tokens, but the checkpoint's vocabulary has {}",
-                vocab.len(),
-                checkpoint.vocab_size()
-            ),
+            format!("{} tokens, but the checkpoint's vocabulary has {}", vocab.len(), checkpoint.vocab_size()),
         ));
     }
     std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, e))?;

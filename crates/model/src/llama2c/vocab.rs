@@ -126,10 +126,7 @@ fn parse_llama2c(bytes: &[u8]) -> std::result::Result<Vec<(String, f32, Kind)>, 
     let mut pieces = Vec::new();
     while at < bytes.len() {
         let field = |at: usize| -> std::result::Result<[u8; 4], String> {
-            bytes
-                .get(at..at + 4)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| format!("truncated at byte {at}"))
+            bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).ok_or_else(|| format!("truncated at byte {at}"))
         };
         let score = f32::from_le_bytes(field(at)?);
         let len = i32::from_le_bytes(field(at + 4)?);

@@ -4,8 +4,8 @@ use crate::error::{ApiError, ApiJson};
 use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, token_text, ChunkShape};
 use crate::openai::{ChatRequest, Content, Usage};
 use crate::responses::{
-    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse, ChatDelta, ChatLogprobs,
-    ChatTokenLogprob, FinishReason, TopLogprob,
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse, ChatDelta,
+    ChatLogprobs, ChatTokenLogprob, FinishReason, TopLogprob,
 };
 use crate::validation::{plan, top_logprobs};
 use crate::AppState;
@@ -19,11 +19,7 @@ use std::sync::Arc;
 fn logprobs_of(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob]) -> ChatLogprobs {
     let top = |token: u32, logprob: f32| {
         let token = token_text(tokenizer, token);
-        TopLogprob {
-            bytes: token.as_bytes().to_vec(),
-            token,
-            logprob,
-        }
+        TopLogprob { bytes: token.as_bytes().to_vec(), token, logprob }
     };
     let content = logprobs
         .iter()
@@ -60,13 +56,13 @@ impl ChatChunks {
         }
     }
 
-    fn choice(index: usize, delta: ChatDelta, logprobs: Option<ChatLogprobs>, finish_reason: Option<FinishReason>) -> Vec<ChatChunkChoice> {
-        vec![ChatChunkChoice {
-            index,
-            delta,
-            logprobs,
-            finish_reason,
-        }]
+    fn choice(
+        index: usize,
+        delta: ChatDelta,
+        logprobs: Option<ChatLogprobs>,
+        finish_reason: Option<FinishReason>,
+    ) -> Vec<ChatChunkChoice> {
+        vec![ChatChunkChoice { index, delta, logprobs, finish_reason }]
     }
 }
 
@@ -74,18 +70,12 @@ impl ChunkShape for ChatChunks {
     type Chunk = ChatCompletionChunk;
 
     fn opening(&mut self, index: usize) -> Option<ChatCompletionChunk> {
-        let delta = ChatDelta {
-            role: Some("assistant"),
-            content: Some(String::new()),
-        };
+        let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
         Some(self.chunk(Self::choice(index, delta, None, None), None))
     }
 
     fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> ChatCompletionChunk {
-        let delta = ChatDelta {
-            role: None,
-            content: Some(text.to_string()),
-        };
+        let delta = ChatDelta { role: None, content: Some(text.to_string()) };
         let logprobs = self.logprobs.then(|| logprobs_of(&self.tokenizer, logprobs));
         self.chunk(Self::choice(index, delta, logprobs, None), None)
     }
@@ -148,7 +138,10 @@ fn messages(request: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
         (status = 200, description = "A `chat.completion` object, or (with `stream`) a `text/event-stream` of `chat.completion.chunk`s ending in `[DONE]`", body = ChatCompletionResponse),
         crate::error::ErrorResponses
 ))]
-pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
     let logprobs = match (request.logprobs, request.top_logprobs) {
         (true, top) => Some(top_logprobs("top_logprobs", top.unwrap_or(0), 20)?),
         (false, None) => None,
@@ -161,13 +154,8 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
     let generation = submit(&state, &plan, &id)?;
     let (model, created) = shared(&state);
     if plan.stream {
-        let shape = ChatChunks {
-            tokenizer: state.tokenizer.clone(),
-            logprobs: plan.wants_logprobs(),
-            id,
-            model,
-            created,
-        };
+        let shape =
+            ChatChunks { tokenizer: state.tokenizer.clone(), logprobs: plan.wants_logprobs(), id, model, created };
         return Ok(sse(shape, generation, plan));
     }
     let (choices, usage) = collect(generation).await?;
@@ -176,10 +164,7 @@ pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJso
         .enumerate()
         .map(|(i, c)| ChatChoice {
             index: i,
-            message: AssistantMessage {
-                role: "assistant",
-                content: c.text.clone(),
-            },
+            message: AssistantMessage { role: "assistant", content: c.text.clone() },
             logprobs: plan.wants_logprobs().then(|| logprobs_of(&state.tokenizer, &c.logprobs)),
             finish_reason: c.finish_reason,
         })

@@ -21,7 +21,10 @@ fn logprobs_of(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob], offset: usi
         at += t.len();
     }
     CompletionLogprobs {
-        top_logprobs: logprobs.iter().map(|l| l.top.iter().map(|(t, lp)| (token_text(tokenizer, *t), *lp)).collect()).collect(),
+        top_logprobs: logprobs
+            .iter()
+            .map(|l| l.top.iter().map(|(t, lp)| (token_text(tokenizer, *t), *lp)).collect())
+            .collect(),
         token_logprobs: logprobs.iter().map(|l| l.logprob).collect(),
         tokens,
         text_offset,
@@ -53,13 +56,13 @@ impl CompletionChunks {
         }
     }
 
-    fn choice(index: usize, text: String, logprobs: Option<CompletionLogprobs>, finish_reason: Option<FinishReason>) -> CompletionChoice {
-        CompletionChoice {
-            index,
-            text,
-            logprobs,
-            finish_reason,
-        }
+    fn choice(
+        index: usize,
+        text: String,
+        logprobs: Option<CompletionLogprobs>,
+        finish_reason: Option<FinishReason>,
+    ) -> CompletionChoice {
+        CompletionChoice { index, text, logprobs, finish_reason }
     }
 }
 
@@ -103,7 +106,10 @@ impl ChunkShape for CompletionChunks {
         (status = 200, description = "A `text_completion` object, or (with `stream`) a `text/event-stream` of them ending in `[DONE]`", body = CompletionResponse),
         crate::error::ErrorResponses
 ))]
-pub async fn create(State(state): State<Arc<AppState>>, ApiJson(request): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
     if request.best_of.is_some_and(|b| b != 1) {
         return Err(ApiError::invalid("best_of", "`best_of` is not supported"));
     }

@@ -45,10 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// A known path with the wrong method gets a 405 in OpenAI's shape, not an empty body.
 fn with_405(route: MethodRouter<Arc<AppState>>) -> MethodRouter<Arc<AppState>> {
     route.fallback(|method: Method, uri: Uri| async move {
-        ApiError::MethodNotAllowed {
-            method: method.to_string(),
-            path: uri.path().to_string(),
-        }
+        ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
     })
 }
 
@@ -59,7 +56,11 @@ async fn not_found(uri: Uri) -> ApiError {
 /// With an API key configured, every route but `/health` (and `/metrics` when so configured)
 /// needs `Authorization: Bearer <key>`; the scheme is case-insensitive (RFC 9110) and the key is
 /// compared in constant time, so response timing does not reveal how much of a guess was right.
-async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     if let Some(key) = &state.config.api_key {
         let given = request
             .headers()

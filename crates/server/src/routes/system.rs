@@ -24,11 +24,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
             created: state.created,
             owned_by: "recyclegpt",
             max_model_len: state.limits.context_len,
-            recycle: ModelRecycle {
-                module,
-                modes,
-                default: state.limits.default_mode.as_str(),
-            },
+            recycle: ModelRecycle { module, modes, default: state.limits.default_mode.as_str() },
         }],
     })
 }
