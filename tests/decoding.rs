@@ -1,25 +1,31 @@
 //! The three schedules on real weights: `verify` never changes greedy output, `alternate` emits
 //! two tokens per full forward, seeds make sampling repeatable, and a batched step gives each
-//! sequence what it gets alone.
+//! sequence what it gets alone. All on the in-repo model (`models/shakespeare`, context 128).
 mod common;
 
-use common::{load, random_module, run, stories260k};
+use common::{load, random_module, run};
 use recyclegpt_engine::{step, DecodeMode, SamplingParams, Sequence, StopCriteria};
+use std::path::PathBuf;
 
+/// The embedded model: always present, so these tests run on a fresh clone.
+fn embedded() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shakespeare")
+}
+
+/// From 6 to 20 tokens with BOS, so that 100 more still fit the 128-token context.
 const PROMPTS: [&str; 4] = [
     "Once upon a time",
-    "Lily and Tom went to the park",
-    "The cat",
-    "One day, a little boy named Tim found a big red ball in the garden. He",
+    "ROMEO.",
+    "To be, or not to be, that is the question",
+    "Now is the winter of our discontent made glorious summer by this sun of York",
 ];
 
 #[test]
 fn verify_greedy_equals_standard_greedy_with_a_random_module() {
-    let Some(shared) = stories260k() else { return };
     for seed in [1, 2] {
-        let loaded = load(&shared.join("hf"), random_module(seed));
+        let loaded = load(&embedded(), random_module(seed));
         for prompt in PROMPTS {
-            for max_tokens in [1, 2, 7, 40, 120] {
+            for max_tokens in [1, 2, 7, 40, 100] {
                 let standard = run(&loaded, prompt, DecodeMode::Off, SamplingParams::greedy(), max_tokens);
                 let verify = run(&loaded, prompt, DecodeMode::Verify, SamplingParams::greedy(), max_tokens);
                 assert_eq!(verify.ids, standard.ids, "{prompt:?}, max_tokens {max_tokens}");
@@ -37,8 +43,7 @@ fn verify_greedy_equals_standard_greedy_with_a_random_module() {
 
 #[test]
 fn alternate_emits_two_tokens_per_full_forward() {
-    let Some(shared) = stories260k() else { return };
-    let loaded = load(&shared.join("hf"), random_module(3));
+    let loaded = load(&embedded(), random_module(3));
     for prompt in PROMPTS {
         let out = run(&loaded, prompt, DecodeMode::Alternate, SamplingParams::greedy(), 40);
         assert_eq!(out.ids.len(), 40);
@@ -54,8 +59,7 @@ fn alternate_emits_two_tokens_per_full_forward() {
 
 #[test]
 fn same_seed_same_text_different_seed_different_text() {
-    let Some(shared) = stories260k() else { return };
-    let loaded = load(&shared.join("hf"), random_module(4));
+    let loaded = load(&embedded(), random_module(4));
     for mode in [DecodeMode::Off, DecodeMode::Alternate, DecodeMode::Verify] {
         let sample = |seed| {
             let params =
@@ -69,8 +73,7 @@ fn same_seed_same_text_different_seed_different_text() {
 
 #[test]
 fn a_batched_step_gives_each_sequence_what_it_gets_alone() {
-    let Some(shared) = stories260k() else { return };
-    let loaded = load(&shared.join("hf"), random_module(5));
+    let loaded = load(&embedded(), random_module(5));
     let model = &loaded.model;
     let cases = [
         (PROMPTS[0], DecodeMode::Off, 30),
@@ -100,14 +103,15 @@ fn a_batched_step_gives_each_sequence_what_it_gets_alone() {
 
 #[test]
 fn verify_equals_standard_when_drafts_are_often_accepted() {
-    let Some(shared) = stories260k() else { return };
-    let loaded = load(&shared.join("hf"), random_module(8));
+    let loaded = load(&embedded(), random_module(8));
     // A bias on common tokens makes the random module's drafts agree with the model often,
     // so that both the accept and the reject paths run in one generation.
+    let common_ids: Vec<u32> =
+        [",", " the", " and"].iter().map(|t| *loaded.tokenizer.encode(t).unwrap().last().unwrap()).collect();
     let (mut accepted, mut rejected) = (0, 0);
     for bias in [3.0, 6.0, 8.0] {
-        let params =
-            SamplingParams { logit_bias: vec![(261, bias), (267, bias), (426, bias)], ..SamplingParams::greedy() };
+        let logit_bias = common_ids.iter().map(|&id| (id, bias)).collect();
+        let params = SamplingParams { logit_bias, ..SamplingParams::greedy() };
         for prompt in PROMPTS {
             let standard = run(&loaded, prompt, DecodeMode::Off, params.clone(), 60);
             let verify = run(&loaded, prompt, DecodeMode::Verify, params.clone(), 60);
@@ -121,8 +125,7 @@ fn verify_equals_standard_when_drafts_are_often_accepted() {
 
 #[test]
 fn a_distilled_module_agrees_with_the_model_and_verify_still_equals_standard() {
-    let Some(shared) = stories260k() else { return };
-    let hf = shared.join("hf");
+    let hf = embedded();
     let base = load(&hf, recyclegpt_model::RecycleInit::FromFiles);
     let corpus = recyclegpt_train::Corpus::self_distilled(&base.model, &base.tokenizer, 48, 64, 7).unwrap();
     let out = common::scratch("distilled");
@@ -149,7 +152,19 @@ fn a_distilled_module_agrees_with_the_model_and_verify_still_equals_standard() {
     assert_eq!(with_trained.ids, standard.ids);
 
     // `eval` sees the same: more agreement, and alternate text the model finds far likelier.
-    let data = [shared.join("reference/lily_tom_park.txt"), shared.join("reference/once_upon_a_time.txt")];
+    // Its data: text the model itself writes from two prompts (greedy, as llama2.c's references).
+    let eval_dir = common::scratch("distilled-eval");
+    let data: Vec<PathBuf> = PROMPTS[..2]
+        .iter()
+        .enumerate()
+        .map(|(i, prompt)| {
+            let ids = run(&base, prompt, DecodeMode::Off, SamplingParams::greedy(), 60).ids;
+            let text = base.tokenizer.decode_continuation(&ids);
+            let path = eval_dir.join(format!("{i}.txt"));
+            std::fs::write(&path, format!("{prompt}{text}")).unwrap();
+            path
+        })
+        .collect();
     let options = recyclegpt_train::EvalOptions { prompts: 2, generate_tokens: 32, ..Default::default() };
     let good = recyclegpt_train::evaluate(&trained.model, &trained.tokenizer, &data, &options).unwrap();
     let bad = recyclegpt_train::evaluate(&random.model, &random.tokenizer, &data, &options).unwrap();

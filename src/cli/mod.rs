@@ -43,6 +43,15 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+impl Cli {
+    /// Whether this command frees and re-allocates the same large buffers step after step
+    /// (training), so that freed memory is better kept than returned to the OS. A server must
+    /// return it: after a burst of requests it should shrink back, not stay at its peak.
+    pub fn reuses_large_buffers(&self) -> bool {
+        matches!(self.command, Command::Train(_) | Command::TrainRecycle(_))
+    }
+}
+
 /// Logs go to stderr so that stdout carries only the command's output; `RUST_LOG` filters them.
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

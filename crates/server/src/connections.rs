@@ -55,6 +55,8 @@ struct Activity {
     /// When the request now being received began (u64::MAX: none).
     request_started_ms: AtomicU64,
     evict: Notify,
+    /// Set once it has been asked to close, so that it is not picked twice.
+    evicted: std::sync::atomic::AtomicBool,
 }
 
 const NONE: u64 = u64::MAX;
@@ -68,6 +70,7 @@ impl Activity {
             // A new connection owes its first request's headers from the start.
             request_started_ms: AtomicU64::new(0),
             evict: Notify::new(),
+            evicted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -188,15 +191,29 @@ impl Registry {
         self.lock().len()
     }
 
+    async fn wait_below(&self, cap: usize, patience: Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let closed = self.closed.notified();
+            if self.len() < cap {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Asks the quietest idle connection to close; false when every connection is busy.
     fn evict_one(&self) -> bool {
         let open = self.lock();
         let victim = open
             .values()
-            .filter(|a| a.idle())
+            .filter(|a| a.idle() && !a.evicted.load(Ordering::Relaxed))
             .min_by_key(|a| a.epoch + Duration::from_millis(a.last_traffic_ms.load(Ordering::Relaxed)));
         match victim {
             Some(activity) => {
+                activity.evicted.store(true, Ordering::Relaxed);
                 activity.evict.notify_one();
                 metrics::counter!("recyclegpt_connections_evicted_total").increment(1);
                 true
@@ -265,13 +282,18 @@ async fn accept_loop(
                 continue;
             }
         };
-        if registry.len() >= limits.max_connections && !registry.evict_one() {
-            metrics::counter!("recyclegpt_connections_refused_total").increment(1);
-            // Best effort: a client that cannot take these bytes now is simply closed.
-            let _ = stream.try_write(
-                b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-            );
-            continue;
+        if registry.len() >= limits.max_connections {
+            if !registry.evict_one() {
+                metrics::counter!("recyclegpt_connections_refused_total").increment(1);
+                // Best effort: a client that cannot take these bytes now is simply closed.
+                let _ = stream.try_write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                continue;
+            }
+            // Wait (briefly) for the evicted connection to be gone, so that a burst of new
+            // connections cannot take the count, and the descriptors, past the cap.
+            registry.wait_below(limits.max_connections, Duration::from_millis(200)).await;
         }
         let id = registry.next.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::new());

@@ -169,6 +169,14 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<std::sync::Arc<c
                     ApiError::Malformed(rejection.body_text())
                 }
             })?;
-        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| ApiError::Malformed(e.to_string()))
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| match e.classify() {
+            // Well-formed JSON with a field of the wrong type or shape: a bad parameter (400),
+            // as OpenAI answers; only unparseable bodies are 422.
+            serde_json::error::Category::Data => ApiError::InvalidParameter {
+                param: None,
+                message: format!("Invalid request: {e}"),
+            },
+            _ => ApiError::Malformed(e.to_string()),
+        })
     }
 }

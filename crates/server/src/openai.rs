@@ -9,8 +9,31 @@ use utoipa::ToSchema;
 pub enum Prompt {
     Text(String),
     Texts(Vec<String>),
-    Ids(Vec<u32>),
-    IdLists(Vec<Vec<u32>>),
+    Ids(#[serde(deserialize_with = "token_ids")] Vec<u32>),
+    IdLists(#[serde(deserialize_with = "token_id_lists")] Vec<Vec<u32>>),
+}
+
+/// A token id, also when written as an integral float (`42.0` is an integer in JSON Schema).
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct TokenId(#[serde(deserialize_with = "token_id")] u32);
+
+fn token_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&value) {
+        Ok(value as u32)
+    } else {
+        Err(serde::de::Error::custom(format!("{value} is not a token id")))
+    }
+}
+
+fn token_ids<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u32>, D::Error> {
+    Ok(Vec::<TokenId>::deserialize(deserializer)?.into_iter().map(|t| t.0).collect())
+}
+
+fn token_id_lists<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Vec<u32>>, D::Error> {
+    let lists = Vec::<Vec<TokenId>>::deserialize(deserializer)?;
+    Ok(lists.into_iter().map(|l| l.into_iter().map(|t| t.0).collect()).collect())
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -106,6 +129,7 @@ pub struct Message {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatRequest {
+    #[schema(min_items = 1)]
     pub messages: Vec<Message>,
     #[serde(flatten)]
     pub sampling: SamplingFields,

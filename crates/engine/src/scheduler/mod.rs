@@ -7,7 +7,7 @@ mod admission;
 pub use admission::{admit, Budget};
 
 use crate::sampling::{SamplingParams, TokenLogprob};
-use crate::sequence::{FinishReason, Sequence, SequenceStats, StopCriteria};
+use crate::sequence::{FinishReason, Sequence, SequenceState, SequenceStats, StopCriteria};
 use crate::step::{step, StepReport};
 use crate::{DecodeMode, EngineError};
 use recyclegpt_model::RecycleGpt;
@@ -125,21 +125,10 @@ impl Scheduler {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    pub fn waiting_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
-        self.waiting.iter().map(|r| r.id)
-    }
-
-    pub fn running_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
-        self.running.iter().map(Sequence::id)
-    }
-
     pub fn running_len(&self) -> usize {
         self.running.len()
     }
 
-    pub fn waiting_len(&self) -> usize {
-        self.waiting.len()
-    }
 
     /// Tokens held in the running sequences' full-model KV caches.
     pub fn kv_tokens_in_use(&self) -> usize {
@@ -165,12 +154,15 @@ impl Scheduler {
         {
             let tokens = seq.take_new_tokens();
             let logprobs = seq.take_new_logprobs();
-            let finished = seq.finish_reason().map(|reason| Finished {
-                reason,
-                prompt_tokens: seq.prompt().len(),
-                completion_tokens: seq.generated().len(),
-                stats: seq.stats(),
-            });
+            let finished = match seq.state() {
+                SequenceState::Finished(reason) => Some(Finished {
+                    reason,
+                    prompt_tokens: seq.prompt().len(),
+                    completion_tokens: seq.generated().len(),
+                    stats: seq.stats(),
+                }),
+                SequenceState::Prefilling | SequenceState::Decoding => None,
+            };
             if !tokens.is_empty() || finished.is_some() {
                 outcome.updates.push(Update { id: seq.id(), tokens, logprobs, finished });
             }
