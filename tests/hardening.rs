@@ -463,6 +463,9 @@ async fn the_openapi_document_names_operations_and_describes_responses() {
     }
     let temperature = &spec["components"]["schemas"]["SamplingFields"]["properties"]["temperature"];
     assert_eq!(temperature["maximum"], 2.0, "{temperature}");
+    // Limits only the loaded model knows are written in: token ids below the vocabulary size.
+    let ids = &spec["components"]["schemas"]["Prompt"]["oneOf"][2];
+    assert_eq!(ids["items"]["maximum"], server.state.limits.vocab_size - 1, "{ids}");
     server.shutdown().await.unwrap();
 }
 

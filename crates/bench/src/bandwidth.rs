@@ -43,6 +43,10 @@ fn sum(values: &[f32]) -> f32 {
     sum_lanes(values)
 }
 
+/// The same sum, compiled for AVX-512 so that the lanes vectorise to 512-bit adds.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn sum_avx512(values: &[f32]) -> f32 {

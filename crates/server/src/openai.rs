@@ -13,6 +13,24 @@ pub enum Prompt {
     IdLists(#[serde(deserialize_with = "token_id_lists")] Vec<Vec<u32>>),
 }
 
+/// An optional integer, also when written as an integral float (`13.0` is an integer in JSON
+/// Schema, and some clients serialise every number as a float).
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(i64),
+        Float(f64),
+    }
+    match Option::<Number>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Number::Int(value)) => Ok(Some(value)),
+        // Beyond 2^53 a float no longer holds every integer; such values are refused.
+        Some(Number::Float(value)) if value.fract() == 0.0 && value.abs() <= 9.0e15 => Ok(Some(value as i64)),
+        Some(Number::Float(value)) => Err(serde::de::Error::custom(format!("{value} is not an integer"))),
+    }
+}
+
 /// A token id, also when written as an integral float (`42.0` is an integer in JSON Schema).
 #[derive(Deserialize)]
 #[serde(transparent)]
@@ -56,7 +74,9 @@ pub struct StreamOptions {
 pub struct SamplingFields {
     /// The served model's name (see `/v1/models`).
     pub model: Option<String>,
+    /// At least 1; prompt + max_tokens must fit the model's context.
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "integral")]
     pub max_tokens: Option<i64>,
     #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
@@ -65,10 +85,13 @@ pub struct SamplingFields {
     pub top_p: Option<f64>,
     /// -1 or 0: off.
     #[schema(minimum = -1)]
+    #[serde(default, deserialize_with = "integral")]
     pub top_k: Option<i64>,
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub min_p: Option<f64>,
+    /// Prompts × n must not exceed `max_sequences_per_request`.
     #[schema(minimum = 1, maximum = 16)]
+    #[serde(default, deserialize_with = "integral")]
     pub n: Option<i64>,
     #[serde(default)]
     pub stream: bool,
@@ -83,6 +106,7 @@ pub struct SamplingFields {
     pub repetition_penalty: Option<f64>,
     /// Token id (as a string) → bias in [-100, 100].
     pub logit_bias: Option<HashMap<String, f64>>,
+    #[serde(default, deserialize_with = "integral")]
     pub seed: Option<i64>,
     pub user: Option<String>,
     /// `off` | `alternate` | `verify`; the server's default when absent.
@@ -96,13 +120,16 @@ pub struct CompletionRequest {
     #[serde(flatten)]
     pub sampling: SamplingFields,
     #[schema(minimum = 0, maximum = 5)]
+    #[serde(default, deserialize_with = "integral")]
     pub logprobs: Option<i64>,
     #[serde(default)]
     pub echo: bool,
     /// Only 1 is supported.
     #[schema(minimum = 1, maximum = 1)]
+    #[serde(default, deserialize_with = "integral")]
     pub best_of: Option<i64>,
-    /// Not supported: any value is refused.
+    /// Not supported: any value is refused (so not part of the documented request).
+    #[schema(ignore)]
     pub suffix: Option<String>,
 }
 
@@ -123,8 +150,29 @@ pub struct ContentPart {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct Message {
-    pub role: String,
+    pub role: Role,
     pub content: Option<Content>,
+}
+
+/// Who wrote a message; `developer` is read as `system`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+}
+
+impl Role {
+    /// The role as the chat template sees it.
+    pub fn template_name(self) -> &'static str {
+        match self {
+            Role::System | Role::Developer => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -134,11 +182,13 @@ pub struct ChatRequest {
     #[serde(flatten)]
     pub sampling: SamplingFields,
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "integral")]
     pub max_completion_tokens: Option<i64>,
     #[serde(default)]
     pub logprobs: bool,
     /// Needs `logprobs: true`.
     #[schema(minimum = 0, maximum = 20)]
+    #[serde(default, deserialize_with = "integral")]
     pub top_logprobs: Option<i64>,
 }
 

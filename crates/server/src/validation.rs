@@ -130,10 +130,11 @@ pub fn plan(
     if top_k < 0 && top_k != -1 {
         return Err(ApiError::invalid("top_k", format!("`top_k` must be -1, 0 or positive, got {top_k}")));
     }
-    let top_p = in_range("top_p", fields.top_p, 0.0, 1.0, 1.0)?;
-    if top_p <= 0.0 {
+    if fields.top_p.is_some_and(|p| p <= 0.0) {
         return Err(ApiError::invalid("top_p", "`top_p` must be greater than 0"));
     }
+    // A positive top_p too small for f32 keeps only the most likely token, as the smallest f32 does.
+    let top_p = in_range("top_p", fields.top_p, 0.0, 1.0, 1.0)?.max(f32::MIN_POSITIVE);
     let params = SamplingParams {
         temperature: in_range("temperature", fields.temperature, 0.0, 2.0, 1.0)?,
         top_p,

@@ -98,9 +98,6 @@ fn messages(request: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "developer") {
-                return Err(ApiError::invalid("messages", format!("messages[{i}].role `{}` is not supported", m.role)));
-            }
             let content = match &m.content {
                 None => String::new(),
                 Some(Content::Text(t)) => t.clone(),
@@ -126,8 +123,7 @@ fn messages(request: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
                     text
                 }
             };
-            let role = if m.role == "developer" { "system".to_string() } else { m.role.clone() };
-            Ok(ChatMessage { role, content })
+            Ok(ChatMessage { role: m.role.template_name().to_string(), content })
         })
         .collect()
 }

@@ -1,6 +1,8 @@
 //! `/v1/models`, `/health`, `/metrics`, `/openapi.json`.
 use crate::responses::{Health, ModelCard, ModelList, ModelRecycle};
+use crate::validation::Limits;
 use crate::AppState;
+use serde_json::{json, Value};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -54,7 +56,13 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 #[openapi(
     info(title = "recyclegpt", description = "OpenAI-compatible inference for RecycleGPT models"),
     paths(super::completions::create, super::chat::create, models, health, metrics, openapi),
-    components(schemas(crate::openai::CompletionRequest, crate::openai::ChatRequest, crate::openai::Usage)),
+    components(schemas(
+        crate::openai::CompletionRequest,
+        crate::openai::ChatRequest,
+        crate::openai::Usage,
+        crate::responses::ErrorResponse,
+        crate::responses::ErrorDetail
+    )),
     tags(
         (name = "completions", description = "Text completions"),
         (name = "chat", description = "Chat completions"),
@@ -66,6 +74,45 @@ struct ApiDoc;
 
 #[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = "system",
     responses((status = 200, description = "This OpenAPI document", content_type = "application/json", body = Object)))]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(<ApiDoc as utoipa::OpenApi>::openapi())
+pub async fn openapi(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(document(&state.limits))
+}
+
+/// The document, with the limits only the loaded model knows written into the request schemas
+/// (token ids below the vocabulary size, max_tokens below the context, list and stop lengths).
+/// What no schema can say is in the descriptions: prompt + max_tokens must fit the context,
+/// and prompts × n must not exceed the sequences a request may ask for.
+fn document(limits: &Limits) -> Value {
+    let mut doc = serde_json::to_value(<ApiDoc as utoipa::OpenApi>::openapi()).unwrap_or_default();
+    let schemas = &mut doc["components"]["schemas"];
+    let (max_new, last_id) = (limits.context_len.saturating_sub(1), limits.vocab_size.saturating_sub(1));
+    let ids = json!({"type": "integer", "minimum": 0, "maximum": last_id});
+    let id_list = json!({"type": "array", "items": ids, "minItems": 1, "maxItems": max_new});
+    schemas["Prompt"]["oneOf"] = json!([
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": limits.max_sequences},
+        id_list,
+        {"type": "array", "items": id_list, "minItems": 1, "maxItems": limits.max_sequences},
+    ]);
+    // A character is at most 4 bytes: this many characters always fit `max_stop_bytes`.
+    let stop = json!({"type": "string", "minLength": 1, "maxLength": limits.max_stop_bytes / 4});
+    schemas["Stop"]["oneOf"] = json!([stop, {"type": "array", "items": stop, "maxItems": 4}]);
+    for (schema, field) in [("SamplingFields", "max_tokens"), ("ChatRequest", "max_completion_tokens")] {
+        if let Some(property) = property(&mut schemas[schema], field) {
+            property["maximum"] = json!(max_new);
+        }
+    }
+    doc
+}
+
+/// A property of an object schema, also inside `allOf` (how flattened structs appear).
+fn property<'a>(schema: &'a mut Value, name: &str) -> Option<&'a mut Value> {
+    if schema.get("properties").and_then(|p| p.get(name)).is_some() {
+        return schema.get_mut("properties")?.get_mut(name);
+    }
+    schema
+        .get_mut("allOf")?
+        .as_array_mut()?
+        .iter_mut()
+        .find_map(|part| part.get_mut("properties").and_then(|p| p.get_mut(name)))
 }
