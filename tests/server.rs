@@ -1,12 +1,18 @@
-//! The OpenAI-compatible server, over real HTTP on 127.0.0.1 with the real stories260K weights:
-//! response shapes, streams parsed as SSE, parity with `recyclegpt generate`, batching, errors.
+//! The OpenAI-compatible server, over real HTTP on 127.0.0.1 with the real weights of the in-repo
+//! model (`models/shakespeare`, context 128): response shapes, streams parsed as SSE, parity with
+//! `recyclegpt generate`, batching, errors.
 mod common;
 
 use common::server::{sse_chunks, TestServer};
-use common::stories260k;
 use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::process::Command;
 use tokio::sync::Mutex;
+
+/// The embedded model: always present, so these tests run on a fresh clone.
+fn embedded() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shakespeare")
+}
 
 /// Metrics are process-wide: the tests of this file run one at a time (an async lock, held
 /// across the whole test).
@@ -45,13 +51,12 @@ fn streamed_text(chunks: &[Value], field: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_text_equals_generate_in_every_mode() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
-    let hf = shared.join("hf");
-    let server = TestServer::start(&hf, |_| {}).await;
-    let prompt = "Lily and Tom went to the park";
+    let model = embedded();
+    let server = TestServer::start(&model, |_| {}).await;
+    let prompt = "To be, or not to be, that is the question";
     let mut by_mode = Vec::new();
     for (mode, cli_mode) in [("off", "off"), ("alternate", "alternate"), ("verify", "verify")] {
-        let want = generate_text(&hf, prompt, cli_mode, 40);
+        let want = generate_text(&model, prompt, cli_mode, 40);
         let body: Value = server
             .post(
                 "/v1/completions",
@@ -87,8 +92,7 @@ async fn greedy_text_equals_generate_in_every_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_stream_has_role_content_finish_usage_and_done() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
-    let server = TestServer::start(&shared.join("hf"), |_| {}).await;
+    let server = TestServer::start(&embedded(), |_| {}).await;
     let request = json!({
         "messages": [{"role": "system", "content": "Tell a story."},
                      {"role": "user", "content": [{"type": "text", "text": "Once upon a time"}]}],
@@ -119,8 +123,7 @@ async fn chat_stream_has_role_content_finish_usage_and_done() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_concurrent_streams_match_their_solo_runs() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
-    let server = TestServer::start(&shared.join("hf"), |c| c.prefill_chunk = 6).await;
+    let server = TestServer::start(&embedded(), |c| c.prefill_chunk = 6).await;
     let cases: Vec<(String, usize, &str)> = (0..8)
         .map(|i| {
             let prompt =
@@ -154,10 +157,11 @@ async fn eight_concurrent_streams_match_their_solo_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnected_stream_frees_its_slot() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
-    let server = TestServer::start(&shared.join("hf"), |c| c.max_running_sequences = 1).await;
+    let server = TestServer::start(&embedded(), |c| c.max_running_sequences = 1).await;
     let cancelled_before = server.metric("recyclegpt_cancelled_total").await;
-    let body = json!({"prompt": "Once", "max_tokens": 500, "temperature": 0, "stream": true, "logit_bias": {"1": -100, "2": -100}});
+    // The model writes thousands of tokens a second: eight prompts of 120 tokens each, one after
+    // another in the only slot, keep the stream going well past the moment its client leaves.
+    let body = json!({"prompt": vec!["Once"; 8], "max_tokens": 120, "temperature": 0, "stream": true, "logit_bias": {"1": -100, "2": -100}});
     let mut response = server.post("/v1/completions", body).await;
     let first = response.chunk().await.unwrap().expect("a first chunk");
     assert!(String::from_utf8_lossy(&first).starts_with("data: "));
@@ -184,17 +188,18 @@ async fn a_disconnected_stream_frees_its_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429_and_the_rest_complete() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
-    let server = TestServer::start(&shared.join("hf"), |c| {
+    let server = TestServer::start(&embedded(), |c| {
         c.max_running_sequences = 1;
         c.queue_capacity = 1;
     })
     .await;
     let client = reqwest::Client::new();
-    let tasks: Vec<_> = (0..8)
+    // One runs, one waits, the rest find the queue full: many at once, since each takes only
+    // tens of milliseconds.
+    let tasks: Vec<_> = (0..24)
         .map(|_| {
             let (client, url) = (client.clone(), server.url("/v1/completions"));
-            let body = json!({"prompt": "Once", "max_tokens": 400, "logit_bias": {"1": -100, "2": -100}});
+            let body = json!({"prompt": "Once", "max_tokens": 120, "logit_bias": {"1": -100, "2": -100}});
             tokio::spawn(async move {
                 let r = client.post(url).json(&body).send().await.unwrap();
                 (r.status().as_u16(), r.json::<Value>().await.unwrap())
@@ -205,7 +210,7 @@ async fn a_full_queue_answers_429_and_the_rest_complete() {
     for task in tasks {
         let (status, body) = task.await.unwrap();
         match status {
-            200 => assert_eq!(body["usage"]["completion_tokens"], 400),
+            200 => assert_eq!(body["usage"]["completion_tokens"], 120),
             429 => assert_eq!(body["error"]["type"], "rate_limit_error"),
             other => panic!("unexpected status {other}: {body}"),
         }
@@ -231,8 +236,7 @@ async fn expect_error(server: &TestServer, path: &str, body: Value, status: u16,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_status_in_openai_shape() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
-    let server = TestServer::start(&shared.join("hf"), |c| c.body_limit_bytes = 4096).await;
+    let server = TestServer::start(&embedded(), |c| c.body_limit_bytes = 4096).await;
     let c = "/v1/completions";
     expect_error(&server, c, json!({"prompt": "x", "temperature": 3}), 400, Some("temperature")).await;
     expect_error(&server, c, json!({"prompt": "x", "n": 0}), 400, Some("n")).await;
@@ -240,8 +244,8 @@ async fn every_error_status_in_openai_shape() {
     expect_error(&server, c, json!({"prompt": "x", "best_of": 3}), 400, Some("best_of")).await;
     expect_error(&server, c, json!({"prompt": "x", "recycle": "sometimes"}), 400, Some("recycle")).await;
     expect_error(&server, c, json!({"prompt": [[1, 99999]]}), 400, Some("prompt")).await;
-    let message = expect_error(&server, c, json!({"prompt": "x", "max_tokens": 600}), 400, Some("max_tokens")).await;
-    assert!(message.contains("512") && message.contains("600"), "{message}");
+    let message = expect_error(&server, c, json!({"prompt": "x", "max_tokens": 200}), 400, Some("max_tokens")).await;
+    assert!(message.contains("128") && message.contains("200"), "{message}");
     expect_error(&server, c, json!({"prompt": "x", "model": "gpt-4"}), 404, Some("model")).await;
     expect_error(&server, "/v1/chat/completions", json!({"messages": []}), 400, Some("messages")).await;
     expect_error(&server, c, json!({"prompt": "x".repeat(5000)}), 413, None).await;
@@ -262,7 +266,7 @@ async fn every_error_status_in_openai_shape() {
     assert_eq!(reqwest::get(server.url("/health")).await.unwrap().status().as_u16(), 200);
     server.shutdown().await.unwrap();
 
-    let keyed = TestServer::start(&shared.join("hf"), |c| c.api_key = Some("sesame".into())).await;
+    let keyed = TestServer::start(&embedded(), |c| c.api_key = Some("sesame".into())).await;
     expect_error(&keyed, c, json!({"prompt": "x"}), 401, None).await;
     let ok = reqwest::Client::new()
         .post(keyed.url(c))
@@ -279,8 +283,7 @@ async fn every_error_status_in_openai_shape() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_malformed_bodies_get_4xx_and_the_server_keeps_serving() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
-    let server = TestServer::start(&shared.join("hf"), |_| {}).await;
+    let server = TestServer::start(&embedded(), |_| {}).await;
     let client = reqwest::Client::new();
     let mut bodies: Vec<Vec<u8>> = vec![
         b"".to_vec(),
@@ -366,34 +369,58 @@ async fn fifty_malformed_bodies_get_4xx_and_the_server_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completion_fields_prompts_echo_stop_n_and_seed() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
-    let server = TestServer::start(&shared.join("hf"), |_| {}).await;
+    let server = TestServer::start(&embedded(), |_| {}).await;
     let post = |body: Value| {
         let server = &server;
         async move { server.post("/v1/completions", body).await.json::<Value>().await.unwrap() }
     };
     let base = post(json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0})).await;
     let text = completion_text(&base);
-    assert!(text.starts_with(", there was"), "{text}");
+    assert_eq!(base["usage"]["completion_tokens"], 30);
+    assert!(!text.trim().is_empty(), "{text:?}");
 
-    // Token ids, and a list of prompts: choices in prompt order.
-    let ids = post(json!({"prompt": [1, 403, 407, 261, 378], "max_tokens": 30, "temperature": 0})).await;
+    // Token ids (BOS first), and a list of prompts: choices in prompt order.
+    let prompt_ids = server.state.tokenizer.encode("Once upon a time").unwrap();
+    assert_eq!(prompt_ids[0], 1, "{prompt_ids:?}");
+    let ids = post(json!({"prompt": prompt_ids, "max_tokens": 30, "temperature": 0})).await;
     assert_eq!(completion_text(&ids), text);
     let many = post(json!({"prompt": ["Once upon a time", "The cat"], "max_tokens": 30, "temperature": 0})).await;
     assert_eq!(many["choices"].as_array().unwrap().len(), 2);
     assert_eq!(many["choices"][0]["text"], text.as_str());
     assert_eq!(many["choices"][1]["index"], 1);
-    let lists = post(json!({"prompt": [[1, 403, 407, 261, 378], [1, 403]], "max_tokens": 5, "temperature": 0})).await;
+    let lists = post(json!({"prompt": [prompt_ids, prompt_ids[..2]], "max_tokens": 5, "temperature": 0})).await;
     assert_eq!(lists["choices"].as_array().unwrap().len(), 2);
 
     // Echo puts the prompt in front.
     let echoed = post(json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0, "echo": true})).await;
     assert_eq!(completion_text(&echoed), format!("Once upon a time{text}"));
 
-    // A stop string spanning tokens cuts the text before it, with finish_reason stop.
-    let stop_at = text.find("little").expect("the reference text has `little`");
+    // A stop string spanning tokens cuts the text before it, with finish_reason stop. The string:
+    // the last two characters of a token and the first two of the next, where it first occurs.
+    let with_tokens =
+        post(json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0, "logprobs": 0})).await;
+    assert_eq!(completion_text(&with_tokens), text);
+    let tokens: Vec<&str> = with_tokens["choices"][0]["logprobs"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.concat(), text);
+    let mut boundary = 0;
+    let (stop, stop_at) = tokens
+        .windows(2)
+        .find_map(|pair| {
+            boundary += pair[0].len();
+            let (a, b) = (pair[0], pair[1]);
+            let spanning = a.len() >= 2 && b.len() >= 2 && a.is_ascii() && b.is_ascii();
+            let stop = spanning.then(|| format!("{}{}", &a[a.len() - 2..], &b[..2]))?;
+            (boundary > 2 && text.find(&stop) == Some(boundary - 2)).then_some((stop, boundary - 2))
+        })
+        .expect("two neighbouring tokens of two characters or more");
+    assert!(!text.contains("zzz"));
     for stream in [false, true] {
-        let body = json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0, "stop": ["ttle gi", "zzz"], "stream": stream});
+        let body = json!({"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0, "stop": [stop, "zzz"], "stream": stream});
         let (got, finish) = if stream {
             let chunks = sse_chunks(&server.post("/v1/completions", body).await.text().await.unwrap());
             (streamed_text(&chunks, "text"), chunks.last().unwrap()["choices"][0]["finish_reason"].clone())
@@ -401,7 +428,7 @@ async fn completion_fields_prompts_echo_stop_n_and_seed() {
             let b = post(body).await;
             (completion_text(&b), b["choices"][0]["finish_reason"].clone())
         };
-        assert_eq!(got, text[..stop_at + 2], "stream {stream}");
+        assert_eq!(got, text[..stop_at], "stream {stream}, stop {stop:?}");
         assert_eq!(finish, "stop");
     }
 
@@ -448,47 +475,67 @@ async fn completion_fields_prompts_echo_stop_n_and_seed() {
     server.shutdown().await.unwrap();
 }
 
+/// Opens `count` streams of `body`, waits until each has sent its first chunk (all are running),
+/// shuts the server down, and returns every stream's whole body.
+async fn streams_across_shutdown(server: TestServer, body: &Value, count: usize) -> Vec<String> {
+    let started = std::sync::Arc::new(tokio::sync::Barrier::new(count + 1));
+    let mut readers = Vec::new();
+    for _ in 0..count {
+        let mut response = server.post("/v1/completions", body.clone()).await;
+        let started = started.clone();
+        readers.push(tokio::spawn(async move {
+            let mut text = String::from_utf8(response.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+            started.wait().await;
+            while let Some(chunk) = response.chunk().await.unwrap() {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            text
+        }));
+    }
+    started.wait().await;
+    let shutdown = tokio::spawn(server.shutdown());
+    let mut bodies = Vec::new();
+    for reader in readers {
+        bodies.push(reader.await.unwrap());
+    }
+    shutdown.await.unwrap().expect("serve returns Ok");
+    bodies
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_streams_finish_then_ends_them_after_the_grace_period() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
-    let body = json!({"prompt": "Once", "max_tokens": 500, "stream": true, "logit_bias": {"1": -100, "2": -100}});
-    // Grace 0: the running stream is ended at once with an error event, never a normal finish.
-    let server = TestServer::start(&shared.join("hf"), |c| c.shutdown_grace_seconds = 0.0).await;
-    let mut response = server.post("/v1/completions", body.clone()).await;
-    let mut text = String::from_utf8(response.chunk().await.unwrap().unwrap().to_vec()).unwrap();
-    let shutdown = tokio::spawn(server.shutdown());
-    while let Some(chunk) = response.chunk().await.unwrap() {
-        text.push_str(&String::from_utf8_lossy(&chunk));
+    // The model writes thousands of tokens a second: sixteen streams in one batch keep each of
+    // them running long enough for the shutdown to find them mid-way.
+    let body = json!({"prompt": "Once", "max_tokens": 120, "stream": true, "logit_bias": {"1": -100, "2": -100}});
+    let streams = 16;
+    // Grace 0: the running streams are ended at once with an error event, never a normal finish.
+    let server = TestServer::start(&embedded(), |c| c.shutdown_grace_seconds = 0.0).await;
+    for text in streams_across_shutdown(server, &body, streams).await {
+        let chunks = sse_chunks(&text);
+        assert_eq!(chunks.last().unwrap()["error"]["code"], "interrupted", "{text}");
+        assert!(
+            chunks.iter().all(|c| c["choices"][0]["finish_reason"].is_null()),
+            "a cut stream must not look finished"
+        );
+        let pieces = chunks.iter().filter(|c| c["choices"][0]["finish_reason"].is_null()).count();
+        assert!(pieces < 100, "the stream was ended early, not run to 120 tokens ({pieces} pieces)");
     }
-    let chunks = sse_chunks(&text);
-    assert_eq!(chunks.last().unwrap()["error"]["code"], "interrupted", "{text}");
-    assert!(chunks.iter().all(|c| c["choices"][0]["finish_reason"].is_null()), "a cut stream must not look finished");
-    let pieces = chunks.iter().filter(|c| c["choices"][0]["finish_reason"].is_null()).count();
-    assert!(pieces < 400, "the stream was ended early, not run to 500 tokens ({pieces} pieces)");
-    shutdown.await.unwrap().expect("serve returns Ok");
 
-    // A long grace period: the stream runs to its end.
-    let server = TestServer::start(&shared.join("hf"), |c| c.shutdown_grace_seconds = 60.0).await;
-    let mut short = body.clone();
-    short["max_tokens"] = json!(120);
-    let mut response = server.post("/v1/completions", short).await;
-    let mut text = String::from_utf8(response.chunk().await.unwrap().unwrap().to_vec()).unwrap();
-    let shutdown = tokio::spawn(server.shutdown());
-    while let Some(chunk) = response.chunk().await.unwrap() {
-        text.push_str(&String::from_utf8_lossy(&chunk));
+    // A long grace period: the streams run to their end.
+    let server = TestServer::start(&embedded(), |c| c.shutdown_grace_seconds = 60.0).await;
+    for text in streams_across_shutdown(server, &body, streams).await {
+        let chunks = sse_chunks(&text);
+        assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "length", "{text}");
+        let pieces = chunks.iter().filter(|c| c["choices"][0]["finish_reason"].is_null()).count();
+        assert!(pieces >= 100, "{pieces} text chunks");
     }
-    let chunks = sse_chunks(&text);
-    let pieces = chunks.iter().filter(|c| c["choices"][0]["finish_reason"].is_null()).count();
-    assert!(pieces >= 100, "{pieces} text chunks");
-    shutdown.await.unwrap().expect("serve returns Ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logprobs_for_completions_and_chat() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
-    let server = TestServer::start(&shared.join("hf"), |_| {}).await;
+    let server = TestServer::start(&embedded(), |_| {}).await;
     for mode in ["off", "verify"] {
         let body: Value = server
             .post("/v1/completions", json!({"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "logprobs": 3, "recycle": mode}))
@@ -523,9 +570,8 @@ async fn logprobs_for_completions_and_chat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_uses_the_models_template() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
     let dir = common::scratch("chat-template");
-    for entry in std::fs::read_dir(shared.join("hf")).unwrap() {
+    for entry in std::fs::read_dir(embedded()).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
     }
@@ -565,8 +611,7 @@ async fn chat_uses_the_models_template() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_serve_reports_throughput_and_latency() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
-    let server = TestServer::start(&shared.join("hf"), |_| {}).await;
+    let server = TestServer::start(&embedded(), |_| {}).await;
     let base = server.base.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_recyclegpt"))
@@ -605,8 +650,7 @@ async fn bench_serve_reports_throughput_and_latency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_max_tokens_generation_runs_to_the_context_at_most() {
     let _serial = serial().await;
-    let Some(shared) = stories260k() else { return };
-    let server = TestServer::start(&shared.join("hf"), |c| c.default_max_tokens = 100_000).await;
+    let server = TestServer::start(&embedded(), |c| c.default_max_tokens = 100_000).await;
     let body: Value = server
         .post(
             "/v1/completions",
@@ -616,7 +660,7 @@ async fn without_max_tokens_generation_runs_to_the_context_at_most() {
         .json()
         .await
         .unwrap();
-    assert_eq!(body["usage"]["completion_tokens"], 512 - 3, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 128 - 3, "{body}");
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     server.shutdown().await.unwrap();
 }

@@ -172,10 +172,9 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<std::sync::Arc<c
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| match e.classify() {
             // Well-formed JSON with a field of the wrong type or shape: a bad parameter (400),
             // as OpenAI answers; only unparseable bodies are 422.
-            serde_json::error::Category::Data => ApiError::InvalidParameter {
-                param: None,
-                message: format!("Invalid request: {e}"),
-            },
+            serde_json::error::Category::Data => {
+                ApiError::InvalidParameter { param: None, message: format!("Invalid request: {e}") }
+            }
             _ => ApiError::Malformed(e.to_string()),
         })
     }

@@ -129,7 +129,6 @@ impl Scheduler {
         self.running.len()
     }
 
-
     /// Tokens held in the running sequences' full-model KV caches.
     pub fn kv_tokens_in_use(&self) -> usize {
         self.running.iter().map(Sequence::cached_tokens).sum()

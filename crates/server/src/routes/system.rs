@@ -2,11 +2,11 @@
 use crate::responses::{Health, ModelCard, ModelList, ModelRecycle};
 use crate::validation::Limits;
 use crate::AppState;
-use serde_json::{json, Value};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
+use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
