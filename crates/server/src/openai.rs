@@ -104,7 +104,7 @@ pub struct SamplingFields {
     pub frequency_penalty: Option<f64>,
     #[schema(minimum = 0.01, maximum = 10.0)]
     pub repetition_penalty: Option<f64>,
-    /// Token id (as a string) → bias in [-100, 100].
+    /// Token id (a decimal string without leading zeros) → bias in [-100, 100].
     pub logit_bias: Option<HashMap<String, f64>>,
     #[serde(default, deserialize_with = "integral")]
     pub seed: Option<i64>,
@@ -186,7 +186,7 @@ pub struct ChatRequest {
     pub max_completion_tokens: Option<i64>,
     #[serde(default)]
     pub logprobs: bool,
-    /// Needs `logprobs: true`.
+    /// Alternatives per token; ignored without `logprobs: true`.
     #[schema(minimum = 0, maximum = 20)]
     #[serde(default, deserialize_with = "integral")]
     pub top_logprobs: Option<i64>,

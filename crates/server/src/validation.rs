@@ -116,9 +116,11 @@ pub fn plan(
     }
     let mut logit_bias = Vec::new();
     for (token, bias) in fields.logit_bias.iter().flatten() {
-        let id: u32 = token
-            .parse()
-            .ok()
+        // Exactly the decimal form the OpenAPI document declares: no sign, space or leading zero.
+        let canonical = token == "0" || (!token.starts_with('0') && token.bytes().all(|b| b.is_ascii_digit()));
+        let id: u32 = canonical
+            .then(|| token.parse().ok())
+            .flatten()
             .filter(|&id: &u32| (id as usize) < limits.vocab_size)
             .ok_or_else(|| ApiError::invalid("logit_bias", format!("`{token}` is not a token id of this model")))?;
         if !(-100.0..=100.0).contains(bias) {

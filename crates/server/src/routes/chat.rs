@@ -141,7 +141,11 @@ pub async fn create(
     let logprobs = match (request.logprobs, request.top_logprobs) {
         (true, top) => Some(top_logprobs("top_logprobs", top.unwrap_or(0), 20)?),
         (false, None) => None,
-        (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs: true`")),
+        // Without `logprobs: true` nothing is reported; the count is still checked.
+        (false, Some(top)) => {
+            top_logprobs("top_logprobs", top, 20)?;
+            None
+        }
     };
     let prompt = state.prompts.chat(messages(&request)?).await?;
     let max_tokens = request.max_completion_tokens.or(request.sampling.max_tokens);

@@ -97,12 +97,37 @@ fn document(limits: &Limits) -> Value {
     // A character is at most 4 bytes: this many characters always fit `max_stop_bytes`.
     let stop = json!({"type": "string", "minLength": 1, "maxLength": limits.max_stop_bytes / 4});
     schemas["Stop"]["oneOf"] = json!([stop, {"type": "array", "items": stop, "maxItems": 4}]);
+    if let Some(bias) = property(&mut schemas["SamplingFields"], "logit_bias") {
+        bias["propertyNames"] = json!({"pattern": at_most(last_id as u64)});
+        bias["additionalProperties"] = json!({"type": "number", "minimum": -100, "maximum": 100});
+    }
     for (schema, field) in [("SamplingFields", "max_tokens"), ("ChatRequest", "max_completion_tokens")] {
         if let Some(property) = property(&mut schemas[schema], field) {
             property["maximum"] = json!(max_new);
         }
     }
     doc
+}
+
+/// A regular expression for the decimal numbers 0..=max, without leading zeros.
+fn at_most(max: u64) -> String {
+    let digits: Vec<u32> = max.to_string().chars().filter_map(|c| c.to_digit(10)).collect();
+    let mut options = vec!["0".to_string()];
+    // Every number with fewer digits.
+    if digits.len() > 1 {
+        options.push(format!("[1-9][0-9]{{0,{}}}", digits.len() - 2));
+    }
+    // Same length: equal to `max` on a prefix, then smaller at one digit, anything after.
+    for (i, &d) in digits.iter().enumerate() {
+        let low = if i == 0 { 1 } else { 0 };
+        if d > low {
+            let prefix: String = digits[..i].iter().map(|d| d.to_string()).collect();
+            let rest = digits.len() - i - 1;
+            options.push(format!("{prefix}[{low}-{}][0-9]{{{rest}}}", d - 1));
+        }
+    }
+    options.push(max.to_string());
+    format!("^({})$", options.join("|"))
 }
 
 /// A property of an object schema, also inside `allOf` (how flattened structs appear).
@@ -115,4 +140,22 @@ fn property<'a>(schema: &'a mut Value, name: &str) -> Option<&'a mut Value> {
         .as_array_mut()?
         .iter_mut()
         .find_map(|part| part.get_mut("properties").and_then(|p| p.get_mut(name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::at_most;
+
+    #[test]
+    fn the_token_id_pattern_matches_exactly_the_ids_up_to_the_maximum() {
+        for max in [0u64, 7, 9, 10, 99, 100, 2047, 49151, 32000] {
+            let pattern = regex::Regex::new(&at_most(max)).unwrap();
+            for n in 0..=max + 200 {
+                assert_eq!(pattern.is_match(&n.to_string()), n <= max, "{n} against {max}: {}", at_most(max));
+            }
+            for bad in ["", "01", "-1", "+1", " 1", "1 ", "1.0", "00"] {
+                assert!(!pattern.is_match(bad), "{bad:?} matched {}", at_most(max));
+            }
+        }
+    }
 }
