@@ -143,8 +143,11 @@ pub enum Content {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ContentPart {
+    /// Only `text` parts are served (the models read text).
     #[serde(rename = "type")]
+    #[schema(pattern = "^text$")]
     pub kind: String,
+    #[schema(value_type = String, required = true)]
     pub text: Option<String>,
 }
 

@@ -5,6 +5,15 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
+/// One server-sent event of a stream: `data` is a JSON chunk (or an error object), and the last
+/// event's `data` is `[DONE]`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StreamEvent {
+    pub data: String,
+    pub event: Option<String>,
+    pub id: Option<String>,
+}
+
 /// Why a choice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

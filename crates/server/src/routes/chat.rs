@@ -131,7 +131,7 @@ fn messages(request: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
 /// Chat completions; the prompt comes from the model's chat template.
 #[utoipa::path(post, path = "/v1/chat/completions", operation_id = "createChatCompletion", tag = "chat",
     request_body = ChatRequest, responses(
-        (status = 200, description = "A `chat.completion` object, or (with `stream`) a `text/event-stream` of `chat.completion.chunk`s ending in `[DONE]`", body = ChatCompletionResponse),
+        (status = 200, description = "A `chat.completion` object, or (with `stream`) a `text/event-stream` of `chat.completion.chunk`s ending in `[DONE]`", content((ChatCompletionResponse = "application/json"), (crate::responses::StreamEvent = "text/event-stream"))),
         crate::error::ErrorResponses
 ))]
 pub async fn create(

@@ -103,7 +103,7 @@ impl ChunkShape for CompletionChunks {
 /// OpenAI's and vLLM's completions; chat content never is.
 #[utoipa::path(post, path = "/v1/completions", operation_id = "createCompletion", tag = "completions",
     request_body = CompletionRequest, responses(
-        (status = 200, description = "A `text_completion` object, or (with `stream`) a `text/event-stream` of them ending in `[DONE]`", body = CompletionResponse),
+        (status = 200, description = "A `text_completion` object, or (with `stream`) a `text/event-stream` of them ending in `[DONE]`", content((CompletionResponse = "application/json"), (crate::responses::StreamEvent = "text/event-stream"))),
         crate::error::ErrorResponses
 ))]
 pub async fn create(
