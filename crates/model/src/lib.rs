@@ -5,6 +5,7 @@ mod decoder;
 pub mod detokenize;
 pub mod device;
 pub mod error;
+pub mod gguf;
 pub mod kv_cache;
 mod layers;
 mod llama;

@@ -3,6 +3,7 @@
 use crate::config::{LlamaConfig, RecycleConfig};
 use crate::device::device_name;
 use crate::error::{ModelError, Result};
+use crate::gguf::{is_gguf, GgufFile};
 use crate::kv_cache::KvCache;
 use crate::llama::{ForwardOutput, Llama, SeqInput};
 use crate::recycle::RecycleModule;
@@ -59,9 +60,16 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// A model directory (HF layout) or a GGUF file.
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
+        if is_gguf(dir) {
+            let gguf = GgufFile::open(dir)?;
+            let tokenizer = gguf.tokenizer()?;
+            let model = RecycleGpt::from_gguf(gguf, options)?;
+            return Ok(Self { model, tokenizer, dir: dir.to_path_buf() });
+        }
         if !dir.is_dir() {
-            return Err(ModelError::file(dir, "model directory not found"));
+            return Err(ModelError::file(dir, "model directory (or .gguf file) not found"));
         }
         let model = RecycleGpt::load(dir, options)?;
         let tokenizer = TextTokenizer::load(dir, model.config())?;
@@ -114,6 +122,36 @@ impl RecycleGpt {
             device = %device_name(&options.device),
             ?dtype,
             "model loaded"
+        );
+        Ok(Self { config, llama, recycle, recycle_source, device: options.device.clone(), dtype })
+    }
+
+    /// The base model of a GGUF file, dequantized into `options.dtype`. A recyclable module is
+    /// random (`RecycleInit::Random`) or none: trained modules come from a model directory.
+    pub fn from_gguf(gguf: GgufFile, options: &LoadOptions) -> Result<Self> {
+        let mut config = gguf.config()?;
+        let dtype = options.dtype;
+        let path = gguf.path().to_path_buf();
+        let llama = Llama::load(&Weights::from_gguf(gguf, config.clone(), dtype, &options.device), &config)?;
+        let (recycle, recycle_source) = match options.recycle_init {
+            RecycleInit::Random { seed, layers } => {
+                config.recycle = Some(config.default_recycle(layers));
+                config.validate()?;
+                (
+                    Some(RecycleModule::load(&Weights::random(seed, dtype, &options.device), &config)?),
+                    RecycleSource::Random,
+                )
+            }
+            RecycleInit::FromFiles => (None, RecycleSource::None),
+        };
+        tracing::info!(
+            file = %path.display(),
+            layers = config.num_hidden_layers,
+            hidden = config.hidden_size,
+            recycle = ?recycle_source,
+            device = %device_name(&options.device),
+            ?dtype,
+            "model loaded from GGUF (dequantized)"
         );
         Ok(Self { config, llama, recycle, recycle_source, device: options.device.clone(), dtype })
     }

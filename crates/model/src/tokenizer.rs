@@ -99,6 +99,29 @@ impl TextTokenizer {
         })
     }
 
+    /// A tokenizer assembled from its parts (a GGUF file's metadata, say); the ids given for BOS
+    /// and EOS name their tokens.
+    pub fn from_parts(
+        inner: tokenizers::Tokenizer,
+        bos_id: Option<u32>,
+        add_bos: bool,
+        eos_ids: Vec<u32>,
+        chat_template: Option<String>,
+    ) -> Self {
+        let bos_token = bos_id.and_then(|id| inner.id_to_token(id));
+        let eos_token = eos_ids.first().and_then(|&id| inner.id_to_token(id));
+        Self {
+            bytes: Arc::new(TokenBytes::new(&inner)),
+            inner,
+            bos_id,
+            add_bos,
+            eos_ids,
+            bos_token,
+            eos_token,
+            chat_template,
+        }
+    }
+
     /// Encodes `text`, starting with BOS when the model expects it (and the tokenizer's own
     /// post-processor did not already add it).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

@@ -1,5 +1,7 @@
 //! Where tensors come from: safetensors files (one or sharded) or a seeded random initialisation.
+use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
@@ -99,6 +101,8 @@ impl SafetensorFiles {
 
 enum Source {
     Files(SafetensorFiles),
+    /// A GGUF file, read under HF names; the configuration says how Q/K rows are ordered.
+    Gguf(Box<(GgufFile, LlamaConfig)>),
     Random(Box<RefCell<StdRng>>),
 }
 
@@ -113,6 +117,15 @@ pub struct Weights {
 impl Weights {
     pub fn from_files(files: SafetensorFiles, dtype: DType, device: &Device) -> Self {
         Self { source: std::rc::Rc::new(Source::Files(files)), prefix: String::new(), dtype, device: device.clone() }
+    }
+
+    pub fn from_gguf(gguf: GgufFile, config: LlamaConfig, dtype: DType, device: &Device) -> Self {
+        Self {
+            source: std::rc::Rc::new(Source::Gguf(Box::new((gguf, config)))),
+            prefix: String::new(),
+            dtype,
+            device: device.clone(),
+        }
     }
 
     pub fn random(seed: u64, dtype: DType, device: &Device) -> Self {
@@ -148,6 +161,7 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         match &*self.source {
             Source::Files(files) => files.contains(&self.full_name(name)),
+            Source::Gguf(gguf) => gguf.0.contains(&self.full_name(name)),
             Source::Random(_) => true,
         }
     }
@@ -155,6 +169,7 @@ impl Weights {
     pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         match &*self.source {
             Source::Files(files) => files.load(&self.full_name(name), shape, self.dtype, &self.device),
+            Source::Gguf(gguf) => gguf.0.load(&self.full_name(name), shape, self.dtype, &self.device, &gguf.1),
             Source::Random(rng) => {
                 let count: usize = shape.iter().product();
                 let values: Vec<f32> = match init {

@@ -161,7 +161,9 @@ impl ServerConfig {
 
     pub fn served_name(&self) -> String {
         self.served_model_name.clone().unwrap_or_else(|| {
-            self.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "recyclegpt".into())
+            // A GGUF file is named without its extension; a directory by its name.
+            let name = if self.model.is_file() { self.model.file_stem() } else { self.model.file_name() };
+            name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "recyclegpt".into())
         })
     }
 }

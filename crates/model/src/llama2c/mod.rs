@@ -6,6 +6,7 @@ use crate::error::{ModelError, Result};
 use std::path::Path;
 
 pub use checkpoint::Checkpoint;
+pub(crate) use vocab::Kind;
 pub use vocab::Vocabulary;
 
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` and

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     Normal,
     Unknown,
     Control,
@@ -40,6 +40,12 @@ impl Vocabulary {
             return Err(ModelError::file(path, "vocabulary has fewer than 3 tokens"));
         }
         Ok(Self { pieces })
+    }
+
+    /// A vocabulary from its pieces: text, score and kind, in id order (ids 0-2: unknown, BOS,
+    /// EOS, as sentencepiece Llama vocabularies have them).
+    pub(crate) fn from_pieces(pieces: Vec<(String, f32, Kind)>) -> Self {
+        Self { pieces }
     }
 
     pub fn len(&self) -> usize {

@@ -1,0 +1,238 @@
+//! llama.cpp's GGUF files (v2/v3, `general.architecture = llama`): the configuration from the
+//! `llama.*` metadata, the tokenizer and chat template from `tokenizer.*`, and tensors read
+//! through candle's GGUF reader and dequantized as the model asks for them, under the names of
+//! the HuggingFace layout. llama.cpp stores the Q and K rows of each head interleaved for its
+//! pair-wise RoPE; they are put back in the rotate-half order this model uses.
+mod tokenizer;
+
+use crate::config::{LlamaConfig, TokenIds};
+use crate::error::{ModelError, Result};
+use crate::tokenizer::TextTokenizer;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{DType, Device, Tensor};
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+pub struct GgufFile {
+    path: PathBuf,
+    content: Content,
+    reader: RefCell<BufReader<File>>,
+}
+
+/// Whether a path names a GGUF file (by its extension).
+pub fn is_gguf(path: &Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| ModelError::file(path, e))?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader)
+            .map_err(|e| ModelError::file(path, format!("not a readable GGUF file (truncated or corrupt?): {e}")))?;
+        let gguf = Self { path: path.to_path_buf(), content, reader: RefCell::new(reader) };
+        let architecture = gguf.string("general.architecture")?;
+        if architecture != "llama" {
+            return Err(ModelError::file(
+                path,
+                format!("architecture `{architecture}` is not supported: only `llama` GGUF files are served"),
+            ));
+        }
+        Ok(gguf)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn value(&self, key: &str) -> Result<&Value> {
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| ModelError::file(&self.path, format!("metadata `{key}` is missing")))
+    }
+
+    fn bad(&self, key: &str, e: impl std::fmt::Display) -> ModelError {
+        ModelError::file(&self.path, format!("metadata `{key}`: {e}"))
+    }
+
+    fn string(&self, key: &str) -> Result<String> {
+        self.value(key)?.to_string().cloned().map_err(|e| self.bad(key, e))
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        let value = self.value(key)?;
+        value.to_u64().or_else(|_| value.to_u32().map(u64::from)).map(|v| v as usize).map_err(|e| self.bad(key, e))
+    }
+
+    fn optional_usize(&self, key: &str) -> Result<Option<usize>> {
+        if self.content.metadata.contains_key(key) {
+            self.usize(key).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn optional_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.content.metadata.get(key) {
+            None => Ok(None),
+            Some(v) => v.to_f32().map(|f| Some(f64::from(f))).map_err(|e| self.bad(key, e)),
+        }
+    }
+
+    /// The model's shape from the `llama.*` metadata; the head is tied when there is no
+    /// `output.weight`.
+    pub fn config(&self) -> Result<LlamaConfig> {
+        let heads = self.usize("llama.attention.head_count")?;
+        let hidden = self.usize("llama.embedding_length")?;
+        let vocab = match self.optional_usize("llama.vocab_size")? {
+            Some(v) => v,
+            None => {
+                self.value("tokenizer.ggml.tokens")?.to_vec().map_err(|e| self.bad("tokenizer.ggml.tokens", e))?.len()
+            }
+        };
+        let head_dim =
+            self.optional_usize("llama.attention.key_length")?.or(self.optional_usize("llama.rope.dimension_count")?);
+        let config = LlamaConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: self.usize("llama.feed_forward_length")?,
+            num_hidden_layers: self.usize("llama.block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: self.optional_usize("llama.attention.head_count_kv")?,
+            head_dim: head_dim.filter(|&d| d != hidden / heads),
+            max_position_embeddings: self.optional_usize("llama.context_length")?.unwrap_or(2048),
+            rms_norm_eps: self.optional_f64("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+            rope_theta: self.optional_f64("llama.rope.freq_base")?.unwrap_or(10_000.0),
+            rope_scaling: None,
+            tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
+            hidden_act: "silu".into(),
+            bos_token_id: self.optional_usize("tokenizer.ggml.bos_token_id")?.map(|id| id as u32),
+            eos_token_id: self.optional_usize("tokenizer.ggml.eos_token_id")?.map(|id| TokenIds::One(id as u32)),
+            recycle: None,
+        };
+        config.validate().map_err(|e| ModelError::file(&self.path, e.to_string()))?;
+        Ok(config)
+    }
+
+    pub fn tokenizer(&self) -> Result<TextTokenizer> {
+        tokenizer::load(self)
+    }
+
+    pub(crate) fn contains(&self, hf_name: &str) -> bool {
+        gguf_name(hf_name).is_some_and(|(name, _)| self.content.tensor_infos.contains_key(&name))
+    }
+
+    /// The tensor the HF layout calls `hf_name`, dequantized, in `dtype` on `device`.
+    pub(crate) fn load(
+        &self,
+        hf_name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+        config: &LlamaConfig,
+    ) -> Result<Tensor> {
+        let err = |name: &str, message: String| ModelError::Tensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+            message,
+        };
+        let Some((name, rows)) = gguf_name(hf_name) else {
+            return Err(err(hf_name, "has no GGUF counterpart".into()));
+        };
+        let Some(info) = self.content.tensor_infos.get(&name) else {
+            return Err(err(&name, "missing".into()));
+        };
+        let quantized = info
+            .read(&mut *self.reader.borrow_mut(), self.content.tensor_data_offset, &Device::Cpu)
+            .map_err(|e| err(&name, format!("type {:?}: {e}", info.ggml_dtype)))?;
+        let tensor =
+            quantized.dequantize(&Device::Cpu).map_err(|e| err(&name, format!("type {:?}: {e}", info.ggml_dtype)))?;
+        if tensor.dims() != shape {
+            return Err(err(&name, format!("expected shape {shape:?}, found {:?}", tensor.dims())));
+        }
+        let head_dim = config.head_dim.unwrap_or(config.hidden_size / config.num_attention_heads.max(1));
+        let tensor = match rows {
+            Rows::AsStored => tensor,
+            Rows::Interleaved { kv } => {
+                let heads = if kv {
+                    config.num_key_value_heads.unwrap_or(config.num_attention_heads)
+                } else {
+                    config.num_attention_heads
+                };
+                rotate_half_order(&tensor, heads, head_dim).map_err(|e| err(&name, e.to_string()))?
+            }
+        };
+        tensor.to_dtype(dtype).and_then(|t| t.to_device(device)).map_err(|e| err(&name, e.to_string()))
+    }
+}
+
+/// How a tensor's rows are laid out in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    AsStored,
+    /// Q or K rows with each head's RoPE pairs interleaved (`kv`: K, with the KV head count).
+    Interleaved {
+        kv: bool,
+    },
+}
+
+/// The GGUF name of a HuggingFace-layout tensor.
+fn gguf_name(hf: &str) -> Option<(String, Rows)> {
+    let plain = |name: &str| Some((name.to_string(), Rows::AsStored));
+    match hf {
+        "model.embed_tokens.weight" => return plain("token_embd.weight"),
+        "model.norm.weight" => return plain("output_norm.weight"),
+        "lm_head.weight" => return plain("output.weight"),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (name, rows) = match part {
+        "input_layernorm.weight" => ("attn_norm", Rows::AsStored),
+        "post_attention_layernorm.weight" => ("ffn_norm", Rows::AsStored),
+        "self_attn.q_proj.weight" => ("attn_q", Rows::Interleaved { kv: false }),
+        "self_attn.k_proj.weight" => ("attn_k", Rows::Interleaved { kv: true }),
+        "self_attn.v_proj.weight" => ("attn_v", Rows::AsStored),
+        "self_attn.o_proj.weight" => ("attn_output", Rows::AsStored),
+        "mlp.gate_proj.weight" => ("ffn_gate", Rows::AsStored),
+        "mlp.up_proj.weight" => ("ffn_up", Rows::AsStored),
+        "mlp.down_proj.weight" => ("ffn_down", Rows::AsStored),
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{name}.weight"), rows))
+}
+
+/// Undoes llama.cpp's permutation: within each head, stored row `2j + t` is HF row
+/// `t · head_dim/2 + j` (pairs back into halves).
+fn rotate_half_order(tensor: &Tensor, heads: usize, head_dim: usize) -> candle_core::Result<Tensor> {
+    let (rows, cols) = tensor.dims2()?;
+    tensor.reshape((heads, head_dim / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_names_map_to_gguf_names() {
+        assert_eq!(gguf_name("model.embed_tokens.weight").unwrap().0, "token_embd.weight");
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.k_proj.weight").unwrap(),
+            ("blk.12.attn_k.weight".into(), Rows::Interleaved { kv: true })
+        );
+        assert_eq!(gguf_name("model.layers.3.mlp.down_proj.weight").unwrap().0, "blk.3.ffn_down.weight");
+        assert!(gguf_name("model.layers.x.mlp.down_proj.weight").is_none());
+    }
+
+    #[test]
+    fn the_rope_rows_go_back_to_rotate_half_order() {
+        // One head of 4 dims, 1 column: stored (interleaved) rows are [x0, y0, x1, y1]; HF wants [x0, x1, y0, y1].
+        let stored = Tensor::new(&[[0f32], [10.], [1.], [11.]], &Device::Cpu).unwrap();
+        let hf = rotate_half_order(&stored, 1, 4).unwrap();
+        assert_eq!(hf.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0., 1., 10., 11.]);
+    }
+}

@@ -1,0 +1,108 @@
+//! GGUF files: SmolLM2-135M-Instruct (Q4_1, from ../shared) loads with its configuration,
+//! tokenizer and chat template, answers a chat correctly over real HTTP, and broken files get
+//! errors that say what is wrong.
+mod common;
+
+use candle_core::quantized::gguf_file;
+use common::server::TestServer;
+use recyclegpt_model::{LoadOptions, LoadedModel};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+/// The SmolLM2 GGUF file, or `None` with one line saying what is missing (a failure in CI).
+fn smollm2() -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.exists() {
+        return Some(path);
+    }
+    let message = format!("missing {}: the SmolLM2 GGUF test model must sit in ../shared/models/", path.display());
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{message}");
+    }
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| eprintln!("SKIPPED: the tests of this file that need it ({message})"));
+    None
+}
+
+#[test]
+fn smollm2_loads_with_its_configuration_and_tokenizer() {
+    let Some(path) = smollm2() else { return };
+    let loaded = LoadedModel::load(&path, &LoadOptions::default()).expect("loads");
+    let config = loaded.model.config();
+    assert_eq!(
+        (config.num_hidden_layers, config.hidden_size, config.intermediate_size, config.vocab_size),
+        (30, 576, 1536, 49152)
+    );
+    assert_eq!((config.num_attention_heads, config.num_key_value_heads), (9, Some(3)));
+    assert_eq!((config.max_position_embeddings, config.rope_theta), (8192, 100_000.0));
+    assert!(config.tie_word_embeddings);
+    let tokenizer = &loaded.tokenizer;
+    assert_eq!(tokenizer.eos_ids(), [2]);
+    // Control tokens are parsed as such; no BOS is added (add_bos_token false).
+    assert_eq!(tokenizer.encode("<|im_start|>user").unwrap()[0], 1);
+    let hello = tokenizer.encode("Hello world").unwrap();
+    let pieces: Vec<String> = hello.iter().map(|&id| tokenizer.inner().id_to_token(id).unwrap()).collect();
+    assert_eq!(pieces, ["Hello", "Ġworld"]);
+    // SmolLM's pre-tokenizer splits every digit.
+    assert_eq!(tokenizer.encode("2024").unwrap().len(), 4);
+    for text in [
+        "Plain ASCII, with punctuation: 3.14!",
+        "  two spaces,\ttabs\tand\nnew\n\nlines  ",
+        "fn main() { println!(\"{}\", 1 + 2); }",
+        "café naïve — “quoted”",
+        "emoji 😀👍🏽 and CJK 日本語",
+    ] {
+        let ids = tokenizer.encode(text).unwrap();
+        assert_eq!(tokenizer.decode(&ids).unwrap(), text);
+        assert_eq!(tokenizer.decode_continuation(&ids), text);
+    }
+    let template = tokenizer.chat_template().expect("a chat template");
+    assert!(template.contains("<|im_start|>"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_answers_a_chat_from_its_gguf_file() {
+    let Some(path) = smollm2() else { return };
+    let server = TestServer::start(&path, |c| c.default_recycle = recyclegpt_engine::DecodeMode::Off).await;
+    let body: Value = server
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 20, "temperature": 0}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    assert!(answer.contains("Paris"), "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+    server.shutdown().await.unwrap();
+}
+
+#[test]
+fn broken_gguf_files_get_errors_that_say_what_is_wrong() {
+    let dir = common::scratch("gguf-errors");
+    // Not a GGUF file at all.
+    let garbage = dir.join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a model").unwrap();
+    let error = LoadedModel::load(&garbage, &LoadOptions::default()).err().expect("refused").to_string();
+    assert!(error.contains("GGUF"), "{error}");
+    // Another architecture.
+    let other = dir.join("gpt2.gguf");
+    let mut file = std::fs::File::create(&other).unwrap();
+    let metadata = [("general.architecture", gguf_file::Value::String("gpt2".into()))];
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    gguf_file::write(&mut file, &metadata, &[]).unwrap();
+    drop(file);
+    let error = LoadedModel::load(&other, &LoadOptions::default()).err().expect("refused").to_string();
+    assert!(error.contains("architecture `gpt2`") && error.contains("llama"), "{error}");
+    // A real file cut short: its tensors are not all there.
+    if let Some(path) = smollm2() {
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = dir.join("cut.gguf");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let error = LoadedModel::load(&cut, &LoadOptions::default()).err().expect("refused").to_string();
+        assert!(error.contains("blk.") && error.contains("remaining in file"), "{error}");
+    }
+}
