@@ -135,14 +135,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let (device, dtype) = resolve_placement(config.device, config.dtype)?;
     let options = LoadOptions { recycle_init, device, dtype };
-    let loaded = LoadedModel::load(&config.model, &options)
-        .with_context(|| format!("loading the model from {}", config.model.display()))?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    // Bind before loading, so that a busy port or a bad host fails at once, not after the load.
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind((config.host.as_str(), config.port)))
+        .with_context(|| format!("binding {}:{}", config.host, config.port))?;
+    let loaded = LoadedModel::load(&config.model, &options)
+        .with_context(|| format!("loading the model from {}", config.model.display()))?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
-            .await
-            .with_context(|| format!("binding {}:{}", config.host, config.port))?;
         let address = listener.local_addr()?;
         let state = AppState::start(config, loaded).map_err(anyhow::Error::msg)?;
         tracing::info!(model = %state.limits.served_model_name, "listening on http://{address}");

@@ -157,11 +157,6 @@ impl TextTokenizer {
         self.bytes.get(id)
     }
 
-    /// The vocabulary's byte table, shared by the incremental decoders.
-    pub fn token_table(&self) -> &Arc<TokenBytes> {
-        &self.bytes
-    }
-
     /// The most prompt bytes one token can stand for (at least the longest token's bytes): a
     /// prompt of `n` bytes needs at least `n / max_token_bytes()` tokens, which bounds its
     /// length before tokenizing it. See [`TokenBytes::max_token_bytes`] for the exceptions.

@@ -105,7 +105,18 @@ impl ChatTemplate {
             .iter()
             .map(|m| ChatMessage { role: m.role.clone(), content: format!("{MARK}{}{MARK}", m.content) })
             .collect();
-        Ok(Rendered::from_marked(&self.render(&marked)?))
+        let rendered = Rendered::from_marked(&self.render(&marked)?);
+        // A template that drops, splits or rewrites content would shift the pairing of the
+        // marks, and markup could then be read as content or content as markup: refuse it.
+        let intact = rendered.content.len() == messages.len()
+            && rendered.content.iter().zip(messages).all(|(span, m)| rendered.text[span.clone()] == m.content);
+        if !intact {
+            return Err(ApiError::invalid(
+                "messages",
+                "the content spells control tokens and this model's chat template rewrites content, so it cannot be kept apart from the template's markup",
+            ));
+        }
+        Ok(rendered)
     }
 
     /// Whether the rendered prompt already starts with BOS (then the tokenizer must not add one).

@@ -153,6 +153,13 @@ impl ServerConfig {
                 return Err(format!("`{key}` must be between 0 and 86400 seconds, got {value}"));
             }
         }
+        if self.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            return Err("`api_key` is set but blank: set a key, or leave it out to serve without one".into());
+        }
+        if let Some(bad) = self.cors_origins.iter().find(|o| *o != "*" && o.parse::<axum::http::HeaderValue>().is_err())
+        {
+            return Err(format!("`cors_origins`: `{bad}` is not a valid origin"));
+        }
         if self.shutdown_delay_seconds > self.shutdown_grace_seconds {
             return Err("`shutdown_delay_seconds` must not exceed `shutdown_grace_seconds`".into());
         }
@@ -171,4 +178,35 @@ impl ServerConfig {
 /// Seconds from configuration as a `Duration` (validated finite and non-negative).
 pub fn seconds(value: f64) -> std::time::Duration {
     std::time::Duration::from_secs_f64(value.max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerConfig;
+
+    #[test]
+    fn validation_refuses_what_would_misbehave_later() {
+        assert!(ServerConfig::default().validate().is_ok());
+        let blank_key = ServerConfig { api_key: Some("  ".into()), ..ServerConfig::default() };
+        assert!(blank_key.validate().unwrap_err().contains("api_key"));
+        let bad_origin = ServerConfig {
+            cors_origins: vec!["https://ok.example".into(), "bad\norigin".into()],
+            ..ServerConfig::default()
+        };
+        assert!(bad_origin.validate().unwrap_err().contains("cors_origins"));
+        let no_queue = ServerConfig { queue_capacity: 0, ..ServerConfig::default() };
+        assert!(no_queue.validate().unwrap_err().contains("queue_capacity"));
+        let late_delay = ServerConfig { shutdown_delay_seconds: 40.0, ..ServerConfig::default() };
+        assert!(late_delay.validate().is_err());
+    }
+
+    #[test]
+    fn a_typed_file_is_refused_before_anything_loads() {
+        assert!(toml::from_str::<ServerConfig>("default_recycle = \"sometimes\"").is_err());
+        assert!(toml::from_str::<ServerConfig>("device = \"tpu\"").is_err());
+        assert!(toml::from_str::<ServerConfig>("log_format = \"xml\"").is_err());
+        assert!(toml::from_str::<ServerConfig>("no_such_key = 1").is_err());
+        let ok: ServerConfig = toml::from_str("default_recycle = \"off\"\ndevice = \"cuda:1\"").unwrap();
+        assert_eq!(ok.default_recycle, recyclegpt_engine::DecodeMode::Off);
+    }
 }

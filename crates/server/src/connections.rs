@@ -115,6 +115,22 @@ impl Activity {
     }
 }
 
+/// A request in flight on a connection, until dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: Arc<Activity>) -> Self {
+        activity.request_began();
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
 /// A TCP stream that reports traffic and times out writes that make no progress.
 struct Watched {
     stream: TcpStream,
@@ -320,13 +336,20 @@ async fn serve_connection(
     let io = Watched { stream, activity: activity.clone(), write_timeout: limits.write_timeout, write_deadline: None };
     let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        let activity = service_activity.clone();
         let router = router.clone();
-        activity.request_began();
+        // In flight from the headers until the response body is done or dropped: a stream
+        // counts as busy for as long as it streams.
+        let guard = InFlight::begin(service_activity.clone());
         async move {
             let response = tower::ServiceExt::oneshot(router, request.map(axum::body::Body::new)).await;
-            activity.request_ended();
-            response
+            response.map(|response| {
+                response.map(|body| {
+                    axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                        let _ = &guard;
+                        frame
+                    }))
+                })
+            })
         }
     });
     let connection = http1::Builder::new()
@@ -340,7 +363,13 @@ async fn serve_connection(
     loop {
         tokio::select! {
             _ = connection.as_mut() => return,
-            _ = activity.evict.notified() => return,
+            _ = activity.evict.notified() => {
+                // A request may have begun since the connection was picked: let it finish.
+                if activity.idle() {
+                    return;
+                }
+                activity.evicted.store(false, Ordering::Relaxed);
+            }
             _ = watchdog.tick() => {
                 if let Some(phase) = activity.overdue(&limits) {
                     metrics::counter!("recyclegpt_connections_timed_out_total", "phase" => phase).increment(1);

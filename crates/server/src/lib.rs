@@ -77,7 +77,7 @@ fn prometheus() -> PrometheusHandle {
 /// replica that has not had a request yet).
 fn register_metrics() {
     let gauges = [
-        ("recyclegpt_queue_depth", "Requests waiting for a slot in the running batch"),
+        ("recyclegpt_queue_depth", "Sequences waiting for a slot in the running batch"),
         ("recyclegpt_running_sequences", "Sequences in the running batch"),
         ("recyclegpt_kv_tokens_in_use", "KV-cache tokens reserved by running sequences"),
     ];

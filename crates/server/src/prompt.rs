@@ -20,7 +20,7 @@ pub struct PromptBuilder {
     template: Arc<ChatTemplate>,
     /// The longest prompt text, in bytes, that could fit the context.
     max_prompt_bytes: usize,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
 }
 
 impl PromptBuilder {
@@ -41,7 +41,7 @@ impl PromptBuilder {
             specials,
             template: Arc::new(template),
             max_prompt_bytes,
-            slots: Semaphore::new(TOKENIZE_CONCURRENCY),
+            slots: Arc::new(Semaphore::new(TOKENIZE_CONCURRENCY)),
         }
     }
 
@@ -98,9 +98,20 @@ impl PromptBuilder {
         &self,
         work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _slot =
-            self.slots.acquire().await.map_err(|_| ApiError::Internal("the tokenizer pool is closed".into()))?;
-        tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
+        // The permit moves into the blocking task: a client that goes away mid-tokenization
+        // does not free a slot while its work still runs.
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Internal("the tokenizer pool is closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            work()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?
     }
 }
 

@@ -133,8 +133,9 @@ impl Backend for WorkerHandle {
         let permits = self.shared.queue.try_acquire_many(count).map_err(|_| ApiError::QueueFull)?;
         // Each job carries its own permit from here on.
         permits.forget();
-        for job in jobs {
-            let queued = Queued { job, _slot: QueueSlot(self.shared.queue.clone()) };
+        let queued: Vec<Queued> =
+            jobs.into_iter().map(|job| Queued { job, _slot: QueueSlot(self.shared.queue.clone()) }).collect();
+        for queued in queued {
             if self.sender.send(queued).is_err() {
                 return Err(ApiError::Internal("the model worker has stopped".into()));
             }
@@ -301,9 +302,12 @@ impl Worker {
             .collect();
         let mut disconnected = 0;
         for id in gone {
-            self.scheduler.cancel(id);
+            let done = self.scheduler.cancel(id);
             if let Some(link) = self.links.remove(&id) {
                 disconnected += usize::from(link.job.abandoned());
+                if let Some(done) = done {
+                    record_finish(&link, &done);
+                }
             }
         }
         if disconnected > 0 {
@@ -329,8 +333,12 @@ impl Worker {
                     .unwrap_or_else(|| "unknown panic".into());
                 tracing::error!(%message, "an engine step panicked; failing its sequences");
                 metrics::counter!("recyclegpt_worker_panics_total").increment(1);
-                let ids = self.scheduler.drain_running();
-                self.fail(ids, Failure::Engine("internal error: the engine failed on this request".into()));
+                // Whatever the panic interrupted (running, or taken from the queue for admission)
+                // fails; what still waits keeps its place.
+                self.scheduler.drain_running();
+                let lost: Vec<SeqId> =
+                    self.links.keys().copied().filter(|&id| !self.scheduler.is_waiting(id)).collect();
+                self.fail(lost, Failure::Engine("internal error: the engine failed on this request".into()));
             }
         }
     }

@@ -96,18 +96,22 @@ impl Scheduler {
         self.waiting.push_back(request);
     }
 
-    /// Forgets a sequence, waiting or running (its KV cache is freed). False if unknown.
-    pub fn cancel(&mut self, id: SeqId) -> bool {
+    /// Forgets a sequence, waiting or running (its KV cache is freed). For a running one, what
+    /// it had done so far (reported as stopped), for metrics and logs.
+    pub fn cancel(&mut self, id: SeqId) -> Option<Finished> {
         if let Some(at) = self.waiting.iter().position(|r| r.id == id) {
             self.waiting.remove(at);
-            return true;
+            return None;
         }
-        if let Some(at) = self.running.iter().position(|s| s.id() == id) {
-            self.running.remove(at);
-            self.reservations.remove(at);
-            return true;
-        }
-        false
+        let at = self.running.iter().position(|s| s.id() == id)?;
+        let seq = self.running.remove(at);
+        self.reservations.remove(at);
+        Some(Finished {
+            reason: FinishReason::Stop,
+            prompt_tokens: seq.prompt().len(),
+            completion_tokens: seq.generated().len(),
+            stats: seq.stats(),
+        })
     }
 
     /// Drops every waiting sequence (shutdown), returning their ids.
@@ -119,6 +123,11 @@ impl Scheduler {
     pub fn drain_running(&mut self) -> Vec<SeqId> {
         self.reservations.clear();
         self.running.drain(..).map(|s| s.id()).collect()
+    }
+
+    /// Whether `id` waits for admission.
+    pub fn is_waiting(&self, id: SeqId) -> bool {
+        self.waiting.iter().any(|r| r.id == id)
     }
 
     pub fn is_idle(&self) -> bool {
@@ -144,7 +153,12 @@ impl Scheduler {
         let mut seqs: Vec<&mut Sequence> = self.running.iter_mut().collect();
         match step(model, &mut seqs, self.config.prefill_chunk) {
             Ok(report) => outcome.report = report,
-            Err(error) => return Err(StepFailed { ids: self.drain_running(), error }),
+            Err(error) => {
+                // Sequences refused at admission in this call are failed with the rest.
+                let mut ids = self.drain_running();
+                ids.extend(outcome.refused.into_iter().map(|(id, _)| id));
+                return Err(StepFailed { ids, error });
+            }
         }
         let mut kept = Vec::with_capacity(self.running.len());
         let mut kept_reservations = Vec::with_capacity(self.running.len());
