@@ -69,7 +69,7 @@ impl LoadedModel {
             return Ok(Self { model, tokenizer, dir: dir.to_path_buf() });
         }
         if !dir.is_dir() {
-            return Err(ModelError::file(dir, "model directory (or .gguf file) not found"));
+            return Err(ModelError::file(dir, "model directory not found (and not a .gguf file)"));
         }
         let model = RecycleGpt::load(dir, options)?;
         let tokenizer = TextTokenizer::load(dir, model.config())?;
