@@ -77,6 +77,33 @@ impl LoadedModel {
     }
 }
 
+/// A random recyclable module of `layers` layers (or the shape `config` names), for tests and
+/// benchmarks.
+fn random_module(
+    config: &mut LlamaConfig,
+    seed: u64,
+    layers: usize,
+    options: &LoadOptions,
+) -> Result<(Option<RecycleModule>, RecycleSource)> {
+    let recycle_config = config.recycle.clone().unwrap_or_else(|| config.default_recycle(layers));
+    config.recycle = Some(recycle_config);
+    config.validate()?;
+    let module = RecycleModule::load(&Weights::random(seed, options.dtype, &options.device), config)?;
+    Ok((Some(module), RecycleSource::Random))
+}
+
+fn log_loaded(source: &dyn std::fmt::Display, config: &LlamaConfig, recycle: RecycleSource, options: &LoadOptions) {
+    tracing::info!(
+        %source,
+        layers = config.num_hidden_layers,
+        hidden = config.hidden_size,
+        ?recycle,
+        device = %device_name(&options.device),
+        dtype = ?options.dtype,
+        "model loaded"
+    );
+}
+
 impl RecycleGpt {
     pub fn load(dir: &Path, options: &LoadOptions) -> Result<Self> {
         let config_path = dir.join("config.json");
@@ -86,13 +113,7 @@ impl RecycleGpt {
         let llama = Llama::load(&Weights::from_files(files, dtype, &options.device), &config)?;
         let recycle_path = dir.join("recycle.safetensors");
         let (recycle, recycle_source) = match options.recycle_init {
-            RecycleInit::Random { seed, layers } => {
-                let recycle_config = config.recycle.clone().unwrap_or_else(|| config.default_recycle(layers));
-                config.recycle = Some(recycle_config);
-                config.validate()?;
-                let module = RecycleModule::load(&Weights::random(seed, dtype, &options.device), &config)?;
-                (Some(module), RecycleSource::Random)
-            }
+            RecycleInit::Random { seed, layers } => random_module(&mut config, seed, layers, options)?,
             RecycleInit::FromFiles => match (&config.recycle, recycle_path.exists()) {
                 (Some(_), true) => {
                     let files = SafetensorFiles::open(std::slice::from_ref(&recycle_path))?;
@@ -114,15 +135,7 @@ impl RecycleGpt {
                 (None, false) => (None, RecycleSource::None),
             },
         };
-        tracing::info!(
-            dir = %dir.display(),
-            layers = config.num_hidden_layers,
-            hidden = config.hidden_size,
-            recycle = ?recycle_source,
-            device = %device_name(&options.device),
-            ?dtype,
-            "model loaded"
-        );
+        log_loaded(&dir.display(), &config, recycle_source, options);
         Ok(Self { config, llama, recycle, recycle_source, device: options.device.clone(), dtype })
     }
 
@@ -134,25 +147,10 @@ impl RecycleGpt {
         let path = gguf.path().to_path_buf();
         let llama = Llama::load(&Weights::from_gguf(gguf, config.clone(), dtype, &options.device), &config)?;
         let (recycle, recycle_source) = match options.recycle_init {
-            RecycleInit::Random { seed, layers } => {
-                config.recycle = Some(config.default_recycle(layers));
-                config.validate()?;
-                (
-                    Some(RecycleModule::load(&Weights::random(seed, dtype, &options.device), &config)?),
-                    RecycleSource::Random,
-                )
-            }
+            RecycleInit::Random { seed, layers } => random_module(&mut config, seed, layers, options)?,
             RecycleInit::FromFiles => (None, RecycleSource::None),
         };
-        tracing::info!(
-            file = %path.display(),
-            layers = config.num_hidden_layers,
-            hidden = config.hidden_size,
-            recycle = ?recycle_source,
-            device = %device_name(&options.device),
-            ?dtype,
-            "model loaded from GGUF (dequantized)"
-        );
+        log_loaded(&format!("{} (GGUF, dequantized)", path.display()), &config, recycle_source, options);
         Ok(Self { config, llama, recycle, recycle_source, device: options.device.clone(), dtype })
     }
 

@@ -27,28 +27,12 @@ pub(super) fn load(gguf: &GgufFile) -> Result<TextTokenizer> {
             .collect()
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
-    let types: Vec<i32> = match gguf.content.metadata.get("tokenizer.ggml.token_type") {
-        Some(v) => v
-            .to_vec()
-            .map_err(|e| gguf.bad("tokenizer.ggml.token_type", e))?
-            .iter()
-            .map(|t| t.to_i32().unwrap_or(1))
-            .collect(),
-        None => vec![1; tokens.len()],
-    };
+    let types: Vec<i32> = numbers(gguf, "tokenizer.ggml.token_type", tokens.len(), |v| v.to_i32().unwrap_or(1))?;
     let model = gguf.string("tokenizer.ggml.model")?;
     let json = match model.as_str() {
         "gpt2" => byte_level(gguf, &tokens, &types, &strings("tokenizer.ggml.merges")?)?,
         "llama" => {
-            let scores: Vec<f32> = match gguf.content.metadata.get("tokenizer.ggml.scores") {
-                Some(v) => v
-                    .to_vec()
-                    .map_err(|e| gguf.bad("tokenizer.ggml.scores", e))?
-                    .iter()
-                    .map(|s| s.to_f32().unwrap_or(0.0))
-                    .collect(),
-                None => vec![0.0; tokens.len()],
-            };
+            let scores: Vec<f32> = numbers(gguf, "tokenizer.ggml.scores", tokens.len(), |v| v.to_f32().unwrap_or(0.0))?;
             let pieces = tokens
                 .iter()
                 .enumerate()
@@ -87,6 +71,19 @@ pub(super) fn load(gguf: &GgufFile) -> Result<TextTokenizer> {
         None => None,
     };
     Ok(TextTokenizer::from_parts(inner, bos, add_bos, eos.into_iter().collect(), template))
+}
+
+/// A per-token metadata array (token types, scores), or `count` defaults when it is absent.
+fn numbers<T: Default + Clone>(
+    gguf: &GgufFile,
+    key: &str,
+    count: usize,
+    read: impl Fn(&candle_core::quantized::gguf_file::Value) -> T,
+) -> Result<Vec<T>> {
+    match gguf.content.metadata.get(key) {
+        Some(v) => Ok(v.to_vec().map_err(|e| gguf.bad(key, e))?.iter().map(read).collect()),
+        None => Ok(vec![T::default(); count]),
+    }
 }
 
 /// A GPT-2 style byte-level BPE as a `tokenizer.json` value.
