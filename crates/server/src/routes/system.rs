@@ -101,6 +101,17 @@ fn document(limits: &Limits) -> Value {
         bias["propertyNames"] = json!({"pattern": at_most(last_id as u64)});
         bias["additionalProperties"] = json!({"type": "number", "minimum": -100, "maximum": 100});
     }
+    // prompts × n ≤ max_sequences, as one clause per prompt count (a list of token ids is one
+    // prompt, so the clauses apply to lists of strings or of lists only).
+    if let Some(parts) = schemas["CompletionRequest"].get_mut("allOf").and_then(Value::as_array_mut) {
+        for prompts in 2..=limits.max_sequences {
+            parts.push(json!({
+                "if": {"required": ["prompt"], "properties": {"prompt": {
+                    "type": "array", "minItems": prompts, "items": {"type": ["string", "array"]}}}},
+                "then": {"properties": {"n": {"maximum": limits.max_sequences / prompts}}}
+            }));
+        }
+    }
     for (schema, field) in [("SamplingFields", "max_tokens"), ("ChatRequest", "max_completion_tokens")] {
         if let Some(property) = property(&mut schemas[schema], field) {
             property["maximum"] = json!(max_new);
