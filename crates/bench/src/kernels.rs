@@ -1,7 +1,10 @@
 //! `recyclegpt bench kernels`: the small-m kernel against candle's matmul, m = 1..64, on one
-//! weight matrix, to find where candle's matmul takes over (the model's `SMALL_M_MAX`).
+//! weight matrix, to find where candle's matmul takes over (the model's `SMALL_M_MAX`); and
+//! candle's quantized matmul (`QMatMul`, Q8_0 and Q4_1 weights, activations quantized to 8 bits)
+//! on the same matrix, the baseline for quantized kernels of our own.
 use crate::{median_ms, time};
-use candle_core::{Device, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
 use recyclegpt_kernels::small_linear;
 use serde::Serialize;
 
@@ -12,19 +15,30 @@ pub struct KernelRow {
     pub candle_ms: f64,
     /// Weight bytes read per second by the kernel.
     pub kernel_gb_per_s: f64,
+    /// candle's `QMatMul` with the weights in Q8_0 and in Q4_1.
+    pub candle_q8_0_ms: f64,
+    pub candle_q4_1_ms: f64,
 }
 
 pub fn run(n: usize, k: usize, ms: &[usize], rounds: usize) -> candle_core::Result<Vec<KernelRow>> {
     let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
     let wt = w.t()?;
+    let q8 = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?;
+    let q4 = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q4_1)?)?;
     let mut rows = Vec::new();
     for &m in ms {
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
         // One untimed call each: the first use starts rayon's threads.
         small_linear(&x, &w)?;
         x.matmul(&wt)?;
-        let (mut kernel, mut candle) = (Vec::new(), Vec::new());
+        q8.forward(&x)?;
+        let (mut kernel, mut candle, mut q8_ms, mut q4_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
+            for (matmul, times) in [(&q8, &mut q8_ms), (&q4, &mut q4_ms)] {
+                let (out, t) = time(|| matmul.forward(&x));
+                out?;
+                times.push(t);
+            }
             let (out, t) = time(|| small_linear(&x, &w));
             out?;
             kernel.push(t);
@@ -38,6 +52,8 @@ pub fn run(n: usize, k: usize, ms: &[usize], rounds: usize) -> candle_core::Resu
             kernel_ms,
             candle_ms: median_ms(&mut candle),
             kernel_gb_per_s: (n * k * 4) as f64 / (kernel_ms / 1e3) / 1e9,
+            candle_q8_0_ms: median_ms(&mut q8_ms),
+            candle_q4_1_ms: median_ms(&mut q4_ms),
         });
     }
     Ok(rows)
