@@ -339,5 +339,11 @@ fn print_table(r: &DecodeReport) {
     if let Some(max) = sizes.last() {
         println!("batch {max} / batch 1 (1 new token): {:.2}x", batch(max) / batch("1"));
     }
+    let mut lengths: Vec<(&String, &f64)> = r.prefill_tokens_per_second.iter().collect();
+    lengths.sort_by_key(|(n, _)| n.parse::<usize>().unwrap_or(0));
+    let prefill: Vec<String> = lengths.iter().map(|(n, rate)| format!("{n} tokens: {rate:.1}")).collect();
+    if !prefill.is_empty() {
+        println!("prefill tokens/s (one forward)  {}", prefill.join("  "));
+    }
     println!();
 }

@@ -49,6 +49,9 @@ pub struct DecodeReport {
     pub module_agreement: Option<f64>,
     pub batched_tokens_per_second: BTreeMap<String, f64>,
     pub batched_2_tokens_per_second: BTreeMap<String, f64>,
+    /// Prompt tokens per second when a prompt of this many tokens is fed in one forward
+    /// (lengths that fit the context).
+    pub prefill_tokens_per_second: BTreeMap<String, f64>,
     /// A large copy, read + write traffic.
     pub bandwidth_gb_per_s: f64,
     /// A large read.
@@ -83,6 +86,9 @@ pub fn parameter_counts(c: &LlamaConfig, bytes_per_weight: usize) -> (usize, usi
     let read = s.layers * layer + s.hidden + embed;
     (params, read * bytes_per_weight)
 }
+
+/// Prompt lengths whose prefill speed is reported.
+const PREFILL_LENGTHS: [usize; 2] = [128, 512];
 
 fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -146,6 +152,8 @@ pub fn run(
     let mut mode_rates: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut batched: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
     let mut verify_tpf = Vec::new();
+    let prefill_lengths: Vec<usize> = PREFILL_LENGTHS.iter().copied().filter(|&n| n < context).collect();
+    let mut prefill: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut standard_text: Vec<u32> = Vec::new();
     let modes: Vec<DecodeMode> = if model.has_recycle() {
         vec![DecodeMode::Off, DecodeMode::Alternate, DecodeMode::Verify]
@@ -190,6 +198,13 @@ pub fn run(
                 batch_caches.iter_mut().for_each(|c| c.truncate(base));
             }
         }
+        for &length in &prefill_lengths {
+            let tokens = random_tokens(length, vocab, 20 + round as u64);
+            let mut fresh = model.new_cache(length)?;
+            let (out, t) = time(|| full(model, &mut fresh, &tokens, vec![length - 1]));
+            out?;
+            prefill.entry(length).or_default().push(length as f64 / t);
+        }
         for &mode in &modes {
             let stop = StopCriteria { max_tokens: generate_tokens, eos_ids: vec![] };
             let generation = generate(model, prompt.clone(), mode, SamplingParams::greedy(), stop)?;
@@ -233,6 +248,7 @@ pub fn run(
             .filter(|((_, new), _)| *new == 2)
             .map(|((size, _), v)| (size.to_string(), median(v)))
             .collect(),
+        prefill_tokens_per_second: prefill.iter_mut().map(|(n, v)| (n.to_string(), median(v))).collect(),
         bandwidth_gb_per_s: bandwidth.copy,
         read_bandwidth_gb_per_s: bandwidth.read,
         weight_read_fraction: weight_bytes as f64 / (forward_1_ms / 1e3) / 1e9 / bandwidth.read,
