@@ -102,7 +102,9 @@ fn percentile_ms(values: &mut [Duration], p: f64) -> f64 {
 
 /// `requests` requests spread over `clients` concurrent clients, all in `mode`.
 pub async fn run(options: &ServeOptions, mode: &str) -> ServeReport {
-    let client = reqwest::Client::new();
+    // A fresh connection per request, as a chat client behind a proxy makes them: a pooled
+    // connection that the server closed in between would otherwise fail the next request.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap_or_default();
     let clients = options.clients.max(1);
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
