@@ -10,7 +10,7 @@ use recyclegpt_model::{LoadOptions, LoadedModel, RecycleInit, SeqInput};
 use std::path::Path;
 
 fn load(dir: &Path, dtype: DType, recycle_init: RecycleInit) -> LoadedModel {
-    let options = LoadOptions { recycle_init, device: Device::Cpu, dtype };
+    let options = LoadOptions { recycle_init, device: Device::Cpu, dtype, quantize: None };
     LoadedModel::load(dir, &options).expect("the model loads in half precision")
 }
 

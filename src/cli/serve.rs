@@ -3,7 +3,7 @@ use super::model_args::{resolve_placement, RecycleInitArg};
 use anyhow::Context;
 use clap::Args;
 use recyclegpt_engine::DecodeMode;
-use recyclegpt_model::{DTypeSpec, DeviceSpec, LoadOptions, LoadedModel, RecycleInit};
+use recyclegpt_model::{DTypeSpec, DeviceSpec, LoadOptions, LoadedModel, Quantization, RecycleInit};
 use recyclegpt_server::{AppState, LogFormat, ServerConfig};
 use std::path::PathBuf;
 
@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// auto (f32 on the CPU, f16 on a GPU), f32, f16 or bf16.
     #[arg(long, env = "RECYCLEGPT_DTYPE")]
     dtype: Option<DTypeSpec>,
+    /// q8_0: also keep the base model's linear layers in Q8_0 for decode steps (CPU, f32).
+    #[arg(long, env = "RECYCLEGPT_QUANTIZE")]
+    quantize: Option<Quantization>,
     #[arg(long, value_enum, env = "RECYCLEGPT_RECYCLE_INIT", default_value = "file")]
     recycle_init: RecycleInitArg,
 }
@@ -134,7 +137,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let (device, dtype) = resolve_placement(config.device, config.dtype)?;
-    let options = LoadOptions { recycle_init, device, dtype };
+    let options = LoadOptions { recycle_init, device, dtype, quantize: args.quantize };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     // Bind before loading, so that a busy port or a bad host fails at once, not after the load.

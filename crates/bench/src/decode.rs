@@ -120,7 +120,11 @@ pub fn run(
     bandwidth: Bandwidth,
 ) -> Result<DecodeReport, EngineError> {
     let config = model.config();
-    let (params, weight_bytes) = parameter_counts(config, model.dtype().size_in_bytes());
+    let (params, mut weight_bytes) = parameter_counts(config, model.dtype().size_in_bytes());
+    if model.quantization().is_some() {
+        // Q8_0: 32 one-byte values and a 4-byte scale per block, instead of 32 f32 values.
+        weight_bytes = weight_bytes / model.dtype().size_in_bytes() * 36 / 32;
+    }
     let vocab = config.vocab_size;
     // A short-context model caches half its context and generates into part of the rest.
     let context = model.context_len();

@@ -17,7 +17,7 @@ mod q8;
 pub use attention::{attention, cached_attention, AttentionShape};
 pub use isa::Isa;
 pub use linear::linear_small;
-pub use op::{small_linear, SMALL_M_MAX};
+pub use op::{q8_small_linear, small_linear, SMALL_M_MAX};
 pub use q8::{q8_linear, Q8Matrix};
 
 /// Runs `f` on a rayon worker thread, so that the kernels' parallel splits inside it share the

@@ -6,22 +6,34 @@ use crate::rope::Rope;
 use crate::weights::{Init, Weights};
 use candle_core::{DType, Module, Tensor};
 use rayon::prelude::*;
-use recyclegpt_kernels::{cached_attention, small_linear, AttentionShape, SMALL_M_MAX};
+use recyclegpt_kernels::{cached_attention, q8_small_linear, small_linear, AttentionShape, Q8Matrix, SMALL_M_MAX};
 
 /// `y = x · Wᵀ` with `W` stored as `[out, in]` (PyTorch order).
 #[derive(Clone)]
 pub struct Linear {
     weight: Tensor,
+    /// The same weights in Q8_0 (`--quantize q8_0`): decode-sized inputs read these, a quarter
+    /// of the bytes; prefill keeps the f32 matmul.
+    q8: Option<std::sync::Arc<Q8Matrix>>,
 }
 
 impl Linear {
     pub fn load(w: &Weights, name: &str, out_dim: usize, in_dim: usize) -> Result<Self> {
         let std = 1.0 / (in_dim as f32).sqrt();
-        Ok(Self { weight: w.pp(name).get("weight", &[out_dim, in_dim], Init::Normal(std))? })
+        Self::from_weight(w.pp(name).get("weight", &[out_dim, in_dim], Init::Normal(std))?, w.quantize_q8())
     }
 
-    pub fn from_weight(weight: Tensor) -> Self {
-        Self { weight }
+    /// A linear layer over `weight`, kept in Q8_0 as well when `q8` and the shape allows
+    /// (rows of whole 32-value blocks, f32 on the CPU).
+    pub fn from_weight(weight: Tensor, q8: bool) -> Result<Self> {
+        let q8 = match (q8, weight.dims2()) {
+            (true, Ok((rows, cols))) if weight.device().is_cpu() && weight.dtype() == DType::F32 => {
+                let values = weight.flatten_all()?.to_vec1::<f32>()?;
+                Q8Matrix::quantize(&values, rows, cols).map(std::sync::Arc::new)
+            }
+            _ => None,
+        };
+        Ok(Self { weight, q8 })
     }
 
     /// Several projections of the same input as one matrix (their rows stacked), so that a
@@ -30,9 +42,12 @@ impl Linear {
         let parts = names
             .iter()
             .zip(out_dims)
-            .map(|(name, &out)| Linear::load(w, name, out, in_dim).map(|l| l.weight))
+            .map(|(name, &out)| {
+                let std = 1.0 / (in_dim as f32).sqrt();
+                w.pp(name).get("weight", &[out, in_dim], Init::Normal(std))
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { weight: Tensor::cat(&parts, 0)? })
+        Self::from_weight(Tensor::cat(&parts, 0)?, w.quantize_q8())
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -43,7 +58,10 @@ impl Linear {
     /// other devices take candle's matmul.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 && x.dim(0)? <= SMALL_M_MAX {
-            return Ok(small_linear(x, &self.weight)?);
+            return Ok(match &self.q8 {
+                Some(q8) => q8_small_linear(x, q8)?,
+                None => small_linear(x, &self.weight)?,
+            });
         }
         Ok(x.matmul(&self.weight.t()?)?)
     }

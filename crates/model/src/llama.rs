@@ -46,7 +46,7 @@ impl Llama {
         let norm = RmsNorm::load(&model, "norm", dim, config.rms_norm_eps)?;
         // Some tied checkpoints still carry `lm_head.weight`; tying wins only when it is absent.
         let head = if config.tie_word_embeddings && !w.pp("lm_head").contains("weight") {
-            Linear::from_weight(embed.clone())
+            Linear::from_weight(embed.clone(), w.quantize_q8())?
         } else {
             Linear::load(w, "lm_head", vocab, dim)?
         };

@@ -35,11 +35,31 @@ pub struct LoadOptions {
     pub device: Device,
     /// Weights, activations and KV caches; checkpoints in another dtype are converted on load.
     pub dtype: DType,
+    /// Also keep the base model's linear layers quantized, for decode steps on the CPU.
+    pub quantize: Option<Quantization>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { recycle_init: RecycleInit::FromFiles, device: Device::Cpu, dtype: DType::F32 }
+        Self { recycle_init: RecycleInit::FromFiles, device: Device::Cpu, dtype: DType::F32, quantize: None }
+    }
+}
+
+/// `--quantize`: the format linear layers are quantized to at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// Blocks of 32 int8 values with one scale, multiplied with int8 activations.
+    Q8_0,
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "q8_0" => Ok(Quantization::Q8_0),
+            other => Err(ModelError::Config(format!("unknown quantization `{other}` (supported: q8_0)"))),
+        }
     }
 }
 
@@ -50,6 +70,8 @@ pub struct RecycleGpt {
     recycle_source: RecycleSource,
     device: Device,
     dtype: DType,
+    /// How the base model's linear layers are also kept, if quantized.
+    quantization: Option<Quantization>,
 }
 
 /// A model directory loaded whole: weights, tokenizer and where it came from.
@@ -110,7 +132,10 @@ impl RecycleGpt {
         let mut config = LlamaConfig::from_file(&config_path)?;
         let dtype = options.dtype;
         let files = SafetensorFiles::open_model_dir(dir)?;
-        let llama = Llama::load(&Weights::from_files(files, dtype, &options.device), &config)?;
+        let llama = Llama::load(
+            &Weights::from_files(files, dtype, &options.device).with_q8(options.quantize.is_some()),
+            &config,
+        )?;
         let recycle_path = dir.join("recycle.safetensors");
         let (recycle, recycle_source) = match options.recycle_init {
             RecycleInit::Random { seed, layers } => random_module(&mut config, seed, layers, options)?,
@@ -136,7 +161,15 @@ impl RecycleGpt {
             },
         };
         log_loaded(&dir.display(), &config, recycle_source, options);
-        Ok(Self { config, llama, recycle, recycle_source, device: options.device.clone(), dtype })
+        Ok(Self {
+            config,
+            llama,
+            recycle,
+            recycle_source,
+            device: options.device.clone(),
+            dtype,
+            quantization: options.quantize,
+        })
     }
 
     /// The base model of a GGUF file, dequantized into `options.dtype`. A recyclable module is
@@ -145,13 +178,23 @@ impl RecycleGpt {
         let mut config = gguf.config()?;
         let dtype = options.dtype;
         let path = gguf.path().to_path_buf();
-        let llama = Llama::load(&Weights::from_gguf(gguf, config.clone(), dtype, &options.device), &config)?;
+        let weights =
+            Weights::from_gguf(gguf, config.clone(), dtype, &options.device).with_q8(options.quantize.is_some());
+        let llama = Llama::load(&weights, &config)?;
         let (recycle, recycle_source) = match options.recycle_init {
             RecycleInit::Random { seed, layers } => random_module(&mut config, seed, layers, options)?,
             RecycleInit::FromFiles => (None, RecycleSource::None),
         };
         log_loaded(&format!("{} (GGUF, dequantized)", path.display()), &config, recycle_source, options);
-        Ok(Self { config, llama, recycle, recycle_source, device: options.device.clone(), dtype })
+        Ok(Self {
+            config,
+            llama,
+            recycle,
+            recycle_source,
+            device: options.device.clone(),
+            dtype,
+            quantization: options.quantize,
+        })
     }
 
     /// A whole model with random weights (benchmark shapes); the module gets `recycle`'s shape.
@@ -170,7 +213,11 @@ impl RecycleGpt {
             None => None,
         };
         let recycle_source = if module.is_some() { RecycleSource::Random } else { RecycleSource::None };
-        Ok(Self { config, llama, recycle: module, recycle_source, device: device.clone(), dtype })
+        Ok(Self { config, llama, recycle: module, recycle_source, device: device.clone(), dtype, quantization: None })
+    }
+
+    pub fn quantization(&self) -> Option<Quantization> {
+        self.quantization
     }
 
     pub fn config(&self) -> &LlamaConfig {

@@ -112,11 +112,19 @@ pub struct Weights {
     prefix: String,
     dtype: DType,
     device: Device,
+    /// Whether linear layers built from these weights also keep them in Q8_0.
+    q8: bool,
 }
 
 impl Weights {
     pub fn from_files(files: SafetensorFiles, dtype: DType, device: &Device) -> Self {
-        Self { source: std::rc::Rc::new(Source::Files(files)), prefix: String::new(), dtype, device: device.clone() }
+        Self {
+            source: std::rc::Rc::new(Source::Files(files)),
+            prefix: String::new(),
+            dtype,
+            device: device.clone(),
+            q8: false,
+        }
     }
 
     pub fn from_gguf(gguf: GgufFile, config: LlamaConfig, dtype: DType, device: &Device) -> Self {
@@ -125,6 +133,7 @@ impl Weights {
             prefix: String::new(),
             dtype,
             device: device.clone(),
+            q8: false,
         }
     }
 
@@ -134,12 +143,23 @@ impl Weights {
             prefix: String::new(),
             dtype,
             device: device.clone(),
+            q8: false,
         }
+    }
+
+    /// The same weights, with linear layers kept in Q8_0 as well.
+    pub fn with_q8(mut self, q8: bool) -> Self {
+        self.q8 = q8;
+        self
+    }
+
+    pub fn quantize_q8(&self) -> bool {
+        self.q8
     }
 
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
         let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
-        Self { source: self.source.clone(), prefix, dtype: self.dtype, device: self.device.clone() }
+        Self { source: self.source.clone(), prefix, dtype: self.dtype, device: self.device.clone(), q8: self.q8 }
     }
 
     pub fn device(&self) -> &Device {
