@@ -161,15 +161,25 @@ impl RecycleGpt {
             },
         };
         log_loaded(&dir.display(), &config, recycle_source, options);
-        Ok(Self {
+        Ok(Self::loaded(config, llama, (recycle, recycle_source), options))
+    }
+
+    fn loaded(
+        config: LlamaConfig,
+        llama: Llama,
+        module: (Option<RecycleModule>, RecycleSource),
+        options: &LoadOptions,
+    ) -> Self {
+        let (recycle, recycle_source) = module;
+        Self {
             config,
             llama,
             recycle,
             recycle_source,
             device: options.device.clone(),
-            dtype,
+            dtype: options.dtype,
             quantization: options.quantize,
-        })
+        }
     }
 
     /// The base model of a GGUF file, dequantized into `options.dtype`. A recyclable module is
@@ -186,15 +196,7 @@ impl RecycleGpt {
             RecycleInit::FromFiles => (None, RecycleSource::None),
         };
         log_loaded(&format!("{} (GGUF, dequantized)", path.display()), &config, recycle_source, options);
-        Ok(Self {
-            config,
-            llama,
-            recycle,
-            recycle_source,
-            device: options.device.clone(),
-            dtype,
-            quantization: options.quantize,
-        })
+        Ok(Self::loaded(config, llama, (recycle, recycle_source), options))
     }
 
     /// A whole model with random weights (benchmark shapes); the module gets `recycle`'s shape.
