@@ -11,8 +11,7 @@ use crate::AppState;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use recyclegpt_engine::{FinishReason, TokenLogprob};
-use recyclegpt_model::TextTokenizer;
+use recyclegpt_engine::{FinishReason, SequenceStats, TokenLogprob};
 use serde::Serialize;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,9 +51,8 @@ pub struct ChoiceEnd {
     pub logprobs: Vec<TokenLogprob>,
     pub reason: ApiFinish,
     pub completion_tokens: usize,
-    pub accepted: usize,
-    pub rejected: usize,
-    pub full_forwards: usize,
+    /// Recycling counters (zero for a choice a stop string ended: the worker drops it).
+    pub stats: SequenceStats,
 }
 
 /// Queues one job per (prompt, sample), all or none; choice `index = prompt * n + sample`.
@@ -126,7 +124,13 @@ impl Generation {
                             choice.completion_tokens += used;
                             let mut logprobs = logprobs;
                             logprobs.truncate(used);
-                            return Ok(self.end(index, chunk.text, logprobs, ApiFinish::Stop, None));
+                            return Ok(self.end(
+                                index,
+                                chunk.text,
+                                logprobs,
+                                ApiFinish::Stop,
+                                SequenceStats::default(),
+                            ));
                         }
                     }
                 }
@@ -136,8 +140,7 @@ impl Generation {
                         (Some(_), _) | (None, FinishReason::Stop) => ApiFinish::Stop,
                         (None, FinishReason::Length) => ApiFinish::Length,
                     };
-                    let stats = Some((finished.stats.accepted, finished.stats.rejected, finished.stats.full_forwards));
-                    return Ok(self.end(index, chunk.text, Vec::new(), reason, stats));
+                    return Ok(self.end(index, chunk.text, Vec::new(), reason, finished.stats));
                 }
                 Event::Failed(failure) => {
                     self.cancel_all();
@@ -153,21 +156,18 @@ impl Generation {
         text: String,
         logprobs: Vec<TokenLogprob>,
         reason: ApiFinish,
-        stats: Option<(usize, usize, usize)>,
+        stats: SequenceStats,
     ) -> Progress {
         let choice = &mut self.choices[index];
         choice.finished = true;
         self.done += 1;
-        let (accepted, rejected, full_forwards) = stats.unwrap_or_default();
         Progress::Finished(ChoiceEnd {
             index,
             text,
             logprobs,
             reason,
             completion_tokens: choice.completion_tokens,
-            accepted,
-            rejected,
-            full_forwards,
+            stats,
         })
     }
 
@@ -194,9 +194,8 @@ pub struct Choice {
     pub logprobs: Vec<TokenLogprob>,
     pub finish_reason: Option<ApiFinish>,
     pub completion_tokens: usize,
-    pub accepted: usize,
-    pub rejected: usize,
-    pub full_forwards: usize,
+    /// Recycling counters (zero for a choice a stop string ended: the worker drops it).
+    pub stats: SequenceStats,
 }
 
 /// Waits for every choice to finish.
@@ -214,9 +213,7 @@ pub async fn collect(mut generation: Generation) -> Result<(Vec<Choice>, Usage),
                 choice.logprobs.extend(end.logprobs);
                 choice.finish_reason = Some(end.reason);
                 choice.completion_tokens = end.completion_tokens;
-                choice.accepted = end.accepted;
-                choice.rejected = end.rejected;
-                choice.full_forwards = end.full_forwards;
+                choice.stats = end.stats;
             }
         }
     }
@@ -227,13 +224,13 @@ pub async fn collect(mut generation: Generation) -> Result<(Vec<Choice>, Usage),
 /// Recycling statistics of a response (an extension field, `recycle`).
 pub fn recycle_stats(plan: &Plan, choices: &[Choice]) -> RecycleStats {
     let tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
-    let forwards: usize = choices.iter().map(|c| c.full_forwards).sum();
+    let forwards: usize = choices.iter().map(|c| c.stats.full_forwards).sum();
     RecycleStats {
         mode: plan.mode.as_str().to_string(),
         full_forwards: forwards,
         tokens_per_full_forward: if forwards > 0 { tokens as f64 / forwards as f64 } else { 0.0 },
-        accepted: choices.iter().map(|c| c.accepted).sum(),
-        rejected: choices.iter().map(|c| c.rejected).sum(),
+        accepted: choices.iter().map(|c| c.stats.accepted).sum(),
+        rejected: choices.iter().map(|c| c.stats.rejected).sum(),
     }
 }
 
@@ -312,9 +309,4 @@ pub fn shared(state: &Arc<AppState>) -> (String, u64) {
 pub fn ok_json(body: &impl Serialize) -> Response {
     metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
     axum::Json(body).into_response()
-}
-
-/// A token as clients see it in log-probabilities: its decoded text.
-pub fn token_text(tokenizer: &TextTokenizer, token: u32) -> String {
-    tokenizer.token_text(token)
 }

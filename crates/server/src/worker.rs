@@ -276,20 +276,21 @@ impl Worker {
         true
     }
 
-    fn enqueue(&mut self, Queued { job, _slot }: Queued) {
+    fn enqueue(&mut self, Queued { mut job, _slot: slot }: Queued) {
         if job.cancel.load(Ordering::Relaxed) || job.abandoned() {
             return;
         }
         let id = self.next_id;
         self.next_id += 1;
+        // The sequence takes the prompt and settings; the link keeps what routing needs.
         self.scheduler.enqueue(SequenceRequest {
             id,
-            prompt: job.prompt.clone(),
+            prompt: std::mem::take(&mut job.prompt),
             mode: job.mode,
-            params: job.params.clone(),
-            stop: StopCriteria { max_tokens: job.max_tokens, eos_ids: job.eos_ids.clone() },
+            params: std::mem::take(&mut job.params),
+            stop: StopCriteria { max_tokens: job.max_tokens, eos_ids: std::mem::take(&mut job.eos_ids) },
         });
-        self.links.insert(id, Link { job, slot: Some(_slot), arrived: Instant::now(), last_token: None });
+        self.links.insert(id, Link { job, slot: Some(slot), arrived: Instant::now(), last_token: None });
     }
 
     /// Frees the sequences (and KV caches) of requests that need no more tokens.

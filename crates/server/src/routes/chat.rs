@@ -1,7 +1,7 @@
 //! `POST /v1/chat/completions`.
 use crate::chat_template::ChatMessage;
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, token_text, ChunkShape};
+use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, ChunkShape};
 use crate::openai::{ChatRequest, Content, Usage};
 use crate::responses::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse, ChatDelta,
@@ -18,7 +18,7 @@ use std::sync::Arc;
 /// OpenAI's chat `logprobs` object.
 fn logprobs_of(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob]) -> ChatLogprobs {
     let top = |token: u32, logprob: f32| {
-        let token = token_text(tokenizer, token);
+        let token = tokenizer.token_text(token);
         TopLogprob { bytes: token.as_bytes().to_vec(), token, logprob }
     };
     let content = logprobs

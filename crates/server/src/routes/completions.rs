@@ -1,6 +1,6 @@
 //! `POST /v1/completions`.
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, token_text, ChunkShape};
+use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, ChunkShape};
 use crate::openai::{CompletionRequest, Prompt, Usage};
 use crate::responses::{CompletionChoice, CompletionLogprobs, CompletionResponse, FinishReason};
 use crate::validation::{plan, top_logprobs};
@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 /// OpenAI's completions `logprobs` object; `offset` is where the tokens' text starts.
 fn logprobs_of(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob], offset: usize) -> CompletionLogprobs {
-    let tokens: Vec<String> = logprobs.iter().map(|l| token_text(tokenizer, l.token)).collect();
+    let tokens: Vec<String> = logprobs.iter().map(|l| tokenizer.token_text(l.token)).collect();
     let mut text_offset = Vec::with_capacity(tokens.len());
     let mut at = offset;
     for t in &tokens {
@@ -23,7 +23,7 @@ fn logprobs_of(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob], offset: usi
     CompletionLogprobs {
         top_logprobs: logprobs
             .iter()
-            .map(|l| l.top.iter().map(|(t, lp)| (token_text(tokenizer, *t), *lp)).collect())
+            .map(|l| l.top.iter().map(|(t, lp)| (tokenizer.token_text(*t), *lp)).collect())
             .collect(),
         token_logprobs: logprobs.iter().map(|l| l.logprob).collect(),
         tokens,
