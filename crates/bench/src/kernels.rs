@@ -42,7 +42,7 @@ pub fn run(n: usize, k: usize, ms: &[usize], rounds: usize) -> candle_core::Resu
         let x_values = x.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; m * n];
         for _ in 0..rounds {
-            let ((), t) = time(|| recyclegpt_kernels::on_worker(|| q8_linear(isa, &x_values, m, &ours, &mut out)));
+            let ((), t) = time(|| q8_linear(isa, &x_values, m, &ours, &mut out));
             ours_ms.push(t);
             for (matmul, times) in [(&q8, &mut q8_ms), (&q4, &mut q4_ms)] {
                 let (out, t) = time(|| matmul.forward(&x));

@@ -12,6 +12,7 @@ mod attention;
 mod isa;
 mod linear;
 mod op;
+mod pool;
 mod q8;
 
 pub use attention::{attention, cached_attention, AttentionShape};

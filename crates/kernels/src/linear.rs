@@ -1,45 +1,26 @@
 //! `out[m, n] = x[m, k] · w[n, k]ᵀ` for small `m`, vectorised with AVX-512 or AVX2+FMA when the
 //! CPU has them (scalar otherwise) and split across threads by output rows of `w`.
 use crate::isa::{Isa, Kind};
-use rayon::prelude::*;
+use crate::pool::{self, OutPtr};
 
 /// Weight rows per register block, and input rows per register block. A single input row
 /// takes twice the weight rows, so that enough independent FMA chains hide the FMA latency.
 const NR: usize = 4;
 const NR_SINGLE: usize = 8;
 const MR: usize = 4;
-/// Below this many multiply-adds per call, splitting across threads costs more than it saves.
-const PARALLEL_MIN_WORK: usize = 1 << 16;
-
-/// A raw output pointer shared by threads that write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: `linear_small` hands each thread its own range of weight rows, and a thread writes only
-// the output columns of that range, so no element is written by two threads or read meanwhile.
-unsafe impl Send for OutPtr {}
-// SAFETY: as for `Send`: the threads sharing the pointer write disjoint elements.
-unsafe impl Sync for OutPtr {}
 
 /// Computes `out = x · wᵀ`; `x` is `m × k`, `w` is `n × k`, `out` is `m × n`, all row-major.
 pub fn linear_small(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
     assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "linear_small: buffer too small");
     assert!(isa.available(), "linear_small: {isa:?} is not supported by this CPU");
-    let threads = rayon::current_num_threads();
     let ptr = OutPtr(out.as_mut_ptr());
-    if threads > 1 && m * n * k >= PARALLEL_MIN_WORK && n >= 2 * NR_SINGLE {
-        // Ranges of whole register blocks, one or two per thread.
-        let per = n.div_ceil(threads * NR_SINGLE) * NR_SINGLE;
-        (0..n.div_ceil(per)).into_par_iter().for_each(|part| {
-            let rows = part * per..((part + 1) * per).min(n);
-            // SAFETY: the buffer sizes were checked above, `rows` lies within `0..n`, and the
-            // parts' ranges are disjoint, so no other thread touches this part's columns of `out`.
-            unsafe { run_rows(isa, x, m, k, w, n, rows, ptr) }
-        });
-    } else {
-        // SAFETY: the buffer sizes were checked above, and `out` is borrowed mutably by this call
-        // alone.
-        unsafe { run_rows(isa, x, m, k, w, n, 0..n, ptr) }
-    }
+    // Work is split in whole register blocks of weight rows.
+    pool::split(n.div_ceil(NR_SINGLE), m * n * k, |blocks| {
+        let rows = blocks.start * NR_SINGLE..(blocks.end * NR_SINGLE).min(n);
+        // SAFETY: the buffer sizes were checked above, `rows` lies within `0..n`, and the pool
+        // hands each range to one thread, so no other thread touches these columns of `out`.
+        unsafe { run_rows(isa, x, m, k, w, n, rows, ptr) }
+    });
 }
 
 /// Monomorphises the register block for `mr` input rows × `nr` weight rows.
@@ -205,17 +186,12 @@ mod avx2 {
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA (the features this is compiled for).
-    // Since Rust 1.87 these intrinsics are safe inside a function with their features enabled;
-    // the block is for older compilers (the workspace's rust-version is 1.80).
-    #[allow(unused_unsafe)]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn sum(v: __m256) -> f32 {
-        // SAFETY: register-only intrinsics, needing no more than the AVX the caller guarantees.
-        unsafe {
-            let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
-            _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
-        }
+        // Register-only intrinsics: safe inside a function compiled with their features.
+        let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
     }
 
     /// The block in AVX2: 8 columns per step, then a scalar tail.

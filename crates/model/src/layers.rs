@@ -11,9 +11,9 @@ use recyclegpt_kernels::{cached_attention, q8_small_linear, small_linear, Attent
 /// `y = x · Wᵀ` with `W` stored as `[out, in]` (PyTorch order).
 #[derive(Clone)]
 pub struct Linear {
-    weight: Tensor,
-    /// The same weights in Q8_0 (`--quantize q8_0`): decode-sized inputs read these, a quarter
-    /// of the bytes; prefill keeps the f32 matmul.
+    /// The f32 (or f16/bf16) weights; dropped when the layer is kept in Q8_0 instead.
+    weight: Option<Tensor>,
+    /// The weights in Q8_0 (`--quantize q8_0`), a quarter of the bytes: every product reads these.
     q8: Option<std::sync::Arc<Q8Matrix>>,
 }
 
@@ -23,17 +23,18 @@ impl Linear {
         Self::from_weight(w.pp(name).get("weight", &[out_dim, in_dim], Init::Normal(std))?, w.quantize_q8())
     }
 
-    /// A linear layer over `weight`, kept in Q8_0 as well when `q8` and the shape allows
-    /// (rows of whole 32-value blocks, f32 on the CPU).
+    /// A linear layer over `weight`, kept in Q8_0 instead when `q8` and the shape allows (rows
+    /// of whole 32-value blocks, f32 on the CPU).
     pub fn from_weight(weight: Tensor, q8: bool) -> Result<Self> {
-        let q8 = match (q8, weight.dims2()) {
-            (true, Ok((rows, cols))) if weight.device().is_cpu() && weight.dtype() == DType::F32 => {
+        if let (true, Ok((rows, cols))) = (q8, weight.dims2()) {
+            if weight.device().is_cpu() && weight.dtype() == DType::F32 {
                 let values = weight.flatten_all()?.to_vec1::<f32>()?;
-                Q8Matrix::quantize(&values, rows, cols).map(std::sync::Arc::new)
+                if let Some(q8) = Q8Matrix::quantize(&values, rows, cols) {
+                    return Ok(Self { weight: None, q8: Some(std::sync::Arc::new(q8)) });
+                }
             }
-            _ => None,
-        };
-        Ok(Self { weight, q8 })
+        }
+        Ok(Self { weight: Some(weight), q8: None })
     }
 
     /// Several projections of the same input as one matrix (their rows stacked), so that a
@@ -50,20 +51,25 @@ impl Linear {
         Self::from_weight(Tensor::cat(&parts, 0)?, w.quantize_q8())
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The unquantized weights, `None` when the layer is kept in Q8_0 only.
+    pub fn weight(&self) -> Option<&Tensor> {
+        self.weight.as_ref()
     }
 
-    /// Decode-sized inputs on CPU take the weight-streaming kernel; larger ones (prefill) and
-    /// other devices take candle's matmul.
+    /// Q8_0 layers take the Q8_0 kernel; unquantized decode-sized inputs on CPU take the
+    /// weight-streaming kernel; larger ones (prefill) and other devices take candle's matmul.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.device().is_cpu() && x.dtype() == DType::F32 && x.dim(0)? <= SMALL_M_MAX {
-            return Ok(match &self.q8 {
-                Some(q8) => q8_small_linear(x, q8)?,
-                None => small_linear(x, &self.weight)?,
-            });
+        match (&self.q8, &self.weight) {
+            (Some(q8), _) => Ok(q8_small_linear(x, q8)?),
+            (None, Some(weight)) => {
+                if x.device().is_cpu() && x.dtype() == DType::F32 && x.dim(0)? <= SMALL_M_MAX {
+                    Ok(small_linear(x, weight)?)
+                } else {
+                    Ok(x.matmul(&weight.t()?)?)
+                }
+            }
+            (None, None) => Err(crate::error::ModelError::Config("a linear layer has no weights".into())),
         }
-        Ok(x.matmul(&self.weight.t()?)?)
     }
 }
 

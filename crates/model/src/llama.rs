@@ -53,9 +53,13 @@ impl Llama {
         Ok(Self { embed, stack, norm, head, vocab_size: vocab })
     }
 
-    /// The token embedding `[vocab, d]` and output head `[vocab, d]` (the same tensor when tied).
-    pub fn embedding_and_head(&self) -> (&Tensor, &Tensor) {
-        (&self.embed, self.head.weight())
+    /// The token embedding `[vocab, d]` and output head `[vocab, d]` (the same tensor when tied);
+    /// an error when the untied head is kept in Q8_0 only.
+    pub fn embedding_and_head(&self) -> Result<(&Tensor, &Tensor)> {
+        let head = self.head.weight().ok_or_else(|| {
+            ModelError::Config("the output head is kept in Q8_0 only; load the model without --quantize".into())
+        })?;
+        Ok((&self.embed, head))
     }
 
     pub fn stack(&self) -> &DecoderStack {

@@ -101,7 +101,7 @@ pub fn train_recycle(
     config.validate()?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, model.device());
-    let (embedding, head) = model.embedding_and_head();
+    let (embedding, head) = model.embedding_and_head()?;
     let module = TrainableModule::new(vb, &config, embedding.clone(), head.clone())?;
     let params = ParamsAdamW { lr: options.learning_rate, weight_decay: 0.0, ..ParamsAdamW::default() };
     let mut optimizer = AdamW::new(varmap.all_vars(), params)?;
