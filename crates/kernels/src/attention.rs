@@ -1,6 +1,7 @@
 //! Causal attention of a few query rows against one sequence's token-major KV cache, without
 //! copying or transposing the cache (the decode and recycle steps: 1-2 rows per sequence).
 use crate::isa::{Isa, Kind};
+use crate::pool::{self, OutPtr};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Shapes of one attention call.
@@ -22,37 +23,58 @@ pub fn attention(isa: Isa, s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], t
             && out.len() >= q.len(),
         "attention: buffer sizes do not match the shape"
     );
-    match isa.kind() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa` only carries the AVX-512 kind when the CPU has AVX-512F (`crate::isa`),
-        // and the body is safe code, so that is all the call needs.
-        Kind::Avx512 => unsafe { attention_avx512(s, q, k, v, total, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, for the AVX2 kind and AVX2 + FMA.
-        Kind::Avx2 => unsafe { attention_avx2(s, q, k, v, total, out) },
-        _ => attention_generic(s, q, k, v, total, out),
-    }
+    let out = OutPtr(out.as_mut_ptr());
+    // Each (query row, head) pair is one item; the pool spreads them over the threads.
+    pool::split(n * s.heads, n * s.heads * total * s.head_dim, |items| {
+        // SAFETY: the buffer sizes were checked above, the items lie within `0..n * heads`, and
+        // the pool hands each range to one thread, so the outputs of these items are its alone.
+        unsafe {
+            match isa.kind() {
+                #[cfg(target_arch = "x86_64")]
+                // An `Isa` only carries the AVX-512 kind when the CPU has AVX-512F
+                // (`crate::isa`), which is all the function's features need.
+                Kind::Avx512 => attention_avx512(s, q, k, v, total, items, out),
+                #[cfg(target_arch = "x86_64")]
+                // As above, for the AVX2 kind and AVX2 + FMA.
+                Kind::Avx2 => attention_avx2(s, q, k, v, total, items, out),
+                _ => attention_generic(s, q, k, v, total, items, out),
+            }
+        }
+    });
 }
 
 /// [`attention_generic`] compiled for AVX-512 (it is inlined here and vectorised for it).
 ///
 /// # Safety
-/// The CPU must have AVX-512F.
+/// The CPU must have AVX-512F; otherwise as [`attention_generic`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn attention_avx512(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize, out: &mut [f32]) {
-    attention_generic(s, q, k, v, total, out)
+unsafe fn attention_avx512(
+    s: AttentionShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    total: usize,
+    items: Items,
+    out: OutPtr,
+) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { attention_generic(s, q, k, v, total, items, out) }
 }
 
 /// [`attention_generic`] compiled for AVX2 + FMA.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
+/// The CPU must have AVX2 and FMA; otherwise as [`attention_generic`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attention_avx2(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize, out: &mut [f32]) {
-    attention_generic(s, q, k, v, total, out)
+unsafe fn attention_avx2(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize, items: Items, out: OutPtr) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { attention_generic(s, q, k, v, total, items, out) }
 }
+
+/// A range of (query row, head) items, numbered `row * heads + head`.
+type Items = std::ops::Range<usize>;
 
 /// Sum of products, with 16 independent lanes so that the compiler vectorises it (a plain
 /// iterator sum is a serial chain it may not reorder).
@@ -71,40 +93,53 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Plain loops, written so that the compiler vectorises them for the enclosing target features.
+///
+/// # Safety
+/// `q`, `k`, `v` and `out` must have the sizes `attention` checks, `items` must lie within
+/// `0..n * heads`, and no one else may read or write those items' outputs during the call.
 #[inline(always)]
-fn attention_generic(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize, out: &mut [f32]) {
+unsafe fn attention_generic(
+    s: AttentionShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    total: usize,
+    items: Items,
+    out: OutPtr,
+) {
     let hd = s.head_dim;
     let n = q.len() / (s.heads * hd);
     let group = s.heads / s.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let start = total - n;
     let mut scores = vec![0f32; total];
-    for i in 0..n {
+    for item in items {
+        let (i, h) = (item / s.heads, item % s.heads);
         let visible = start + i + 1;
-        for h in 0..s.heads {
-            let kvh = h / group;
-            let qh = &q[(i * s.heads + h) * hd..][..hd];
-            let mut max = f32::NEG_INFINITY;
-            for (j, score) in scores[..visible].iter_mut().enumerate() {
-                *score = dot(qh, &k[(j * s.kv_heads + kvh) * hd..][..hd]) * scale;
-                max = max.max(*score);
-            }
-            let mut sum = 0.0;
-            for score in scores[..visible].iter_mut() {
-                *score = (*score - max).exp();
-                sum += *score;
-            }
-            let oh = &mut out[(i * s.heads + h) * hd..][..hd];
-            oh.fill(0.0);
-            for (j, &p) in scores[..visible].iter().enumerate() {
-                let vj = &v[(j * s.kv_heads + kvh) * hd..][..hd];
-                for (o, &x) in oh.iter_mut().zip(vj) {
-                    *o += p * x;
-                }
-            }
-            let inv = 1.0 / sum;
-            oh.iter_mut().for_each(|o| *o *= inv);
+        let kvh = h / group;
+        let qh = &q[item * hd..][..hd];
+        let mut max = f32::NEG_INFINITY;
+        for (j, score) in scores[..visible].iter_mut().enumerate() {
+            *score = dot(qh, &k[(j * s.kv_heads + kvh) * hd..][..hd]) * scale;
+            max = max.max(*score);
         }
+        let mut sum = 0.0;
+        for score in scores[..visible].iter_mut() {
+            *score = (*score - max).exp();
+            sum += *score;
+        }
+        // SAFETY: item `< n * heads`, so its `hd` outputs lie inside `out` (`n * heads * hd`
+        // long), and they are this call's alone (the contract).
+        let oh = unsafe { std::slice::from_raw_parts_mut(out.0.add(item * hd), hd) };
+        oh.fill(0.0);
+        for (j, &p) in scores[..visible].iter().enumerate() {
+            let vj = &v[(j * s.kv_heads + kvh) * hd..][..hd];
+            for (o, &x) in oh.iter_mut().zip(vj) {
+                *o += p * x;
+            }
+        }
+        let inv = 1.0 / sum;
+        oh.iter_mut().for_each(|o| *o *= inv);
     }
 }
 

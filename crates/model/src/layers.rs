@@ -5,7 +5,6 @@ use crate::kv_cache::KvCache;
 use crate::rope::Rope;
 use crate::weights::{Init, Weights};
 use candle_core::{DType, Module, Tensor};
-use rayon::prelude::*;
 use recyclegpt_kernels::{cached_attention, q8_small_linear, small_linear, AttentionShape, Q8Matrix, SMALL_M_MAX};
 
 /// `y = x · Wᵀ` with `W` stored as `[out, in]` (PyTorch order).
@@ -161,7 +160,7 @@ impl Attention {
             offsets.push(offset);
             offset += seq.new_tokens;
         }
-        // Sequences are independent here: on CPU they spread over the threads.
+        // One sequence at a time: the attention kernel spreads each one's heads over the threads.
         let attend_one = |(seq, &offset): (&SeqSlot, &usize)| -> Result<Tensor> {
             let n = seq.new_tokens;
             let (keys, values) = seq.cache.write(layer, &k.narrow(0, offset, n)?, &v.narrow(0, offset, n)?)?;
@@ -172,11 +171,7 @@ impl Attention {
                 self.attend(&q, &keys, &values, seq.cache.len())
             }
         };
-        let mut outputs: Vec<Tensor> = if seqs.len() > 1 && x.device().is_cpu() {
-            seqs.par_iter().zip(offsets.par_iter()).map(attend_one).collect::<Result<_>>()?
-        } else {
-            seqs.iter().zip(offsets.iter()).map(attend_one).collect::<Result<_>>()?
-        };
+        let mut outputs: Vec<Tensor> = seqs.iter().zip(offsets.iter()).map(attend_one).collect::<Result<_>>()?;
         let attended = if outputs.len() == 1 { outputs.swap_remove(0) } else { Tensor::cat(&outputs, 0)? };
         self.o.forward(&attended)
     }
