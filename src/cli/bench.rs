@@ -279,7 +279,10 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
     for shape in shapes {
         let (config, recycle) = shape.config();
         tracing::info!(shape = shape.name(), "building random weights");
-        targets.push((shape.name().to_string(), RecycleGpt::random(config, Some(recycle), 42, &device, dtype)?));
+        targets.push((
+            shape.name().to_string(),
+            RecycleGpt::random(config, Some(recycle), 42, &device, dtype, args.placement.quantize)?,
+        ));
     }
     for (name, model) in targets {
         let report = decode::run(&name, &model, &options, bandwidth)?;

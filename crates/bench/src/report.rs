@@ -95,7 +95,7 @@ pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
     for &shape in &options.shapes {
         let (config, recycle) = shape.config();
         tracing::info!(shape = shape.name(), "decode benchmark (random weights and module)");
-        let model = RecycleGpt::random(config, Some(recycle), 42, &options.device, options.dtype)
+        let model = RecycleGpt::random(config, Some(recycle), 42, &options.device, options.dtype, None)
             .map_err(|e| ReportError::Model(PathBuf::from(shape.name()), e))?;
         decode_reports.push(decode::run(shape.name(), &model, &options.decode, bandwidth)?);
     }

@@ -35,7 +35,7 @@ pub struct LoadOptions {
     pub device: Device,
     /// Weights, activations and KV caches; checkpoints in another dtype are converted on load.
     pub dtype: DType,
-    /// Also keep the base model's linear layers quantized, for decode steps on the CPU.
+    /// Keep the linear layers of the base model and of its module quantized (CPU only).
     pub quantize: Option<Quantization>,
 }
 
@@ -110,7 +110,8 @@ fn random_module(
     let recycle_config = config.recycle.clone().unwrap_or_else(|| config.default_recycle(layers));
     config.recycle = Some(recycle_config);
     config.validate()?;
-    let module = RecycleModule::load(&Weights::random(seed, options.dtype, &options.device), config)?;
+    let weights = Weights::random(seed, options.dtype, &options.device).with_q8(options.quantize.is_some());
+    let module = RecycleModule::load(&weights, config)?;
     Ok((Some(module), RecycleSource::Random))
 }
 
@@ -142,7 +143,9 @@ impl RecycleGpt {
             RecycleInit::FromFiles => match (&config.recycle, recycle_path.exists()) {
                 (Some(_), true) => {
                     let files = SafetensorFiles::open(std::slice::from_ref(&recycle_path))?;
-                    let module = RecycleModule::load(&Weights::from_files(files, dtype, &options.device), &config)?;
+                    let weights =
+                        Weights::from_files(files, dtype, &options.device).with_q8(options.quantize.is_some());
+                    let module = RecycleModule::load(&weights, &config)?;
                     (Some(module), RecycleSource::Trained)
                 }
                 (Some(_), false) => {
@@ -206,16 +209,28 @@ impl RecycleGpt {
         seed: u64,
         device: &Device,
         dtype: DType,
+        quantize: Option<Quantization>,
     ) -> Result<Self> {
         config.recycle = recycle;
         config.validate()?;
-        let llama = Llama::load(&Weights::random(seed, dtype, device), &config)?;
+        let llama = Llama::load(&Weights::random(seed, dtype, device).with_q8(quantize.is_some()), &config)?;
         let module = match config.recycle {
-            Some(_) => Some(RecycleModule::load(&Weights::random(seed ^ 0x5eed, dtype, device), &config)?),
+            Some(_) => Some(RecycleModule::load(
+                &Weights::random(seed ^ 0x5eed, dtype, device).with_q8(quantize.is_some()),
+                &config,
+            )?),
             None => None,
         };
         let recycle_source = if module.is_some() { RecycleSource::Random } else { RecycleSource::None };
-        Ok(Self { config, llama, recycle: module, recycle_source, device: device.clone(), dtype, quantization: None })
+        Ok(Self {
+            config,
+            llama,
+            recycle: module,
+            recycle_source,
+            device: device.clone(),
+            dtype,
+            quantization: quantize,
+        })
     }
 
     pub fn quantization(&self) -> Option<Quantization> {
