@@ -281,7 +281,14 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
         tracing::info!(shape = shape.name(), "building random weights");
         targets.push((
             shape.name().to_string(),
-            RecycleGpt::random(config, Some(recycle), 42, &device, dtype, args.placement.quantize)?,
+            RecycleGpt::random(
+                config,
+                Some(recycle),
+                42,
+                &device,
+                dtype,
+                args.placement.quantize.resolve(std::path::Path::new(""), &device),
+            )?,
         ));
     }
     for (name, model) in targets {

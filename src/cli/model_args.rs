@@ -2,7 +2,7 @@
 use anyhow::Context;
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
-use recyclegpt_model::{DTypeSpec, DeviceSpec, LoadOptions, LoadedModel, Quantization, RecycleInit};
+use recyclegpt_model::{DTypeSpec, DeviceSpec, LoadOptions, LoadedModel, QuantizeSpec, RecycleInit};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -40,9 +40,10 @@ pub struct PlacementArgs {
     /// auto (f32 on the CPU, f16 on a GPU), f32, f16 or bf16.
     #[arg(long, env = "RECYCLEGPT_DTYPE", default_value = "auto")]
     pub dtype: DTypeSpec,
-    /// q8_0: also keep the base model's linear layers in Q8_0 for decode steps (CPU, f32).
-    #[arg(long, env = "RECYCLEGPT_QUANTIZE")]
-    pub quantize: Option<Quantization>,
+    /// auto (q8_0 for a GGUF file on the CPU, else none), none, or q8_0: keep the linear layers
+    /// of the model and its module in Q8_0 (CPU, f32 activations).
+    #[arg(long, env = "RECYCLEGPT_QUANTIZE", default_value = "auto")]
+    pub quantize: QuantizeSpec,
 }
 
 impl PlacementArgs {
@@ -68,7 +69,8 @@ impl ModelArgs {
             }
         };
         let (device, dtype) = self.placement.resolve()?;
-        let options = LoadOptions { recycle_init, device, dtype, quantize: self.placement.quantize };
+        let quantize = self.placement.quantize.resolve(&self.model, &device);
+        let options = LoadOptions { recycle_init, device, dtype, quantize };
         LoadedModel::load(&self.model, &options)
             .with_context(|| format!("loading the model from {}", self.model.display()))
     }

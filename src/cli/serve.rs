@@ -3,7 +3,7 @@ use super::model_args::{resolve_placement, RecycleInitArg};
 use anyhow::Context;
 use clap::Args;
 use recyclegpt_engine::DecodeMode;
-use recyclegpt_model::{DTypeSpec, DeviceSpec, LoadOptions, LoadedModel, Quantization, RecycleInit};
+use recyclegpt_model::{DTypeSpec, DeviceSpec, LoadOptions, LoadedModel, QuantizeSpec, RecycleInit};
 use recyclegpt_server::{AppState, LogFormat, ServerConfig};
 use std::path::PathBuf;
 
@@ -71,9 +71,10 @@ pub struct ServeArgs {
     /// auto (f32 on the CPU, f16 on a GPU), f32, f16 or bf16.
     #[arg(long, env = "RECYCLEGPT_DTYPE")]
     dtype: Option<DTypeSpec>,
-    /// q8_0: also keep the base model's linear layers in Q8_0 for decode steps (CPU, f32).
-    #[arg(long, env = "RECYCLEGPT_QUANTIZE")]
-    quantize: Option<Quantization>,
+    /// auto (q8_0 for a GGUF file on the CPU, else none), none, or q8_0: keep the linear layers
+    /// of the model and its module in Q8_0 (CPU, f32 activations).
+    #[arg(long, env = "RECYCLEGPT_QUANTIZE", default_value = "auto")]
+    quantize: QuantizeSpec,
     #[arg(long, value_enum, env = "RECYCLEGPT_RECYCLE_INIT", default_value = "file")]
     recycle_init: RecycleInitArg,
 }
@@ -137,7 +138,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let (device, dtype) = resolve_placement(config.device, config.dtype)?;
-    let options = LoadOptions { recycle_init, device, dtype, quantize: args.quantize };
+    let quantize = args.quantize.resolve(&config.model, &device);
+    let options = LoadOptions { recycle_init, device, dtype, quantize };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     // Bind before loading, so that a busy port or a bad host fails at once, not after the load.

@@ -21,5 +21,5 @@ pub use device::{device_name, DTypeSpec, DeviceSpec};
 pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
 pub use llama::{ForwardOutput, SeqInput};
-pub use model::{LoadOptions, LoadedModel, Quantization, RecycleGpt, RecycleInit, RecycleSource};
+pub use model::{LoadOptions, LoadedModel, Quantization, QuantizeSpec, RecycleGpt, RecycleInit, RecycleSource};
 pub use tokenizer::TextTokenizer;

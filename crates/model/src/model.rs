@@ -63,6 +63,42 @@ impl std::str::FromStr for Quantization {
     }
 }
 
+/// What `--quantize` asks for, resolved against the model and device before loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuantizeSpec {
+    /// Q8_0 for a GGUF file on the CPU (its weights come quantized; users of such files expect
+    /// quantized speed), none otherwise.
+    #[default]
+    Auto,
+    None,
+    Format(Quantization),
+}
+
+impl std::str::FromStr for QuantizeSpec {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(QuantizeSpec::Auto),
+            "none" => Ok(QuantizeSpec::None),
+            other => other.parse().map(QuantizeSpec::Format).map_err(|_| {
+                ModelError::Config(format!("unknown quantization `{other}` (supported: auto, none, q8_0)"))
+            }),
+        }
+    }
+}
+
+impl QuantizeSpec {
+    /// The quantization to load `model` with on `device`.
+    pub fn resolve(self, model: &Path, device: &Device) -> Option<Quantization> {
+        match self {
+            QuantizeSpec::Auto => (is_gguf(model) && device.is_cpu()).then_some(Quantization::Q8_0),
+            QuantizeSpec::None => None,
+            QuantizeSpec::Format(format) => Some(format),
+        }
+    }
+}
+
 pub struct RecycleGpt {
     config: LlamaConfig,
     llama: Llama,
@@ -123,6 +159,7 @@ fn log_loaded(source: &dyn std::fmt::Display, config: &LlamaConfig, recycle: Rec
         ?recycle,
         device = %device_name(&options.device),
         dtype = ?options.dtype,
+        quantize = ?options.quantize,
         "model loaded"
     );
 }
@@ -198,7 +235,7 @@ impl RecycleGpt {
             RecycleInit::Random { seed, layers } => random_module(&mut config, seed, layers, options)?,
             RecycleInit::FromFiles => (None, RecycleSource::None),
         };
-        log_loaded(&format!("{} (GGUF, dequantized)", path.display()), &config, recycle_source, options);
+        log_loaded(&format!("{} (GGUF)", path.display()), &config, recycle_source, options);
         Ok(Self::loaded(config, llama, (recycle, recycle_source), options))
     }
 
