@@ -20,13 +20,3 @@ pub use isa::Isa;
 pub use linear::linear_small;
 pub use op::{q8_small_linear, small_linear, SMALL_M_MAX};
 pub use q8::{q8_linear, Q8Matrix};
-
-/// Runs `f` on a rayon worker thread, so that the kernels' parallel splits inside it share the
-/// work with the calling thread instead of parking it (and waking it) on every call.
-pub fn on_worker<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        rayon::join(f, || ()).0
-    }
-}

@@ -10,7 +10,6 @@ use crate::recycle::RecycleModule;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{SafetensorFiles, Weights};
 use candle_core::{DType, Device, Tensor};
-use recyclegpt_kernels::on_worker;
 use std::path::{Path, PathBuf};
 
 /// Where the recyclable module comes from.
@@ -309,7 +308,7 @@ impl RecycleGpt {
 
     /// One ragged forward of the full model.
     pub fn forward(&self, inputs: &mut [SeqInput]) -> Result<ForwardOutput> {
-        on_worker(|| self.llama.forward(inputs))
+        self.llama.forward(inputs)
     }
 
     /// The token embedding and output head, shared with the recyclable module.
@@ -327,6 +326,6 @@ impl RecycleGpt {
     pub fn recycle_forward(&self, hidden: &Tensor, inputs: &mut [SeqInput]) -> Result<Vec<Vec<f32>>> {
         let module =
             self.recycle.as_ref().ok_or_else(|| ModelError::Input("this model has no recyclable module".into()))?;
-        on_worker(|| module.forward(&self.llama, hidden, inputs))
+        module.forward(&self.llama, hidden, inputs)
     }
 }
