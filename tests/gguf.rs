@@ -157,6 +157,23 @@ fn smollm2_q8_0_greedy_answers_beside_llama_cpp() {
     assert!(!agree.is_empty(), "no prompt matches llama.cpp over 32 tokens with q8_0");
 }
 
+/// `--quantize q4_1` (what `auto` picks for this file) keeps the file's own Q4_1 blocks (and its
+/// Q8_0 embedding, the tied head, in Q8_0), so weights and activation rounding are llama.cpp's;
+/// what remains is summation order and llama.cpp's f16 KV cache. The prompts asserted are the
+/// ones measured to agree over all their tokens.
+const AGREEING_Q4_1: [&str; 3] = ["Name three primary colors.", "What is 12 times 7?", "Give me a synonym for happy."];
+
+#[test]
+fn smollm2_q4_1_greedy_answers_match_llama_cpp() {
+    let Some(path) = smollm2() else { return };
+    let options = LoadOptions { quantize: Some(recyclegpt_model::Quantization::Q4_1), ..LoadOptions::default() };
+    let loaded = LoadedModel::load(&path, &options).expect("loads");
+    let agree = greedy_agreement(&loaded, "q4_1");
+    for prompt in AGREEING_Q4_1 {
+        assert!(agree.contains(&prompt.to_string()), "{prompt:?} no longer matches llama.cpp with q4_1");
+    }
+}
+
 /// The prompts whose greedy answer equals llama.cpp's over all its tokens (each printed).
 fn greedy_agreement(loaded: &LoadedModel, label: &str) -> Vec<String> {
     use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};

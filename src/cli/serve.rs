@@ -71,8 +71,8 @@ pub struct ServeArgs {
     /// auto (f32 on the CPU, f16 on a GPU), f32, f16 or bf16.
     #[arg(long, env = "RECYCLEGPT_DTYPE")]
     dtype: Option<DTypeSpec>,
-    /// auto (q8_0 for a GGUF file on the CPU, else none), none, or q8_0: keep the linear layers
-    /// of the model and its module in Q8_0 (CPU, f32 activations).
+    /// auto (a GGUF file on the CPU: its own Q4_0/Q4_1, else q8_0; other models: none), none,
+    /// q8_0, q4_0 or q4_1: keep the linear layers of the model and its module quantized (CPU).
     #[arg(long, env = "RECYCLEGPT_QUANTIZE", default_value = "auto")]
     quantize: QuantizeSpec,
     #[arg(long, value_enum, env = "RECYCLEGPT_RECYCLE_INIT", default_value = "file")]

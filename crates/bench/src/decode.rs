@@ -74,17 +74,14 @@ impl Bandwidth {
     }
 }
 
-/// Parameters of the base model (the module excluded), and the bytes a 1-token forward reads.
-pub fn parameter_counts(c: &LlamaConfig, bytes_per_weight: usize) -> (usize, usize) {
+/// Parameters of the base model (the module excluded).
+pub fn parameter_count(c: &LlamaConfig) -> usize {
     let s = c.base_shape();
     let attention = s.hidden * s.head_dim * (2 * s.heads + 2 * s.kv_heads);
     let layer = attention + 3 * s.hidden * s.intermediate + 2 * s.hidden;
     let embed = c.vocab_size * c.hidden_size;
     let head = if c.tie_word_embeddings { 0 } else { embed };
-    let params = embed + s.layers * layer + s.hidden + head;
-    // The embedding lookup reads one row; the head reads all of its matrix.
-    let read = s.layers * layer + s.hidden + embed;
-    (params, read * bytes_per_weight)
+    embed + s.layers * layer + s.hidden + head
 }
 
 /// Prompt lengths whose prefill speed is reported.
@@ -120,11 +117,8 @@ pub fn run(
     bandwidth: Bandwidth,
 ) -> Result<DecodeReport, EngineError> {
     let config = model.config();
-    let (params, mut weight_bytes) = parameter_counts(config, model.dtype().size_in_bytes());
-    if model.quantization().is_some() {
-        // Q8_0: 32 one-byte values and a 4-byte scale per block, instead of 32 f32 values.
-        weight_bytes = weight_bytes / model.dtype().size_in_bytes() * 36 / 32;
-    }
+    let params = parameter_count(config);
+    let weight_bytes = model.weight_bytes();
     let vocab = config.vocab_size;
     // A short-context model caches half its context and generates into part of the rest.
     let context = model.context_len();

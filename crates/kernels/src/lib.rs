@@ -13,10 +13,10 @@ mod isa;
 mod linear;
 mod op;
 mod pool;
-mod q8;
+mod quant;
 
 pub use attention::{attention, cached_attention, AttentionShape};
 pub use isa::Isa;
 pub use linear::linear_small;
-pub use op::{q8_small_linear, small_linear, SMALL_M_MAX};
-pub use q8::{q8_linear, Q8Matrix};
+pub use op::{quantized_linear, small_linear, SMALL_M_MAX};
+pub use quant::{q4_linear, q8_linear, quant_linear, Q4Format, Q4Matrix, Q8Matrix, QuantMatrix};

@@ -42,28 +42,28 @@ pub fn small_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2_no_bwd(w, &SmallLinear)
 }
 
-/// The Q8_0 kernel as a candle op over `x` (the weights live in the op).
-struct Q8Linear<'a>(&'a crate::q8::Q8Matrix);
+/// The quantized kernels as a candle op over `x` (the weights live in the op).
+struct QuantLinear<'a>(&'a crate::quant::QuantMatrix);
 
-impl candle_core::CustomOp1 for Q8Linear<'_> {
+impl candle_core::CustomOp1 for QuantLinear<'_> {
     fn name(&self) -> &'static str {
-        "q8-linear"
+        "quant-linear"
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = xs else { bail!("q8-linear: f32 input only") };
-        let Some((x0, x1)) = xl.contiguous_offsets() else { bail!("q8-linear: contiguous input only") };
-        let &[m, k] = xl.dims() else { bail!("q8-linear: expected x [m, k], got {:?}", xl.dims()) };
+        let CpuStorage::F32(x) = xs else { bail!("quant-linear: f32 input only") };
+        let Some((x0, x1)) = xl.contiguous_offsets() else { bail!("quant-linear: contiguous input only") };
+        let &[m, k] = xl.dims() else { bail!("quant-linear: expected x [m, k], got {:?}", xl.dims()) };
         if k != self.0.cols() {
-            bail!("q8-linear: x has {k} columns but w has {}", self.0.cols())
+            bail!("quant-linear: x has {k} columns but w has {}", self.0.cols())
         }
         let mut out = vec![0f32; m * self.0.rows()];
-        crate::q8::q8_linear(isa(), &x[x0..x1], m, self.0, &mut out);
+        crate::quant::quant_linear(isa(), &x[x0..x1], m, self.0, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((m, self.0.rows()))))
     }
 }
 
-/// `x [m, k] · wᵀ` with `w` in Q8_0 (CPU, f32 activations).
-pub fn q8_small_linear(x: &Tensor, w: &crate::q8::Q8Matrix) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&Q8Linear(w))
+/// `x [m, k] · wᵀ` with `w` quantized (CPU, f32 activations, any m).
+pub fn quantized_linear(x: &Tensor, w: &crate::quant::QuantMatrix) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&QuantLinear(w))
 }

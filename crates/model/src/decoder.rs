@@ -30,6 +30,11 @@ impl DecoderStack {
         Ok(Self { layers, rope, shape, first_position })
     }
 
+    /// Bytes of the layers' matrices, read once per forward.
+    pub fn matrix_bytes(&self) -> usize {
+        self.layers.iter().map(DecoderLayer::matrix_bytes).sum()
+    }
+
     pub fn new_cache(&self, capacity: usize, dtype: DType, device: &Device) -> Result<KvCache> {
         KvCache::new(&self.shape, capacity, dtype, device)
     }

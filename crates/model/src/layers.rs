@@ -2,38 +2,40 @@
 use crate::config::StackShape;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
+use crate::quantize::Quantization;
 use crate::rope::Rope;
 use crate::weights::{Init, Weights};
 use candle_core::{DType, Module, Tensor};
-use recyclegpt_kernels::{cached_attention, q8_small_linear, small_linear, AttentionShape, Q8Matrix, SMALL_M_MAX};
+use recyclegpt_kernels::{cached_attention, quantized_linear, small_linear, AttentionShape, QuantMatrix, SMALL_M_MAX};
 
 /// `y = x · Wᵀ` with `W` stored as `[out, in]` (PyTorch order).
 #[derive(Clone)]
 pub struct Linear {
-    /// The f32 (or f16/bf16) weights; dropped when the layer is kept in Q8_0 instead.
+    /// The f32 (or f16/bf16) weights; dropped when the layer is kept quantized instead.
     weight: Option<Tensor>,
-    /// The weights in Q8_0 (`--quantize q8_0`), a quarter of the bytes: every product reads these.
-    q8: Option<std::sync::Arc<Q8Matrix>>,
+    /// The weights quantized (`--quantize`): every product reads these.
+    quant: Option<std::sync::Arc<QuantMatrix>>,
 }
 
 impl Linear {
     pub fn load(w: &Weights, name: &str, out_dim: usize, in_dim: usize) -> Result<Self> {
         let std = 1.0 / (in_dim as f32).sqrt();
-        Self::from_weight(w.pp(name).get("weight", &[out_dim, in_dim], Init::Normal(std))?, w.quantize_q8())
+        let w = w.pp(name);
+        Self::from_weight(w.get("weight", &[out_dim, in_dim], Init::Normal(std))?, w.quantization_for(&["weight"]))
     }
 
-    /// A linear layer over `weight`, kept in Q8_0 instead when `q8` and the shape allows (rows
-    /// of whole 32-value blocks, f32 on the CPU).
-    pub fn from_weight(weight: Tensor, q8: bool) -> Result<Self> {
-        if let (true, Ok((rows, cols))) = (q8, weight.dims2()) {
+    /// A linear layer over `weight`, kept quantized instead when asked and the shape allows
+    /// (rows of whole 32-value blocks, f32 on the CPU).
+    pub fn from_weight(weight: Tensor, quantization: Option<Quantization>) -> Result<Self> {
+        if let (Some(format), Ok((rows, cols))) = (quantization, weight.dims2()) {
             if weight.device().is_cpu() && weight.dtype() == DType::F32 {
                 let values = weight.flatten_all()?.to_vec1::<f32>()?;
-                if let Some(q8) = Q8Matrix::quantize(&values, rows, cols) {
-                    return Ok(Self { weight: None, q8: Some(std::sync::Arc::new(q8)) });
+                if let Some(quant) = format.quantize(&values, rows, cols) {
+                    return Ok(Self { weight: None, quant: Some(std::sync::Arc::new(quant)) });
                 }
             }
         }
-        Ok(Self { weight: Some(weight), q8: None })
+        Ok(Self { weight: Some(weight), quant: None })
     }
 
     /// Several projections of the same input as one matrix (their rows stacked), so that a
@@ -47,19 +49,30 @@ impl Linear {
                 w.pp(name).get("weight", &[out, in_dim], Init::Normal(std))
             })
             .collect::<Result<Vec<_>>>()?;
-        Self::from_weight(Tensor::cat(&parts, 0)?, w.quantize_q8())
+        let weights: Vec<String> = names.iter().map(|name| format!("{name}.weight")).collect();
+        let weights: Vec<&str> = weights.iter().map(String::as_str).collect();
+        Self::from_weight(Tensor::cat(&parts, 0)?, w.quantization_for(&weights))
     }
 
-    /// The unquantized weights, `None` when the layer is kept in Q8_0 only.
+    /// Bytes one product reads: the quantized blocks, or the unquantized weights.
+    pub fn bytes(&self) -> usize {
+        match (&self.quant, &self.weight) {
+            (Some(quant), _) => quant.bytes(),
+            (None, Some(weight)) => weight.elem_count() * weight.dtype().size_in_bytes(),
+            (None, None) => 0,
+        }
+    }
+
+    /// The unquantized weights, `None` when the layer is kept quantized only.
     pub fn weight(&self) -> Option<&Tensor> {
         self.weight.as_ref()
     }
 
-    /// Q8_0 layers take the Q8_0 kernel; unquantized decode-sized inputs on CPU take the
+    /// Quantized layers take the quantized kernels; unquantized decode-sized inputs on CPU take the
     /// weight-streaming kernel; larger ones (prefill) and other devices take candle's matmul.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match (&self.q8, &self.weight) {
-            (Some(q8), _) => Ok(q8_small_linear(x, q8)?),
+        match (&self.quant, &self.weight) {
+            (Some(quant), _) => Ok(quantized_linear(x, quant)?),
             (None, Some(weight)) => {
                 if x.device().is_cpu() && x.dtype() == DType::F32 && x.dim(0)? <= SMALL_M_MAX {
                     Ok(small_linear(x, weight)?)
@@ -228,6 +241,11 @@ impl DecoderLayer {
             post_norm: RmsNorm::load(w, "post_attention_layernorm", s.hidden, s.eps)?,
             mlp: Mlp::load(&w.pp("mlp"), s)?,
         })
+    }
+
+    /// Bytes of the layer's matrices, read once per forward.
+    pub fn matrix_bytes(&self) -> usize {
+        self.attention.qkv.bytes() + self.attention.o.bytes() + self.mlp.gate_up.bytes() + self.mlp.down.bytes()
     }
 
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, layer: usize, seqs: &[SeqSlot]) -> Result<Tensor> {

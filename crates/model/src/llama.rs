@@ -46,7 +46,7 @@ impl Llama {
         let norm = RmsNorm::load(&model, "norm", dim, config.rms_norm_eps)?;
         // Some tied checkpoints still carry `lm_head.weight`; tying wins only when it is absent.
         let head = if config.tie_word_embeddings && !w.pp("lm_head").contains("weight") {
-            Linear::from_weight(embed.clone(), w.quantize_q8())?
+            Linear::from_weight(embed.clone(), model.pp("embed_tokens").quantization_for(&["weight"]))?
         } else {
             Linear::load(w, "lm_head", vocab, dim)?
         };
@@ -57,9 +57,15 @@ impl Llama {
     /// an error when the untied head is kept in Q8_0 only.
     pub fn embedding_and_head(&self) -> Result<(&Tensor, &Tensor)> {
         let head = self.head.weight().ok_or_else(|| {
-            ModelError::Config("the output head is kept in Q8_0 only; load the model without --quantize".into())
+            ModelError::Config("the output head is kept quantized only; load the model with --quantize none".into())
         })?;
         Ok((&self.embed, head))
+    }
+
+    /// Bytes of weights a 1-token forward reads: every layer's matrices and the output head (the
+    /// embedding lookup reads one row).
+    pub fn matrix_bytes(&self) -> usize {
+        self.stack.matrix_bytes() + self.head.bytes()
     }
 
     pub fn stack(&self) -> &DecoderStack {

@@ -6,6 +6,7 @@ use crate::error::{ModelError, Result};
 use crate::gguf::{is_gguf, GgufFile};
 use crate::kv_cache::KvCache;
 use crate::llama::{ForwardOutput, Llama, SeqInput};
+use crate::quantize::Quantization;
 use crate::recycle::RecycleModule;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{SafetensorFiles, Weights};
@@ -41,60 +42,6 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self { recycle_init: RecycleInit::FromFiles, device: Device::Cpu, dtype: DType::F32, quantize: None }
-    }
-}
-
-/// `--quantize`: the format linear layers are quantized to at load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quantization {
-    /// Blocks of 32 int8 values with one scale, multiplied with int8 activations.
-    Q8_0,
-}
-
-impl std::str::FromStr for Quantization {
-    type Err = ModelError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "q8_0" => Ok(Quantization::Q8_0),
-            other => Err(ModelError::Config(format!("unknown quantization `{other}` (supported: q8_0)"))),
-        }
-    }
-}
-
-/// What `--quantize` asks for, resolved against the model and device before loading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum QuantizeSpec {
-    /// Q8_0 for a GGUF file on the CPU (its weights come quantized; users of such files expect
-    /// quantized speed), none otherwise.
-    #[default]
-    Auto,
-    None,
-    Format(Quantization),
-}
-
-impl std::str::FromStr for QuantizeSpec {
-    type Err = ModelError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(QuantizeSpec::Auto),
-            "none" => Ok(QuantizeSpec::None),
-            other => other.parse().map(QuantizeSpec::Format).map_err(|_| {
-                ModelError::Config(format!("unknown quantization `{other}` (supported: auto, none, q8_0)"))
-            }),
-        }
-    }
-}
-
-impl QuantizeSpec {
-    /// The quantization to load `model` with on `device`.
-    pub fn resolve(self, model: &Path, device: &Device) -> Option<Quantization> {
-        match self {
-            QuantizeSpec::Auto => (is_gguf(model) && device.is_cpu()).then_some(Quantization::Q8_0),
-            QuantizeSpec::None => None,
-            QuantizeSpec::Format(format) => Some(format),
-        }
     }
 }
 
@@ -145,7 +92,7 @@ fn random_module(
     let recycle_config = config.recycle.clone().unwrap_or_else(|| config.default_recycle(layers));
     config.recycle = Some(recycle_config);
     config.validate()?;
-    let weights = Weights::random(seed, options.dtype, &options.device).with_q8(options.quantize.is_some());
+    let weights = Weights::random(seed, options.dtype, &options.device).with_quantization(options.quantize);
     let module = RecycleModule::load(&weights, config)?;
     Ok((Some(module), RecycleSource::Random))
 }
@@ -170,7 +117,7 @@ impl RecycleGpt {
         let dtype = options.dtype;
         let files = SafetensorFiles::open_model_dir(dir)?;
         let llama = Llama::load(
-            &Weights::from_files(files, dtype, &options.device).with_q8(options.quantize.is_some()),
+            &Weights::from_files(files, dtype, &options.device).with_quantization(options.quantize),
             &config,
         )?;
         let recycle_path = dir.join("recycle.safetensors");
@@ -180,7 +127,7 @@ impl RecycleGpt {
                 (Some(_), true) => {
                     let files = SafetensorFiles::open(std::slice::from_ref(&recycle_path))?;
                     let weights =
-                        Weights::from_files(files, dtype, &options.device).with_q8(options.quantize.is_some());
+                        Weights::from_files(files, dtype, &options.device).with_quantization(options.quantize);
                     let module = RecycleModule::load(&weights, &config)?;
                     (Some(module), RecycleSource::Trained)
                 }
@@ -228,7 +175,7 @@ impl RecycleGpt {
         let dtype = options.dtype;
         let path = gguf.path().to_path_buf();
         let weights =
-            Weights::from_gguf(gguf, config.clone(), dtype, &options.device).with_q8(options.quantize.is_some());
+            Weights::from_gguf(gguf, config.clone(), dtype, &options.device).with_quantization(options.quantize);
         let llama = Llama::load(&weights, &config)?;
         let (recycle, recycle_source) = match options.recycle_init {
             RecycleInit::Random { seed, layers } => random_module(&mut config, seed, layers, options)?,
@@ -249,10 +196,10 @@ impl RecycleGpt {
     ) -> Result<Self> {
         config.recycle = recycle;
         config.validate()?;
-        let llama = Llama::load(&Weights::random(seed, dtype, device).with_q8(quantize.is_some()), &config)?;
+        let llama = Llama::load(&Weights::random(seed, dtype, device).with_quantization(quantize), &config)?;
         let module = match config.recycle {
             Some(_) => Some(RecycleModule::load(
-                &Weights::random(seed ^ 0x5eed, dtype, device).with_q8(quantize.is_some()),
+                &Weights::random(seed ^ 0x5eed, dtype, device).with_quantization(quantize),
                 &config,
             )?),
             None => None,
@@ -267,6 +214,11 @@ impl RecycleGpt {
             dtype,
             quantization: quantize,
         })
+    }
+
+    /// Bytes of weights a 1-token forward of the base model reads, in the formats they are kept in.
+    pub fn weight_bytes(&self) -> usize {
+        self.llama.matrix_bytes()
     }
 
     pub fn quantization(&self) -> Option<Quantization> {

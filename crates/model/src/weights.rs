@@ -2,6 +2,7 @@
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::quantize::Quantization;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
@@ -112,8 +113,8 @@ pub struct Weights {
     prefix: String,
     dtype: DType,
     device: Device,
-    /// Whether linear layers built from these weights also keep them in Q8_0.
-    q8: bool,
+    /// The format linear layers built from these weights keep them in, if quantized.
+    quantization: Option<Quantization>,
 }
 
 impl Weights {
@@ -123,7 +124,7 @@ impl Weights {
             prefix: String::new(),
             dtype,
             device: device.clone(),
-            q8: false,
+            quantization: None,
         }
     }
 
@@ -133,7 +134,7 @@ impl Weights {
             prefix: String::new(),
             dtype,
             device: device.clone(),
-            q8: false,
+            quantization: None,
         }
     }
 
@@ -143,23 +144,40 @@ impl Weights {
             prefix: String::new(),
             dtype,
             device: device.clone(),
-            q8: false,
+            quantization: None,
         }
     }
 
-    /// The same weights, with linear layers kept in Q8_0 as well.
-    pub fn with_q8(mut self, q8: bool) -> Self {
-        self.q8 = q8;
+    /// The same weights, with linear layers kept quantized.
+    pub fn with_quantization(mut self, quantization: Option<Quantization>) -> Self {
+        self.quantization = quantization;
         self
     }
 
-    pub fn quantize_q8(&self) -> bool {
-        self.q8
+    /// The format a linear layer built from the tensors `names` is kept in. A 4-bit format
+    /// applies to GGUF tensors only where the file stores them in it (kept exactly); a tensor
+    /// the file stores in another type (often the embedding, Q6_K or Q8_0) is kept in Q8_0
+    /// rather than losing precision.
+    pub fn quantization_for(&self, names: &[&str]) -> Option<Quantization> {
+        match (self.quantization, &*self.source) {
+            (Some(format @ (Quantization::Q4_0 | Quantization::Q4_1)), Source::Gguf(gguf)) => {
+                let stored = format.ggml_type();
+                let exact = names.iter().all(|name| gguf.0.stored_type(&self.full_name(name)) == Some(stored));
+                Some(if exact { format } else { Quantization::Q8_0 })
+            }
+            (format, _) => format,
+        }
     }
 
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
         let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
-        Self { source: self.source.clone(), prefix, dtype: self.dtype, device: self.device.clone(), q8: self.q8 }
+        Self {
+            source: self.source.clone(),
+            prefix,
+            dtype: self.dtype,
+            device: self.device.clone(),
+            quantization: self.quantization,
+        }
     }
 
     pub fn device(&self) -> &Device {

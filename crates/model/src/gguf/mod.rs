@@ -121,6 +121,24 @@ impl GgufFile {
         tokenizer::load(self)
     }
 
+    /// The type every layer's matrix (`blk.N.*.weight`, 2-D) is stored in, if they share one.
+    pub fn linear_type(&self) -> Option<candle_core::quantized::GgmlDType> {
+        let mut types = self
+            .content
+            .tensor_infos
+            .iter()
+            .filter(|(name, info)| name.starts_with("blk.") && info.shape.rank() == 2)
+            .map(|(_, info)| info.ggml_dtype);
+        let first = types.next()?;
+        types.all(|t| t == first).then_some(first)
+    }
+
+    /// The type the tensor the HF layout calls `hf_name` is stored in.
+    pub(crate) fn stored_type(&self, hf_name: &str) -> Option<candle_core::quantized::GgmlDType> {
+        let (name, _) = gguf_name(hf_name)?;
+        self.content.tensor_infos.get(&name).map(|info| info.ggml_dtype)
+    }
+
     pub(crate) fn contains(&self, hf_name: &str) -> bool {
         gguf_name(hf_name).is_some_and(|(name, _)| self.content.tensor_infos.contains_key(&name))
     }

@@ -1,12 +1,14 @@
-//! The tile kernels in AVX-512 VNNI and in AVX2.
-use super::{tile_rows, Activations, OutPtr, Q8Matrix, BLOCK, GROUP, TILE, TILE_BLOCK_BYTES};
+//! The Q8_0 tile kernels in AVX-512 VNNI and in AVX2.
+use super::q8::{OFFSET, TILE_BLOCK_BYTES};
+use super::{tile_rows, Activations, Q8Matrix, BLOCK, GROUP, TILE};
+use crate::pool::OutPtr;
 use std::arch::x86_64::*;
 
 /// Groups per block.
 const GROUPS: usize = BLOCK / GROUP;
 
 /// # Safety
-/// The CPU must have AVX-512F and AVX-512 VNNI; otherwise as [`super::Path::tile`].
+/// The CPU must have AVX-512F and AVX-512 VNNI; otherwise as [`Q8Matrix::tile`].
 #[target_feature(enable = "avx512f,avx512vnni")]
 pub(super) unsafe fn tile_vnni(w: &Q8Matrix, a: &Activations, tile: usize, out: OutPtr) {
     let mut first = 0;
@@ -69,13 +71,13 @@ unsafe fn pass_vnni<const M: usize, const C: usize>(
                 for c in 1..C {
                     sum = _mm512_add_epi32(sum, sums[i][c]);
                 }
-                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, _mm512_set1_epi32(a.offsets[xa])));
+                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, _mm512_set1_epi32(OFFSET * a.sums[xa])));
                 acc[i] = _mm512_fmadd_ps(dot, _mm512_mul_ps(ws, _mm512_set1_ps(a.scales[xa])), acc[i]);
             }
             weights = weights.add(TILE_BLOCK_BYTES);
         }
     }
-    let real = tile_rows(w, tile);
+    let real = tile_rows(w.rows, tile);
     let mask: __mmask16 = if real == TILE { !0 } else { (1u16 << real) - 1 };
     for (i, acc) in acc.iter().enumerate() {
         // SAFETY: lanes `0..real` are rows `tile * 16 + r < n` of input row `first + i < m`,
@@ -89,13 +91,13 @@ unsafe fn pass_vnni<const M: usize, const C: usize>(
 /// unsigned times a signed value. Two input rows per pass (16 ymm registers).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; otherwise as [`super::Path::tile`].
+/// The CPU must have AVX2 and FMA; otherwise as [`Q8Matrix::tile`].
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn tile_avx2(w: &Q8Matrix, a: &Activations, tile: usize, out: OutPtr) {
     let blocks = w.blocks;
     let flip = _mm256_set1_epi8(i8::MIN);
     let ones = _mm256_set1_epi16(1);
-    let real = tile_rows(w, tile);
+    let real = tile_rows(w.rows, tile);
     for first in (0..a.m).step_by(2) {
         let inputs = (a.m - first).min(2);
         let mut acc = [[_mm256_setzero_ps(); 2]; 2];

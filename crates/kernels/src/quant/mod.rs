@@ -1,0 +1,203 @@
+//! `out[m, n] = x[m, k] · w[n, k]ᵀ` with `w` quantized in blocks of 32 values (Q8_0, or 4-bit
+//! values with a scale and a minimum per block) and `x` quantized to int8 per block for each
+//! call, so that each block is an integer dot product.
+//!
+//! Both formats repack a matrix at load into tiles of 16 rows. Within a block, each group of 4
+//! columns holds the 16 rows' values side by side, so one `vpdpbusd` multiplies 4 broadcast
+//! activation bytes into 16 rows' sums at once: a tile's outputs come out as one vector with no
+//! horizontal sums, the weights stream from memory in order, and each group is read once for
+//! all input rows (a forward over 2 tokens reads the weights once, as one over 1 token does).
+use crate::isa::{Isa, Kind};
+use crate::pool::{self, OutPtr};
+use std::cell::RefCell;
+
+mod q4;
+#[cfg(target_arch = "x86_64")]
+mod q4_x86;
+mod q8;
+#[cfg(target_arch = "x86_64")]
+mod q8_x86;
+
+pub use q4::{Q4Format, Q4Matrix};
+pub use q8::Q8Matrix;
+
+/// Values per block.
+pub const BLOCK: usize = 32;
+/// Output rows per tile.
+const TILE: usize = 16;
+/// Columns per group: the bytes one `vpdpbusd` lane multiplies.
+const GROUP: usize = 4;
+
+/// A weight matrix in one of the quantized formats.
+#[derive(Debug, Clone)]
+pub enum QuantMatrix {
+    Q8_0(Q8Matrix),
+    Q4(Q4Matrix),
+}
+
+impl QuantMatrix {
+    pub fn rows(&self) -> usize {
+        match self {
+            QuantMatrix::Q8_0(w) => w.rows(),
+            QuantMatrix::Q4(w) => w.rows(),
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            QuantMatrix::Q8_0(w) => w.cols(),
+            QuantMatrix::Q4(w) => w.cols(),
+        }
+    }
+
+    /// Bytes read by one product.
+    pub fn bytes(&self) -> usize {
+        match self {
+            QuantMatrix::Q8_0(w) => w.bytes(),
+            QuantMatrix::Q4(w) => w.bytes(),
+        }
+    }
+
+    pub fn dequantize(&self) -> Vec<f32> {
+        match self {
+            QuantMatrix::Q8_0(w) => w.dequantize(),
+            QuantMatrix::Q4(w) => w.dequantize(),
+        }
+    }
+}
+
+/// Computes `out = x · wᵀ`; `x` is `m × w.cols()`, `out` is `m × w.rows()`, row-major.
+pub fn quant_linear(isa: Isa, x: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32]) {
+    match w {
+        QuantMatrix::Q8_0(w) => run(isa, x, m, Matrix::Q8(w), out),
+        QuantMatrix::Q4(w) => run(isa, x, m, Matrix::Q4(w), out),
+    }
+}
+
+/// [`quant_linear`] for a Q8_0 matrix.
+pub fn q8_linear(isa: Isa, x: &[f32], m: usize, w: &Q8Matrix, out: &mut [f32]) {
+    run(isa, x, m, Matrix::Q8(w), out)
+}
+
+/// [`quant_linear`] for a 4-bit matrix.
+pub fn q4_linear(isa: Isa, x: &[f32], m: usize, w: &Q4Matrix, out: &mut [f32]) {
+    run(isa, x, m, Matrix::Q4(w), out)
+}
+
+/// A borrowed matrix of either format.
+#[derive(Clone, Copy)]
+enum Matrix<'a> {
+    Q8(&'a Q8Matrix),
+    Q4(&'a Q4Matrix),
+}
+
+fn run(isa: Isa, x: &[f32], m: usize, w: Matrix, out: &mut [f32]) {
+    let (n, k) = match w {
+        Matrix::Q8(w) => (w.rows(), w.cols()),
+        Matrix::Q4(w) => (w.rows(), w.cols()),
+    };
+    assert!(x.len() >= m * k && out.len() >= m * n, "quant_linear: buffer too small");
+    assert!(isa.available(), "quant_linear: {isa:?} is not supported by this CPU");
+    let path = Path::choose(isa);
+    let out = OutPtr(out.as_mut_ptr());
+    ACTIVATIONS.with(|cell| {
+        let mut a = cell.borrow_mut();
+        a.fill(x, m, k);
+        let a = &*a;
+        pool::split(n.div_ceil(TILE), m * n * k, |tiles| {
+            for tile in tiles {
+                // SAFETY: `out` holds `m × n` values (asserted above), `tile` is one of the
+                // matrix's tiles, and the pool hands each tile to one thread, so its outputs are
+                // this thread's alone.
+                unsafe {
+                    match w {
+                        Matrix::Q8(w) => w.tile(path, a, tile, out),
+                        Matrix::Q4(w) => w.tile(path, a, tile, out),
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// One block of 32 values as int8: scale = max |v| / 127, values rounded to the nearest step.
+fn quantize_block(block: &[f32]) -> ([i8; BLOCK], f32) {
+    let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = max / 127.0;
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut q = [0i8; BLOCK];
+    for (dst, v) in q.iter_mut().zip(block) {
+        *dst = round(v * inverse).clamp(-127.0, 127.0) as i8;
+    }
+    (q, scale)
+}
+
+/// Half away from zero, as `f32::round`, but without a libm call (`as` truncates and saturates).
+fn round(v: f32) -> f32 {
+    ((v + 0.5f32.copysign(v)) as i32) as f32
+}
+
+/// `x` quantized for one call, `[input row][block]`; reused across calls.
+#[derive(Default)]
+struct Activations {
+    m: usize,
+    quants: Vec<i8>,
+    scales: Vec<f32>,
+    /// `Σx` of each block's int8 values.
+    sums: Vec<i32>,
+}
+
+impl Activations {
+    fn fill(&mut self, x: &[f32], m: usize, cols: usize) {
+        let blocks = m * cols / BLOCK;
+        self.m = m;
+        self.quants.resize(blocks * BLOCK, 0);
+        self.scales.resize(blocks, 0.0);
+        self.sums.resize(blocks, 0);
+        for (at, block) in x[..m * cols].chunks(BLOCK).enumerate() {
+            let (q, scale) = quantize_block(block);
+            self.quants[at * BLOCK..(at + 1) * BLOCK].copy_from_slice(&q);
+            self.scales[at] = scale;
+            self.sums[at] = q.iter().map(|&v| i32::from(v)).sum();
+        }
+    }
+}
+
+thread_local! {
+    /// The calling thread's quantized activations, kept between calls so that a decode step
+    /// does not allocate for them.
+    static ACTIVATIONS: RefCell<Activations> = RefCell::new(Activations::default());
+}
+
+/// The integer dot-product path, chosen once per call from what the CPU has.
+#[derive(Clone, Copy)]
+enum Path {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+}
+
+impl Path {
+    fn choose(isa: Isa) -> Self {
+        match isa.kind() {
+            Kind::Scalar => Path::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            // VNNI is an extension of AVX-512 that `Isa` does not track: checked here.
+            Kind::Avx512 if std::arch::is_x86_feature_detected!("avx512vnni") => Path::Vnni,
+            #[cfg(target_arch = "x86_64")]
+            Kind::Avx512 | Kind::Avx2
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") =>
+            {
+                Path::Avx2
+            }
+            _ => Path::Scalar,
+        }
+    }
+}
+
+/// The real rows of `tile` in a matrix of `rows` (the last tile may be partly padding).
+fn tile_rows(rows: usize, tile: usize) -> usize {
+    (rows - tile * TILE).min(TILE)
+}

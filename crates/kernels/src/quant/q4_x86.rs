@@ -1,0 +1,163 @@
+//! The 4-bit tile kernels in AVX-512 VNNI and in AVX2. A 64-byte group vector holds two groups
+//! of nibbles: the low ones (columns `4g..4g + 4`) and the high ones (`16 + 4g..`).
+use super::q4::TILE_BLOCK_BYTES;
+use super::{tile_rows, Activations, Q4Matrix, BLOCK, GROUP, TILE};
+use crate::pool::OutPtr;
+use std::arch::x86_64::*;
+
+/// Nibble-pair vectors per block.
+const VECTORS: usize = BLOCK / 2 / GROUP;
+
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512 VNNI; otherwise as [`Q4Matrix::tile`].
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) unsafe fn tile_vnni(w: &Q4Matrix, a: &Activations, tile: usize, out: OutPtr) {
+    let mut first = 0;
+    while first < a.m {
+        // Up to 8 input rows per pass (unpacking the nibbles is shared by the pass), at least 4
+        // independent chains in all.
+        let inputs = (a.m - first).min(8);
+        // SAFETY: inputs `first..first + inputs` exist; the rest is the caller's contract.
+        unsafe {
+            match inputs {
+                1 => pass_vnni::<1, 4>(w, a, tile, first, out),
+                2 => pass_vnni::<2, 2>(w, a, tile, first, out),
+                3 => pass_vnni::<3, 2>(w, a, tile, first, out),
+                4 => pass_vnni::<4, 1>(w, a, tile, first, out),
+                5 => pass_vnni::<5, 1>(w, a, tile, first, out),
+                6 => pass_vnni::<6, 1>(w, a, tile, first, out),
+                7 => pass_vnni::<7, 1>(w, a, tile, first, out),
+                _ => pass_vnni::<8, 1>(w, a, tile, first, out),
+            }
+        }
+        first += inputs;
+    }
+}
+
+/// Input rows `first..first + M` against every block of `tile`, with `C` chains per input.
+///
+/// # Safety
+/// As [`tile_vnni`], with inputs `first..first + M` in range.
+// Indexing keeps the loops shaped like the register tile they fill.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn pass_vnni<const M: usize, const C: usize>(
+    w: &Q4Matrix,
+    a: &Activations,
+    tile: usize,
+    first: usize,
+    out: OutPtr,
+) {
+    let blocks = w.blocks;
+    let low = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); M];
+    // SAFETY: block `b < blocks` of `tile` (256 bytes, 16 scales and 16 minimums) and of every
+    // input row `< m` (32 bytes, one scale and one sum) exist; the features are the caller's.
+    unsafe {
+        let mut weights = w.quants.as_ptr().add(tile * blocks * TILE_BLOCK_BYTES);
+        for b in 0..blocks {
+            let mut sums = [[_mm512_setzero_si512(); C]; M];
+            for g in 0..VECTORS {
+                let v = _mm512_loadu_si512(weights.add(g * TILE * GROUP) as *const _);
+                let lo = _mm512_and_si512(v, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                for i in 0..M {
+                    let x = a.quants.as_ptr().add(((first + i) * blocks + b) * BLOCK + g * GROUP);
+                    let x_lo = _mm512_set1_epi32((x as *const i32).read_unaligned());
+                    let x_hi = _mm512_set1_epi32((x.add(BLOCK / 2) as *const i32).read_unaligned());
+                    sums[i][(2 * g) % C] = _mm512_dpbusd_epi32(sums[i][(2 * g) % C], lo, x_lo);
+                    sums[i][(2 * g + 1) % C] = _mm512_dpbusd_epi32(sums[i][(2 * g + 1) % C], hi, x_hi);
+                }
+            }
+            let at = (tile * blocks + b) * TILE;
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(w.scales.as_ptr().add(at) as *const __m256i));
+            let m = _mm512_cvtph_ps(_mm256_loadu_si256(w.mins.as_ptr().add(at) as *const __m256i));
+            for i in 0..M {
+                let xa = (first + i) * blocks + b;
+                let mut sum = sums[i][0];
+                for c in 1..C {
+                    sum = _mm512_add_epi32(sum, sums[i][c]);
+                }
+                let scale = a.scales[xa];
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, _mm512_set1_ps(scale)), acc[i]);
+                acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(scale * a.sums[xa] as f32), acc[i]);
+            }
+            weights = weights.add(TILE_BLOCK_BYTES);
+        }
+    }
+    let real = tile_rows(w.rows, tile);
+    let mask: __mmask16 = if real == TILE { !0 } else { (1u16 << real) - 1 };
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: lanes `0..real` are rows `tile * 16 + r < n` of input row `first + i < m`,
+        // inside the `m × n` output and the caller's alone; the mask keeps the store to them.
+        unsafe { _mm512_mask_storeu_ps(out.0.add((first + i) * w.rows + tile * TILE), mask, *acc) };
+    }
+}
+
+/// Without VNNI: each 64-byte vector is two 8-row halves; nibbles (at most 15) times signed
+/// bytes fit `vpmaddubsw`'s i16 pairs (15 · 127 · 2 < 2^15). Two input rows per pass.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; otherwise as [`Q4Matrix::tile`].
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile_avx2(w: &Q4Matrix, a: &Activations, tile: usize, out: OutPtr) {
+    let blocks = w.blocks;
+    let low = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let real = tile_rows(w.rows, tile);
+    for first in (0..a.m).step_by(2) {
+        let inputs = (a.m - first).min(2);
+        let mut acc = [[_mm256_setzero_ps(); 2]; 2];
+        for b in 0..blocks {
+            let mut sums = [[_mm256_setzero_si256(); 2]; 2];
+            // SAFETY: block `b` of `tile` and of every input row `< m` exists, with its scales,
+            // minimums and sums; the features are the caller's guarantee.
+            unsafe {
+                let weights = w.quants.as_ptr().add((tile * blocks + b) * TILE_BLOCK_BYTES);
+                for g in 0..VECTORS {
+                    for half in 0..2 {
+                        let v = _mm256_loadu_si256(weights.add(g * TILE * GROUP + half * 32) as *const __m256i);
+                        let lo = _mm256_and_si256(v, low);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+                        for (i, sums) in sums.iter_mut().enumerate().take(inputs) {
+                            let x = a.quants.as_ptr().add(((first + i) * blocks + b) * BLOCK + g * GROUP);
+                            let x_lo = _mm256_set1_epi32((x as *const i32).read_unaligned());
+                            let x_hi = _mm256_set1_epi32((x.add(BLOCK / 2) as *const i32).read_unaligned());
+                            let dot_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x_lo), ones);
+                            let dot_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x_hi), ones);
+                            sums[half] = _mm256_add_epi32(sums[half], _mm256_add_epi32(dot_lo, dot_hi));
+                        }
+                    }
+                }
+            }
+            let at = (tile * blocks + b) * TILE;
+            for half in 0..2 {
+                let rows = at + half * 8..at + half * 8 + 8;
+                let d: [f32; 8] = std::array::from_fn(|r| w.scales[rows.start + r].to_f32());
+                let m: [f32; 8] = std::array::from_fn(|r| w.mins[rows.start + r].to_f32());
+                // SAFETY: `d` and `m` hold 8 floats each; the features are the caller's.
+                let (d, m) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(m.as_ptr())) };
+                for (i, acc) in acc.iter_mut().enumerate().take(inputs) {
+                    let xa = (first + i) * blocks + b;
+                    let scale = a.scales[xa];
+                    let dot = _mm256_cvtepi32_ps(sums[i][half]);
+                    acc[half] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, _mm256_set1_ps(scale)), acc[half]);
+                    acc[half] = _mm256_fmadd_ps(m, _mm256_set1_ps(scale * a.sums[xa] as f32), acc[half]);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate().take(inputs) {
+            let mut lanes = [0f32; TILE];
+            // SAFETY: `lanes` holds 16 floats, two stores of 8.
+            unsafe {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+            }
+            for (r, &v) in lanes.iter().enumerate().take(real) {
+                // SAFETY: row `tile * 16 + r < n` of input `first + i < m`, the caller's alone.
+                unsafe { *out.0.add((first + i) * w.rows + tile * TILE + r) = v };
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The 4-bit kernels against the product of the dequantized weights on every path this CPU runs,
+//! and the 4-bit blocks against llama.cpp's Q4_0/Q4_1 as candle implements them.
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use proptest::prelude::*;
+use recyclegpt_kernels::{linear_small, q4_linear, Isa, Q4Format, Q4Matrix};
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+const FORMATS: [Q4Format; 2] = [Q4Format::Q4_0, Q4Format::Q4_1];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+    #[test]
+    fn q4_matches_the_dequantized_product(m in 1usize..=17, n in 1usize..=150, blocks in 1usize..=8, seed in 0u64..1000) {
+        let k = blocks * 32;
+        for format in FORMATS {
+            let w = Q4Matrix::quantize(&values(n * k, seed), n, k, format).expect("k is a multiple of 32");
+            let x = values(m * k, seed + 1);
+            let mut reference = vec![0f32; m * n];
+            linear_small(Isa::detect(), &x, m, k, &w.dequantize(), n, &mut reference);
+            let scale = reference.iter().fold(1f32, |a, v| a.max(v.abs()));
+            for isa in Isa::supported() {
+                let mut out = vec![0f32; m * n];
+                q4_linear(isa, &x, m, &w, &mut out);
+                for (got, want) in out.iter().zip(&reference) {
+                    // x is rounded to 8 bits per block: about 1% of the largest output.
+                    prop_assert!((got - want).abs() <= 0.02 * scale, "{format:?} {isa:?} m={m} n={n} k={k}: {got} vs {want}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_path_gives_the_same_integers() {
+    let (m, n, k) = (5, 70, 96);
+    for format in FORMATS {
+        let w = Q4Matrix::quantize(&values(n * k, 7), n, k, format).unwrap();
+        let x = values(m * k, 8);
+        let outputs: Vec<Vec<f32>> = Isa::supported()
+            .into_iter()
+            .map(|isa| {
+                let mut out = vec![0f32; m * n];
+                q4_linear(isa, &x, m, &w, &mut out);
+                out
+            })
+            .collect();
+        for other in &outputs[1..] {
+            for (a, b) in outputs[0].iter().zip(other) {
+                assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{format:?}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+/// The blocks equal llama.cpp's (candle's `QTensor::quantize` implements its reference
+/// quantizers), and quantizing their dequantized values again gives them back exactly: a GGUF
+/// file's Q4_0/Q4_1 weights survive the load unchanged.
+#[test]
+fn blocks_equal_llama_cpp_and_survive_a_round_trip() {
+    let (n, k) = (48, 256);
+    let original = values(n * k, 3);
+    for (format, ggml) in [(Q4Format::Q4_0, GgmlDType::Q4_0), (Q4Format::Q4_1, GgmlDType::Q4_1)] {
+        let ours = Q4Matrix::quantize(&original, n, k, format).unwrap().dequantize();
+        let tensor = Tensor::from_vec(original.clone(), (n, k), &Device::Cpu).unwrap();
+        let theirs = QTensor::quantize(&tensor, ggml).unwrap().dequantize(&Device::Cpu).unwrap();
+        let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let differing = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "{format:?}: {differing} of {} values differ from llama.cpp's", ours.len());
+        let again = Q4Matrix::quantize(&theirs, n, k, format).unwrap().dequantize();
+        assert_eq!(again, theirs, "{format:?}: requantizing the dequantized file values changed them");
+    }
+}
+
+#[test]
+fn only_whole_blocks_quantize() {
+    assert!(Q4Matrix::quantize(&[0.0; 30], 1, 30, Q4Format::Q4_0).is_none());
+    assert!(Q4Matrix::quantize(&[0.0; 64], 2, 32, Q4Format::Q4_1).is_some());
+}
