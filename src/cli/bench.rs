@@ -235,18 +235,27 @@ fn run_kernels(args: KernelArgs) -> anyhow::Result<()> {
     }
     println!("weight [{} x {}], {:.1} MB", args.n, args.k, (args.n * args.k * 4) as f64 / 1e6);
     println!(
-        "{:>4} {:>10} {:>10} {:>8} {:>10} {:>12} {:>12} {:>12}",
-        "m", "kernel ms", "candle ms", "speedup", "kernel GB/s", "q8_0 kernel", "candle q8_0", "candle q4_1"
+        "{:>4} {:>10} {:>10} {:>8} {:>10} {:>12} {:>12} {:>12} {:>12}",
+        "m",
+        "kernel ms",
+        "candle ms",
+        "speedup",
+        "kernel GB/s",
+        "q8_0 kernel",
+        "q4_1 kernel",
+        "candle q8_0",
+        "candle q4_1"
     );
     for r in rows {
         println!(
-            "{:>4} {:>10.3} {:>10.3} {:>7.2}x {:>10.1} {:>9.3} ms {:>9.3} ms {:>9.3} ms",
+            "{:>4} {:>10.3} {:>10.3} {:>7.2}x {:>10.1} {:>9.3} ms {:>9.3} ms {:>9.3} ms {:>9.3} ms",
             r.m,
             r.kernel_ms,
             r.candle_ms,
             r.candle_ms / r.kernel_ms,
             r.kernel_gb_per_s,
             r.q8_kernel_ms,
+            r.q4_kernel_ms,
             r.candle_q8_0_ms,
             r.candle_q4_1_ms
         );

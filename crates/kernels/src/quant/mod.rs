@@ -184,8 +184,14 @@ impl Path {
         match isa.kind() {
             Kind::Scalar => Path::Scalar,
             #[cfg(target_arch = "x86_64")]
-            // VNNI is an extension of AVX-512 that `Isa` does not track: checked here.
-            Kind::Avx512 if std::arch::is_x86_feature_detected!("avx512vnni") => Path::Vnni,
+            // VNNI and BW (byte and word shifts) are AVX-512 extensions that `Isa` does not
+            // track: checked here.
+            Kind::Avx512
+                if std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx512bw") =>
+            {
+                Path::Vnni
+            }
             #[cfg(target_arch = "x86_64")]
             Kind::Avx512 | Kind::Avx2
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") =>

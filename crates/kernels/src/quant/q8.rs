@@ -94,7 +94,7 @@ impl Q8Matrix {
             // rest is this function's contract.
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 => unsafe { super::q8_x86::tile_avx2(self, a, tile, out) },
-            // SAFETY: as above, with AVX-512F (`Kind::Avx512`) and VNNI detected.
+            // SAFETY: as above, with AVX-512F (`Kind::Avx512`), BW and VNNI detected.
             #[cfg(target_arch = "x86_64")]
             Path::Vnni => unsafe { super::q8_x86::tile_vnni(self, a, tile, out) },
         }

@@ -8,8 +8,8 @@ use std::arch::x86_64::*;
 const GROUPS: usize = BLOCK / GROUP;
 
 /// # Safety
-/// The CPU must have AVX-512F and AVX-512 VNNI; otherwise as [`Q8Matrix::tile`].
-#[target_feature(enable = "avx512f,avx512vnni")]
+/// The CPU must have AVX-512F, BW and VNNI; otherwise as [`Q8Matrix::tile`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn tile_vnni(w: &Q8Matrix, a: &Activations, tile: usize, out: OutPtr) {
     let mut first = 0;
     while first < a.m {
@@ -39,7 +39,7 @@ pub(super) unsafe fn tile_vnni(w: &Q8Matrix, a: &Activations, tile: usize, out: 
 // Indexing keeps the loops shaped like the register tile they fill.
 #[allow(clippy::needless_range_loop)]
 #[inline]
-#[target_feature(enable = "avx512f,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn pass_vnni<const M: usize, const C: usize>(
     w: &Q8Matrix,
     a: &Activations,
