@@ -3,13 +3,13 @@
 #   scripts/versus-llamacpp.sh LLAMA_CPP_BIN_DIR MODEL.gguf [QUANTIZE]
 # LLAMA_CPP_BIN_DIR holds a CPU build's llama-bench, llama-batched-bench and llama-server (the
 # README says how to build one; llama.cpp is a measuring tool here, never a dependency).
-# QUANTIZE (default q8_0) is what recyclegpt keeps the weights in (`--quantize`).
+# QUANTIZE (default auto: the file's own Q4_0/Q4_1, else Q8_0) is recyclegpt's `--quantize`.
 # Prints llama-bench (pp128, pp512, tg128), llama-batched-bench (1, 4, 16 sequences), our
 # `bench decode`, then `bench serve` against both servers at 1, 4 and 16 streaming clients.
 set -euo pipefail
 bin=${1:?usage: $0 LLAMA_CPP_BIN_DIR MODEL.gguf [QUANTIZE]}
 model=${2:?usage: $0 LLAMA_CPP_BIN_DIR MODEL.gguf [QUANTIZE]}
-quantize=${3:-q8_0}
+quantize=${3:-auto}
 threads=$(nproc)
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
