@@ -1,5 +1,5 @@
-//! `--quantize q8_0` on the in-repo model: the quantized base stays close to f32 (teacher-forced
-//! top-1 agreement), and verified recycling over it still equals plain decoding token for token.
+//! `--quantize` on the in-repo model: a quantized base stays close to f32 (teacher-forced top-1
+//! agreement), and verified recycling over it still equals plain decoding token for token.
 mod common;
 
 use common::run;
@@ -20,28 +20,35 @@ fn greedy_choices(loaded: &LoadedModel, text: &[u32]) -> Vec<u32> {
     out.logits.iter().map(|row| argmax(row)).collect()
 }
 
+/// Teacher-forced top-1 agreement with f32 along a text, for each format, at least `floor`.
 #[test]
-fn q8_0_stays_close_to_f32() {
-    let (f32_model, q8_model) = (embedded(None), embedded(Some(Quantization::Q8_0)));
-    assert_eq!(q8_model.model.quantization(), Some(Quantization::Q8_0));
+fn quantized_bases_stay_close_to_f32() {
+    let f32_model = embedded(None);
     let text = f32_model
         .tokenizer
         .encode("ROMEO:\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\nJULIET:\nO Romeo, Romeo, wherefore art thou Romeo?")
         .unwrap();
-    let (a, b) = (greedy_choices(&f32_model, &text), greedy_choices(&q8_model, &text));
-    let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
-    let agreement = same as f64 / a.len() as f64;
-    eprintln!("teacher-forced top-1 agreement, q8_0 vs f32: {same}/{} = {agreement:.3}", a.len());
-    assert!(agreement >= 0.9, "{agreement}");
+    let reference = greedy_choices(&f32_model, &text);
+    for (format, floor) in [(Quantization::Q8_0, 0.9), (Quantization::Q4_1, 0.8), (Quantization::Q4_0, 0.7)] {
+        let quantized = embedded(Some(format));
+        assert_eq!(quantized.model.quantization(), Some(format));
+        let choices = greedy_choices(&quantized, &text);
+        let same = reference.iter().zip(&choices).filter(|(x, y)| x == y).count();
+        let agreement = same as f64 / reference.len() as f64;
+        eprintln!("teacher-forced top-1 agreement, {format:?} vs f32: {same}/{} = {agreement:.3}", reference.len());
+        assert!(agreement >= floor, "{format:?}: {agreement}");
+    }
 }
 
 #[test]
-fn verify_over_a_q8_0_base_equals_plain_decoding() {
-    let q8 = embedded(Some(Quantization::Q8_0));
-    for prompt in ["KING HENRY:\n", "First Citizen:\nBefore we proceed", "ROMEO:\nWhat light"] {
-        let off = run(&q8, prompt, DecodeMode::Off, SamplingParams::greedy(), 60);
-        let verify = run(&q8, prompt, DecodeMode::Verify, SamplingParams::greedy(), 60);
-        assert_eq!(verify.ids, off.ids, "{prompt:?}");
-        assert!(verify.stats.accepted > 0, "the trained module never agreed: {prompt:?}");
+fn verify_over_a_quantized_base_equals_plain_decoding() {
+    for format in [Quantization::Q8_0, Quantization::Q4_1] {
+        let base = embedded(Some(format));
+        for prompt in ["KING HENRY:\n", "First Citizen:\nBefore we proceed", "ROMEO:\nWhat light"] {
+            let off = run(&base, prompt, DecodeMode::Off, SamplingParams::greedy(), 60);
+            let verify = run(&base, prompt, DecodeMode::Verify, SamplingParams::greedy(), 60);
+            assert_eq!(verify.ids, off.ids, "{format:?} {prompt:?}");
+            assert!(verify.stats.accepted > 0, "{format:?}: the trained module never agreed: {prompt:?}");
+        }
     }
 }
