@@ -1,6 +1,7 @@
 //! GGUF files: SmolLM2-135M-Instruct (Q4_1, from ../shared) loads with its configuration,
-//! tokenizer and chat template, answers a chat correctly over real HTTP, and broken files get
-//! errors that say what is wrong.
+//! tokenizer and chat template, answers a chat correctly over real HTTP, runs in its own Q4_1
+//! blocks from the command line, answers as llama.cpp does on measured prompts, and broken files
+//! get errors that say what is wrong.
 mod common;
 
 use candle_core::quantized::gguf_file;
@@ -191,4 +192,34 @@ fn greedy_agreement(loaded: &LoadedModel, label: &str) -> Vec<String> {
         }
     }
     agreeing
+}
+
+/// The command line runs a GGUF file in its own Q4_1 blocks by default (`--quantize auto`): its
+/// greedy ids are the library's with Q4_1, token for token.
+#[test]
+fn the_cli_runs_a_q4_1_file_in_q4_1_by_default() {
+    use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
+    let Some(path) = smollm2() else { return };
+    let prompt = "The capital of France is";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recyclegpt"))
+        .args(["generate", "--model"])
+        .arg(&path)
+        .args(["--prompt", prompt, "--max-tokens", "24", "--temperature", "0", "--json"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let options = LoadOptions { quantize: Some(recyclegpt_model::Quantization::Q4_1), ..LoadOptions::default() };
+    let loaded = LoadedModel::load(&path, &options).expect("loads");
+    let stop = StopCriteria { max_tokens: 24, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
+    let ours = generate(
+        &loaded.model,
+        loaded.tokenizer.encode(prompt).unwrap(),
+        DecodeMode::Off,
+        SamplingParams::greedy(),
+        stop,
+    )
+    .expect("generates");
+    assert_eq!(ids(&cli["ids"]), ours.ids, "{cli}");
+    assert!(cli["text"].as_str().unwrap_or_default().contains("Paris"), "{cli}");
 }
