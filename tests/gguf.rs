@@ -223,3 +223,36 @@ fn the_cli_runs_a_q4_1_file_in_q4_1_by_default() {
     assert_eq!(ids(&cli["ids"]), ours.ids, "{cli}");
     assert!(cli["text"].as_str().unwrap_or_default().contains("Paris"), "{cli}");
 }
+
+/// `train-recycle` on a GGUF file writes the module alone to `--out`; `--recycle DIR` serves it
+/// beside the file (verify equals off), and a base it was not trained for refuses it, saying why.
+#[test]
+fn a_module_trained_for_a_gguf_file_loads_beside_it() {
+    use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
+    use recyclegpt_model::RecycleInit;
+    let Some(path) = smollm2() else { return };
+    let out = common::scratch("gguf-module");
+    let trained = std::process::Command::new(env!("CARGO_BIN_EXE_recyclegpt"))
+        .args(["train-recycle", "--model"])
+        .arg(&path)
+        .args(["--self-distill", "8", "--length", "24", "--steps", "2", "--batch", "2", "--out"])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    assert!(out.join("recycle.safetensors").is_file() && out.join("config.json").is_file());
+
+    let options = LoadOptions { recycle_init: RecycleInit::FromDir(out.clone()), ..LoadOptions::default() };
+    let loaded = LoadedModel::load(&path, &options).expect("loads with the module");
+    assert!(loaded.model.has_recycle());
+    let prompt = loaded.tokenizer.encode("The capital of France is").unwrap();
+    let stop = StopCriteria { max_tokens: 16, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
+    let run = |mode| generate(&loaded.model, prompt.clone(), mode, SamplingParams::greedy(), stop.clone()).unwrap();
+    let (off, verify) = (run(DecodeMode::Off), run(DecodeMode::Verify));
+    assert_eq!(verify.ids, off.ids);
+    assert!(verify.stats.recycle_steps > 0);
+
+    let embedded = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shakespeare");
+    let error = LoadedModel::load(&embedded, &options).err().expect("refused").to_string();
+    assert!(error.contains("trained for another base model") && error.contains("hidden_size 576"), "{error}");
+}

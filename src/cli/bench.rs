@@ -106,6 +106,9 @@ pub struct DecodeArgs {
     model: Option<std::path::PathBuf>,
     #[arg(long, value_enum, default_value = "file")]
     recycle_init: super::model_args::RecycleInitArg,
+    /// A trained module in its own directory, for the model given with --model.
+    #[arg(long, conflicts_with = "recycle_init")]
+    recycle: Option<std::path::PathBuf>,
     /// Rounds; every variant runs once per round and the medians are reported.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
@@ -277,6 +280,7 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
         let model_args = ModelArgs {
             model: dir.clone(),
             recycle_init: args.recycle_init,
+            recycle: args.recycle.clone(),
             recycle_layers: 1,
             recycle_seed: 0,
             placement: args.placement.clone(),

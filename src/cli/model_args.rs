@@ -21,6 +21,10 @@ pub struct ModelArgs {
     /// Where the recyclable module comes from.
     #[arg(long, value_enum, default_value = "file")]
     pub recycle_init: RecycleInitArg,
+    /// A trained recyclable module in its own directory (what `train-recycle --out` writes),
+    /// for a model without one beside it (a GGUF file).
+    #[arg(long, env = "RECYCLEGPT_RECYCLE", conflicts_with = "recycle_init")]
+    pub recycle: Option<PathBuf>,
     /// Layers of a random module (with `--recycle-init random` on a model without a `recycle` block).
     #[arg(long, default_value_t = 1)]
     pub recycle_layers: usize,
@@ -61,9 +65,10 @@ pub fn resolve_placement(device: DeviceSpec, dtype: DTypeSpec) -> anyhow::Result
 
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
-        let recycle_init = match self.recycle_init {
-            RecycleInitArg::File => RecycleInit::FromFiles,
-            RecycleInitArg::Random => {
+        let recycle_init = match (self.recycle_init, &self.recycle) {
+            (RecycleInitArg::File, Some(dir)) => RecycleInit::FromDir(dir.clone()),
+            (RecycleInitArg::File, None) => RecycleInit::FromFiles,
+            (RecycleInitArg::Random, _) => {
                 tracing::warn!("using a RANDOMLY INITIALISED recyclable module: for benchmarks and tests only");
                 RecycleInit::Random { seed: self.recycle_seed, layers: self.recycle_layers }
             }

@@ -14,6 +14,9 @@ pub struct ServeArgs {
     config: Option<PathBuf>,
     #[arg(long, env = "RECYCLEGPT_MODEL")]
     model: Option<PathBuf>,
+    /// A trained recyclable module in its own directory (what `train-recycle --out` writes).
+    #[arg(long, env = "RECYCLEGPT_RECYCLE", conflicts_with = "recycle_init")]
+    recycle: Option<PathBuf>,
     #[arg(long, env = "RECYCLEGPT_HOST")]
     host: Option<String>,
     /// 0 binds a free port (the log says which).
@@ -90,6 +93,9 @@ impl ServeArgs {
         macro_rules! set {
             ($($field:ident),*) => { $(if let Some(v) = &self.$field { c.$field = v.clone(); })* };
         }
+        if let Some(dir) = &self.recycle {
+            c.recycle = Some(dir.clone());
+        }
         set!(
             model,
             host,
@@ -130,12 +136,13 @@ impl ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     super::init_logging(config.log_format == LogFormat::Json);
-    let recycle_init = match args.recycle_init {
-        RecycleInitArg::File => RecycleInit::FromFiles,
-        RecycleInitArg::Random => {
+    let recycle_init = match (args.recycle_init, &config.recycle) {
+        (RecycleInitArg::Random, _) => {
             tracing::warn!("serving a RANDOMLY INITIALISED recyclable module: for benchmarks and tests only");
             RecycleInit::Random { seed: 0, layers: 1 }
         }
+        (RecycleInitArg::File, Some(dir)) => RecycleInit::FromDir(dir.clone()),
+        (RecycleInitArg::File, None) => RecycleInit::FromFiles,
     };
     let (device, dtype) = resolve_placement(config.device, config.dtype)?;
     let quantize = args.quantize.resolve(&config.model, &device);

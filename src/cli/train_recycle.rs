@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct TrainRecycleArgs {
-    /// The base model (HuggingFace layout); it stays frozen.
+    /// The base model (a HuggingFace directory or a GGUF file); it stays frozen.
     #[arg(long)]
     model: PathBuf,
     /// Text files to train on.
@@ -30,12 +30,18 @@ pub struct TrainRecycleArgs {
     lr: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Where to write the model with its module (the model's own directory if absent).
+    /// Where to write the model with its module (the model's own directory if absent); for a
+    /// GGUF file, the module alone (serve it with `--model FILE.gguf --recycle DIR`).
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
 pub fn run(args: TrainRecycleArgs) -> anyhow::Result<()> {
+    let out = match (&args.out, args.model.is_file()) {
+        (Some(out), _) => out.clone(),
+        (None, false) => args.model.clone(),
+        (None, true) => anyhow::bail!("give --out DIR: a module for a GGUF file is written to its own directory"),
+    };
     let loaded = LoadedModel::load(&args.model, &LoadOptions::default())
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
     let corpus = match (args.self_distill, args.data.is_empty()) {
@@ -54,7 +60,6 @@ pub fn run(args: TrainRecycleArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..DistillOptions::default()
     };
-    let out = args.out.clone().unwrap_or_else(|| args.model.clone());
     let report = train_recycle(&loaded.model, &args.model, &corpus, &out, &options)?;
     println!("{}", serde_json::to_string(&report)?);
     eprintln!("wrote {} (held-out top-1 agreement {:.1}%)", out.display(), 100.0 * report.agreement);

@@ -14,10 +14,14 @@ use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 
 /// Where the recyclable module comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecycleInit {
-    /// `recycle.safetensors` + the `recycle` block of `config.json`, if present.
+    /// `recycle.safetensors` + the `recycle` block of `config.json` beside the model, if present.
     FromFiles,
+    /// The module in another directory (`--recycle DIR`): its `config.json` (the base's
+    /// configuration with the `recycle` block, as `train-recycle` writes it) and
+    /// `recycle.safetensors`. This is how a GGUF file gets a trained module.
+    FromDir(PathBuf),
     /// A randomly initialised module (benchmarks and tests only: it rarely agrees with the model).
     Random { seed: u64, layers: usize },
 }
@@ -97,6 +101,43 @@ fn random_module(
     Ok((Some(module), RecycleSource::Random))
 }
 
+/// The trained module in `dir` for a base configured as `config` (which gets its `recycle`
+/// block); refused with what differs when it was trained for another base.
+fn module_from_dir(
+    dir: &Path,
+    config: &mut LlamaConfig,
+    options: &LoadOptions,
+) -> Result<(Option<RecycleModule>, RecycleSource)> {
+    let config_path = dir.join("config.json");
+    let trained_for = LlamaConfig::from_file(&config_path)?;
+    let recycle = trained_for
+        .recycle
+        .clone()
+        .ok_or_else(|| ModelError::file(&config_path, "has no `recycle` block: not a recyclable module"))?;
+    let differences: Vec<String> = [
+        ("hidden_size", trained_for.hidden_size, config.hidden_size),
+        ("vocab_size", trained_for.vocab_size, config.vocab_size),
+        ("num_attention_heads", trained_for.num_attention_heads, config.num_attention_heads),
+    ]
+    .into_iter()
+    .filter(|(_, theirs, ours)| theirs != ours)
+    .map(|(key, theirs, ours)| format!("{key} {theirs} (this model: {ours})"))
+    .collect();
+    if !differences.is_empty() {
+        return Err(ModelError::file(
+            dir,
+            format!("the module was trained for another base model: {}", differences.join(", ")),
+        ));
+    }
+    config.recycle = Some(recycle);
+    config.validate()?;
+    let files = SafetensorFiles::open(&[dir.join("recycle.safetensors")])?;
+    let weights = Weights::from_files(files, options.dtype, &options.device).with_quantization(options.quantize);
+    let module = RecycleModule::load(&weights, config)
+        .map_err(|e| ModelError::file(dir, format!("the module does not fit this model: {e}")))?;
+    Ok((Some(module), RecycleSource::Trained))
+}
+
 fn log_loaded(source: &dyn std::fmt::Display, config: &LlamaConfig, recycle: RecycleSource, options: &LoadOptions) {
     tracing::info!(
         %source,
@@ -121,8 +162,9 @@ impl RecycleGpt {
             &config,
         )?;
         let recycle_path = dir.join("recycle.safetensors");
-        let (recycle, recycle_source) = match options.recycle_init {
-            RecycleInit::Random { seed, layers } => random_module(&mut config, seed, layers, options)?,
+        let (recycle, recycle_source) = match &options.recycle_init {
+            &RecycleInit::Random { seed, layers } => random_module(&mut config, seed, layers, options)?,
+            RecycleInit::FromDir(module_dir) => module_from_dir(module_dir, &mut config, options)?,
             RecycleInit::FromFiles => match (&config.recycle, recycle_path.exists()) {
                 (Some(_), true) => {
                     let files = SafetensorFiles::open(std::slice::from_ref(&recycle_path))?;
@@ -168,8 +210,8 @@ impl RecycleGpt {
         }
     }
 
-    /// The base model of a GGUF file, dequantized into `options.dtype`. A recyclable module is
-    /// random (`RecycleInit::Random`) or none: trained modules come from a model directory.
+    /// The base model of a GGUF file. A trained module comes from a directory
+    /// (`RecycleInit::FromDir`); `FromFiles` means none.
     pub fn from_gguf(gguf: GgufFile, options: &LoadOptions) -> Result<Self> {
         let mut config = gguf.config()?;
         let dtype = options.dtype;
@@ -177,8 +219,9 @@ impl RecycleGpt {
         let weights =
             Weights::from_gguf(gguf, config.clone(), dtype, &options.device).with_quantization(options.quantize);
         let llama = Llama::load(&weights, &config)?;
-        let (recycle, recycle_source) = match options.recycle_init {
-            RecycleInit::Random { seed, layers } => random_module(&mut config, seed, layers, options)?,
+        let (recycle, recycle_source) = match &options.recycle_init {
+            &RecycleInit::Random { seed, layers } => random_module(&mut config, seed, layers, options)?,
+            RecycleInit::FromDir(module_dir) => module_from_dir(module_dir, &mut config, options)?,
             RecycleInit::FromFiles => (None, RecycleSource::None),
         };
         log_loaded(&format!("{} (GGUF)", path.display()), &config, recycle_source, options);

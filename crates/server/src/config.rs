@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub host: String,
     pub port: u16,
     pub model: PathBuf,
+    /// A trained recyclable module in its own directory (`train-recycle --out`), for a model
+    /// without one beside it (a GGUF file).
+    pub recycle: Option<PathBuf>,
     /// The `model` name clients send; defaults to the model directory's name.
     pub served_model_name: Option<String>,
     pub max_running_sequences: usize,
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
             host: "127.0.0.1".into(),
             port: 8000,
             model: PathBuf::from("models/shakespeare"),
+            recycle: None,
             served_model_name: None,
             max_running_sequences: 16,
             kv_budget_tokens: 16 * 1024,
