@@ -224,8 +224,9 @@ fn the_cli_runs_a_q4_1_file_in_q4_1_by_default() {
     assert!(cli["text"].as_str().unwrap_or_default().contains("Paris"), "{cli}");
 }
 
-/// `train-recycle` on a GGUF file writes the module alone to `--out`; `--recycle DIR` serves it
-/// beside the file (verify equals off), and a base it was not trained for refuses it, saying why.
+/// `train-recycle` on a GGUF file writes the module alone to `--out`, here with a reduced draft
+/// vocabulary; `--recycle DIR` serves it beside the file (verify equals off, drafts come from the
+/// draft vocabulary only), and a base it was not trained for refuses it, saying why.
 #[test]
 fn a_module_trained_for_a_gguf_file_loads_beside_it() {
     use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
@@ -235,12 +236,16 @@ fn a_module_trained_for_a_gguf_file_loads_beside_it() {
     let trained = std::process::Command::new(env!("CARGO_BIN_EXE_recyclegpt"))
         .args(["train-recycle", "--model"])
         .arg(&path)
-        .args(["--self-distill", "8", "--length", "24", "--steps", "2", "--batch", "2", "--out"])
+        .args(["--self-distill", "8", "--length", "24", "--steps", "2", "--batch", "2", "--draft-vocab", "1024"])
+        .arg("--out")
         .arg(&out)
         .output()
         .expect("runs");
     assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
     assert!(out.join("recycle.safetensors").is_file() && out.join("config.json").is_file());
+    let module_config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(module_config["recycle"]["draft_vocab_size"], 1024, "{module_config}");
 
     let options = LoadOptions { recycle_init: RecycleInit::FromDir(out.clone()), ..LoadOptions::default() };
     let loaded = LoadedModel::load(&path, &options).expect("loads with the module");
@@ -251,6 +256,15 @@ fn a_module_trained_for_a_gguf_file_loads_beside_it() {
     let (off, verify) = (run(DecodeMode::Off), run(DecodeMode::Verify));
     assert_eq!(verify.ids, off.ids);
     assert!(verify.stats.recycle_steps > 0);
+    // In `alternate`, every second token is the module's: each one is in the draft vocabulary.
+    let tensors = candle_core::safetensors::load(out.join("recycle.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let draft_vocab: Vec<u32> =
+        tensors["draft_vocab"].to_vec1::<f32>().unwrap().into_iter().map(|v| v as u32).collect();
+    let alternate = run(DecodeMode::Alternate);
+    assert!(alternate.stats.recycle_steps > 0);
+    for recycled in alternate.ids.iter().skip(1).step_by(2) {
+        assert!(draft_vocab.contains(recycled), "{recycled} was drafted from outside the draft vocabulary");
+    }
 
     let embedded = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shakespeare");
     let error = LoadedModel::load(&embedded, &options).err().expect("refused").to_string();

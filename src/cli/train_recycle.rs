@@ -1,7 +1,7 @@
 //! `recyclegpt train-recycle`: a recyclable module for an existing model.
 use anyhow::Context;
 use clap::Args;
-use recyclegpt_model::{LoadOptions, LoadedModel};
+use recyclegpt_model::{LoadOptions, LoadedModel, QuantizeSpec};
 use recyclegpt_train::{train_recycle, Corpus, DistillOptions};
 use std::path::PathBuf;
 
@@ -30,6 +30,15 @@ pub struct TrainRecycleArgs {
     lr: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Draft from this many tokens only: the ones the base model predicts most often on the
+    /// training sequences (a row subset of the shared head, so a module step reads that many
+    /// head rows); verification stays over the whole vocabulary.
+    #[arg(long)]
+    draft_vocab: Option<usize>,
+    /// How the frozen base computes (as `serve --quantize`): the module learns to agree with
+    /// the base as it will be served, and sampling and the teacher pass run at its speed.
+    #[arg(long, env = "RECYCLEGPT_QUANTIZE", default_value = "auto")]
+    quantize: QuantizeSpec,
     /// Where to write the model with its module (the model's own directory if absent); for a
     /// GGUF file, the module alone (serve it with `--model FILE.gguf --recycle DIR`).
     #[arg(long)]
@@ -42,8 +51,13 @@ pub fn run(args: TrainRecycleArgs) -> anyhow::Result<()> {
         (None, false) => args.model.clone(),
         (None, true) => anyhow::bail!("give --out DIR: a module for a GGUF file is written to its own directory"),
     };
-    let loaded = LoadedModel::load(&args.model, &LoadOptions::default())
+    let options = LoadOptions {
+        quantize: args.quantize.resolve(&args.model, &candle_core::Device::Cpu),
+        ..LoadOptions::default()
+    };
+    let loaded = LoadedModel::load(&args.model, &options)
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let started = std::time::Instant::now();
     let corpus = match (args.self_distill, args.data.is_empty()) {
         (Some(count), _) => {
             tracing::info!(count, length = args.length, "sampling the training sequences from the model");
@@ -52,12 +66,14 @@ pub fn run(args: TrainRecycleArgs) -> anyhow::Result<()> {
         (None, false) => Corpus::from_files(&args.data, &loaded.tokenizer, args.length)?,
         (None, true) => anyhow::bail!("give --data FILES or --self-distill N"),
     };
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "training sequences ready");
     let options = DistillOptions {
         layers: args.layers,
         steps: args.steps,
         batch: args.batch,
         learning_rate: args.lr,
         seed: args.seed,
+        draft_vocab: args.draft_vocab,
         ..DistillOptions::default()
     };
     let report = train_recycle(&loaded.model, &args.model, &corpus, &out, &options)?;

@@ -65,6 +65,11 @@ pub struct RecycleConfig {
     pub num_key_value_heads: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
+    /// Drafts come from this many tokens only (`draft_vocab` in `recycle.safetensors` lists
+    /// them), a row subset of the shared head: the module's step reads that many head rows
+    /// instead of the whole vocabulary. Verification stays over the full vocabulary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_vocab_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +208,7 @@ impl LlamaConfig {
             num_attention_heads: base.heads,
             num_key_value_heads: base.kv_heads,
             head_dim: self.head_dim,
+            draft_vocab_size: None,
         }
     }
 }

@@ -63,6 +63,17 @@ impl Linear {
         }
     }
 
+    /// The weights as f32 `[out, in]`, dequantized when the layer is kept quantized only.
+    pub fn dequantized(&self) -> Result<Tensor> {
+        match (&self.quant, &self.weight) {
+            (_, Some(weight)) => Ok(weight.clone()),
+            (Some(quant), None) => {
+                Ok(Tensor::from_vec(quant.dequantize(), (quant.rows(), quant.cols()), &candle_core::Device::Cpu)?)
+            }
+            (None, None) => Err(crate::error::ModelError::Config("a linear layer has no weights".into())),
+        }
+    }
+
     /// The unquantized weights, `None` when the layer is kept quantized only.
     pub fn weight(&self) -> Option<&Tensor> {
         self.weight.as_ref()

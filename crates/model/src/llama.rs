@@ -24,6 +24,8 @@ pub struct ForwardOutput {
 
 pub struct Llama {
     embed: Tensor,
+    /// Whether the head is the embedding matrix (then its unquantized weights are `embed`).
+    tied: bool,
     stack: DecoderStack,
     norm: RmsNorm,
     head: Linear,
@@ -45,17 +47,21 @@ impl Llama {
         )?;
         let norm = RmsNorm::load(&model, "norm", dim, config.rms_norm_eps)?;
         // Some tied checkpoints still carry `lm_head.weight`; tying wins only when it is absent.
-        let head = if config.tie_word_embeddings && !w.pp("lm_head").contains("weight") {
+        let tied = config.tie_word_embeddings && !w.pp("lm_head").contains("weight");
+        let head = if tied {
             Linear::from_weight(embed.clone(), model.pp("embed_tokens").quantization_for(&["weight"]))?
         } else {
             Linear::load(w, "lm_head", vocab, dim)?
         };
-        Ok(Self { embed, stack, norm, head, vocab_size: vocab })
+        Ok(Self { embed, tied, stack, norm, head, vocab_size: vocab })
     }
 
     /// The token embedding `[vocab, d]` and output head `[vocab, d]` (the same tensor when tied);
-    /// an error when the untied head is kept in Q8_0 only.
+    /// an error when an untied head is kept quantized only.
     pub fn embedding_and_head(&self) -> Result<(&Tensor, &Tensor)> {
+        if self.tied {
+            return Ok((&self.embed, &self.embed));
+        }
         let head = self.head.weight().ok_or_else(|| {
             ModelError::Config("the output head is kept quantized only; load the model with --quantize none".into())
         })?;
@@ -66,6 +72,22 @@ impl Llama {
     /// embedding lookup reads one row).
     pub fn matrix_bytes(&self) -> usize {
         self.stack.matrix_bytes() + self.head.bytes()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Rows `ids` of the output head, unquantized `[ids, d]` (dequantized when the head is kept
+    /// quantized only).
+    pub fn head_rows(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(ids, self.embed.device())?;
+        let head = match (self.tied, self.head.weight()) {
+            (true, _) => self.embed.clone(),
+            (false, Some(weight)) => weight.clone(),
+            (false, None) => self.head.dequantized()?,
+        };
+        Ok(head.index_select(&ids, 0)?)
     }
 
     pub fn stack(&self) -> &DecoderStack {

@@ -189,7 +189,7 @@ impl RecycleGpt {
             },
         };
         log_loaded(&dir.display(), &config, recycle_source, options);
-        Ok(Self::loaded(config, llama, (recycle, recycle_source), options))
+        Self::loaded(config, llama, (recycle, recycle_source), options)
     }
 
     fn loaded(
@@ -197,9 +197,10 @@ impl RecycleGpt {
         llama: Llama,
         module: (Option<RecycleModule>, RecycleSource),
         options: &LoadOptions,
-    ) -> Self {
+    ) -> Result<Self> {
         let (recycle, recycle_source) = module;
-        Self {
+        let recycle = recycle.map(|m| m.with_draft_head(&llama, options.quantize)).transpose()?;
+        Ok(Self {
             config,
             llama,
             recycle,
@@ -207,7 +208,7 @@ impl RecycleGpt {
             device: options.device.clone(),
             dtype: options.dtype,
             quantization: options.quantize,
-        }
+        })
     }
 
     /// The base model of a GGUF file. A trained module comes from a directory
@@ -225,7 +226,7 @@ impl RecycleGpt {
             RecycleInit::FromFiles => (None, RecycleSource::None),
         };
         log_loaded(&format!("{} (GGUF)", path.display()), &config, recycle_source, options);
-        Ok(Self::loaded(config, llama, (recycle, recycle_source), options))
+        Self::loaded(config, llama, (recycle, recycle_source), options)
     }
 
     /// A whole model with random weights (benchmark shapes); the module gets `recycle`'s shape.

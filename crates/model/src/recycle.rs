@@ -5,8 +5,9 @@ use crate::decoder::DecoderStack;
 use crate::error::{ModelError, Result};
 use crate::layers::{Linear, RmsNorm, SeqSlot};
 use crate::llama::{gather_logit_rows, Llama, SeqInput};
+use crate::quantize::Quantization;
 use crate::weights::Weights;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 pub struct RecycleModule {
     hidden_norm: RmsNorm,
@@ -14,10 +15,15 @@ pub struct RecycleModule {
     projection: Linear,
     stack: DecoderStack,
     norm: RmsNorm,
+    /// The reduced draft vocabulary, if the module has one: its token ids, and the shared
+    /// head's rows for them (built by [`RecycleModule::with_draft_head`]).
+    draft_vocab: Option<Vec<u32>>,
+    draft_head: Option<Linear>,
 }
 
 impl RecycleModule {
-    /// Tensor names (in `recycle.safetensors`): `hnorm`, `enorm`, `eh_proj`, `layers.N.*`, `norm`.
+    /// Tensor names (in `recycle.safetensors`): `hnorm`, `enorm`, `eh_proj`, `layers.N.*`, `norm`,
+    /// and `draft_vocab` (token ids, stored as f32 values) with a reduced draft vocabulary.
     pub fn load(w: &Weights, config: &LlamaConfig) -> Result<Self> {
         let shape =
             config.recycle_shape().ok_or_else(|| ModelError::Config("no `recycle` block in config.json".into()))?;
@@ -35,7 +41,18 @@ impl RecycleModule {
                 1,
             )?,
             norm: RmsNorm::load(w, "norm", d, config.rms_norm_eps)?,
+            draft_vocab: draft_vocab(w, config)?,
+            draft_head: None,
         })
+    }
+
+    /// Builds the head over the draft vocabulary from the base model's head (a module without
+    /// one uses the whole head and needs nothing).
+    pub fn with_draft_head(mut self, llama: &Llama, quantization: Option<Quantization>) -> Result<Self> {
+        if let Some(ids) = &self.draft_vocab {
+            self.draft_head = Some(Linear::from_weight(llama.head_rows(ids)?, quantization)?);
+        }
+        Ok(self)
     }
 
     pub fn stack(&self) -> &DecoderStack {
@@ -57,6 +74,41 @@ impl RecycleModule {
             return Ok(Vec::new());
         }
         let rows = Tensor::new(rows.as_slice(), out.device())?;
-        llama.head(&self.norm.forward(&out.index_select(&rows, 0)?)?)
+        let normed = self.norm.forward(&out.index_select(&rows, 0)?)?;
+        match (&self.draft_head, &self.draft_vocab) {
+            (Some(head), Some(ids)) => {
+                // Full-vocabulary rows, -inf outside the draft vocabulary: the engine's
+                // sampling and acceptance see an ordinary distribution that never drafts those.
+                let subset = head.forward(&normed)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                Ok(subset
+                    .into_iter()
+                    .map(|logits| {
+                        let mut row = vec![f32::NEG_INFINITY; llama.vocab_size()];
+                        for (&id, logit) in ids.iter().zip(logits) {
+                            row[id as usize] = logit;
+                        }
+                        row
+                    })
+                    .collect())
+            }
+            _ => llama.head(&normed),
+        }
     }
+}
+
+/// The ids of a reduced draft vocabulary (`draft_vocab_size` in the config), checked.
+fn draft_vocab(w: &Weights, config: &LlamaConfig) -> Result<Option<Vec<u32>>> {
+    let Some(size) = config.recycle.as_ref().and_then(|r| r.draft_vocab_size) else {
+        return Ok(None);
+    };
+    let values = w.get("draft_vocab", &[size], crate::weights::Init::Ones)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let ids: Vec<u32> = values.iter().map(|&v| v as u32).collect();
+    if let Some(bad) = values.iter().zip(&ids).find(|(v, id)| **v != **id as f32 || **id as usize >= config.vocab_size)
+    {
+        return Err(ModelError::Config(format!(
+            "draft_vocab holds {}, not a token id below {}",
+            bad.0, config.vocab_size
+        )));
+    }
+    Ok(Some(ids))
 }

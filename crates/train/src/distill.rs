@@ -4,13 +4,14 @@
 use crate::corpus::Corpus;
 use crate::module::TrainableModule;
 use crate::schedule::{clip_gradients, learning_rate};
+use crate::teacher::{self, Example};
 use crate::TrainError;
 use candle_core::{DType, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use recyclegpt_model::{LlamaConfig, RecycleGpt, SeqInput};
+use recyclegpt_model::{LlamaConfig, RecycleGpt};
 use std::path::Path;
 
 #[derive(Debug, Clone)]
@@ -23,6 +24,9 @@ pub struct DistillOptions {
     pub max_grad_norm: f64,
     pub seed: u64,
     pub progress: bool,
+    /// Draft from this many tokens only (the ones the base model predicts most often on the
+    /// corpus); `None`: the whole vocabulary.
+    pub draft_vocab: Option<usize>,
 }
 
 impl Default for DistillOptions {
@@ -36,6 +40,7 @@ impl Default for DistillOptions {
             max_grad_norm: 1.0,
             seed: 0,
             progress: true,
+            draft_vocab: None,
         }
     }
 }
@@ -49,38 +54,25 @@ pub struct DistillReport {
     pub agreement: f64,
 }
 
-/// The teacher's view of one sequence: h_{t-1}, x_t, and the base distribution for x_{t+1}.
-struct Example {
-    hidden: Tensor,
-    tokens: Tensor,
-    targets: Tensor,
-}
-
-fn teacher(model: &RecycleGpt, sequence: &[u32]) -> Result<Example, TrainError> {
-    let n = sequence.len();
-    let mut cache = model.new_cache(n)?;
-    let out = model.forward(&mut [SeqInput { tokens: sequence, cache: &mut cache, logits_rows: (1..n).collect() }])?;
-    let logits = Tensor::new(out.logits, model.device())?;
+/// One training batch: the examples stacked (the corpus' sequences have one length).
+fn batch(examples: &[&Example]) -> Result<Example, TrainError> {
+    let stack = |f: fn(&Example) -> &Tensor| Tensor::stack(&examples.iter().map(|e| f(e)).collect::<Vec<_>>(), 0);
     Ok(Example {
-        hidden: out.hidden.narrow(0, 0, n - 1)?,
-        tokens: Tensor::new(&sequence[1..], model.device())?,
-        targets: candle_nn::ops::softmax_last_dim(&logits)?,
+        hidden: stack(|e| &e.hidden)?,
+        tokens: stack(|e| &e.tokens)?,
+        top_ids: stack(|e| &e.top_ids)?,
+        top_probs: stack(|e| &e.top_probs)?,
+        target: stack(|e| &e.target)?,
     })
 }
 
-fn batch(model: &RecycleGpt, sequences: &[&Vec<u32>]) -> Result<Example, TrainError> {
-    let examples = sequences.iter().map(|s| teacher(model, s)).collect::<Result<Vec<_>, _>>()?;
-    let stack = |f: fn(&Example) -> &Tensor| Tensor::stack(&examples.iter().map(f).collect::<Vec<_>>(), 0);
-    Ok(Example { hidden: stack(|e| &e.hidden)?, tokens: stack(|e| &e.tokens)?, targets: stack(|e| &e.targets)? })
-}
-
 /// Share of held-out positions where the module's argmax is the base model's.
-fn agreement(model: &RecycleGpt, module: &TrainableModule, held_out: &[Vec<u32>]) -> Result<f64, TrainError> {
+fn agreement(module: &TrainableModule, held_out: &[Example]) -> Result<f64, TrainError> {
     let (mut same, mut total) = (0usize, 0usize);
-    for sequence in held_out {
-        let e = batch(model, &[sequence])?;
+    for example in held_out {
+        let e = batch(&[example])?;
         let predicted = module.forward(&e.hidden, &e.tokens)?.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
-        let wanted = e.targets.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
+        let wanted = e.target.flatten_all()?.to_vec1::<u32>()?;
         same += predicted.iter().zip(&wanted).filter(|(a, b)| a == b).count();
         total += wanted.len();
     }
@@ -96,19 +88,37 @@ pub fn train_recycle(
     out: &Path,
     options: &DistillOptions,
 ) -> Result<DistillReport, TrainError> {
-    let mut config: LlamaConfig = model.config().clone();
-    config.recycle = Some(config.default_recycle(options.layers));
-    config.validate()?;
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, model.device());
-    let (embedding, head) = model.embedding_and_head()?;
-    let module = TrainableModule::new(vb, &config, embedding.clone(), head.clone())?;
-    let params = ParamsAdamW { lr: options.learning_rate, weight_decay: 0.0, ..ParamsAdamW::default() };
-    let mut optimizer = AdamW::new(varmap.all_vars(), params)?;
     let (train, held_out) = corpus.split(0.1);
     if train.is_empty() {
         return Err(TrainError::Data("the corpus has no training sequences".into()));
     }
+    let started = std::time::Instant::now();
+    let mut train = teacher::compute(model, train, options.progress)?;
+    let mut held_out = teacher::compute(model, held_out, options.progress)?;
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "the base model's view of the corpus computed");
+    let mut config: LlamaConfig = model.config().clone();
+    let mut recycle = config.default_recycle(options.layers);
+    let (embedding, head) = model.embedding_and_head()?;
+    let mut head = head.clone();
+    let draft_vocab = match options.draft_vocab {
+        Some(size) if size < config.vocab_size => {
+            let ids = teacher::draft_vocab(&train, config.vocab_size, size)?;
+            head = head.index_select(&Tensor::new(ids.as_slice(), head.device())?, 0)?;
+            train = train.iter().map(|e| e.restricted(&ids)).collect::<Result<_, _>>()?;
+            held_out = held_out.iter().map(|e| e.restricted(&ids)).collect::<Result<_, _>>()?;
+            recycle.draft_vocab_size = Some(ids.len());
+            Some(ids)
+        }
+        _ => None,
+    };
+    config.recycle = Some(recycle);
+    config.validate()?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, model.device());
+    let module = TrainableModule::new(vb, &config, embedding.clone(), head)?;
+    let params = ParamsAdamW { lr: options.learning_rate, weight_decay: 0.0, ..ParamsAdamW::default() };
+    let mut optimizer = AdamW::new(varmap.all_vars(), params)?;
+    let started = std::time::Instant::now();
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
     let mut order: Vec<usize> = (0..train.len()).collect();
     let bar = if options.progress { ProgressBar::new(options.steps as u64) } else { ProgressBar::hidden() };
@@ -128,10 +138,9 @@ pub fn train_recycle(
             picked.push(&train[order[cursor]]);
             cursor += 1;
         }
-        let e = batch(model, &picked)?;
+        let e = batch(&picked)?;
         let logits = module.forward(&e.hidden, &e.tokens)?;
-        let vocab = logits.dim(D::Minus1)?;
-        let loss = crate::layers::soft_cross_entropy(&logits.reshape(((), vocab))?, &e.targets.reshape(((), vocab))?)?;
+        let loss = crate::layers::top_k_cross_entropy(&logits, &e.top_ids, &e.top_probs)?;
         let mut grads = loss.backward()?;
         clip_gradients(&varmap, &mut grads, options.max_grad_norm)?;
         optimizer.set_learning_rate(learning_rate(step, options.steps, options.warmup, options.learning_rate));
@@ -144,7 +153,21 @@ pub fn train_recycle(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let agreement = agreement(model, &module, held_out)?;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(seconds, steps_per_second = options.steps as f64 / seconds, "module trained");
+    let agreement = agreement(&module, &held_out)?;
+    if let Some(ids) = draft_vocab {
+        // Saved beside the weights (ids as f32 values, exact below 2^24); added after the
+        // optimizer took its variables, so it is never trained.
+        let values: Vec<f32> = ids.iter().map(|&id| id as f32).collect();
+        let tensor = Tensor::from_vec(values, ids.len(), model.device())?;
+        let var = candle_core::Var::from_tensor(&tensor)?;
+        varmap
+            .data()
+            .lock()
+            .map_err(|_| TrainError::Data("the variable map is poisoned".into()))?
+            .insert("draft_vocab".into(), var);
+    }
     tracing::info!(first_loss, last_loss, agreement, "recyclable module trained");
     crate::output::write_model(model_dir, out, &config, &varmap)?;
     Ok(DistillReport { steps: options.steps, first_loss, last_loss, agreement })

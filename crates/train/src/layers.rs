@@ -143,7 +143,10 @@ impl DecoderLayer {
 }
 
 /// Mean soft cross-entropy of `logits [N, V]` against target probabilities `[N, V]`.
-pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+/// Cross-entropy against a teacher's top-K (`ids`, `probs`: `[..., K]`), per position, averaged
+/// over positions: `-Σ_k p_k · log_softmax(logits)[id_k]`.
+pub fn top_k_cross_entropy(logits: &Tensor, ids: &Tensor, probs: &Tensor) -> Result<Tensor> {
     let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    (targets * log_probs)?.sum(D::Minus1)?.mean_all()?.neg()
+    let picked = log_probs.contiguous()?.gather(&ids.contiguous()?, D::Minus1)?;
+    (probs * picked)?.sum(D::Minus1)?.mean_all()?.neg()
 }

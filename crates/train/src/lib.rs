@@ -12,6 +12,7 @@ mod optim;
 mod output;
 mod schedule;
 pub mod spec;
+mod teacher;
 pub mod tokenizer;
 
 pub use corpus::Corpus;
