@@ -469,6 +469,8 @@ async fn completion_fields_prompts_echo_stop_n_and_seed() {
         "recyclegpt_inter_token_seconds_bucket",
         "recyclegpt_full_forwards_total",
         "recyclegpt_recycle_accepted_total",
+        "vllm:spec_decode_num_drafts_total",
+        "vllm:spec_decode_num_accepted_tokens_per_pos_total",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }

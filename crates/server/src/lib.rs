@@ -102,6 +102,12 @@ fn register_metrics() {
         ("recyclegpt_connections_refused_total", "Connections refused because every slot was busy"),
         ("recyclegpt_worker_panics_total", "Engine steps that panicked (their sequences failed; the worker went on)"),
         ("recyclegpt_step_failures_total", "Engine steps that returned an error (their sequences failed)"),
+        // The same drafts under the names vLLM exports for speculative decoding, so dashboards
+        // built for it work unchanged. A recycled draft is one token, at position 0.
+        ("vllm:spec_decode_num_drafts_total", "Drafts verified (vLLM's name)"),
+        ("vllm:spec_decode_num_draft_tokens_total", "Draft tokens verified (vLLM's name)"),
+        ("vllm:spec_decode_num_accepted_tokens_total", "Draft tokens accepted (vLLM's name)"),
+        ("vllm:spec_decode_num_accepted_tokens_per_pos_total", "Draft tokens accepted, by position (vLLM's name)"),
     ];
     for (name, help) in counters {
         metrics::describe_counter!(name, help);

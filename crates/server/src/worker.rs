@@ -399,6 +399,12 @@ fn record_finish(link: &Link, finished: &Finished) {
     let stats = finished.stats;
     metrics::counter!("recyclegpt_recycle_accepted_total").increment(stats.accepted as u64);
     metrics::counter!("recyclegpt_recycle_rejected_total").increment(stats.rejected as u64);
+    let drafts = (stats.accepted + stats.rejected) as u64;
+    metrics::counter!("vllm:spec_decode_num_drafts_total").increment(drafts);
+    metrics::counter!("vllm:spec_decode_num_draft_tokens_total").increment(drafts);
+    metrics::counter!("vllm:spec_decode_num_accepted_tokens_total").increment(stats.accepted as u64);
+    metrics::counter!("vllm:spec_decode_num_accepted_tokens_per_pos_total", "position" => "0")
+        .increment(stats.accepted as u64);
     metrics::counter!("recyclegpt_prompt_tokens_total").increment(finished.prompt_tokens as u64);
     tracing::info!(
         request = %link.job.request_id,
