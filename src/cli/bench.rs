@@ -319,10 +319,11 @@ fn print_table(r: &DecodeReport) {
     let rate = |m: &str| r.tokens_per_second.get(m).copied().unwrap_or(0.0);
     let batch = |b: &str| r.batched_tokens_per_second.get(b).copied().unwrap_or(0.0);
     println!(
-        "== {} on {} in {} ({:.1}M parameters, {:.0} MB read per token) ==",
+        "== {} on {} in {}, weights quantized: {} ({:.1}M parameters, {:.0} MB read per token) ==",
         r.shape,
         r.device,
         r.dtype,
+        r.quantization,
         r.params as f64 / 1e6,
         r.weight_bytes as f64 / 1e6
     );

@@ -32,6 +32,8 @@ pub struct DecodeReport {
     /// `cpu` or `cuda:N`, and the weights' dtype.
     pub device: String,
     pub dtype: String,
+    /// The format the linear layers are kept in (`none`, `q8_0`, `q4_0`, `q4_1`).
+    pub quantization: String,
     /// Tokens in the cache when steps are timed.
     pub cached_tokens: usize,
     pub params: usize,
@@ -226,6 +228,7 @@ pub fn run(
         shape: name.to_string(),
         device: recyclegpt_model::device_name(model.device()),
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        quantization: model.quantization().map_or("none".into(), |q| format!("{q:?}").to_lowercase()),
         cached_tokens: cached,
         params,
         weight_bytes,
