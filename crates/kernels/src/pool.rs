@@ -4,7 +4,10 @@
 //! idle workers and wakes them through the OS, which costs about as much as the work itself at
 //! that size. candle's barrier pool (`candle_core::utils::barrier_pool`) keeps its workers
 //! spinning for a while after each call, so back-to-back kernels start on warm threads; the
-//! calling thread takes a share of the work too. Calls from inside the pool run inline.
+//! calling thread takes a share of the work too. Calls from the pool's own workers run inline,
+//! but the calling thread's share is not marked: a kernel must never call [`split`] from inside
+//! its closure (that thread would wait on the pool's lock it already holds). A panic inside the
+//! closure poisons the pool for the process, so kernels check their inputs before splitting.
 
 /// A raw output pointer shared by threads that write disjoint elements.
 #[derive(Clone, Copy)]

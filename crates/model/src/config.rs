@@ -165,6 +165,12 @@ impl LlamaConfig {
             }
         }
         self.base_shape().validate("model")?;
+        if self.recycle.as_ref().and_then(|r| r.draft_vocab_size).is_some_and(|k| k == 0 || k > self.vocab_size) {
+            return Err(ModelError::Config(format!(
+                "recycle.draft_vocab_size must lie between 1 and the vocabulary size ({})",
+                self.vocab_size
+            )));
+        }
         if let Some(shape) = self.recycle_shape() {
             shape.validate("recycle")?;
         }
@@ -209,6 +215,26 @@ impl LlamaConfig {
             num_key_value_heads: base.kv_heads,
             head_dim: self.head_dim,
             draft_vocab_size: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_draft_vocabulary_must_hold_between_one_token_and_the_whole_vocabulary() {
+        let mut config: LlamaConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 1, "num_attention_heads": 4
+        }))
+        .unwrap();
+        let mut recycle = config.default_recycle(1);
+        for (size, valid) in [(0, false), (1, true), (100, true), (101, false)] {
+            recycle.draft_vocab_size = Some(size);
+            config.recycle = Some(recycle.clone());
+            assert_eq!(config.validate().is_ok(), valid, "draft_vocab_size {size}");
         }
     }
 }

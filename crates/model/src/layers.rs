@@ -63,6 +63,17 @@ impl Linear {
         }
     }
 
+    /// The format the layer is kept in, if quantized.
+    pub fn quantization(&self) -> Option<Quantization> {
+        self.quant.as_deref().map(|quant| match quant {
+            QuantMatrix::Q8_0(_) => Quantization::Q8_0,
+            QuantMatrix::Q4(w) => match w.format() {
+                recyclegpt_kernels::Q4Format::Q4_0 => Quantization::Q4_0,
+                recyclegpt_kernels::Q4Format::Q4_1 => Quantization::Q4_1,
+            },
+        })
+    }
+
     /// The weights as f32 `[out, in]`, dequantized when the layer is kept quantized only.
     pub fn dequantized(&self) -> Result<Tensor> {
         match (&self.quant, &self.weight) {

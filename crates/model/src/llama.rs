@@ -4,6 +4,7 @@ use crate::decoder::DecoderStack;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::layers::{Linear, RmsNorm, SeqSlot};
+use crate::quantize::Quantization;
 use crate::weights::{Init, Weights};
 use candle_core::Tensor;
 
@@ -72,6 +73,11 @@ impl Llama {
     /// embedding lookup reads one row).
     pub fn matrix_bytes(&self) -> usize {
         self.stack.matrix_bytes() + self.head.bytes()
+    }
+
+    /// The format the output head is kept in, if quantized.
+    pub fn head_quantization(&self) -> Option<Quantization> {
+        self.head.quantization()
     }
 
     pub fn vocab_size(&self) -> usize {

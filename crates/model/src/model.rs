@@ -199,7 +199,7 @@ impl RecycleGpt {
         options: &LoadOptions,
     ) -> Result<Self> {
         let (recycle, recycle_source) = module;
-        let recycle = recycle.map(|m| m.with_draft_head(&llama, options.quantize)).transpose()?;
+        let recycle = recycle.map(|m| m.with_draft_head(&llama)).transpose()?;
         Ok(Self {
             config,
             llama,

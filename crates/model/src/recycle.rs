@@ -5,7 +5,6 @@ use crate::decoder::DecoderStack;
 use crate::error::{ModelError, Result};
 use crate::layers::{Linear, RmsNorm, SeqSlot};
 use crate::llama::{gather_logit_rows, Llama, SeqInput};
-use crate::quantize::Quantization;
 use crate::weights::Weights;
 use candle_core::{DType, Tensor};
 
@@ -41,16 +40,17 @@ impl RecycleModule {
                 1,
             )?,
             norm: RmsNorm::load(w, "norm", d, config.rms_norm_eps)?,
-            draft_vocab: draft_vocab(w, config)?,
+            // Read in f32 whatever the load dtype: ids above 256 do not survive bf16.
+            draft_vocab: draft_vocab(&w.in_f32(), config)?,
             draft_head: None,
         })
     }
 
-    /// Builds the head over the draft vocabulary from the base model's head (a module without
-    /// one uses the whole head and needs nothing).
-    pub fn with_draft_head(mut self, llama: &Llama, quantization: Option<Quantization>) -> Result<Self> {
+    /// Builds the head over the draft vocabulary from the base model's head, kept in the
+    /// base head's own format (a module without a draft vocabulary uses the whole head).
+    pub fn with_draft_head(mut self, llama: &Llama) -> Result<Self> {
         if let Some(ids) = &self.draft_vocab {
-            self.draft_head = Some(Linear::from_weight(llama.head_rows(ids)?, quantization)?);
+            self.draft_head = Some(Linear::from_weight(llama.head_rows(ids)?, llama.head_quantization())?);
         }
         Ok(self)
     }

@@ -169,6 +169,18 @@ impl Weights {
         }
     }
 
+    /// The same weights, handed out in f32 whatever the load dtype (for values that must stay
+    /// exact, like token ids).
+    pub fn in_f32(&self) -> Self {
+        Self {
+            source: self.source.clone(),
+            prefix: self.prefix.clone(),
+            dtype: DType::F32,
+            device: self.device.clone(),
+            quantization: self.quantization,
+        }
+    }
+
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
         let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
         Self {

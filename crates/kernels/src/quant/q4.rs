@@ -26,6 +26,7 @@ pub enum Q4Format {
 pub struct Q4Matrix {
     pub(super) rows: usize,
     cols: usize,
+    format: Q4Format,
     pub(super) blocks: usize,
     /// `[tile][block][group g < 4][row in tile][byte j < 4]`: the low nibble is column
     /// `4g + j` of the block, the high nibble column `16 + 4g + j`.
@@ -59,7 +60,7 @@ impl Q4Matrix {
                 }
             }
         }
-        Some(Self { rows, cols, blocks, quants, scales, mins })
+        Some(Self { rows, cols, format, blocks, quants, scales, mins })
     }
 
     /// The byte that holds value `c` of block `b` of row `r` of `tile`, and whether it is the
@@ -84,6 +85,11 @@ impl Q4Matrix {
 
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// How its blocks were quantized.
+    pub fn format(&self) -> Q4Format {
+        self.format
     }
 
     /// Bytes read by one product: values, scales and minimums (padding rows included).
