@@ -1,10 +1,10 @@
-//! The three schedules on real weights: `verify` never changes greedy output, `alternate` emits
-//! two tokens per full forward, seeds make sampling repeatable, and a batched step gives each
-//! sequence what it gets alone. All on the in-repo model (`models/shakespeare`, context 128).
+//! The schedules on real weights: `verify` and `auto` never change greedy output, `auto` stops
+//! drafting where drafts are rejected, `alternate` emits two tokens per full forward, seeds make
+//! sampling repeatable, and a batched step gives each sequence what it gets alone. All on the in-repo model (`models/shakespeare`, context 128).
 mod common;
 
 use common::{load, random_module, run};
-use recyclegpt_engine::{step, DecodeMode, SamplingParams, Sequence, StopCriteria};
+use recyclegpt_engine::{step, CostModel, DecodeMode, SamplingParams, Sequence, StopCriteria};
 use std::path::PathBuf;
 
 /// The embedded model: always present, so these tests run on a fresh clone.
@@ -41,6 +41,25 @@ fn verify_greedy_equals_standard_greedy_with_a_random_module() {
     }
 }
 
+/// `auto` on a module that never agrees: greedy output stays the standard one, and after a few
+/// rejected drafts it drafts only as rare probes.
+#[test]
+fn auto_equals_standard_and_stops_drafting_on_a_random_module() {
+    let loaded = load(&embedded(), random_module(1));
+    for prompt in PROMPTS {
+        for max_tokens in [1, 7, 100] {
+            let standard = run(&loaded, prompt, DecodeMode::Off, SamplingParams::greedy(), max_tokens);
+            let auto = run(&loaded, prompt, DecodeMode::Auto, SamplingParams::greedy(), max_tokens);
+            assert_eq!(auto.ids, standard.ids, "{prompt:?}, max_tokens {max_tokens}");
+            let stats = auto.stats;
+            let drafts = stats.drafts;
+            if max_tokens == 100 {
+                assert!(drafts <= 15 && stats.skipped_drafts >= 80, "{prompt:?}: {stats:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn alternate_emits_two_tokens_per_full_forward() {
     let loaded = load(&embedded(), random_module(3));
@@ -60,7 +79,7 @@ fn alternate_emits_two_tokens_per_full_forward() {
 #[test]
 fn same_seed_same_text_different_seed_different_text() {
     let loaded = load(&embedded(), random_module(4));
-    for mode in [DecodeMode::Off, DecodeMode::Alternate, DecodeMode::Verify] {
+    for mode in [DecodeMode::Off, DecodeMode::Alternate, DecodeMode::Verify, DecodeMode::Auto] {
         let sample = |seed| {
             let params =
                 SamplingParams { temperature: 1.0, top_p: 0.95, seed: Some(seed), ..SamplingParams::default() };
@@ -80,6 +99,8 @@ fn a_batched_step_gives_each_sequence_what_it_gets_alone() {
         (PROMPTS[1], DecodeMode::Verify, 45),
         (PROMPTS[2], DecodeMode::Alternate, 20),
         (PROMPTS[3], DecodeMode::Verify, 64),
+        (PROMPTS[0], DecodeMode::Auto, 50),
+        (PROMPTS[2], DecodeMode::Auto, 3),
     ];
     let stop = |max_tokens| StopCriteria { max_tokens, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
     let mut seqs: Vec<Sequence> = cases
@@ -90,10 +111,13 @@ fn a_batched_step_gives_each_sequence_what_it_gets_alone() {
             Sequence::new(i as u64, model, ids, *mode, SamplingParams::greedy(), stop(*max)).unwrap()
         })
         .collect();
-    // Small prefill chunks so that prefill and decode share steps.
+    // Small prefill chunks so that prefill and decode share steps; `auto` decides with the
+    // costs measured here.
+    let costs = CostModel::measure(model, cases.len()).unwrap();
+    assert!(costs.is_some(), "a model with a module gets a cost model");
     while seqs.iter().any(|s| !s.is_finished()) {
         let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
-        step(model, &mut refs, 5).unwrap();
+        step(model, &mut refs, 5, costs.as_ref()).unwrap();
     }
     for (seq, (prompt, mode, max)) in seqs.iter().zip(cases) {
         let alone = run(&loaded, prompt, mode, SamplingParams::greedy(), max);
@@ -108,7 +132,7 @@ fn verify_equals_standard_when_drafts_are_often_accepted() {
     // so that both the accept and the reject paths run in one generation.
     let common_ids: Vec<u32> =
         [",", " the", " and"].iter().map(|t| *loaded.tokenizer.encode(t).unwrap().last().unwrap()).collect();
-    let (mut accepted, mut rejected) = (0, 0);
+    let (mut accepted, mut rejected, mut auto_accepted) = (0, 0, 0);
     for bias in [3.0, 6.0, 8.0] {
         let logit_bias = common_ids.iter().map(|&id| (id, bias)).collect();
         let params = SamplingParams { logit_bias, ..SamplingParams::greedy() };
@@ -118,9 +142,79 @@ fn verify_equals_standard_when_drafts_are_often_accepted() {
             assert_eq!(verify.ids, standard.ids, "{prompt:?}, bias {bias}");
             accepted += verify.stats.accepted;
             rejected += verify.stats.rejected;
+            let auto = run_auto_where_drafts_are_cheap(&loaded, prompt, params.clone(), 60);
+            assert_eq!(auto.generated(), standard.ids.as_slice(), "auto: {prompt:?}, bias {bias}");
+            auto_accepted += auto.stats().accepted;
         }
     }
     assert!(accepted > 20 && rejected > 20, "accepted {accepted}, rejected {rejected}");
+    // Where drafts are often accepted and cheap, `auto` goes on drafting.
+    assert!(auto_accepted > accepted / 2, "auto accepted {auto_accepted} of verify's {accepted}");
+}
+
+/// Chains of up to three drafts (on a device where drafts would cost nothing, so every chain
+/// runs to its end) never change greedy output, alone or batched beside other modes, and drafts
+/// beyond the first are accepted too.
+#[test]
+fn chained_drafts_never_change_greedy_output_alone_or_batched() {
+    let loaded = load(&embedded(), random_module(8));
+    let model = &loaded.model;
+    let free = CostModel::from_points(vec![(1, 0.010), (256, 0.010)], vec![(1, 0.0), (256, 0.0)]);
+    let common_ids: Vec<u32> =
+        [",", " the", " and"].iter().map(|t| *loaded.tokenizer.encode(t).unwrap().last().unwrap()).collect();
+    let (mut beyond_first, mut draft_tokens, mut forwards) = (0, 0, 0);
+    // Three common tokens favoured (drafts often rejected, at any place in the chain), then one
+    // token favoured so strongly that whole chains are accepted.
+    for (favoured, bias) in [(3, 8.0), (1, 30.0)] {
+        let logit_bias = common_ids[..favoured].iter().map(|&id| (id, bias)).collect();
+        let params = SamplingParams { logit_bias, ..SamplingParams::greedy() };
+        let modes = [DecodeMode::Verify, DecodeMode::Auto, DecodeMode::Off, DecodeMode::Auto];
+        let stop = StopCriteria { max_tokens: 60, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
+        let mut seqs: Vec<Sequence> = PROMPTS
+            .iter()
+            .zip(modes)
+            .enumerate()
+            .map(|(i, (prompt, mode))| {
+                let ids = loaded.tokenizer.encode(prompt).unwrap();
+                Sequence::new(i as u64, model, ids, mode, params.clone(), stop.clone()).unwrap().with_max_drafts(3)
+            })
+            .collect();
+        while seqs.iter().any(|s| !s.is_finished()) {
+            let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
+            step(model, &mut refs, 5, Some(&free)).unwrap();
+        }
+        for (seq, (prompt, mode)) in seqs.iter().zip(PROMPTS.iter().zip(modes)) {
+            let alone = run(&loaded, prompt, DecodeMode::Off, params.clone(), 60);
+            assert_eq!(seq.generated(), alone.ids.as_slice(), "{prompt:?} in {mode:?}, bias {bias}");
+            let stats = seq.stats();
+            beyond_first += stats.accepted_at[1] + stats.accepted_at[2];
+            draft_tokens += stats.draft_tokens();
+            forwards += stats.full_forwards;
+        }
+    }
+    assert!(
+        beyond_first > 5,
+        "chained drafts accepted beyond the first: {beyond_first} ({draft_tokens} draft tokens, {forwards} forwards)"
+    );
+    assert!(draft_tokens > forwards, "{draft_tokens} draft tokens over {forwards} forwards: chains ran");
+}
+
+/// `auto` on a device where a draft costs a tenth of a forward (the embedded model's module
+/// costs most of one, so there `auto` rightly drafts little).
+fn run_auto_where_drafts_are_cheap(
+    loaded: &recyclegpt_model::LoadedModel,
+    prompt: &str,
+    params: SamplingParams,
+    max_tokens: usize,
+) -> Sequence {
+    let costs = CostModel::from_points(vec![(1, 0.010), (2, 0.0105), (4, 0.0115)], vec![(1, 0.001), (2, 0.0011)]);
+    let ids = loaded.tokenizer.encode(prompt).unwrap();
+    let stop = StopCriteria { max_tokens, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
+    let mut seq = Sequence::new(0, &loaded.model, ids, DecodeMode::Auto, params, stop).unwrap();
+    while !seq.is_finished() {
+        step(&loaded.model, &mut [&mut seq], 64, Some(&costs)).unwrap();
+    }
+    seq
 }
 
 #[test]

@@ -22,7 +22,7 @@ fn bench_report_writes_json_and_charts_from_one_run() {
     let shapes: Vec<&str> = decode.iter().filter_map(|d| d["shape"].as_str()).collect();
     assert_eq!(shapes, ["M1", "shakespeare"]);
     for run in decode {
-        for mode in ["off", "alternate", "verify"] {
+        for mode in ["off", "auto", "alternate", "verify"] {
             assert!(run["tokens_per_second"][mode].as_f64().is_some_and(|r| r > 0.0), "{mode} in {run}");
         }
     }

@@ -449,7 +449,7 @@ async fn completion_fields_prompts_echo_stop_n_and_seed() {
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "stories");
     assert_eq!(models["data"][0]["recycle"]["module"], "random");
-    assert_eq!(models["data"][0]["recycle"]["default"], "verify");
+    assert_eq!(models["data"][0]["recycle"]["default"], "auto");
     assert_eq!(reqwest::get(server.url("/health")).await.unwrap().status().as_u16(), 200);
     let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
     let spec: Value = reqwest::get(server.url("/openapi.json")).await.unwrap().json().await.unwrap();
@@ -638,7 +638,10 @@ async fn bench_serve_reports_throughput_and_latency() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reports: Vec<Value> =
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(reports.iter().map(|r| r["mode"].as_str().unwrap()).collect::<Vec<_>>(), ["off", "alternate", "verify"]);
+    assert_eq!(
+        reports.iter().map(|r| r["mode"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["off", "auto", "verify", "alternate"]
+    );
     for r in &reports {
         assert_eq!(r["failed"], 0);
         assert_eq!(r["generated_tokens"], 32);

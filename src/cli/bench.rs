@@ -66,7 +66,7 @@ pub struct ServeArgs {
     clients: usize,
     #[arg(long, default_value_t = 16)]
     requests: usize,
-    /// off | alternate | verify; all three when absent.
+    /// off | auto | verify | alternate; all four when absent.
     #[arg(long)]
     mode: Option<String>,
     #[arg(long, default_value_t = 64)]
@@ -199,7 +199,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let modes: Vec<String> = match args.mode {
         Some(mode) => vec![mode],
-        None => ["off", "alternate", "verify"].map(String::from).to_vec(),
+        None => ["off", "auto", "verify", "alternate"].map(String::from).to_vec(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if !args.json {
@@ -341,14 +341,21 @@ fn print_table(r: &DecodeReport) {
         100.0 * r.weight_read_fraction
     );
     println!(
-        "tokens/s  off {:.1}  alternate {:.1} ({:.2}x)  verify {:.1} ({:.2}x, {:.2} tokens per full forward)",
+        "tokens/s  off {:.1}  auto {:.1} ({:.2}x)  alternate {:.1} ({:.2}x)  verify {:.1} ({:.2}x, {:.2} tokens per full forward)",
         rate("off"),
+        rate("auto"),
+        rate("auto") / rate("off"),
         rate("alternate"),
         rate("alternate") / rate("off"),
         rate("verify"),
         rate("verify") / rate("off"),
         r.verify_tokens_per_full_forward
     );
+    if !r.verify_acceptance_by_position.is_empty() {
+        let shares: Vec<String> =
+            r.verify_acceptance_by_position.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect();
+        println!("verify: drafts accepted by place in the chain: {}", shares.join(", "));
+    }
     if let Some(agreement) = r.module_agreement {
         println!("module agreement with the full model along the greedy text: {:.1}%", 100.0 * agreement);
     }

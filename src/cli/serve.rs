@@ -36,7 +36,7 @@ pub struct ServeArgs {
     queue_capacity: Option<usize>,
     #[arg(long, env = "RECYCLEGPT_MAX_SEQUENCES_PER_REQUEST")]
     max_sequences_per_request: Option<usize>,
-    /// off | alternate | verify
+    /// auto | off | alternate | verify
     #[arg(long, env = "RECYCLEGPT_DEFAULT_RECYCLE")]
     default_recycle: Option<DecodeMode>,
     #[arg(long, env = "RECYCLEGPT_DEFAULT_MAX_TOKENS")]

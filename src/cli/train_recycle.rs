@@ -35,6 +35,10 @@ pub struct TrainRecycleArgs {
     /// head rows); verification stays over the whole vocabulary.
     #[arg(long)]
     draft_vocab: Option<usize>,
+    /// Weight of the feature loss: the module's output learns to read like the base model's
+    /// next hidden state, so that drafts can be chained (0: token loss only).
+    #[arg(long, default_value_t = 0.3)]
+    feature_weight: f64,
     /// How the frozen base computes (as `serve --quantize`): the module learns to agree with
     /// the base as it will be served, and sampling and the teacher pass run at its speed.
     #[arg(long, env = "RECYCLEGPT_QUANTIZE", default_value = "auto")]
@@ -74,6 +78,7 @@ pub fn run(args: TrainRecycleArgs) -> anyhow::Result<()> {
         learning_rate: args.lr,
         seed: args.seed,
         draft_vocab: args.draft_vocab,
+        feature_weight: args.feature_weight,
         ..DistillOptions::default()
     };
     let report = train_recycle(&loaded.model, &args.model, &corpus, &out, &options)?;

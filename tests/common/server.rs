@@ -11,7 +11,17 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// Serves `model_dir` with a random module (seed 1).
     pub async fn start(model_dir: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start_loaded(model_dir, load(model_dir, random_module(1)), tweak).await
+    }
+
+    /// Serves a model already loaded from `model_dir`.
+    pub async fn start_loaded(
+        model_dir: &Path,
+        loaded: recyclegpt_model::LoadedModel,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let mut config = ServerConfig {
             model: model_dir.to_path_buf(),
             served_model_name: Some("stories".into()),
@@ -20,7 +30,6 @@ impl TestServer {
             ..ServerConfig::default()
         };
         tweak(&mut config);
-        let loaded = load(model_dir, random_module(1));
         let state = AppState::start(config, loaded).expect("server state");
         let server = LoopbackServer::start(state.clone()).await.expect("bind 127.0.0.1");
         Self { base: format!("http://{}", server.address), state, server }

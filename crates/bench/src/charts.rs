@@ -7,10 +7,12 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
-const MODES: [(&str, RGBColor); 3] =
-    [("off", RGBColor(90, 90, 90)), ("alternate", RGBColor(230, 140, 30)), ("verify", RGBColor(40, 110, 200))];
-/// The server names the standard mode `off`.
-const SERVE_MODES: [(&str, RGBColor); 3] = [("off", MODES[0].1), ("alternate", MODES[1].1), ("verify", MODES[2].1)];
+const MODES: [(&str, RGBColor); 4] = [
+    ("off", RGBColor(90, 90, 90)),
+    ("auto", RGBColor(40, 160, 90)),
+    ("verify", RGBColor(40, 110, 200)),
+    ("alternate", RGBColor(230, 140, 30)),
+];
 const SIZE: (u32, u32) = (760, 440);
 
 type Drawn = Result<(), Box<dyn std::error::Error>>;
@@ -126,7 +128,7 @@ fn serve_metric(
             _ => String::new(),
         })
         .draw()?;
-    for (mode, color) in SERVE_MODES {
+    for (mode, color) in MODES {
         let points: Vec<(SegmentValue<i32>, f64)> = reports
             .iter()
             .filter(|r| r.mode == mode)

@@ -46,6 +46,9 @@ pub struct DecodeReport {
     pub tokens_per_second: BTreeMap<String, f64>,
     /// Tokens per full forward in `verify` mode (a random module is nearly always rejected).
     pub verify_tokens_per_full_forward: f64,
+    /// In `verify`, the share of drafts accepted at each place of a chain (one entry without
+    /// chains), over the last round.
+    pub verify_acceptance_by_position: Vec<f64>,
     /// Module top-1 agreement with the full model along the standard greedy text (`None`
     /// without a module); greedy verify emits about 1 + this many tokens per full forward.
     pub module_agreement: Option<f64>,
@@ -152,11 +155,12 @@ pub fn run(
     let mut mode_rates: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut batched: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
     let mut verify_tpf = Vec::new();
+    let mut acceptance_by_position = Vec::new();
     let prefill_lengths: Vec<usize> = PREFILL_LENGTHS.iter().copied().filter(|&n| n < context).collect();
     let mut prefill: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut standard_text: Vec<u32> = Vec::new();
     let modes: Vec<DecodeMode> = if model.has_recycle() {
-        vec![DecodeMode::Off, DecodeMode::Alternate, DecodeMode::Verify]
+        vec![DecodeMode::Off, DecodeMode::Auto, DecodeMode::Verify, DecodeMode::Alternate]
     } else {
         vec![DecodeMode::Off]
     };
@@ -211,6 +215,11 @@ pub fn run(
             mode_rates.entry(mode.as_str().to_string()).or_default().push(generation.tokens_per_second());
             if mode == DecodeMode::Verify {
                 verify_tpf.push(generation.tokens_per_full_forward());
+                let stats = generation.stats;
+                acceptance_by_position = (0..stats.drafted_at.len())
+                    .filter(|&j| stats.drafted_at[j] > 0)
+                    .map(|j| stats.accepted_at[j] as f64 / stats.drafted_at[j] as f64)
+                    .collect();
             }
             if mode == DecodeMode::Off {
                 standard_text = generation.ids;
@@ -238,6 +247,7 @@ pub fn run(
         head_ms: ms("head"),
         tokens_per_second: mode_rates.iter_mut().map(|(k, v)| (k.clone(), median(v))).collect(),
         verify_tokens_per_full_forward: median(&mut verify_tpf),
+        verify_acceptance_by_position: acceptance_by_position,
         module_agreement,
         batched_tokens_per_second: batched
             .iter_mut()

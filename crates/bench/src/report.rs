@@ -121,7 +121,7 @@ pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
 
 /// Serves `loaded` on 127.0.0.1 (a free port) and runs every client count in every mode.
 fn serve_all(options: &ReportOptions, loaded: LoadedModel) -> Result<Vec<ServeReport>, ReportError> {
-    let modes: &[&str] = if loaded.model.has_recycle() { &["off", "alternate", "verify"] } else { &["off"] };
+    let modes: &[&str] = if loaded.model.has_recycle() { &["off", "auto", "verify", "alternate"] } else { &["off"] };
     let config = ServerConfig {
         model: options.model.clone(),
         port: 0,

@@ -1,4 +1,5 @@
 //! Decoding one prompt to the end: the library call behind `recyclegpt generate`.
+use crate::cost::CostModel;
 use crate::sampling::SamplingParams;
 use crate::sequence::{FinishReason, Sequence, SequenceStats, StopCriteria};
 use crate::step::step;
@@ -42,10 +43,16 @@ pub fn generate(
     stop: StopCriteria,
 ) -> Result<Generation, EngineError> {
     let prompt_len = prompt.len();
+    // `auto` decides, and chains of drafts stop, with what drafts cost here for one sequence
+    // (a few small forwards).
+    let costs = match mode {
+        DecodeMode::Auto | DecodeMode::Verify => CostModel::measure(model, 1)?,
+        DecodeMode::Off | DecodeMode::Alternate => None,
+    };
     let mut seq = Sequence::new(0, model, prompt, mode, params, stop)?;
     let mut decode_start: Option<(Instant, usize)> = None;
     while !seq.is_finished() {
-        step(model, &mut [&mut seq], prompt_len)?;
+        step(model, &mut [&mut seq], prompt_len, costs.as_ref())?;
         if decode_start.is_none() {
             decode_start = Some((Instant::now(), seq.generated().len()));
         }

@@ -1,12 +1,15 @@
 //! Decoding on top of the model core: sampling, the per-request `Sequence` state machine, and
 //! the batched step that runs the `standard`, `alternate` and `verify` schedules side by side.
 pub mod agreement;
+mod cost;
+mod drafting;
 mod generate;
 pub mod sampling;
 pub mod scheduler;
 mod sequence;
 mod step;
 
+pub use cost::CostModel;
 pub use generate::{generate, Generation};
 pub use sampling::{argmax, SamplingParams, TokenLogprob};
 pub use scheduler::{Scheduler, SchedulerConfig, SeqId, SequenceRequest, Update};
@@ -25,6 +28,9 @@ pub enum DecodeMode {
     Alternate,
     /// Lossless: the module drafts, the next full forward verifies for free.
     Verify,
+    /// `verify` where a draft pays: each step, each sequence drafts only when its estimated
+    /// acceptance makes the expected tokens per second beat plain decoding on this device.
+    Auto,
 }
 
 impl DecodeMode {
@@ -33,6 +39,7 @@ impl DecodeMode {
             DecodeMode::Off => "off",
             DecodeMode::Alternate => "alternate",
             DecodeMode::Verify => "verify",
+            DecodeMode::Auto => "auto",
         }
     }
 }
@@ -45,9 +52,10 @@ impl std::str::FromStr for DecodeMode {
             "off" => Ok(DecodeMode::Off),
             "alternate" => Ok(DecodeMode::Alternate),
             "verify" => Ok(DecodeMode::Verify),
-            other => {
-                Err(EngineError::Invalid(format!("unknown decode mode `{other}` (expected off, alternate or verify)")))
-            }
+            "auto" => Ok(DecodeMode::Auto),
+            other => Err(EngineError::Invalid(format!(
+                "unknown decode mode `{other}` (expected off, alternate, verify or auto)"
+            ))),
         }
     }
 }

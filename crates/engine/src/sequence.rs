@@ -37,15 +37,61 @@ pub struct SequenceStats {
     /// Full forwards that produced tokens (the last prefill chunk and every decode step).
     pub full_forwards: usize,
     pub recycle_steps: usize,
-    /// Recycled tokens verified and kept / replaced (`verify` mode).
+    /// Recycled tokens verified and kept / replaced (`verify` and `auto`).
     pub accepted: usize,
     pub rejected: usize,
+    /// Decode steps on which `auto` chose not to draft.
+    pub skipped_drafts: usize,
+    /// Forwards that verified drafts.
+    pub drafts: usize,
+    /// Drafted tokens sent to verification, and those accepted, by their place in the chain
+    /// (0: the first drafted token). Drafts after a rejected one count as sent, unchecked, as
+    /// in vLLM's metrics.
+    pub drafted_at: [usize; MAX_DRAFTS],
+    pub accepted_at: [usize; MAX_DRAFTS],
+}
+
+impl SequenceStats {
+    pub fn draft_tokens(&self) -> usize {
+        self.drafted_at.iter().sum()
+    }
+}
+
+/// The longest chain of drafts one forward verifies.
+pub const MAX_DRAFTS: usize = 4;
+
+/// Weight of the newest verification in a sequence's acceptance estimate (a moving average
+/// over roughly the last 1/weight drafts).
+const ACCEPTANCE_WEIGHT: f64 = 0.15;
+
+/// The estimate before any draft was checked: optimistic, so that drafting is tried before it
+/// is judged.
+const INITIAL_ACCEPTANCE: f64 = 0.5;
+
+/// An `auto` sequence that does not draft still drafts after this many steps, to notice when
+/// its module starts to agree again; each rejected probe doubles the wait, up to the maximum,
+/// so a module that never agrees costs a draft every few hundred tokens.
+const FIRST_PROBE_WAIT: usize = 8;
+const LONGEST_PROBE_WAIT: usize = 256;
+
+/// How an `auto` sequence has fared with its drafts.
+#[derive(Debug, Clone, Copy)]
+struct DraftRecord {
+    /// Moving average of the verifications (1 accepted, 0 rejected).
+    acceptance: f64,
+    /// Decode steps since its last draft.
+    idle: usize,
+    /// Steps to wait before probing.
+    probe_wait: usize,
 }
 
 /// A recycled token waiting to be checked by the next full forward.
 struct Draft {
     token: u32,
     dist: TokenDist,
+    /// The module's own probability for it (softmax of its raw logits), which decides whether
+    /// the chain goes on.
+    confidence: f64,
 }
 
 /// What the next full forward must process for a sequence.
@@ -67,12 +113,15 @@ pub struct Sequence {
     prefilled: usize,
     pub(crate) full_cache: KvCache,
     pub(crate) recycle_cache: Option<KvCache>,
-    draft: Option<Draft>,
+    /// Drafts waiting for verification, in order (at most `max_drafts`).
+    drafts: Vec<Draft>,
+    max_drafts: usize,
     history: TokenHistory,
     rng: StdRng,
     fresh: Vec<u32>,
     fresh_logprobs: Vec<TokenLogprob>,
     stats: SequenceStats,
+    record: DraftRecord,
     finish: Option<FinishReason>,
 }
 
@@ -95,6 +144,8 @@ impl Sequence {
                 prompt.len()
             )));
         }
+        // `auto` picks the fastest way, and without a module that is plain decoding.
+        let mode = if mode == DecodeMode::Auto && !model.has_recycle() { DecodeMode::Off } else { mode };
         if mode != DecodeMode::Off && !model.has_recycle() {
             return Err(EngineError::Invalid(format!(
                 "mode `{}` needs a recyclable module and this model has none",
@@ -119,18 +170,34 @@ impl Sequence {
             prefilled: 0,
             full_cache: model.new_cache(capacity)?,
             recycle_cache,
-            draft: None,
+            drafts: Vec::new(),
+            max_drafts: model
+                .config()
+                .recycle
+                .as_ref()
+                .and_then(|r| r.max_draft_tokens)
+                .unwrap_or(1)
+                .clamp(1, MAX_DRAFTS),
             rng,
             params,
             fresh: Vec::new(),
             fresh_logprobs: Vec::new(),
             stats: SequenceStats::default(),
+            record: DraftRecord { acceptance: INITIAL_ACCEPTANCE, idle: 0, probe_wait: FIRST_PROBE_WAIT },
             finish: None,
         };
         if seq.stop.max_tokens == 0 {
             seq.finish = Some(FinishReason::Length);
         }
         Ok(seq)
+    }
+
+    /// Lets the module chain up to `k` drafts (within 1..=[`MAX_DRAFTS`]) for one forward to
+    /// verify, in `verify` and `auto`; each chained draft feeds the module's own output back as
+    /// the next h. The default is the module config's `max_draft_tokens` (1 when absent).
+    pub fn with_max_drafts(mut self, k: usize) -> Self {
+        self.max_drafts = k.clamp(1, MAX_DRAFTS);
+        self
     }
 
     pub fn id(&self) -> u64 {
@@ -197,15 +264,22 @@ impl Sequence {
             return FullPlan { tokens, logits_rows, prefill_done, has_draft: false };
         }
         let mut tokens = self.tokens[self.full_cache.len()..].to_vec();
-        if let Some(d) = &self.draft {
-            tokens.push(d.token);
-        }
-        let has_draft = tokens.len() == 2;
+        tokens.extend(self.drafts.iter().map(|d| d.token));
+        let has_draft = !self.drafts.is_empty();
         let logits_rows = match (self.mode, has_draft) {
-            (DecodeMode::Verify, true) => vec![0, 1],
+            (DecodeMode::Verify | DecodeMode::Auto, true) => (0..tokens.len()).collect(),
             _ => vec![tokens.len() - 1],
         };
         FullPlan { tokens, logits_rows, prefill_done: true, has_draft }
+    }
+
+    /// Tokens the next full forward feeds for this sequence, drafts aside.
+    pub(crate) fn next_feed(&self, prefill_chunk: usize) -> usize {
+        if self.is_prefilling() {
+            (self.prompt_len - self.prefilled).min(prefill_chunk.max(1))
+        } else {
+            1
+        }
     }
 
     /// Takes the full forward's logits; returns how many of the plan's positions stay cached.
@@ -219,42 +293,68 @@ impl Sequence {
         }
         self.stats.full_forwards += 1;
         let kept = match (self.mode, plan.has_draft) {
-            (DecodeMode::Verify, true) => {
-                let (Some(draft), [first, second]) = (self.draft.take(), &mut logits[..]) else {
-                    return Err(EngineError::Internal("a verify step lost its draft or logits".into()));
-                };
-                let raw = self.raw_for_logprobs(first);
-                let p = distribution(std::mem::take(first), &self.params, &self.history);
-                let (token, accepted) = verify_draft(draft.token, &draft.dist, &p, &mut self.rng);
-                self.emit(token, raw.as_deref());
-                if accepted {
-                    self.stats.accepted += 1;
-                    if !self.is_finished() {
-                        let raw = self.raw_for_logprobs(second);
-                        let next = distribution(std::mem::take(second), &self.params, &self.history);
-                        let token = next.sample(&mut self.rng);
-                        self.emit(token, raw.as_deref());
-                    }
-                    fed
-                } else {
-                    self.stats.rejected += 1;
-                    // The draft's position holds a token the model did not choose: forget it.
-                    self.full_cache.truncate(self.full_cache.len() - 1);
-                    fed - 1
-                }
-            }
+            (DecodeMode::Verify | DecodeMode::Auto, true) => self.verify_drafts(fed, logits)?,
             _ => {
                 let Some(row) = logits.pop() else {
                     return Err(EngineError::Internal("a full step returned no logits".into()));
                 };
                 let raw = self.raw_for_logprobs(&row);
                 let token = distribution(row, &self.params, &self.history).sample(&mut self.rng);
-                self.draft = None;
+                self.drafts.clear();
                 self.emit(token, raw.as_deref());
                 fed
             }
         };
         Ok(kept)
+    }
+
+    /// Checks the drafts in order against the forward's rows (row j verifies draft j; the row
+    /// after the last draft gives a bonus token when all are accepted); returns how many of the
+    /// `fed` positions stay cached: those up to the first rejected draft.
+    fn verify_drafts(&mut self, fed: usize, logits: Vec<Vec<f32>>) -> Result<usize, EngineError> {
+        let drafts = std::mem::take(&mut self.drafts);
+        if logits.len() != drafts.len() + 1 {
+            return Err(EngineError::Internal("a verify step lost its drafts or logits".into()));
+        }
+        let mut rows = logits.into_iter();
+        let mut accepted = 0;
+        self.stats.drafts += 1;
+        for drafted in &mut self.stats.drafted_at[..drafts.len()] {
+            *drafted += 1;
+        }
+        for (j, draft) in drafts.iter().enumerate() {
+            let Some(row) = rows.next() else { break };
+            let raw = self.raw_for_logprobs(&row);
+            let p = distribution(row, &self.params, &self.history);
+            let (token, ok) = verify_draft(draft.token, &draft.dist, &p, &mut self.rng);
+            self.emit(token, raw.as_deref());
+            if j == 0 {
+                self.record_verification(ok);
+            }
+            if !ok {
+                self.stats.rejected += 1;
+                break;
+            }
+            self.stats.accepted += 1;
+            self.stats.accepted_at[j] += 1;
+            accepted += 1;
+            if self.is_finished() {
+                return Ok(fed);
+            }
+        }
+        if accepted == drafts.len() {
+            if let Some(row) = rows.next() {
+                let raw = self.raw_for_logprobs(&row);
+                let token = distribution(row, &self.params, &self.history).sample(&mut self.rng);
+                self.emit(token, raw.as_deref());
+            }
+            return Ok(fed);
+        }
+        // The rejected draft's position and those after it hold tokens the model did not
+        // choose: forget them.
+        let dropped = drafts.len() - accepted;
+        self.full_cache.truncate(self.full_cache.len() - dropped);
+        Ok(fed - dropped)
     }
 
     /// The module's new (h_{t-1}, x_t) pairs are the positions just cached, each paired with
@@ -267,21 +367,63 @@ impl Sequence {
         Some(self.tokens[end + 1 - kept..=end].to_vec())
     }
 
-    /// A draft is wanted once the prompt is in and decoding goes on.
+    /// A draft is wanted once the prompt is in and decoding goes on (`auto` then decides
+    /// whether it pays).
     pub(crate) fn wants_draft(&self) -> bool {
         !self.is_finished() && !self.is_prefilling()
+    }
+
+    /// The estimated probability that this sequence's next draft is accepted.
+    pub(crate) fn acceptance(&self) -> f64 {
+        self.record.acceptance
+    }
+
+    /// `auto`'s decision for this step: `pays` is the cost model's verdict; a sequence that has
+    /// waited out its probe interval drafts anyway. Returns whether it drafts.
+    pub(crate) fn decide_draft(&mut self, pays: bool) -> bool {
+        if pays || self.record.idle >= self.record.probe_wait {
+            self.record.idle = 0;
+            return true;
+        }
+        self.record.idle += 1;
+        self.stats.skipped_drafts += 1;
+        false
+    }
+
+    fn record_verification(&mut self, accepted: bool) {
+        let record = &mut self.record;
+        record.acceptance += ACCEPTANCE_WEIGHT * (f64::from(u8::from(accepted)) - record.acceptance);
+        record.probe_wait = if accepted { FIRST_PROBE_WAIT } else { (record.probe_wait * 2).min(LONGEST_PROBE_WAIT) };
     }
 
     pub(crate) fn accept_draft(&mut self, logits: Vec<f32>) {
         self.stats.recycle_steps += 1;
         let raw = self.raw_for_logprobs(&logits);
+        let confidence = if self.max_drafts > 1 { softmax_at_argmax(&logits) } else { 1.0 };
         let dist = distribution(logits, &self.params, &self.history);
         let token = dist.sample(&mut self.rng);
         match self.mode {
             // The paper's schedule: the recycled token is kept unchecked.
             DecodeMode::Alternate => self.emit(token, raw.as_deref()),
-            _ => self.draft = Some(Draft { token, dist }),
+            _ => self.drafts.push(Draft { token, dist, confidence }),
         }
+    }
+
+    /// The last draft's token, when the chain may grow: `verify`/`auto`, below `max_drafts`,
+    /// and the drafts' joint confidence (the module's probabilities multiplied) at least
+    /// `threshold`, the acceptance at which one more draft token pays on this device.
+    pub(crate) fn chain_from(&self, threshold: f64) -> Option<u32> {
+        let joint: f64 = self.drafts.iter().map(|d| d.confidence).product();
+        // One more draft must fit the cache beside the pending token, and be worth emitting:
+        // the forward emits at most drafts + 1 tokens.
+        let room = self.full_cache.capacity().saturating_sub(self.full_cache.len() + 1);
+        let left = self.stop.max_tokens.saturating_sub(self.generated().len());
+        let chains = matches!(self.mode, DecodeMode::Verify | DecodeMode::Auto)
+            && !self.drafts.is_empty()
+            && self.drafts.len() < self.max_drafts.min(room)
+            && self.drafts.len() + 1 < left
+            && joint >= threshold;
+        chains.then(|| self.drafts.last().map(|d| d.token)).flatten()
     }
 
     /// A copy of a logits row for `emit`, only when log-probabilities were asked for: sampling
@@ -308,4 +450,14 @@ impl Sequence {
             self.finish = Some(FinishReason::Length);
         }
     }
+}
+
+/// The softmax probability of the largest logit: how sure the module is of its greedy draft.
+fn softmax_at_argmax(logits: &[f32]) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return 0.0;
+    }
+    let total: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    1.0 / total
 }

@@ -1,5 +1,7 @@
 //! One engine step over any number of sequences, in any mix of modes: one ragged forward of
 //! the full model, acceptance, then one ragged forward of the recyclable module.
+use crate::cost::CostModel;
+use crate::drafting::{chain_drafts, decide_auto_drafts, NextForward};
 use crate::sequence::{FullPlan, Sequence};
 use crate::EngineError;
 use candle_core::Tensor;
@@ -12,8 +14,23 @@ pub struct StepReport {
     pub recycle_tokens: usize,
 }
 
-/// Advances every unfinished sequence by one step; prompts are fed `prefill_chunk` tokens at a time.
-pub fn step(model: &RecycleGpt, seqs: &mut [&mut Sequence], prefill_chunk: usize) -> Result<StepReport, EngineError> {
+/// A sequence's new (h_{t-1}, x_t) pairs for the module: `tokens` with the hidden rows from
+/// `first_row` on, and whether the module drafts for it after them.
+pub(crate) struct Pairs {
+    pub seq: usize,
+    pub tokens: Vec<u32>,
+    pub first_row: u32,
+    pub draft: bool,
+}
+
+/// Advances every unfinished sequence by one step; prompts are fed `prefill_chunk` tokens at a
+/// time. `costs` lets `auto` sequences draft only where it pays; without it they always draft.
+pub fn step(
+    model: &RecycleGpt,
+    seqs: &mut [&mut Sequence],
+    prefill_chunk: usize,
+    costs: Option<&CostModel>,
+) -> Result<StepReport, EngineError> {
     let active: Vec<usize> = (0..seqs.len()).filter(|&i| !seqs[i].is_finished()).collect();
     if active.is_empty() {
         return Ok(StepReport::default());
@@ -36,27 +53,30 @@ pub fn step(model: &RecycleGpt, seqs: &mut [&mut Sequence], prefill_chunk: usize
 
     // Acceptance, and the module's new pairs: h rows of the kept positions with their next tokens.
     let mut logits = output.logits.into_iter();
-    let mut hidden_rows: Vec<u32> = Vec::new();
-    let mut recycle: Vec<(usize, Vec<u32>, bool)> = Vec::new();
+    let mut pairs: Vec<Pairs> = Vec::new();
     let mut row_offset = 0u32;
     for (plan, &i) in plans.iter().zip(&active) {
         let rows: Vec<Vec<f32>> = logits.by_ref().take(plan.logits_rows.len()).collect();
         let kept = seqs[i].accept_full(plan, rows)?;
         if let Some(tokens) = seqs[i].recycle_tokens(kept) {
-            hidden_rows.extend(row_offset..row_offset + kept as u32);
-            recycle.push((i, tokens, seqs[i].wants_draft()));
+            pairs.push(Pairs { seq: i, tokens, first_row: row_offset, draft: seqs[i].wants_draft() });
         }
         row_offset += plan.tokens.len() as u32;
     }
-    if recycle.is_empty() {
+    let load = NextForward::of(seqs, prefill_chunk);
+    if let Some(costs) = costs {
+        decide_auto_drafts(costs, seqs, &mut pairs, &load)?;
+    }
+    if pairs.is_empty() {
         return Ok(StepReport { full_tokens, recycle_tokens: 0 });
     }
+    let hidden_rows: Vec<u32> = pairs.iter().flat_map(|p| p.first_row..p.first_row + p.tokens.len() as u32).collect();
     let hidden = output.hidden.index_select(&Tensor::new(hidden_rows.as_slice(), output.hidden.device())?, 0)?;
-    let drafts = {
-        let mut inputs: Vec<SeqInput> = Vec::with_capacity(recycle.len());
-        let mut wanted = recycle.iter().peekable();
+    let output = {
+        let mut inputs: Vec<SeqInput> = Vec::with_capacity(pairs.len());
+        let mut wanted = pairs.iter().peekable();
         for (i, seq) in seqs.iter_mut().enumerate() {
-            let Some((_, tokens, wants_draft)) = wanted.next_if(|r| r.0 == i) else {
+            let Some(Pairs { tokens, draft, .. }) = wanted.next_if(|p| p.seq == i) else {
                 continue;
             };
             let cache = seq
@@ -66,17 +86,28 @@ pub fn step(model: &RecycleGpt, seqs: &mut [&mut Sequence], prefill_chunk: usize
             inputs.push(SeqInput {
                 tokens,
                 cache,
-                logits_rows: if *wants_draft { vec![tokens.len() - 1] } else { Vec::new() },
+                logits_rows: if *draft { vec![tokens.len() - 1] } else { Vec::new() },
             });
         }
-        model.recycle_forward(&hidden, &mut inputs)?
+        model.recycle_forward_features(&hidden, &mut inputs)?
     };
-    let mut drafts = drafts.into_iter();
-    for (i, _, wants_draft) in &recycle {
-        if *wants_draft {
+    let mut drafts = output.logits.into_iter();
+    // Each drafting sequence's feature row: the module's output at its last new token.
+    let mut feature_rows = Vec::new();
+    let mut offset = 0u32;
+    for pair in &pairs {
+        offset += pair.tokens.len() as u32;
+        if pair.draft {
             let row = drafts.next().ok_or_else(|| EngineError::Internal("the module returned too few rows".into()))?;
-            seqs[*i].accept_draft(row);
+            seqs[pair.seq].accept_draft(row);
+            feature_rows.push((pair.seq, offset - 1));
         }
+    }
+    if let Some(costs) = costs {
+        let drafted = feature_rows.len();
+        let expected = load.decoding + feature_rows.iter().map(|&(i, _)| seqs[i].acceptance()).sum::<f64>();
+        let threshold = costs.extra_draft_threshold(load.tokens + drafted, drafted, expected);
+        chain_drafts(model, seqs, &output.hidden, feature_rows, threshold)?;
     }
     Ok(StepReport { full_tokens, recycle_tokens: hidden_rows.len() })
 }

@@ -70,6 +70,11 @@ pub struct RecycleConfig {
     /// instead of the whole vocabulary. Verification stays over the full vocabulary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_vocab_size: Option<usize>,
+    /// Drafts the module may chain for one forward to verify (its output fed back as the next
+    /// h); more than 1 only for a module trained to make that work (`train-recycle
+    /// --feature-weight`). Absent: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_draft_tokens: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,6 +170,9 @@ impl LlamaConfig {
             }
         }
         self.base_shape().validate("model")?;
+        if self.recycle.as_ref().and_then(|r| r.max_draft_tokens).is_some_and(|k| k == 0) {
+            return Err(ModelError::Config("recycle.max_draft_tokens must be at least 1".into()));
+        }
         if self.recycle.as_ref().and_then(|r| r.draft_vocab_size).is_some_and(|k| k == 0 || k > self.vocab_size) {
             return Err(ModelError::Config(format!(
                 "recycle.draft_vocab_size must lie between 1 and the vocabulary size ({})",
@@ -215,6 +223,7 @@ impl LlamaConfig {
             num_key_value_heads: base.kv_heads,
             head_dim: self.head_dim,
             draft_vocab_size: None,
+            max_draft_tokens: None,
         }
     }
 }

@@ -49,7 +49,7 @@ impl DecoderStack {
         let mut positions = Vec::with_capacity(total);
         for seq in seqs.iter() {
             seq.cache.check_room(seq.new_tokens)?;
-            let start = self.first_position + seq.cache.len();
+            let start = self.first_position + seq.cache.position();
             positions.extend((start..start + seq.new_tokens).map(|p| p as u32));
         }
         if let Some(&last) = positions.iter().max() {

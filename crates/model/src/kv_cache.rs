@@ -7,6 +7,8 @@ pub struct KvCache {
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
     len: usize,
+    /// Positions passed over without being stored (see `skip`).
+    skipped: usize,
     capacity: usize,
 }
 
@@ -19,7 +21,7 @@ impl KvCache {
             keys.push(Tensor::zeros(block, dtype, device)?);
             values.push(Tensor::zeros(block, dtype, device)?);
         }
-        Ok(Self { keys, values, len: 0, capacity })
+        Ok(Self { keys, values, len: 0, skipped: 0, capacity })
     }
 
     pub fn len(&self) -> usize {
@@ -40,11 +42,26 @@ impl KvCache {
             keys: self.keys.iter().map(Tensor::copy).collect::<candle_core::Result<_>>()?,
             values: self.values.iter().map(Tensor::copy).collect::<candle_core::Result<_>>()?,
             len: self.len,
+            skipped: self.skipped,
             capacity: self.capacity,
         })
     }
 
-    /// Forgets every position from `len` on.
+    /// The position the next token takes: the stored ones plus those skipped.
+    pub fn position(&self) -> usize {
+        self.len + self.skipped
+    }
+
+    /// Passes over `n` positions without storing them: later tokens keep their true positions
+    /// (so rotary offsets to the stored ones stay right) and attend to what is stored. The
+    /// recyclable module's cache does this while `auto` decoding does not draft, so that a
+    /// sequence that stops drafting stops paying for the module; drafts after such a gap see a
+    /// shorter history, which costs acceptance, never correctness (every draft is verified).
+    pub fn skip(&mut self, n: usize) {
+        self.skipped += n;
+    }
+
+    /// Forgets every stored position from `len` on.
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
     }

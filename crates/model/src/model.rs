@@ -320,6 +320,11 @@ impl RecycleGpt {
 
     /// One ragged forward of the recyclable module; `hidden` holds h_{t-1} for each x_t.
     pub fn recycle_forward(&self, hidden: &Tensor, inputs: &mut [SeqInput]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.recycle_forward_features(hidden, inputs)?.logits)
+    }
+
+    /// `recycle_forward`, also returning the module's output features for every new token.
+    pub fn recycle_forward_features(&self, hidden: &Tensor, inputs: &mut [SeqInput]) -> Result<ForwardOutput> {
         let module =
             self.recycle.as_ref().ok_or_else(|| ModelError::Input("this model has no recyclable module".into()))?;
         module.forward(&self.llama, hidden, inputs)

@@ -4,7 +4,7 @@ use crate::config::LlamaConfig;
 use crate::decoder::DecoderStack;
 use crate::error::{ModelError, Result};
 use crate::layers::{Linear, RmsNorm, SeqSlot};
-use crate::llama::{gather_logit_rows, Llama, SeqInput};
+use crate::llama::{gather_logit_rows, ForwardOutput, Llama, SeqInput};
 use crate::weights::Weights;
 use candle_core::{DType, Tensor};
 
@@ -61,7 +61,9 @@ impl RecycleModule {
 
     /// `hidden` holds h_{t-1} for every token x_t in `inputs` (flattened in order); each
     /// sequence's module cache holds positions 1.. so the pair for x_t lands at position t.
-    pub fn forward(&self, llama: &Llama, hidden: &Tensor, inputs: &mut [SeqInput]) -> Result<Vec<Vec<f32>>> {
+    /// Returns the logits of the requested rows and, as `hidden`, the last layer's output for
+    /// every new token (what a chained draft feeds back as the next h).
+    pub fn forward(&self, llama: &Llama, hidden: &Tensor, inputs: &mut [SeqInput]) -> Result<ForwardOutput> {
         let tokens: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let rows = gather_logit_rows(inputs);
         let fused =
@@ -70,10 +72,14 @@ impl RecycleModule {
         let mut slots: Vec<SeqSlot> =
             inputs.iter_mut().map(|s| SeqSlot { new_tokens: s.tokens.len(), cache: &mut *s.cache }).collect();
         let out = self.stack.forward(x, &mut slots)?;
+        Ok(ForwardOutput { logits: self.logits(llama, &out, &rows)?, hidden: out })
+    }
+
+    fn logits(&self, llama: &Llama, out: &Tensor, rows: &[u32]) -> Result<Vec<Vec<f32>>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = Tensor::new(rows.as_slice(), out.device())?;
+        let rows = Tensor::new(rows, out.device())?;
         let normed = self.norm.forward(&out.index_select(&rows, 0)?)?;
         match (&self.draft_head, &self.draft_vocab) {
             (Some(head), Some(ids)) => {

@@ -99,7 +99,7 @@ impl Default for ServerConfig {
             prefill_chunk: 128,
             queue_capacity: 64,
             max_sequences_per_request: 16,
-            default_recycle: DecodeMode::Verify,
+            default_recycle: DecodeMode::Auto,
             default_max_tokens: 256,
             api_key: None,
             metrics_require_api_key: true,

@@ -231,6 +231,7 @@ pub fn recycle_stats(plan: &Plan, choices: &[Choice]) -> RecycleStats {
         tokens_per_full_forward: if forwards > 0 { tokens as f64 / forwards as f64 } else { 0.0 },
         accepted: choices.iter().map(|c| c.stats.accepted).sum(),
         rejected: choices.iter().map(|c| c.stats.rejected).sum(),
+        skipped_drafts: choices.iter().map(|c| c.stats.skipped_drafts).sum(),
     }
 }
 

@@ -27,12 +27,14 @@ pub enum FinishReason {
 /// How recycling went for a response (an extension of OpenAI's shape).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RecycleStats {
-    /// The decode mode used: `off`, `alternate` or `verify`.
+    /// The decode mode used: `off`, `alternate`, `verify` or `auto`.
     pub mode: String,
     pub full_forwards: usize,
     pub tokens_per_full_forward: f64,
     pub accepted: usize,
     pub rejected: usize,
+    /// Decode steps on which `auto` judged that a draft would not pay.
+    pub skipped_drafts: usize,
 }
 
 /// Completions `logprobs`: per token its text, log-probability, top alternatives and offset.

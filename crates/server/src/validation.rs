@@ -169,9 +169,18 @@ pub fn plan(
             name.parse().map_err(|e: recyclegpt_engine::EngineError| ApiError::invalid("recycle", e.to_string()))?
         }
     };
-    let mode = if !limits.has_recycle && fields.recycle.is_none() { DecodeMode::Off } else { mode };
+    // Without a module, the default and `auto` mean plain decoding; naming a mode that needs
+    // the module is an error.
+    let mode = if !limits.has_recycle && (fields.recycle.is_none() || mode == DecodeMode::Auto) {
+        DecodeMode::Off
+    } else {
+        mode
+    };
     if mode != DecodeMode::Off && !limits.has_recycle {
-        return Err(ApiError::invalid("recycle", "this model has no recyclable module: only `off` is served"));
+        return Err(ApiError::invalid(
+            "recycle",
+            "this model has no recyclable module: only `off` and `auto` are served",
+        ));
     }
     Ok(Plan {
         prompts,

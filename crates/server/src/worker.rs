@@ -18,7 +18,8 @@ use crate::backend::Backend;
 use crate::error::ApiError;
 use recyclegpt_engine::scheduler::{Finished, StepOutcome};
 use recyclegpt_engine::{
-    DecodeMode, SamplingParams, Scheduler, SchedulerConfig, SeqId, SequenceRequest, StopCriteria, TokenLogprob,
+    CostModel, DecodeMode, SamplingParams, Scheduler, SchedulerConfig, SeqId, SequenceRequest, StopCriteria,
+    TokenLogprob,
 };
 use recyclegpt_model::RecycleGpt;
 use std::collections::HashMap;
@@ -215,8 +216,13 @@ pub fn spawn(model: RecycleGpt, config: WorkerConfig) -> WorkerHandle {
     let handle = WorkerHandle { sender, shared: shared.clone() };
     let spawned = std::thread::Builder::new().name("recyclegpt-worker".into()).spawn(move || {
         let _alive = AliveGuard(shared.clone());
+        // Measured here, on the thread that will run the model, before the first request runs.
+        let costs = CostModel::measure(&model, config.scheduler.budget.max_running).unwrap_or_else(|e| {
+            tracing::warn!("cannot measure what drafts cost ({e}); `auto` will always draft");
+            None
+        });
         let mut worker = Worker {
-            scheduler: Scheduler::new(config.scheduler, config.context_len),
+            scheduler: Scheduler::new(config.scheduler, config.context_len, costs),
             model,
             receiver,
             shared,
@@ -399,12 +405,21 @@ fn record_finish(link: &Link, finished: &Finished) {
     let stats = finished.stats;
     metrics::counter!("recyclegpt_recycle_accepted_total").increment(stats.accepted as u64);
     metrics::counter!("recyclegpt_recycle_rejected_total").increment(stats.rejected as u64);
-    let drafts = (stats.accepted + stats.rejected) as u64;
+    let drafts = stats.drafts as u64;
     metrics::counter!("vllm:spec_decode_num_drafts_total").increment(drafts);
-    metrics::counter!("vllm:spec_decode_num_draft_tokens_total").increment(drafts);
+    metrics::counter!("vllm:spec_decode_num_draft_tokens_total").increment(stats.draft_tokens() as u64);
     metrics::counter!("vllm:spec_decode_num_accepted_tokens_total").increment(stats.accepted as u64);
-    metrics::counter!("vllm:spec_decode_num_accepted_tokens_per_pos_total", "position" => "0")
-        .increment(stats.accepted as u64);
+    for (position, &accepted) in stats.accepted_at.iter().enumerate() {
+        if accepted > 0 || position == 0 {
+            metrics::counter!("vllm:spec_decode_num_accepted_tokens_per_pos_total", "position" => position.to_string())
+                .increment(accepted as u64);
+        }
+    }
+    if link.job.mode == DecodeMode::Auto {
+        metrics::counter!("recyclegpt_auto_decisions_total", "decision" => "draft").increment(drafts);
+        metrics::counter!("recyclegpt_auto_decisions_total", "decision" => "skip")
+            .increment(stats.skipped_drafts as u64);
+    }
     metrics::counter!("recyclegpt_prompt_tokens_total").increment(finished.prompt_tokens as u64);
     tracing::info!(
         request = %link.job.request_id,

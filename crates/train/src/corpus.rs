@@ -50,7 +50,7 @@ impl Corpus {
                 .collect::<Result<Vec<_>, _>>()?;
             while batch.iter().any(|s| !s.is_finished()) {
                 let mut refs: Vec<&mut Sequence> = batch.iter_mut().collect();
-                step(model, &mut refs, length)?;
+                step(model, &mut refs, length, None)?;
             }
             for seq in &batch {
                 let mut sequence = vec![bos];

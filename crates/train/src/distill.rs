@@ -14,6 +14,10 @@ use rand::SeedableRng;
 use recyclegpt_model::{LlamaConfig, RecycleGpt};
 use std::path::Path;
 
+/// Drafts a module trained with the feature loss may chain (the config's `max_draft_tokens`);
+/// the serving cost model stops each chain earlier when the module is unsure.
+const CHAINED_DRAFTS: usize = 3;
+
 #[derive(Debug, Clone)]
 pub struct DistillOptions {
     pub layers: usize,
@@ -27,6 +31,9 @@ pub struct DistillOptions {
     /// Draft from this many tokens only (the ones the base model predicts most often on the
     /// corpus); `None`: the whole vocabulary.
     pub draft_vocab: Option<usize>,
+    /// Weight of the feature loss (the module's output against the base's next hidden state,
+    /// as EAGLE trains its draft head), which lets drafts be chained; 0 leaves it out.
+    pub feature_weight: f64,
 }
 
 impl Default for DistillOptions {
@@ -41,6 +48,7 @@ impl Default for DistillOptions {
             seed: 0,
             progress: true,
             draft_vocab: None,
+            feature_weight: 0.3,
         }
     }
 }
@@ -111,6 +119,9 @@ pub fn train_recycle(
         }
         _ => None,
     };
+    if options.feature_weight > 0.0 {
+        recycle.max_draft_tokens = Some(CHAINED_DRAFTS);
+    }
     config.recycle = Some(recycle);
     config.validate()?;
     let varmap = VarMap::new();
@@ -139,8 +150,18 @@ pub fn train_recycle(
             cursor += 1;
         }
         let e = batch(&picked)?;
-        let logits = module.forward(&e.hidden, &e.tokens)?;
-        let loss = crate::layers::top_k_cross_entropy(&logits, &e.top_ids, &e.top_probs)?;
+        let (logits, features) = module.forward_with_features(&e.hidden, &e.tokens)?;
+        let mut loss = crate::layers::top_k_cross_entropy(&logits, &e.top_ids, &e.top_probs)?;
+        if options.feature_weight > 0.0 {
+            // The module's output at x_t should read like the base's h_t (the next row of
+            // `hidden`), so that it can stand in for it when drafts are chained.
+            let positions = features.dim(1)?;
+            if positions > 1 {
+                let predicted = features.narrow(1, 0, positions - 1)?;
+                let wanted = e.hidden.narrow(1, 1, positions - 1)?;
+                loss = (loss + (crate::layers::feature_loss(&predicted, &wanted)? * options.feature_weight)?)?;
+            }
+        }
         let mut grads = loss.backward()?;
         clip_gradients(&varmap, &mut grads, options.max_grad_norm)?;
         optimizer.set_learning_rate(learning_rate(step, options.steps, options.warmup, options.learning_rate));

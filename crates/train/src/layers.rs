@@ -150,3 +150,14 @@ pub fn top_k_cross_entropy(logits: &Tensor, ids: &Tensor, probs: &Tensor) -> Res
     let picked = log_probs.contiguous()?.gather(&ids.contiguous()?, D::Minus1)?;
     (probs * picked)?.sum(D::Minus1)?.mean_all()?.neg()
 }
+
+/// How far the module's features (`[B, T, d]`) are from the base model's next hidden states
+/// (`[B, T, d]`), each scaled to unit root-mean-square first (the module's `hnorm` normalises
+/// what it is fed, so only the direction matters): mean squared difference per element.
+pub fn feature_loss(features: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let unit = |x: &Tensor| -> Result<Tensor> {
+        let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + 1e-6)?.sqrt()?;
+        x.broadcast_div(&rms)
+    };
+    (unit(features)? - unit(targets)?)?.sqr()?.mean_all()
+}

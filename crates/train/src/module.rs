@@ -46,6 +46,12 @@ impl TrainableModule {
     /// Logits `[B, T, V]` for x_{t+1} from `hidden [B, T, d]` (h_{t-1}) and `tokens [B, T]` (x_t),
     /// the first pair at position 1 as in inference.
     pub fn forward(&self, hidden: &Tensor, tokens: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_with_features(hidden, tokens)?.0)
+    }
+
+    /// The logits and the last layer's output before the final norm (`[B, T, d]`): the feature a
+    /// chained draft feeds back as the next h.
+    pub fn forward_with_features(&self, hidden: &Tensor, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, t) = tokens.dims2()?;
         let embedded = self.embedding.index_select(&tokens.flatten_all()?, 0)?.reshape((b, t, ()))?;
         let fused = Tensor::cat(&[self.hidden_norm.forward(hidden)?, self.embed_norm.forward(&embedded)?], 2)?;
@@ -53,6 +59,7 @@ impl TrainableModule {
         for layer in &self.layers {
             x = layer.forward(&x, &self.rope, 1)?;
         }
-        self.norm.forward(&x)?.broadcast_matmul(&self.head.t()?)
+        let logits = self.norm.forward(&x)?.broadcast_matmul(&self.head.t()?)?;
+        Ok((logits, x))
     }
 }

@@ -6,6 +6,7 @@ mod admission;
 
 pub use admission::{admit, Budget};
 
+use crate::cost::CostModel;
 use crate::sampling::{SamplingParams, TokenLogprob};
 use crate::sequence::{FinishReason, Sequence, SequenceState, SequenceStats, StopCriteria};
 use crate::step::{step, StepReport};
@@ -81,6 +82,8 @@ pub struct StepFailed {
 
 pub struct Scheduler {
     config: SchedulerConfig,
+    /// What drafts cost on this device, for `auto` sequences (`None`: they always draft).
+    costs: Option<CostModel>,
     context_len: usize,
     waiting: VecDeque<SequenceRequest>,
     running: Vec<Sequence>,
@@ -88,8 +91,8 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(config: SchedulerConfig, context_len: usize) -> Self {
-        Self { config, context_len, waiting: VecDeque::new(), running: Vec::new(), reservations: Vec::new() }
+    pub fn new(config: SchedulerConfig, context_len: usize, costs: Option<CostModel>) -> Self {
+        Self { config, costs, context_len, waiting: VecDeque::new(), running: Vec::new(), reservations: Vec::new() }
     }
 
     pub fn enqueue(&mut self, request: SequenceRequest) {
@@ -151,7 +154,7 @@ impl Scheduler {
             return Ok(outcome);
         }
         let mut seqs: Vec<&mut Sequence> = self.running.iter_mut().collect();
-        match step(model, &mut seqs, self.config.prefill_chunk) {
+        match step(model, &mut seqs, self.config.prefill_chunk, self.costs.as_ref()) {
             Ok(report) => outcome.report = report,
             Err(error) => {
                 // Sequences refused at admission in this call are failed with the rest.

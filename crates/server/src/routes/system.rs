@@ -13,7 +13,7 @@ use std::sync::Arc;
 #[utoipa::path(get, path = "/v1/models", operation_id = "listModels", tag = "models",
     responses((status = 200, description = "The served model, with its recycle modes", body = ModelList)))]
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
-    let modes = if state.limits.has_recycle { vec!["off", "alternate", "verify"] } else { vec!["off"] };
+    let modes = if state.limits.has_recycle { vec!["auto", "off", "alternate", "verify"] } else { vec!["auto", "off"] };
     let module = serde_json::to_value(state.recycle_source)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -1,0 +1,236 @@
+//! What a draft costs on this device, measured once at start-up, and the decision `auto` makes
+//! with it each step: which sequences draft.
+//!
+//! A draft adds one token to the next full forward (its body and one more head row) and one
+//! module step; it pays back its acceptance probability α in tokens. So drafting for a
+//! sequence raises the step's throughput E/T exactly when α·T > E·ΔT, where E is the tokens
+//! the step is expected to emit, T its time and ΔT what the draft adds. At batch 1 the second
+//! token of a forward is nearly free and a modest α pays; at large batches a forward is
+//! compute-bound, ΔT approaches T/E and no draft pays, so `auto` stops drafting by itself.
+use crate::EngineError;
+use candle_core::Tensor;
+use recyclegpt_model::{RecycleGpt, SeqInput};
+use std::time::Instant;
+
+/// Forward sizes are measured at powers of two up to this many tokens; larger ones are
+/// extrapolated along the last segment (by then a forward's time grows linearly).
+const LARGEST_MEASURED: usize = 128;
+
+/// Timed runs per size (after one warm-up run); the median is kept.
+const RUNS: usize = 3;
+
+#[derive(Debug, Clone)]
+pub struct CostModel {
+    /// (tokens, seconds): a full forward over that many sequences of one token each, with a
+    /// logits row for each; non-decreasing in seconds.
+    full: Vec<(usize, f64)>,
+    /// (drafts, seconds): a module step drafting for that many sequences.
+    module: Vec<(usize, f64)>,
+}
+
+impl CostModel {
+    /// Measures `model` for batches of up to `max_batch` sequences (each may carry a draft, so
+    /// forwards of up to twice that many tokens). `None` when the model has no module.
+    pub fn measure(model: &RecycleGpt, max_batch: usize) -> Result<Option<Self>, EngineError> {
+        if !model.has_recycle() {
+            return Ok(None);
+        }
+        let largest = (2 * max_batch.max(1)).min(LARGEST_MEASURED);
+        let sizes: Vec<usize> =
+            std::iter::successors(Some(1usize), |n| Some(n * 2)).take_while(|&n| n <= largest).collect();
+        let mut full = Vec::with_capacity(sizes.len());
+        let mut module = Vec::with_capacity(sizes.len());
+        let d = model.config().hidden_size;
+        for &n in &sizes {
+            full.push((n, median_seconds(|| forward_once(model, n))?));
+            let hidden = Tensor::zeros((n, d), model.dtype(), model.device())?;
+            module.push((n, median_seconds(|| module_once(model, &hidden, n))?));
+        }
+        let costs = Self { full: monotone(full), module: monotone(module) };
+        tracing::info!(
+            forward_1_ms = costs.full_seconds(1) * 1e3,
+            forward_2_ms = costs.full_seconds(2) * 1e3,
+            module_ms = costs.module_seconds(1) * 1e3,
+            largest,
+            "draft cost model measured"
+        );
+        Ok(Some(costs))
+    }
+
+    /// A cost model from known figures, for tests and for callers that measured elsewhere.
+    pub fn from_points(full: Vec<(usize, f64)>, module: Vec<(usize, f64)>) -> Self {
+        Self { full: monotone(full), module: monotone(module) }
+    }
+
+    /// Seconds of a full forward over `tokens` tokens.
+    pub fn full_seconds(&self, tokens: usize) -> f64 {
+        interpolate(&self.full, tokens)
+    }
+
+    /// Seconds of a module step drafting for `drafts` sequences (none: no module step).
+    pub fn module_seconds(&self, drafts: usize) -> f64 {
+        if drafts == 0 {
+            0.0
+        } else {
+            interpolate(&self.module, drafts)
+        }
+    }
+
+    /// Which candidates draft. The next forward feeds `base_tokens` tokens before any draft,
+    /// `fixed_drafts` of them drafts that other modes make anyway, and the step is expected to
+    /// emit `expected` tokens without the candidates' drafts. `acceptance` holds each candidate's
+    /// estimated acceptance probability; the likeliest are considered first, and each is added
+    /// only while it raises the expected tokens per second.
+    pub fn choose(&self, base_tokens: usize, fixed_drafts: usize, expected: f64, acceptance: &[f64]) -> Vec<bool> {
+        let mut order: Vec<usize> = (0..acceptance.len()).collect();
+        order.sort_by(|&a, &b| acceptance[b].total_cmp(&acceptance[a]));
+        let mut chosen = vec![false; acceptance.len()];
+        let (mut tokens, mut drafts, mut emitted) = (base_tokens + fixed_drafts, fixed_drafts, expected);
+        let mut time = self.full_seconds(tokens) + self.module_seconds(drafts);
+        for i in order {
+            let added = self.full_seconds(tokens + 1) + self.module_seconds(drafts + 1) - time;
+            if acceptance[i] * time <= emitted * added {
+                break;
+            }
+            chosen[i] = true;
+            tokens += 1;
+            drafts += 1;
+            emitted += acceptance[i];
+            time += added;
+        }
+        chosen
+    }
+
+    /// The acceptance probability above which one more chained draft pays, when the next
+    /// forward already holds `tokens` tokens with `drafts` drafts and is expected to emit
+    /// `expected` tokens: the extra token's share of the forward and a module step of its own,
+    /// against the step's time per token.
+    pub fn extra_draft_threshold(&self, tokens: usize, drafts: usize, expected: f64) -> f64 {
+        let time = self.full_seconds(tokens) + self.module_seconds(drafts);
+        let added = self.full_seconds(tokens + 1) - self.full_seconds(tokens) + self.module_seconds(1);
+        if time <= 0.0 {
+            return f64::INFINITY;
+        }
+        expected * added / time
+    }
+}
+
+fn median_seconds(mut run: impl FnMut() -> Result<(), EngineError>) -> Result<f64, EngineError> {
+    run()?;
+    let mut times = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let start = Instant::now();
+        run()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[RUNS / 2])
+}
+
+/// One decode step of `n` sequences with fresh caches.
+fn forward_once(model: &RecycleGpt, n: usize) -> Result<(), EngineError> {
+    let mut caches = (0..n).map(|_| model.new_cache(1)).collect::<Result<Vec<_>, _>>()?;
+    let tokens: Vec<[u32; 1]> = (0..n).map(|i| [(i % model.config().vocab_size) as u32]).collect();
+    let mut inputs: Vec<SeqInput> = caches
+        .iter_mut()
+        .zip(&tokens)
+        .map(|(cache, tokens)| SeqInput { tokens, cache, logits_rows: vec![0] })
+        .collect();
+    model.forward(&mut inputs)?;
+    Ok(())
+}
+
+/// One module step drafting for `n` sequences.
+fn module_once(model: &RecycleGpt, hidden: &Tensor, n: usize) -> Result<(), EngineError> {
+    let mut caches = Vec::with_capacity(n);
+    for _ in 0..n {
+        caches.push(
+            model
+                .new_recycle_cache(1)?
+                .ok_or_else(|| EngineError::Internal("a model with a module made no module cache".into()))?,
+        );
+    }
+    let tokens: Vec<[u32; 1]> = (0..n).map(|i| [(i % model.config().vocab_size) as u32]).collect();
+    let mut inputs: Vec<SeqInput> = caches
+        .iter_mut()
+        .zip(&tokens)
+        .map(|(cache, tokens)| SeqInput { tokens, cache, logits_rows: vec![0] })
+        .collect();
+    model.recycle_forward(hidden, &mut inputs)?;
+    Ok(())
+}
+
+/// Timing noise can make a larger forward measure faster than a smaller one; a cost that falls
+/// with size would make drafts look free, so each point is raised to the largest before it.
+fn monotone(mut points: Vec<(usize, f64)>) -> Vec<(usize, f64)> {
+    points.sort_by_key(|p| p.0);
+    let mut highest = 0.0f64;
+    for point in &mut points {
+        highest = highest.max(point.1);
+        point.1 = highest;
+    }
+    points
+}
+
+/// Piecewise-linear through `points` (sorted by size), extended along the end segments.
+fn interpolate(points: &[(usize, f64)], at: usize) -> f64 {
+    match points {
+        [] => 0.0,
+        [(_, only)] => *only,
+        _ => {
+            let segment = points.windows(2).find(|w| at <= w[1].0).unwrap_or(&points[points.len() - 2..]);
+            let ((x0, y0), (x1, y1)) = (segment[0], segment[1]);
+            let slope = (y1 - y0) / (x1 - x0) as f64;
+            (y0 + slope * (at as f64 - x0 as f64)).max(0.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A memory-bound device: a forward costs 10 ms plus 0.5 ms a token up to 8 tokens, then
+    /// becomes compute-bound at 2 ms a token; a module step costs 1 ms plus 0.1 ms a draft.
+    fn device() -> CostModel {
+        let full = [1usize, 2, 4, 8, 16, 32, 64, 128]
+            .iter()
+            .map(|&n| (n, if n <= 8 { 0.010 + 0.0005 * n as f64 } else { 0.014 + 0.002 * (n - 8) as f64 }))
+            .collect();
+        let module = [1usize, 2, 4, 8, 16, 32, 64].iter().map(|&n| (n, 0.001 + 0.0001 * n as f64)).collect();
+        CostModel::from_points(full, module)
+    }
+
+    #[test]
+    fn interpolation_follows_the_points_and_extends_the_last_segment() {
+        let costs = device();
+        assert!((costs.full_seconds(3) - 0.0115).abs() < 1e-9);
+        assert!((costs.full_seconds(256) - (0.014 + 0.002 * 248.0)).abs() < 1e-9);
+        assert_eq!(costs.module_seconds(0), 0.0);
+    }
+
+    #[test]
+    fn a_likely_draft_pays_at_batch_one_and_an_unlikely_one_does_not() {
+        let costs = device();
+        // T = 10.5 ms, a draft adds 0.5 ms + 1.1 ms: it pays above α ≈ 0.15.
+        assert_eq!(costs.choose(1, 0, 1.0, &[0.6]), vec![true]);
+        assert_eq!(costs.choose(1, 0, 1.0, &[0.1]), vec![false]);
+    }
+
+    #[test]
+    fn compute_bound_batches_stop_drafting() {
+        let costs = device();
+        let acceptance = vec![0.9; 64];
+        let chosen = costs.choose(64, 0, 64.0, &acceptance);
+        assert!(chosen.iter().all(|c| !c), "no draft pays once each token costs its own time");
+        // Small batches still draft, the likeliest first, while each draft pays.
+        let chosen = costs.choose(4, 0, 4.0, &[0.2, 0.9, 0.8, 0.05]);
+        assert_eq!(chosen, vec![false, true, true, false]);
+    }
+
+    #[test]
+    fn noisy_measurements_never_make_a_larger_forward_cheaper() {
+        let costs = CostModel::from_points(vec![(1, 0.010), (2, 0.009), (4, 0.012)], vec![(1, 0.001)]);
+        assert!(costs.full_seconds(2) >= costs.full_seconds(1));
+    }
+}

@@ -1,0 +1,118 @@
+//! Which sequences draft and how far: `auto`'s per-step decision, and chains of drafts, where
+//! the module is applied again to its own output.
+use crate::cost::CostModel;
+use crate::step::Pairs;
+use crate::{DecodeMode, EngineError, Sequence};
+use candle_core::Tensor;
+use recyclegpt_model::{RecycleGpt, SeqInput};
+
+/// What the next full forward holds before any draft.
+pub(crate) struct NextForward {
+    /// Tokens it feeds: one per decoding sequence, a prompt chunk per prefilling one.
+    pub tokens: usize,
+    /// Decoding sequences: the tokens it emits at least.
+    pub decoding: f64,
+}
+
+impl NextForward {
+    pub fn of(seqs: &[&mut Sequence], prefill_chunk: usize) -> Self {
+        let live = seqs.iter().filter(|s| !s.is_finished());
+        Self {
+            tokens: live.clone().map(|s| s.next_feed(prefill_chunk)).sum(),
+            decoding: live.filter(|s| !s.is_prefilling()).count() as f64,
+        }
+    }
+}
+
+/// `auto`'s decision for the coming step. The next forward feeds one token per decoding
+/// sequence (a prompt chunk per prefilling one) plus the drafts; `verify` and `alternate`
+/// sequences draft anyway, and the cost model picks which `auto` sequences add theirs. An `auto`
+/// sequence that does not draft skips the module entirely: its module cache passes over these
+/// positions (`KvCache::skip`), so a module that never agrees costs nothing but rare probes.
+pub(crate) fn decide_auto_drafts(
+    costs: &CostModel,
+    seqs: &mut [&mut Sequence],
+    pairs: &mut Vec<Pairs>,
+    load: &NextForward,
+) -> Result<(), EngineError> {
+    let is_candidate = |p: &Pairs, seqs: &[&mut Sequence]| p.draft && seqs[p.seq].mode() == DecodeMode::Auto;
+    if !pairs.iter().any(|p| is_candidate(p, &*seqs)) {
+        return Ok(());
+    }
+    let fixed: Vec<f64> =
+        pairs.iter().filter(|p| p.draft && !is_candidate(p, &*seqs)).map(|p| seqs[p.seq].acceptance()).collect();
+    let candidates: Vec<usize> = (0..pairs.len()).filter(|&k| is_candidate(&pairs[k], &*seqs)).collect();
+    let acceptance: Vec<f64> = candidates.iter().map(|&k| seqs[pairs[k].seq].acceptance()).collect();
+    let pays = costs.choose(load.tokens, fixed.len(), load.decoding + fixed.iter().sum::<f64>(), &acceptance);
+    let mut skipped = vec![false; pairs.len()];
+    for (&k, pays) in candidates.iter().zip(pays) {
+        let pair = &mut pairs[k];
+        pair.draft = seqs[pair.seq].decide_draft(pays);
+        if !pair.draft {
+            skipped[k] = true;
+            seqs[pair.seq]
+                .recycle_cache
+                .as_mut()
+                .ok_or_else(|| EngineError::Internal("an auto sequence has no module cache".into()))?
+                .skip(pair.tokens.len());
+        }
+    }
+    let mut skipped = skipped.into_iter();
+    pairs.retain(|_| !skipped.next().unwrap_or(false));
+    Ok(())
+}
+
+/// Chains drafts: while some sequence's drafts are confident enough that one more token pays
+/// (`threshold`, from the cost model), the module runs again for those sequences on its own
+/// output (its feature at the last draft as the next h, the last draft as the next x). The
+/// chain's entries in the module caches are speculative, so they are dropped afterwards: the
+/// next step writes the verified pairs with the full model's own hidden states.
+pub(crate) fn chain_drafts(
+    model: &RecycleGpt,
+    seqs: &mut [&mut Sequence],
+    features: &Tensor,
+    mut rows: Vec<(usize, u32)>,
+    threshold: f64,
+) -> Result<(), EngineError> {
+    let mut features = features.clone();
+    let mut stored: Vec<(usize, usize)> = Vec::new();
+    loop {
+        let chained: Vec<(usize, u32, u32)> =
+            rows.iter().filter_map(|&(i, row)| seqs[i].chain_from(threshold).map(|token| (i, row, token))).collect();
+        if chained.is_empty() {
+            break;
+        }
+        let picked: Vec<u32> = chained.iter().map(|c| c.1).collect();
+        let hidden = features.index_select(&Tensor::new(picked.as_slice(), features.device())?, 0)?;
+        let tokens: Vec<[u32; 1]> = chained.iter().map(|c| [c.2]).collect();
+        let output = {
+            let mut inputs = Vec::with_capacity(chained.len());
+            let mut wanted = chained.iter().zip(&tokens).peekable();
+            for (i, seq) in seqs.iter_mut().enumerate() {
+                let Some((_, tokens)) = wanted.next_if(|(c, _)| c.0 == i) else {
+                    continue;
+                };
+                let cache = seq
+                    .recycle_cache
+                    .as_mut()
+                    .ok_or_else(|| EngineError::Internal("a chaining sequence has no module cache".into()))?;
+                if !stored.iter().any(|&(s, _)| s == i) {
+                    stored.push((i, cache.len()));
+                }
+                inputs.push(SeqInput { tokens: tokens.as_slice(), cache, logits_rows: vec![0] });
+            }
+            model.recycle_forward_features(&hidden, &mut inputs)?
+        };
+        for ((i, _, _), row) in chained.iter().zip(output.logits) {
+            seqs[*i].accept_draft(row);
+        }
+        features = output.hidden;
+        rows = chained.iter().enumerate().map(|(k, c)| (c.0, k as u32)).collect();
+    }
+    for (i, len) in stored {
+        if let Some(cache) = seqs[i].recycle_cache.as_mut() {
+            cache.truncate(len);
+        }
+    }
+    Ok(())
+}
