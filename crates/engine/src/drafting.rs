@@ -10,7 +10,8 @@ use recyclegpt_model::{RecycleGpt, SeqInput};
 pub(crate) struct NextForward {
     /// Tokens it feeds: one per decoding sequence, a prompt chunk per prefilling one.
     pub tokens: usize,
-    /// Decoding sequences: the tokens it emits at least.
+    /// Tokens it is expected to emit: one per decoding sequence (plus what drafts add, once
+    /// they are chosen).
     pub decoding: f64,
 }
 
@@ -48,7 +49,8 @@ pub(crate) fn decide_auto_drafts(
     for (&k, pays) in candidates.iter().zip(pays) {
         let pair = &mut pairs[k];
         pair.draft = seqs[pair.seq].decide_draft(pays);
-        if !pair.draft {
+        // The prompt's last chunk is still read (without a draft): drafts made later need it.
+        if !pair.draft && !pair.prompt {
             skipped[k] = true;
             seqs[pair.seq]
                 .recycle_cache
@@ -69,14 +71,18 @@ pub(crate) fn decide_auto_drafts(
 /// next step writes the verified pairs with the full model's own hidden states.
 pub(crate) fn chain_drafts(
     model: &RecycleGpt,
+    costs: &CostModel,
     seqs: &mut [&mut Sequence],
     features: &Tensor,
     mut rows: Vec<(usize, u32)>,
-    threshold: f64,
+    mut forward: NextForward,
 ) -> Result<(), EngineError> {
     let mut features = features.clone();
     let mut stored: Vec<(usize, usize)> = Vec::new();
+    let mut drafts = rows.len();
     loop {
+        // What one more token is worth paying for, as the forward grows with the chain.
+        let threshold = costs.extra_draft_threshold(forward.tokens, drafts, forward.decoding);
         let chained: Vec<(usize, u32, u32)> =
             rows.iter().filter_map(|&(i, row)| seqs[i].chain_from(threshold).map(|token| (i, row, token))).collect();
         if chained.is_empty() {
@@ -103,11 +109,17 @@ pub(crate) fn chain_drafts(
             }
             model.recycle_forward_features(&hidden, &mut inputs)?
         };
-        for ((i, _, _), row) in chained.iter().zip(output.logits) {
+        rows.clear();
+        for (k, ((i, _, _), row)) in chained.iter().zip(output.logits).enumerate() {
             seqs[*i].accept_draft(row);
+            // A chain that was cut here ends here.
+            if !seqs[*i].trim_chain(threshold) {
+                rows.push((*i, k as u32));
+            }
         }
+        forward.tokens += rows.len();
+        drafts += rows.len();
         features = output.hidden;
-        rows = chained.iter().enumerate().map(|(k, c)| (c.0, k as u32)).collect();
     }
     for (i, len) in stored {
         if let Some(cache) = seqs[i].recycle_cache.as_mut() {

@@ -83,6 +83,8 @@ struct DraftRecord {
     idle: usize,
     /// Steps to wait before probing.
     probe_wait: usize,
+    /// The pending draft is a probe (made although the cost model said it would not pay).
+    probing: bool,
 }
 
 /// A recycled token waiting to be checked by the next full forward.
@@ -100,6 +102,8 @@ pub(crate) struct FullPlan {
     pub logits_rows: Vec<usize>,
     prefill_done: bool,
     has_draft: bool,
+    /// Its tokens are (the end of) the prompt.
+    pub prompt: bool,
 }
 
 pub struct Sequence {
@@ -144,8 +148,15 @@ impl Sequence {
                 prompt.len()
             )));
         }
-        // `auto` picks the fastest way, and without a module that is plain decoding.
-        let mode = if mode == DecodeMode::Auto && !model.has_recycle() { DecodeMode::Off } else { mode };
+        // `auto` picks the fastest way, and without a module that is plain decoding. Seeded
+        // sampling runs `verify`: `auto`'s choices depend on timings and on the batch, and each
+        // choice changes how the seed's random draws are spent, so the same seed would not give
+        // the same text twice. (Greedy output is the same in every mode.)
+        let mode = match mode {
+            DecodeMode::Auto if !model.has_recycle() => DecodeMode::Off,
+            DecodeMode::Auto if params.seed.is_some() && !params.is_greedy() => DecodeMode::Verify,
+            mode => mode,
+        };
         if mode != DecodeMode::Off && !model.has_recycle() {
             return Err(EngineError::Invalid(format!(
                 "mode `{}` needs a recyclable module and this model has none",
@@ -183,7 +194,12 @@ impl Sequence {
             fresh: Vec::new(),
             fresh_logprobs: Vec::new(),
             stats: SequenceStats::default(),
-            record: DraftRecord { acceptance: INITIAL_ACCEPTANCE, idle: 0, probe_wait: FIRST_PROBE_WAIT },
+            record: DraftRecord {
+                acceptance: INITIAL_ACCEPTANCE,
+                idle: 0,
+                probe_wait: FIRST_PROBE_WAIT,
+                probing: false,
+            },
             finish: None,
         };
         if seq.stop.max_tokens == 0 {
@@ -261,7 +277,7 @@ impl Sequence {
             let tokens = self.tokens[self.prefilled..end].to_vec();
             let prefill_done = end == self.prompt_len;
             let logits_rows = if prefill_done { vec![tokens.len() - 1] } else { Vec::new() };
-            return FullPlan { tokens, logits_rows, prefill_done, has_draft: false };
+            return FullPlan { tokens, logits_rows, prefill_done, has_draft: false, prompt: true };
         }
         let mut tokens = self.tokens[self.full_cache.len()..].to_vec();
         tokens.extend(self.drafts.iter().map(|d| d.token));
@@ -270,7 +286,7 @@ impl Sequence {
             (DecodeMode::Verify | DecodeMode::Auto, true) => (0..tokens.len()).collect(),
             _ => vec![tokens.len() - 1],
         };
-        FullPlan { tokens, logits_rows, prefill_done: true, has_draft }
+        FullPlan { tokens, logits_rows, prefill_done: true, has_draft, prompt: false }
     }
 
     /// Tokens the next full forward feeds for this sequence, drafts aside.
@@ -382,6 +398,7 @@ impl Sequence {
     /// waited out its probe interval drafts anyway. Returns whether it drafts.
     pub(crate) fn decide_draft(&mut self, pays: bool) -> bool {
         if pays || self.record.idle >= self.record.probe_wait {
+            self.record.probing = !pays;
             self.record.idle = 0;
             return true;
         }
@@ -393,37 +410,64 @@ impl Sequence {
     fn record_verification(&mut self, accepted: bool) {
         let record = &mut self.record;
         record.acceptance += ACCEPTANCE_WEIGHT * (f64::from(u8::from(accepted)) - record.acceptance);
-        record.probe_wait = if accepted { FIRST_PROBE_WAIT } else { (record.probe_wait * 2).min(LONGEST_PROBE_WAIT) };
+        // A rejected probe doubles the wait; drafts that were judged to pay leave it alone.
+        if accepted {
+            record.probe_wait = FIRST_PROBE_WAIT;
+        } else if record.probing {
+            record.probe_wait = (record.probe_wait * 2).min(LONGEST_PROBE_WAIT);
+        }
+        record.probing = false;
     }
 
     pub(crate) fn accept_draft(&mut self, logits: Vec<f32>) {
         self.stats.recycle_steps += 1;
-        let raw = self.raw_for_logprobs(&logits);
-        let confidence = if self.max_drafts > 1 { softmax_at_argmax(&logits) } else { 1.0 };
+        if self.mode == DecodeMode::Alternate {
+            // The paper's schedule: the recycled token is kept unchecked.
+            let raw = self.raw_for_logprobs(&logits);
+            let token = distribution(logits, &self.params, &self.history).sample(&mut self.rng);
+            self.emit(token, raw.as_deref());
+            return;
+        }
+        let greedy_confidence = (self.max_drafts > 1 && self.params.is_greedy()).then(|| softmax_at_argmax(&logits));
         let dist = distribution(logits, &self.params, &self.history);
         let token = dist.sample(&mut self.rng);
-        match self.mode {
-            // The paper's schedule: the recycled token is kept unchecked.
-            DecodeMode::Alternate => self.emit(token, raw.as_deref()),
-            _ => self.drafts.push(Draft { token, dist, confidence }),
+        let confidence = greedy_confidence.unwrap_or_else(|| f64::from(dist.prob(token)));
+        self.drafts.push(Draft { token, dist, confidence });
+    }
+
+    /// The estimated chance that every pending draft is accepted: the acceptance average for
+    /// the first, the module's own probability for each chained one.
+    fn chain_value(&self) -> f64 {
+        self.record.acceptance * self.drafts.iter().skip(1).map(|d| d.confidence).product::<f64>()
+    }
+
+    /// Drops the last chained draft when the chain with it is worth less than `threshold`
+    /// (the module step is spent, but the forward does not carry a token unlikely to pay).
+    /// Returns whether it did.
+    pub(crate) fn trim_chain(&mut self, threshold: f64) -> bool {
+        let trim = self.drafts.len() > 1 && self.chain_value() < threshold;
+        if trim {
+            self.drafts.pop();
         }
+        trim
     }
 
     /// The last draft's token, when the chain may grow: `verify`/`auto`, below `max_drafts`,
-    /// and the drafts' joint confidence (the module's probabilities multiplied) at least
-    /// `threshold`, the acceptance at which one more draft token pays on this device.
+    /// not ended by an end-of-sequence draft, and the chance that all drafts so far are
+    /// accepted (an upper bound on what one more is worth) at least `threshold`, the
+    /// acceptance at which one more draft token pays on this device.
     pub(crate) fn chain_from(&self, threshold: f64) -> Option<u32> {
-        let joint: f64 = self.drafts.iter().map(|d| d.confidence).product();
+        let last = self.drafts.last()?;
         // One more draft must fit the cache beside the pending token, and be worth emitting:
         // the forward emits at most drafts + 1 tokens.
         let room = self.full_cache.capacity().saturating_sub(self.full_cache.len() + 1);
         let left = self.stop.max_tokens.saturating_sub(self.generated().len());
         let chains = matches!(self.mode, DecodeMode::Verify | DecodeMode::Auto)
-            && !self.drafts.is_empty()
             && self.drafts.len() < self.max_drafts.min(room)
             && self.drafts.len() + 1 < left
-            && joint >= threshold;
-        chains.then(|| self.drafts.last().map(|d| d.token)).flatten()
+            && !self.stop.eos_ids.contains(&last.token)
+            && self.chain_value() >= threshold;
+        chains.then_some(last.token)
     }
 
     /// A copy of a logits row for `emit`, only when log-probabilities were asked for: sampling

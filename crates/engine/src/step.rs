@@ -21,6 +21,8 @@ pub(crate) struct Pairs {
     pub tokens: Vec<u32>,
     pub first_row: u32,
     pub draft: bool,
+    /// The tokens are the prompt's last chunk (the module still reads them when not drafting).
+    pub prompt: bool,
 }
 
 /// Advances every unfinished sequence by one step; prompts are fed `prefill_chunk` tokens at a
@@ -59,7 +61,13 @@ pub fn step(
         let rows: Vec<Vec<f32>> = logits.by_ref().take(plan.logits_rows.len()).collect();
         let kept = seqs[i].accept_full(plan, rows)?;
         if let Some(tokens) = seqs[i].recycle_tokens(kept) {
-            pairs.push(Pairs { seq: i, tokens, first_row: row_offset, draft: seqs[i].wants_draft() });
+            pairs.push(Pairs {
+                seq: i,
+                tokens,
+                first_row: row_offset,
+                draft: seqs[i].wants_draft(),
+                prompt: plan.prompt,
+            });
         }
         row_offset += plan.tokens.len() as u32;
     }
@@ -106,8 +114,8 @@ pub fn step(
     if let Some(costs) = costs {
         let drafted = feature_rows.len();
         let expected = load.decoding + feature_rows.iter().map(|&(i, _)| seqs[i].acceptance()).sum::<f64>();
-        let threshold = costs.extra_draft_threshold(load.tokens + drafted, drafted, expected);
-        chain_drafts(model, seqs, &output.hidden, feature_rows, threshold)?;
+        let forward = NextForward { tokens: load.tokens + drafted, decoding: expected };
+        chain_drafts(model, costs, seqs, &output.hidden, feature_rows, forward)?;
     }
     Ok(StepReport { full_tokens, recycle_tokens: hidden_rows.len() })
 }

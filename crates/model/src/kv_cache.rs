@@ -61,7 +61,8 @@ impl KvCache {
         self.skipped += n;
     }
 
-    /// Forgets every stored position from `len` on.
+    /// Forgets every stored entry from `len` on (a count of stored entries, not a position:
+    /// skipped positions stay skipped).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
     }

@@ -93,7 +93,10 @@ fn register_metrics() {
         ("recyclegpt_full_forwards_total", "Full-model forward passes"),
         ("recyclegpt_full_forward_tokens_total", "Tokens run through full-model forwards"),
         ("recyclegpt_recycle_accepted_total", "Recycled drafts accepted by verification"),
-        ("recyclegpt_recycle_rejected_total", "Recycled drafts rejected by verification"),
+        (
+            "recyclegpt_recycle_rejected_total",
+            "Verifications that rejected a draft (the drafts chained after it are dropped unchecked)",
+        ),
         ("recyclegpt_auto_decisions_total", "Decode steps on which `auto` drafted or skipped the module, by decision"),
         (
             "recyclegpt_connections_timed_out_total",
