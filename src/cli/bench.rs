@@ -66,13 +66,20 @@ pub struct ServeArgs {
     clients: usize,
     #[arg(long, default_value_t = 16)]
     requests: usize,
-    /// off | auto | verify | alternate; all four when absent.
-    #[arg(long)]
-    mode: Option<String>,
+    /// Modes to run, comma-separated (off, auto, verify, alternate); all four when absent.
+    #[arg(long, value_delimiter = ',')]
+    mode: Vec<String>,
+    /// Run the modes in rotation this many times and end with each mode's median tokens/s and
+    /// its ratio to `off` (alternating spreads the machine's drift over every mode).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
     #[arg(long, default_value = "Once upon a time")]
     prompt: String,
+    /// Send the prompt as a user message to /v1/chat/completions (the chat template applies).
+    #[arg(long)]
+    chat: bool,
     #[arg(long, env = "RECYCLEGPT_API_KEY")]
     api_key: Option<String>,
     /// One JSON object per mode instead of a table.
@@ -118,6 +125,11 @@ pub struct DecodeArgs {
     /// Batch sizes of the aggregate-throughput steps.
     #[arg(long = "batch", value_delimiter = ',', default_value = "1,4,8,16")]
     batch_sizes: Vec<usize>,
+    /// With --model: compare the decode modes on answers to these user messages (rendered with
+    /// the model's chat template, each answered up to --generate-tokens) instead of on a
+    /// continuation of random tokens. Repeat for several.
+    #[arg(long, requires = "model")]
+    chat: Vec<String>,
     /// One JSON object per shape instead of a table.
     #[arg(long)]
     json: bool,
@@ -195,11 +207,13 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         requests: args.requests,
         max_tokens: args.max_tokens,
         prompt: args.prompt,
+        chat: args.chat,
         api_key: args.api_key,
     };
-    let modes: Vec<String> = match args.mode {
-        Some(mode) => vec![mode],
-        None => ["off", "auto", "verify", "alternate"].map(String::from).to_vec(),
+    let modes: Vec<String> = if args.mode.is_empty() {
+        ["off", "auto", "verify", "alternate"].map(String::from).to_vec()
+    } else {
+        args.mode.clone()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if !args.json {
@@ -208,8 +222,10 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             "mode", "clients", "requests", "failed", "tokens/s", "ttft p50", "ttft p99", "itl p50", "itl p99"
         );
     }
-    for mode in modes {
-        let r = runtime.block_on(recyclegpt_bench::serve::run(&options, &mode));
+    let mut rates: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for mode in (0..args.repeat.max(1)).flat_map(|_| modes.iter()) {
+        let r = runtime.block_on(recyclegpt_bench::serve::run(&options, mode));
+        rates.entry(mode.clone()).or_default().push(r.tokens_per_second);
         if args.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
@@ -225,6 +241,18 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 r.itl_p50_ms,
                 r.itl_p99_ms
             );
+        }
+    }
+    if args.repeat > 1 {
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let off = rates.get_mut("off").map(median);
+        for mode in &modes {
+            let Some(rate) = rates.get_mut(mode).map(median) else { continue };
+            let ratio = off.map(|off| format!("  {:.3}x off", rate / off)).unwrap_or_default();
+            println!("median of {}: {mode:>9} {:>9.1} tok/s{ratio}", args.repeat, rate);
         }
     }
     Ok(())
@@ -266,8 +294,24 @@ fn run_kernels(args: KernelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each message as a one-turn chat prompt in the model's template, tokenized.
+fn chat_prompts(loaded: &recyclegpt_model::LoadedModel, messages: &[String]) -> anyhow::Result<Vec<Vec<u32>>> {
+    let tokenizer = &loaded.tokenizer;
+    let template =
+        recyclegpt_server::ChatTemplate::new(tokenizer.chat_template(), tokenizer.bos_token(), tokenizer.eos_token())
+            .map_err(anyhow::Error::msg)?;
+    messages
+        .iter()
+        .map(|content| {
+            let message = recyclegpt_server::ChatMessage { role: "user".into(), content: content.clone() };
+            let text = template.render(&[message]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            Ok(tokenizer.encode(&text)?)
+        })
+        .collect()
+}
+
 fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
-    let options = DecodeOptions {
+    let mut options = DecodeOptions {
         rounds: args.rounds,
         generate_tokens: args.generate_tokens,
         batch_sizes: args.batch_sizes.clone(),
@@ -285,7 +329,10 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
             recycle_seed: 0,
             placement: args.placement.clone(),
         };
-        targets.push((dir.display().to_string(), model_args.load()?.model));
+        let loaded = model_args.load()?;
+        options.prompts = chat_prompts(&loaded, &args.chat)?;
+        options.eos_ids = loaded.tokenizer.eos_ids().to_vec();
+        targets.push((dir.display().to_string(), loaded.model));
     }
     let shapes =
         if args.shapes.is_empty() && args.model.is_none() { vec![Shape::M1, Shape::M3] } else { args.shapes.clone() };

@@ -5,7 +5,7 @@ use crate::{median_ms, time};
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use recyclegpt_engine::agreement::module_agreement;
-use recyclegpt_engine::{generate, DecodeMode, EngineError, SamplingParams, StopCriteria};
+use recyclegpt_engine::{generate, DecodeMode, EngineError, SamplingParams, SequenceStats, StopCriteria};
 use recyclegpt_model::{KvCache, LlamaConfig, RecycleGpt, SeqInput};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -18,11 +18,23 @@ pub struct DecodeOptions {
     /// Tokens generated per mode per round.
     pub generate_tokens: usize,
     pub batch_sizes: Vec<usize>,
+    /// Prompts the decode modes are compared on (each generates `generate_tokens`, or stops
+    /// at an end of sequence); empty: a continuation of the random cached tokens.
+    pub prompts: Vec<Vec<u32>>,
+    /// Where those prompts' answers end (the tokenizer's end-of-sequence ids).
+    pub eos_ids: Vec<u32>,
 }
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        Self { rounds: 5, cached: 128, generate_tokens: 32, batch_sizes: vec![1, 4, 8, 16] }
+        Self {
+            rounds: 5,
+            cached: 128,
+            generate_tokens: 32,
+            batch_sizes: vec![1, 4, 8, 16],
+            prompts: Vec::new(),
+            eos_ids: Vec::new(),
+        }
     }
 }
 
@@ -156,6 +168,9 @@ pub fn run(
     let mut batched: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
     let mut verify_tpf = Vec::new();
     let mut acceptance_by_position = Vec::new();
+    let mut verify_emitted = 0usize;
+    // Chat prompts end at the model's end of sequence, as served; random text never does.
+    let eos_ids: Vec<u32> = if options.prompts.is_empty() { Vec::new() } else { options.eos_ids.clone() };
     let prefill_lengths: Vec<usize> = PREFILL_LENGTHS.iter().copied().filter(|&n| n < context).collect();
     let mut prefill: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut standard_text: Vec<u32> = Vec::new();
@@ -209,27 +224,44 @@ pub fn run(
             out?;
             prefill.entry(length).or_default().push(length as f64 / t);
         }
+        let prompts = if options.prompts.is_empty() { std::slice::from_ref(&prompt) } else { &options.prompts };
         for &mode in &modes {
-            let stop = StopCriteria { max_tokens: generate_tokens, eos_ids: vec![] };
-            let generation = generate(model, prompt.clone(), mode, SamplingParams::greedy(), stop)?;
-            mode_rates.entry(mode.as_str().to_string()).or_default().push(generation.tokens_per_second());
+            let (mut tokens, mut seconds, mut forwards) = (0usize, 0f64, 0usize);
+            let mut stats = SequenceStats::default();
+            for (i, prompt) in prompts.iter().enumerate() {
+                let room = context.saturating_sub(prompt.len() + 1).max(1);
+                let stop = StopCriteria { max_tokens: generate_tokens.min(room), eos_ids: eos_ids.clone() };
+                let generation = generate(model, prompt.clone(), mode, SamplingParams::greedy(), stop)?;
+                tokens += generation.decode_tokens;
+                seconds += generation.decode_seconds;
+                forwards += generation.stats.full_forwards;
+                for j in 0..stats.drafted_at.len() {
+                    stats.drafted_at[j] += generation.stats.drafted_at[j];
+                    stats.accepted_at[j] += generation.stats.accepted_at[j];
+                }
+                if mode == DecodeMode::Verify {
+                    verify_emitted += generation.ids.len();
+                }
+                if mode == DecodeMode::Off && i == 0 {
+                    standard_text = generation.ids;
+                }
+            }
+            mode_rates.entry(mode.as_str().to_string()).or_default().push(tokens as f64 / seconds.max(1e-9));
             if mode == DecodeMode::Verify {
-                verify_tpf.push(generation.tokens_per_full_forward());
-                let stats = generation.stats;
+                verify_tpf.push(verify_emitted as f64 / forwards.max(1) as f64);
+                verify_emitted = 0;
                 acceptance_by_position = (0..stats.drafted_at.len())
                     .filter(|&j| stats.drafted_at[j] > 0)
                     .map(|j| stats.accepted_at[j] as f64 / stats.drafted_at[j] as f64)
                     .collect();
             }
-            if mode == DecodeMode::Off {
-                standard_text = generation.ids;
-            }
         }
     }
 
-    // Agreement along the text that verify checks: the prompt's greedy continuation.
-    let text: Vec<u32> = prompt.iter().chain(&standard_text).copied().collect();
-    let module_agreement = agreement_rate(model, &text, prompt.len())?;
+    // Agreement along the text that verify checks: the first prompt's greedy continuation.
+    let first = options.prompts.first().unwrap_or(&prompt);
+    let text: Vec<u32> = first.iter().chain(&standard_text).copied().collect();
+    let module_agreement = agreement_rate(model, &text, first.len())?;
     let mut ms = |key: &str| median_ms(samples.get_mut(key).map(Vec::as_mut_slice).unwrap_or(&mut []));
     let forward_1_ms = ms("forward_1");
     let median = |v: &mut Vec<f64>| median_ms(v) / 1e3;

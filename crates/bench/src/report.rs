@@ -145,6 +145,7 @@ fn serve_all(options: &ReportOptions, loaded: LoadedModel) -> Result<Vec<ServeRe
                     requests: clients * options.requests_per_client,
                     max_tokens: options.max_tokens,
                     prompt: options.prompt.clone(),
+                    chat: false,
                     api_key: None,
                 };
                 reports.push(serve::run(&serve_options, mode).await);

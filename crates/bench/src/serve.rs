@@ -10,6 +10,9 @@ pub struct ServeOptions {
     pub requests: usize,
     pub max_tokens: usize,
     pub prompt: String,
+    /// Send the prompt as one user message to `/v1/chat/completions` (the model's chat
+    /// template applies) instead of as raw text to `/v1/completions`.
+    pub chat: bool,
     pub api_key: Option<String>,
 }
 
@@ -52,11 +55,17 @@ impl Sample {
 }
 
 async fn one_request(client: &reqwest::Client, options: &ServeOptions, mode: &str) -> Result<Sample, ServeBenchError> {
-    let url = format!("{}/v1/completions", options.url.trim_end_matches('/'));
-    let body = serde_json::json!({
-        "prompt": options.prompt, "max_tokens": options.max_tokens, "temperature": 0, "stream": true,
+    let endpoint = if options.chat { "chat/completions" } else { "completions" };
+    let url = format!("{}/v1/{endpoint}", options.url.trim_end_matches('/'));
+    let mut body = serde_json::json!({
+        "max_tokens": options.max_tokens, "temperature": 0, "stream": true,
         "stream_options": {"include_usage": true}, "recycle": mode,
     });
+    if options.chat {
+        body["messages"] = serde_json::json!([{"role": "user", "content": options.prompt}]);
+    } else {
+        body["prompt"] = serde_json::json!(options.prompt);
+    }
     let mut request = client.post(&url).json(&body);
     if let Some(key) = &options.api_key {
         request = request.bearer_auth(key);
@@ -81,7 +90,9 @@ async fn one_request(client: &reqwest::Client, options: &ServeOptions, mode: &st
             if let Some(tokens) = chunk["usage"]["completion_tokens"].as_u64() {
                 sample.tokens = tokens as usize;
             }
-            if chunk["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()) {
+            let choice = &chunk["choices"][0];
+            let text = if options.chat { &choice["delta"]["content"] } else { &choice["text"] };
+            if text.as_str().is_some_and(|t| !t.is_empty()) {
                 let at = start.elapsed();
                 sample.ttft.get_or_insert(at);
                 sample.last_text = Some(at);

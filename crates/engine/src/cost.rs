@@ -101,6 +101,16 @@ impl CostModel {
         chosen
     }
 
+    /// The acceptance probability above which one more token in a forward of `tokens` tokens,
+    /// expected to emit `expected`, pays for itself (its module step already spent).
+    pub fn extra_token_threshold(&self, tokens: usize, expected: f64) -> f64 {
+        let time = self.full_seconds(tokens);
+        if time <= 0.0 {
+            return f64::INFINITY;
+        }
+        expected * (self.full_seconds(tokens + 1) - self.full_seconds(tokens)) / time
+    }
+
     /// The acceptance probability above which one more chained draft pays, when the next
     /// forward already holds `tokens` tokens with `drafts` drafts and is expected to emit
     /// `expected` tokens: the extra token's share of the forward and a module step of its own,

@@ -172,6 +172,19 @@ fn adjust(logits: &mut [f32], params: &SamplingParams, history: &TokenHistory) {
     }
 }
 
+/// For greedy decoding: the token after bias and penalties, and its softmax probability (at
+/// temperature 1) among the adjusted logits, which says how sure a draft is.
+pub fn greedy_with_confidence(mut logits: Vec<f32>, params: &SamplingParams, history: &TokenHistory) -> (u32, f64) {
+    adjust(&mut logits, params, history);
+    let token = argmax(&logits);
+    let max = logits[token as usize];
+    if !max.is_finite() {
+        return (token, 0.0);
+    }
+    let total: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    (token, 1.0 / total)
+}
+
 /// The distribution to sample the next token from.
 pub fn distribution(mut logits: Vec<f32>, params: &SamplingParams, history: &TokenHistory) -> TokenDist {
     adjust(&mut logits, params, history);

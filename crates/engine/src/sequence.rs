@@ -1,6 +1,8 @@
 //! One request's decoding state: its caches, the tokens it has emitted, and where it is in the
 //! prefill → decode → finished life cycle.
-use crate::sampling::{distribution, verify_draft, SamplingParams, TokenDist, TokenHistory, TokenLogprob};
+use crate::sampling::{
+    distribution, greedy_with_confidence, verify_draft, SamplingParams, TokenDist, TokenHistory, TokenLogprob,
+};
 use crate::{DecodeMode, EngineError};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -428,10 +430,15 @@ impl Sequence {
             self.emit(token, raw.as_deref());
             return;
         }
-        let greedy_confidence = (self.max_drafts > 1 && self.params.is_greedy()).then(|| softmax_at_argmax(&logits));
-        let dist = distribution(logits, &self.params, &self.history);
-        let token = dist.sample(&mut self.rng);
-        let confidence = greedy_confidence.unwrap_or_else(|| f64::from(dist.prob(token)));
+        let (token, dist, confidence) = if self.params.is_greedy() {
+            let (token, confidence) = greedy_with_confidence(logits, &self.params, &self.history);
+            (token, TokenDist::Greedy(token), confidence)
+        } else {
+            let dist = distribution(logits, &self.params, &self.history);
+            let token = dist.sample(&mut self.rng);
+            let confidence = f64::from(dist.prob(token));
+            (token, dist, confidence)
+        };
         self.drafts.push(Draft { token, dist, confidence });
     }
 
@@ -439,6 +446,22 @@ impl Sequence {
     /// the first, the module's own probability for each chained one.
     fn chain_value(&self) -> f64 {
         self.record.acceptance * self.drafts.iter().skip(1).map(|d| d.confidence).product::<f64>()
+    }
+
+    /// `auto` drops its first draft when the module's own probability for it is below
+    /// `threshold` (what one more token in the forward must be worth): the module step is
+    /// spent, but the forward does not carry a token unlikely to pay. It counts as a rejection
+    /// in the acceptance average, which then measures accepted tokens per module step, so a
+    /// module that is never sure stops being run. Returns whether it did.
+    pub(crate) fn trim_first_draft(&mut self, threshold: f64) -> bool {
+        let unsure = self.mode == DecodeMode::Auto
+            && self.drafts.len() == 1
+            && self.drafts.first().is_some_and(|d| d.confidence < threshold);
+        if unsure {
+            self.drafts.clear();
+            self.record_verification(false);
+        }
+        unsure
     }
 
     /// Drops the last chained draft when the chain with it is worth less than `threshold`
@@ -494,14 +517,4 @@ impl Sequence {
             self.finish = Some(FinishReason::Length);
         }
     }
-}
-
-/// The softmax probability of the largest logit: how sure the module is of its greedy draft.
-fn softmax_at_argmax(logits: &[f32]) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        return 0.0;
-    }
-    let total: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-    1.0 / total
 }

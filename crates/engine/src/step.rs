@@ -100,6 +100,9 @@ pub fn step(
         model.recycle_forward_features(&hidden, &mut inputs)?
     };
     let mut drafts = output.logits.into_iter();
+    // What one more token in the forward must be worth (its module step already spent).
+    let drafting = pairs.iter().filter(|p| p.draft).count();
+    let first_threshold = costs.map(|c| c.extra_token_threshold(load.tokens + drafting, load.decoding));
     // Each drafting sequence's feature row: the module's output at its last new token.
     let mut feature_rows = Vec::new();
     let mut offset = 0u32;
@@ -108,7 +111,9 @@ pub fn step(
         if pair.draft {
             let row = drafts.next().ok_or_else(|| EngineError::Internal("the module returned too few rows".into()))?;
             seqs[pair.seq].accept_draft(row);
-            feature_rows.push((pair.seq, offset - 1));
+            if !first_threshold.is_some_and(|t| seqs[pair.seq].trim_first_draft(t)) {
+                feature_rows.push((pair.seq, offset - 1));
+            }
         }
     }
     if let Some(costs) = costs {

@@ -15,10 +15,10 @@ pub mod validation;
 pub mod worker;
 
 pub use backend::Backend;
+pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{LogFormat, ServerConfig};
 pub use worker::{Event, Failure, Job};
 
-use chat_template::ChatTemplate;
 use config::seconds;
 use connections::{ConnectionLimits, Phase};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
