@@ -44,11 +44,15 @@ pub(crate) fn decide_auto_drafts(
         pairs.iter().filter(|p| p.draft && !is_candidate(p, &*seqs)).map(|p| seqs[p.seq].acceptance()).collect();
     let candidates: Vec<usize> = (0..pairs.len()).filter(|&k| is_candidate(&pairs[k], &*seqs)).collect();
     let acceptance: Vec<f64> = candidates.iter().map(|&k| seqs[pairs[k].seq].acceptance()).collect();
-    let pays = costs.choose(load.tokens, fixed.len(), load.decoding + fixed.iter().sum::<f64>(), &acceptance);
+    let expected = load.decoding + fixed.iter().sum::<f64>();
+    let pays = costs.choose(load.tokens, fixed.len(), expected, &acceptance);
+    // Probes are only worth making where a draft that is always accepted would pay: in a
+    // compute-bound batch none would, and probing there would only cost.
+    let worth_probing = costs.choose(load.tokens, fixed.len(), expected, &[1.0])[0];
     let mut skipped = vec![false; pairs.len()];
     for (&k, pays) in candidates.iter().zip(pays) {
         let pair = &mut pairs[k];
-        pair.draft = seqs[pair.seq].decide_draft(pays);
+        pair.draft = seqs[pair.seq].decide_draft(pays, worth_probing);
         // The prompt's last chunk is still read (without a draft): drafts made later need it.
         if !pair.draft && !pair.prompt {
             skipped[k] = true;

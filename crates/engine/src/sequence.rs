@@ -397,9 +397,10 @@ impl Sequence {
     }
 
     /// `auto`'s decision for this step: `pays` is the cost model's verdict; a sequence that has
-    /// waited out its probe interval drafts anyway. Returns whether it drafts.
-    pub(crate) fn decide_draft(&mut self, pays: bool) -> bool {
-        if pays || self.record.idle >= self.record.probe_wait {
+    /// waited out its probe interval drafts anyway where a probe is worth making. Returns
+    /// whether it drafts.
+    pub(crate) fn decide_draft(&mut self, pays: bool, worth_probing: bool) -> bool {
+        if pays || (worth_probing && self.record.idle >= self.record.probe_wait) {
             self.record.probing = !pays;
             self.record.idle = 0;
             return true;
