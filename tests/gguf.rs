@@ -6,25 +6,10 @@ mod common;
 
 use candle_core::quantized::gguf_file;
 use common::server::TestServer;
+use common::smollm2;
 use recyclegpt_model::{LoadOptions, LoadedModel};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-
-/// The SmolLM2 GGUF file, or `None` with one line saying what is missing (a failure in CI).
-fn smollm2() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    let message = format!("missing {}: the SmolLM2 GGUF test model must sit in ../shared/models/", path.display());
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{message}");
-    }
-    static SAID: std::sync::Once = std::sync::Once::new();
-    SAID.call_once(|| eprintln!("SKIPPED: the tests of this file that need it ({message})"));
-    None
-}
 
 #[test]
 fn smollm2_loads_with_its_configuration_and_tokenizer() {

@@ -30,7 +30,7 @@ fn bench_report_writes_json_and_charts_from_one_run() {
     let agreement = |i: usize| decode[i]["module_agreement"].as_f64().expect("agreement");
     assert!(agreement(1) > 0.4 && agreement(0) < 0.2, "{} vs {}", agreement(1), agreement(0));
     let serve = report["serve"].as_array().expect("serve runs");
-    assert_eq!(serve.len(), 6, "2 client counts × 3 modes");
+    assert_eq!(serve.len(), 8, "2 client counts × 4 modes");
     for run in serve {
         assert_eq!(run["failed"].as_u64(), Some(0), "{run}");
         assert!(run["tokens_per_second"].as_f64().is_some_and(|r| r > 0.0));

@@ -5,6 +5,7 @@
 mod common;
 
 use common::server::TestServer;
+use common::smollm2;
 use recyclegpt_engine::{generate, step, CostModel, DecodeMode, SamplingParams, Sequence, StopCriteria};
 use recyclegpt_model::{LoadOptions, LoadedModel, RecycleInit, RecycleSource};
 use serde_json::{json, Value};
@@ -12,21 +13,6 @@ use std::path::PathBuf;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The SmolLM2 GGUF file, or `None` with one line saying what is missing (a failure in CI).
-fn smollm2() -> Option<PathBuf> {
-    let path = root().join("../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    let message = format!("missing {}: the SmolLM2 GGUF test model must sit in ../shared/models/", path.display());
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{message}");
-    }
-    static SAID: std::sync::Once = std::sync::Once::new();
-    SAID.call_once(|| eprintln!("SKIPPED: the tests of this file that need it ({message})"));
-    None
 }
 
 fn module_dir() -> PathBuf {

@@ -27,6 +27,23 @@ pub fn stories260k() -> Option<PathBuf> {
     None
 }
 
+/// The SmolLM2 GGUF file in ../shared, or `None` with one line saying what is missing (a
+/// failure in CI).
+pub fn smollm2() -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.exists() {
+        return Some(path);
+    }
+    let message = format!("missing {}: the SmolLM2 GGUF test model must sit in ../shared/models/", path.display());
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{message}");
+    }
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| eprintln!("SKIPPED: the tests of this file that need it ({message})"));
+    None
+}
+
 pub fn load(dir: &std::path::Path, recycle_init: RecycleInit) -> LoadedModel {
     let options = LoadOptions { recycle_init, ..LoadOptions::default() };
     LoadedModel::load(dir, &options).expect("the model loads")

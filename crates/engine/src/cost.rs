@@ -9,7 +9,7 @@
 //! compute-bound, ΔT approaches T/E and no draft pays, so `auto` stops drafting by itself.
 use crate::EngineError;
 use candle_core::Tensor;
-use recyclegpt_model::{RecycleGpt, SeqInput};
+use recyclegpt_model::{KvCache, RecycleGpt, SeqInput};
 use std::time::Instant;
 
 /// Forward sizes are measured at powers of two up to this many tokens; larger ones are
@@ -140,13 +140,8 @@ fn median_seconds(mut run: impl FnMut() -> Result<(), EngineError>) -> Result<f6
 /// One decode step of `n` sequences with fresh caches.
 fn forward_once(model: &RecycleGpt, n: usize) -> Result<(), EngineError> {
     let mut caches = (0..n).map(|_| model.new_cache(1)).collect::<Result<Vec<_>, _>>()?;
-    let tokens: Vec<[u32; 1]> = (0..n).map(|i| [(i % model.config().vocab_size) as u32]).collect();
-    let mut inputs: Vec<SeqInput> = caches
-        .iter_mut()
-        .zip(&tokens)
-        .map(|(cache, tokens)| SeqInput { tokens, cache, logits_rows: vec![0] })
-        .collect();
-    model.forward(&mut inputs)?;
+    let tokens = one_token_each(model, n);
+    model.forward(&mut inputs(&mut caches, &tokens))?;
     Ok(())
 }
 
@@ -160,14 +155,18 @@ fn module_once(model: &RecycleGpt, hidden: &Tensor, n: usize) -> Result<(), Engi
                 .ok_or_else(|| EngineError::Internal("a model with a module made no module cache".into()))?,
         );
     }
-    let tokens: Vec<[u32; 1]> = (0..n).map(|i| [(i % model.config().vocab_size) as u32]).collect();
-    let mut inputs: Vec<SeqInput> = caches
-        .iter_mut()
-        .zip(&tokens)
-        .map(|(cache, tokens)| SeqInput { tokens, cache, logits_rows: vec![0] })
-        .collect();
-    model.recycle_forward(hidden, &mut inputs)?;
+    let tokens = one_token_each(model, n);
+    model.recycle_forward(hidden, &mut inputs(&mut caches, &tokens))?;
     Ok(())
+}
+
+fn one_token_each(model: &RecycleGpt, n: usize) -> Vec<[u32; 1]> {
+    (0..n).map(|i| [(i % model.config().vocab_size) as u32]).collect()
+}
+
+/// One input per cache, each one token with its logits row.
+fn inputs<'a>(caches: &'a mut [KvCache], tokens: &'a [[u32; 1]]) -> Vec<SeqInput<'a>> {
+    caches.iter_mut().zip(tokens).map(|(cache, tokens)| SeqInput { tokens, cache, logits_rows: vec![0] }).collect()
 }
 
 /// Timing noise can make a larger forward measure faster than a smaller one; a cost that falls
