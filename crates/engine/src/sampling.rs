@@ -181,8 +181,10 @@ pub fn greedy_with_confidence(mut logits: Vec<f32>, params: &SamplingParams, his
     if !max.is_finite() {
         return (token, 0.0);
     }
-    let total: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-    (token, 1.0 / total)
+    // Rows of a draft vocabulary are mostly -inf: they add nothing, and skipping them keeps
+    // this to the K draft rows' exponentials.
+    let total: f32 = logits.iter().filter(|l| l.is_finite()).map(|&l| (l - max).exp()).sum();
+    (token, f64::from(1.0 / total))
 }
 
 /// The distribution to sample the next token from.
