@@ -56,11 +56,7 @@ pub(crate) fn decide_auto_drafts(
         // The prompt's last chunk is still read (without a draft): drafts made later need it.
         if !pair.draft && !pair.prompt {
             skipped[k] = true;
-            seqs[pair.seq]
-                .recycle_cache
-                .as_mut()
-                .ok_or_else(|| EngineError::Internal("an auto sequence has no module cache".into()))?
-                .skip(pair.tokens.len());
+            seqs[pair.seq].module_cache()?.skip(pair.tokens.len());
         }
     }
     let mut skipped = skipped.into_iter();
@@ -102,10 +98,7 @@ pub(crate) fn chain_drafts(
                 let Some((_, tokens)) = wanted.next_if(|(c, _)| c.0 == i) else {
                     continue;
                 };
-                let cache = seq
-                    .recycle_cache
-                    .as_mut()
-                    .ok_or_else(|| EngineError::Internal("a chaining sequence has no module cache".into()))?;
+                let cache = seq.module_cache()?;
                 if !stored.iter().any(|&(s, _)| s == i) {
                     stored.push((i, cache.len()));
                 }
@@ -126,9 +119,7 @@ pub(crate) fn chain_drafts(
         features = output.hidden;
     }
     for (i, len) in stored {
-        if let Some(cache) = seqs[i].recycle_cache.as_mut() {
-            cache.truncate(len);
-        }
+        seqs[i].module_cache()?.truncate(len);
     }
     Ok(())
 }

@@ -93,8 +93,9 @@ struct DraftRecord {
 struct Draft {
     token: u32,
     dist: TokenDist,
-    /// The module's own probability for it (softmax of its raw logits), which decides whether
-    /// the chain goes on.
+    /// The module's own probability for it (greedy: the softmax of its logits after bias and
+    /// penalties; sampling: its probability in the distribution it was drawn from), which
+    /// decides whether it is verified and whether the chain goes on.
     confidence: f64,
 }
 
@@ -289,6 +290,18 @@ impl Sequence {
             _ => vec![tokens.len() - 1],
         };
         FullPlan { tokens, logits_rows, prefill_done: true, has_draft, prompt: false }
+    }
+
+    /// The module's KV cache; an error for a sequence that does not recycle.
+    pub(crate) fn module_cache(&mut self) -> Result<&mut KvCache, EngineError> {
+        self.recycle_cache
+            .as_mut()
+            .ok_or_else(|| EngineError::Internal("a recycling sequence has no module cache".into()))
+    }
+
+    /// Whether the module may chain drafts for this sequence.
+    pub(crate) fn can_chain(&self) -> bool {
+        self.max_drafts > 1
     }
 
     /// Tokens the next full forward feeds for this sequence, drafts aside.

@@ -87,10 +87,7 @@ pub fn step(
             let Some(Pairs { tokens, draft, .. }) = wanted.next_if(|p| p.seq == i) else {
                 continue;
             };
-            let cache = seq
-                .recycle_cache
-                .as_mut()
-                .ok_or_else(|| EngineError::Internal("a recycling sequence has no module cache".into()))?;
+            let cache = seq.module_cache()?;
             inputs.push(SeqInput {
                 tokens,
                 cache,
