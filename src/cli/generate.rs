@@ -65,6 +65,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             "recycle_steps": stats.recycle_steps,
             "accepted": stats.accepted,
             "rejected": stats.rejected,
+            "skipped_drafts": stats.skipped_drafts,
+            "drafted_at": stats.drafted_at,
+            "accepted_at": stats.accepted_at,
         });
         println!("{report}");
     } else {
