@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks, run on a machine with an NVIDIA GPU and driver but no Rust toolchain:
-# correctness first (greedy parity with llama2.c on stories260K, verify == standard, batched ==
+# correctness first (greedy parity with llama2.c on stories260K, verify == auto == off, batched ==
 # unbatched through the server), then `bench decode` on M3 and M4 in f16.
 #
 #   scripts/gpu-check.sh BINARY STORIES260K_DIR OUT_DIR
@@ -65,11 +65,12 @@ for dtype in ["f32", "f16", "bf16"]:
 for dtype in ["f32", "f16"]:
     for prompt in prompts.values():
         extra = ["--dtype", dtype, "--recycle-init", "random"]
-        standard = generate(prompt, 120, "--mode", "standard", *extra)
-        verify = generate(prompt, 120, "--mode", "verify", *extra)
-        assert verify["ids"] == standard["ids"], f"verify != standard ({dtype}, {prompt!r})"
-        results[f"verify_equals_standard_{dtype}_{prompt}"] = True
-print("verify == standard: ok")
+        off = generate(prompt, 120, "--mode", "off", *extra)
+        for mode in ["verify", "auto"]:
+            got = generate(prompt, 120, "--mode", mode, *extra)
+            assert got["ids"] == off["ids"], f"{mode} != off ({dtype}, {prompt!r})"
+            results[f"{mode}_equals_off_{dtype}_{prompt}"] = True
+print("verify == auto == off: ok")
 
 server = subprocess.Popen([binary, "serve", "--model", model, "--device", device, "--dtype", "f32",
                            "--port", "8077", "--recycle-init", "random"], stderr=subprocess.DEVNULL)
@@ -85,7 +86,7 @@ try:
         request = urllib.request.Request("http://127.0.0.1:8077/v1/completions", body,
                                          {"Content-Type": "application/json"})
         return json.load(urllib.request.urlopen(request, timeout=120))["choices"][0]["text"]
-    jobs = [(p, m) for p in ["Once upon a time", "The cat", "Lily and Tom", "One day"] for m in ["off", "verify"]]
+    jobs = [(p, m) for p in ["Once upon a time", "The cat", "Lily and Tom", "One day"] for m in ["off", "verify", "auto"]]
     alone = {job: complete(*job) for job in jobs}
     together = {}
     threads = [threading.Thread(target=lambda j=job: together.__setitem__(j, complete(*j))) for job in jobs]
