@@ -267,6 +267,7 @@ async fn a_failing_step_fails_its_sequences_and_the_worker_goes_on() {
         max_tokens: 5,
         eos_ids: Vec::new(),
         mode: DecodeMode::Off,
+        constraint: None,
         events,
         cancel: Arc::new(AtomicBool::new(false)),
     };

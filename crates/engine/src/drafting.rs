@@ -108,9 +108,8 @@ pub(crate) fn chain_drafts(
         };
         rows.clear();
         for (k, ((i, _, _), row)) in chained.iter().zip(output.logits).enumerate() {
-            seqs[*i].accept_draft(row);
-            // A chain that was cut here ends here.
-            if !seqs[*i].trim_chain(threshold) {
+            // A chain that was cut here, or where no draft was made, ends here.
+            if seqs[*i].accept_draft(row) && !seqs[*i].trim_chain(threshold) {
                 rows.push((*i, k as u32));
             }
         }

@@ -1,6 +1,7 @@
 //! Decoding on top of the model core: sampling, the per-request `Sequence` state machine, and
 //! the batched step that runs the `standard`, `alternate` and `verify` schedules side by side.
 pub mod agreement;
+mod constraint;
 mod cost;
 mod drafting;
 mod generate;
@@ -9,6 +10,7 @@ pub mod scheduler;
 mod sequence;
 mod step;
 
+pub use constraint::{Constraint, TokenConstraint};
 pub use cost::CostModel;
 pub use generate::{generate, Generation};
 pub use sampling::{argmax, SamplingParams, TokenLogprob};

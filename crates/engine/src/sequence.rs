@@ -1,5 +1,6 @@
 //! One request's decoding state: its caches, the tokens it has emitted, and where it is in the
 //! prefill → decode → finished life cycle.
+use crate::constraint::{Constraint, TokenConstraint};
 use crate::sampling::{
     distribution, greedy_with_confidence, verify_draft, SamplingParams, TokenDist, TokenHistory, TokenLogprob,
 };
@@ -97,6 +98,8 @@ struct Draft {
     /// penalties; sampling: its probability in the distribution it was drawn from), which
     /// decides whether it is verified and whether the chain goes on.
     confidence: f64,
+    /// It advanced the sequence's constraint (tentatively, until verification).
+    constrained: bool,
 }
 
 /// What the next full forward must process for a sequence.
@@ -124,6 +127,8 @@ pub struct Sequence {
     drafts: Vec<Draft>,
     max_drafts: usize,
     history: TokenHistory,
+    /// The grammar every sampled token must fit (structured outputs), if any.
+    constraint: Option<Box<dyn TokenConstraint>>,
     rng: StdRng,
     fresh: Vec<u32>,
     fresh_logprobs: Vec<TokenLogprob>,
@@ -192,6 +197,7 @@ impl Sequence {
                 .and_then(|r| r.max_draft_tokens)
                 .unwrap_or(1)
                 .clamp(1, MAX_DRAFTS),
+            constraint: None,
             rng,
             params,
             fresh: Vec::new(),
@@ -216,6 +222,12 @@ impl Sequence {
     /// the next h. The default is the module config's `max_draft_tokens` (1 when absent).
     pub fn with_max_drafts(mut self, k: usize) -> Self {
         self.max_drafts = k.clamp(1, MAX_DRAFTS);
+        self
+    }
+
+    /// Constrains every token this sequence samples, drafts included, to `constraint`.
+    pub fn with_constraint(mut self, constraint: Option<Constraint>) -> Self {
+        self.constraint = constraint.map(|c| c.0);
         self
     }
 
@@ -326,12 +338,13 @@ impl Sequence {
         let kept = match (self.mode, plan.has_draft) {
             (DecodeMode::Verify | DecodeMode::Auto, true) => self.verify_drafts(fed, logits)?,
             _ => {
-                let Some(row) = logits.pop() else {
+                let Some(mut row) = logits.pop() else {
                     return Err(EngineError::Internal("a full step returned no logits".into()));
                 };
                 let raw = self.raw_for_logprobs(&row);
+                self.constrain(&mut row);
                 let token = distribution(row, &self.params, &self.history).sample(&mut self.rng);
-                self.drafts.clear();
+                self.retract_drafts();
                 self.emit(token, raw.as_deref());
                 fed
             }
@@ -343,7 +356,7 @@ impl Sequence {
     /// after the last draft gives a bonus token when all are accepted); returns how many of the
     /// `fed` positions stay cached: those up to the first rejected draft.
     fn verify_drafts(&mut self, fed: usize, logits: Vec<Vec<f32>>) -> Result<usize, EngineError> {
-        let drafts = std::mem::take(&mut self.drafts);
+        let drafts = self.retract_drafts();
         if logits.len() != drafts.len() + 1 {
             return Err(EngineError::Internal("a verify step lost its drafts or logits".into()));
         }
@@ -354,8 +367,9 @@ impl Sequence {
             *drafted += 1;
         }
         for (j, draft) in drafts.iter().enumerate() {
-            let Some(row) = rows.next() else { break };
+            let Some(mut row) = rows.next() else { break };
             let raw = self.raw_for_logprobs(&row);
+            self.constrain(&mut row);
             let p = distribution(row, &self.params, &self.history);
             let (token, ok) = verify_draft(draft.token, &draft.dist, &p, &mut self.rng);
             self.emit(token, raw.as_deref());
@@ -374,8 +388,9 @@ impl Sequence {
             }
         }
         if accepted == drafts.len() {
-            if let Some(row) = rows.next() {
+            if let Some(mut row) = rows.next() {
                 let raw = self.raw_for_logprobs(&row);
+                self.constrain(&mut row);
                 let token = distribution(row, &self.params, &self.history).sample(&mut self.rng);
                 self.emit(token, raw.as_deref());
             }
@@ -435,14 +450,22 @@ impl Sequence {
         record.probing = false;
     }
 
-    pub(crate) fn accept_draft(&mut self, logits: Vec<f32>) {
+    /// Takes the module's logits for the next token: `alternate` emits its token, the other
+    /// modes keep it as a draft. Returns whether a draft was made (a constrained sequence makes
+    /// none where the grammar allows nothing in the module's draft vocabulary).
+    pub(crate) fn accept_draft(&mut self, mut logits: Vec<f32>) -> bool {
         self.stats.recycle_steps += 1;
-        if self.mode == DecodeMode::Alternate {
+        let alternate = self.mode == DecodeMode::Alternate;
+        let raw = if alternate { self.raw_for_logprobs(&logits) } else { None };
+        if self.constrain(&mut logits) && logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+            // Nothing the grammar allows is in the module's draft vocabulary: no draft.
+            return false;
+        }
+        if alternate {
             // The paper's schedule: the recycled token is kept unchecked.
-            let raw = self.raw_for_logprobs(&logits);
             let token = distribution(logits, &self.params, &self.history).sample(&mut self.rng);
             self.emit(token, raw.as_deref());
-            return;
+            return false;
         }
         let (token, dist, confidence) = if self.params.is_greedy() {
             let (token, confidence) = greedy_with_confidence(logits, &self.params, &self.history);
@@ -453,7 +476,46 @@ impl Sequence {
             let confidence = f64::from(dist.prob(token));
             (token, dist, confidence)
         };
-        self.drafts.push(Draft { token, dist, confidence });
+        // A chained draft is masked in the state after this one: advance, to be taken back.
+        let constrained = match &mut self.constraint {
+            Some(c) if !self.stop.eos_ids.contains(&token) => match c.advance(token) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "the grammar refused a draft it allowed: no draft");
+                    return false;
+                }
+            },
+            _ => false,
+        };
+        self.drafts.push(Draft { token, dist, confidence, constrained });
+        true
+    }
+
+    /// Masks `logits` with the constraint, if any; returns whether there is one. A grammar
+    /// that fails ends the sequence (what it emitted so far stands).
+    fn constrain(&mut self, logits: &mut [f32]) -> bool {
+        let Some(constraint) = &mut self.constraint else { return false };
+        if let Err(error) = constraint.mask(logits) {
+            tracing::warn!(%error, "the grammar failed: the sequence stops");
+            self.finish.get_or_insert(FinishReason::Stop);
+        }
+        true
+    }
+
+    /// Takes the pending drafts, and takes them back from the constraint.
+    fn retract_drafts(&mut self) -> Vec<Draft> {
+        let drafts = std::mem::take(&mut self.drafts);
+        self.unconstrain(drafts.iter().filter(|d| d.constrained).count());
+        drafts
+    }
+
+    fn unconstrain(&mut self, tokens: usize) {
+        if let (Some(constraint), 1..) = (&mut self.constraint, tokens) {
+            if let Err(error) = constraint.rollback(tokens) {
+                tracing::warn!(%error, "the grammar could not take back drafts: the sequence stops");
+                self.finish.get_or_insert(FinishReason::Stop);
+            }
+        }
     }
 
     /// The estimated chance that every pending draft is accepted: the acceptance average for
@@ -472,7 +534,7 @@ impl Sequence {
             && self.drafts.len() == 1
             && self.drafts.first().is_some_and(|d| d.confidence < threshold);
         if unsure {
-            self.drafts.clear();
+            self.retract_drafts();
             self.record_verification(false);
         }
         unsure
@@ -483,8 +545,8 @@ impl Sequence {
     /// Returns whether it did.
     pub(crate) fn trim_chain(&mut self, threshold: f64) -> bool {
         let trim = self.drafts.len() > 1 && self.chain_value() < threshold;
-        if trim {
-            self.drafts.pop();
+        if let Some(draft) = self.drafts.pop_if(|_| trim) {
+            self.unconstrain(usize::from(draft.constrained));
         }
         trim
     }
@@ -527,7 +589,19 @@ impl Sequence {
         self.fresh.push(token);
         if self.stop.eos_ids.contains(&token) {
             self.finish = Some(FinishReason::Stop);
-        } else if self.generated().len() >= self.stop.max_tokens || self.tokens.len() >= self.context_len {
+        } else if let Some(constraint) = &mut self.constraint {
+            // The grammar ends the text when nothing may follow what it has taken.
+            match constraint.advance(token) {
+                Ok(()) if constraint.is_complete() => self.finish = Some(FinishReason::Stop),
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "the grammar refused a token it allowed: the sequence stops");
+                    self.finish = Some(FinishReason::Stop);
+                }
+            }
+        }
+        let full = self.generated().len() >= self.stop.max_tokens || self.tokens.len() >= self.context_len;
+        if self.finish.is_none() && full {
             self.finish = Some(FinishReason::Length);
         }
     }

@@ -107,8 +107,8 @@ pub fn step(
         offset += pair.tokens.len() as u32;
         if pair.draft {
             let row = drafts.next().ok_or_else(|| EngineError::Internal("the module returned too few rows".into()))?;
-            seqs[pair.seq].accept_draft(row);
-            if !first_threshold.is_some_and(|t| seqs[pair.seq].trim_first_draft(t)) {
+            let drafted = seqs[pair.seq].accept_draft(row);
+            if drafted && !first_threshold.is_some_and(|t| seqs[pair.seq].trim_first_draft(t)) {
                 feature_rows.push((pair.seq, offset - 1));
             }
         }

@@ -77,6 +77,7 @@ pub fn submit(state: &AppState, plan: &Plan, request_id: &str) -> Result<Generat
                 max_tokens: plan.max_tokens,
                 eos_ids: state.tokenizer.eos_ids().to_vec(),
                 mode: plan.mode,
+                constraint: plan.grammar.as_ref().map(|g| g.constraint()),
                 events: events.clone(),
                 cancel: cancel.clone(),
             });

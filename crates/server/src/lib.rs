@@ -10,6 +10,7 @@ pub mod openai;
 mod prompt;
 mod responses;
 mod routes;
+mod structured;
 mod text;
 pub mod validation;
 pub mod worker;
@@ -25,6 +26,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use prompt::PromptBuilder;
 use recyclegpt_engine::scheduler::Budget;
 use recyclegpt_engine::{DecodeMode, SchedulerConfig};
+use recyclegpt_grammar::Grammars;
 use recyclegpt_model::{LoadedModel, RecycleSource, TextTokenizer};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -45,6 +47,8 @@ pub struct AppState {
     pub config: ServerConfig,
     pub limits: Limits,
     pub tokenizer: Arc<TextTokenizer>,
+    /// Structured outputs' compiler for this tokenizer, or why there is none.
+    pub grammars: Result<Arc<Grammars>, String>,
     prompts: PromptBuilder,
     pub backend: Arc<dyn Backend>,
     pub recycle_source: RecycleSource,
@@ -169,12 +173,17 @@ impl AppState {
             max_stop_bytes: config.max_stop_bytes,
         };
         let tokenizer = Arc::new(tokenizer);
+        let grammars = Grammars::new(&tokenizer).map(Arc::new).map_err(|e| {
+            tracing::warn!(error = %e, "structured outputs are off for this model");
+            format!("structured outputs are not available for this model: {e}")
+        });
         let template = ChatTemplate::new(tokenizer.chat_template(), tokenizer.bos_token(), tokenizer.eos_token())?;
         let prompts = PromptBuilder::new(tokenizer.clone(), template, model.context_len);
         Ok(Arc::new(Self {
             config,
             limits,
             tokenizer,
+            grammars,
             prompts,
             backend,
             recycle_source: model.recycle_source,

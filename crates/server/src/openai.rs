@@ -109,9 +109,31 @@ pub struct SamplingFields {
     #[serde(default, deserialize_with = "integral")]
     pub seed: Option<i64>,
     pub user: Option<String>,
-    /// `off` | `alternate` | `verify`; the server's default when absent.
-    #[schema(pattern = "^(off|alternate|verify)$")]
+    /// `auto` | `off` | `alternate` | `verify`; the server's default when absent.
+    #[schema(pattern = "^(auto|off|alternate|verify)$")]
     pub recycle: Option<String>,
+    /// Constrains the output to JSON: any object, or one that fits a schema.
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// `response_format`: plain text, any JSON object, or JSON that fits a schema.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    pub description: Option<String>,
+    /// A JSON Schema; absent means any JSON value.
+    #[schema(value_type = Object)]
+    pub schema: Option<serde_json::Value>,
+    /// Output always fits the schema, strict or not.
+    pub strict: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]

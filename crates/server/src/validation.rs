@@ -3,6 +3,8 @@
 use crate::error::ApiError;
 use crate::openai::{SamplingFields, Stop};
 use recyclegpt_engine::{DecodeMode, SamplingParams};
+use recyclegpt_grammar::Grammar;
+use std::sync::Arc;
 
 /// What the model and the server allow.
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct Plan {
     pub mode: DecodeMode,
     pub stream: bool,
     pub include_usage: bool,
+    /// The grammar every choice's tokens must fit (structured outputs), if any.
+    pub grammar: Option<Arc<Grammar>>,
 }
 
 impl Plan {
@@ -191,5 +195,6 @@ pub fn plan(
         mode,
         stream: fields.stream,
         include_usage: fields.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        grammar: None,
     })
 }

@@ -18,8 +18,8 @@ use crate::backend::Backend;
 use crate::error::ApiError;
 use recyclegpt_engine::scheduler::{Finished, StepOutcome};
 use recyclegpt_engine::{
-    CostModel, DecodeMode, SamplingParams, Scheduler, SchedulerConfig, SeqId, SequenceRequest, StopCriteria,
-    TokenLogprob,
+    Constraint, CostModel, DecodeMode, SamplingParams, Scheduler, SchedulerConfig, SeqId, SequenceRequest,
+    StopCriteria, TokenLogprob,
 };
 use recyclegpt_model::RecycleGpt;
 use std::collections::HashMap;
@@ -38,6 +38,8 @@ pub struct Job {
     pub max_tokens: usize,
     pub eos_ids: Vec<u32>,
     pub mode: DecodeMode,
+    /// The grammar its tokens must fit, if any.
+    pub constraint: Option<Constraint>,
     pub events: mpsc::UnboundedSender<(usize, Event)>,
     /// Set by the request when it needs no more tokens (a stop string matched).
     pub cancel: Arc<AtomicBool>,
@@ -174,6 +176,7 @@ impl Queued {
                 max_tokens: 0,
                 eos_ids: Vec::new(),
                 mode: DecodeMode::Off,
+                constraint: None,
                 events,
                 cancel: Arc::new(AtomicBool::new(true)),
             },
@@ -295,6 +298,7 @@ impl Worker {
             mode: job.mode,
             params: std::mem::take(&mut job.params),
             stop: StopCriteria { max_tokens: job.max_tokens, eos_ids: std::mem::take(&mut job.eos_ids) },
+            constraint: job.constraint.take(),
         });
         self.links.insert(id, Link { job, slot: Some(slot), arrived: Instant::now(), last_token: None });
     }

@@ -6,6 +6,7 @@ mod admission;
 
 pub use admission::{admit, Budget};
 
+use crate::constraint::Constraint;
 use crate::cost::CostModel;
 use crate::sampling::{SamplingParams, TokenLogprob};
 use crate::sequence::{FinishReason, Sequence, SequenceState, SequenceStats, StopCriteria};
@@ -26,13 +27,15 @@ pub struct SchedulerConfig {
 }
 
 /// A sequence to generate, as queued.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SequenceRequest {
     pub id: SeqId,
     pub prompt: Vec<u32>,
     pub mode: DecodeMode,
     pub params: SamplingParams,
     pub stop: StopCriteria,
+    /// The grammar its tokens must fit (structured outputs), if any.
+    pub constraint: Option<Constraint>,
 }
 
 impl SequenceRequest {
@@ -198,6 +201,7 @@ impl Scheduler {
         for (request, reservation) in self.waiting.drain(..count).zip(waiting) {
             match Sequence::new(request.id, model, request.prompt, request.mode, request.params, request.stop) {
                 Ok(seq) => {
+                    let seq = seq.with_constraint(request.constraint);
                     outcome.started.push(request.id);
                     self.running.push(seq);
                     self.reservations.push(reservation);

@@ -8,7 +8,7 @@ use crate::responses::{
     ChatLogprobs, ChatTokenLogprob, FinishReason, TopLogprob,
 };
 use crate::validation::{plan, top_logprobs};
-use crate::AppState;
+use crate::{structured, AppState};
 use axum::extract::State;
 use axum::response::Response;
 use recyclegpt_engine::TokenLogprob;
@@ -149,7 +149,8 @@ pub async fn create(
     };
     let prompt = state.prompts.chat(messages(&request)?).await?;
     let max_tokens = request.max_completion_tokens.or(request.sampling.max_tokens);
-    let plan = plan(&request.sampling, max_tokens, logprobs, vec![prompt], &state.limits)?;
+    let mut plan = plan(&request.sampling, max_tokens, logprobs, vec![prompt], &state.limits)?;
+    plan.grammar = structured::grammar(&state, request.sampling.response_format.as_ref()).await?;
     let id = format!("chatcmpl-{}", state.next_request_id());
     let generation = submit(&state, &plan, &id)?;
     let (model, created) = shared(&state);

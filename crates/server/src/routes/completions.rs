@@ -4,7 +4,7 @@ use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, Ch
 use crate::openai::{CompletionRequest, Prompt, Usage};
 use crate::responses::{CompletionChoice, CompletionLogprobs, CompletionResponse, FinishReason};
 use crate::validation::{plan, top_logprobs};
-use crate::AppState;
+use crate::{structured, AppState};
 use axum::extract::State;
 use axum::response::Response;
 use recyclegpt_engine::TokenLogprob;
@@ -123,7 +123,8 @@ pub async fn create(
         Prompt::IdLists(lists) => lists,
     };
     let logprobs = request.logprobs.map(|n| top_logprobs("logprobs", n, 5)).transpose()?;
-    let plan = plan(&request.sampling, request.sampling.max_tokens, logprobs, prompts, &state.limits)?;
+    let mut plan = plan(&request.sampling, request.sampling.max_tokens, logprobs, prompts, &state.limits)?;
+    plan.grammar = structured::grammar(&state, request.sampling.response_format.as_ref()).await?;
     let echo: Vec<String> = if request.echo {
         plan.prompts
             .iter()

@@ -1,0 +1,144 @@
+//! Structured outputs: a JSON schema (or a Lark grammar) becomes a token mask the engine applies
+//! to every token it samples, through llguidance.
+//!
+//! [`Grammars`] is built once per tokenizer (llguidance's token trie over every token's bytes)
+//! and compiles a request's [`GrammarSpec`] into a [`Grammar`]; each sequence then gets its own
+//! matcher from it ([`Grammar::constraint`]), which the engine advances token by token.
+mod vocabulary;
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::{Matcher, ParserFactory, TokenParser};
+use recyclegpt_engine::{Constraint, TokenConstraint};
+use recyclegpt_model::TextTokenizer;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrammarError {
+    /// The tokenizer could not be turned into llguidance's token trie.
+    #[error("the tokenizer cannot drive constrained decoding: {0}")]
+    Tokenizer(String),
+    /// The schema or grammar is invalid, or beyond what the compiler supports.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a request constrains its output to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GrammarSpec {
+    /// Any JSON object (`response_format: {"type": "json_object"}`).
+    JsonObject,
+    /// JSON that validates against this schema.
+    JsonSchema(Value),
+    /// A Lark grammar (llguidance's dialect), for tool calls and other non-JSON formats.
+    Lark(String),
+}
+
+/// The compiler for one tokenizer.
+pub struct Grammars {
+    factory: Arc<ParserFactory>,
+    eos_ids: Arc<[u32]>,
+}
+
+impl Grammars {
+    pub fn new(tokenizer: &TextTokenizer) -> Result<Self, GrammarError> {
+        let env = vocabulary::token_env(tokenizer)?;
+        let mut factory = ParserFactory::new_simple(&env).map_err(|e| GrammarError::Tokenizer(e.to_string()))?;
+        // Errors come back to the caller as values; llguidance's own log would print them twice.
+        factory.quiet();
+        Ok(Self { factory: Arc::new(factory), eos_ids: tokenizer.eos_ids().into() })
+    }
+
+    /// Compiles `spec`; an invalid schema or grammar is an error that says what is wrong.
+    pub fn compile(&self, spec: &GrammarSpec) -> Result<Grammar, GrammarError> {
+        let grammar = match spec {
+            GrammarSpec::JsonObject => TopLevelGrammar::from_json_schema(with_layout(json!({"type": "object"}))),
+            GrammarSpec::JsonSchema(schema) => {
+                if !schema.is_object() && !schema.is_boolean() {
+                    return Err(GrammarError::Invalid("a JSON schema must be an object".into()));
+                }
+                TopLevelGrammar::from_json_schema(with_layout(schema.clone()))
+            }
+            GrammarSpec::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
+        };
+        let parser = self.factory.create_parser(grammar).map_err(|e| GrammarError::Invalid(e.to_string()))?;
+        // Some errors only show once the parser starts: catch them here, not mid-generation.
+        let mut probe = Matcher::new(Ok(parser.deep_clone()));
+        probe.compute_mask().map_err(|e| GrammarError::Invalid(e.to_string()))?;
+        Ok(Grammar { parser, eos_ids: self.eos_ids.clone() })
+    }
+}
+
+/// Compact, single-line JSON (`{"a": 1, "b": [2, 3]}`): with free whitespace, small models
+/// pad with newlines and spaces until `max_tokens` runs out. A schema's own `x-guidance`
+/// options win.
+fn with_layout(mut schema: Value) -> Value {
+    if let Some(object) = schema.as_object_mut() {
+        object.entry("x-guidance").or_insert_with(|| {
+            json!({
+                "whitespace_pattern": "[\\x20\\x0A]{1,24}",
+                "item_separator": ",",
+                "key_separator": ":",
+                "coerce_one_of": true,
+            })
+        });
+    }
+    schema
+}
+
+/// A compiled grammar, ready to constrain any number of sequences.
+pub struct Grammar {
+    parser: TokenParser,
+    eos_ids: Arc<[u32]>,
+}
+
+impl std::fmt::Debug for Grammar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Grammar")
+    }
+}
+
+impl Grammar {
+    /// A fresh matcher for one sequence.
+    pub fn constraint(&self) -> Constraint {
+        Constraint(Box::new(Matching {
+            matcher: Matcher::new(Ok(self.parser.deep_clone())),
+            eos_ids: self.eos_ids.clone(),
+        }))
+    }
+}
+
+/// One sequence's place in the grammar.
+struct Matching {
+    matcher: Matcher,
+    /// Every end-of-sequence id the model may use: llguidance knows one, and the mask allows
+    /// them all where the grammar may end.
+    eos_ids: Arc<[u32]>,
+}
+
+impl TokenConstraint for Matching {
+    fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
+        let allowed = self.matcher.compute_mask().map_err(|e| e.to_string())?;
+        let can_end = self.eos_ids.iter().any(|&eos| allowed.is_allowed(eos));
+        for (token, logit) in logits.iter_mut().enumerate() {
+            let token = token as u32;
+            let ok = (token as usize) < allowed.len() && allowed.is_allowed(token);
+            if !(ok || can_end && self.eos_ids.contains(&token)) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, token: u32) -> Result<(), String> {
+        self.matcher.consume_token(token).map_err(|e| e.to_string())
+    }
+
+    fn rollback(&mut self, tokens: usize) -> Result<(), String> {
+        self.matcher.rollback(tokens).map_err(|e| e.to_string())
+    }
+
+    fn is_complete(&self) -> bool {
+        self.matcher.is_stopped()
+    }
+}

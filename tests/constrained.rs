@@ -1,0 +1,102 @@
+//! Constrained decoding in every mode: each emitted token fits the constraint, drafts included,
+//! and `verify` / `auto` (with chained drafts) still equal `off` under the same constraint.
+//! The constraint here is stateful (what may come next depends on every token taken so far),
+//! so a draft taken back without a rollback would show. On the in-repo model.
+mod common;
+
+use common::{load, random_module};
+use recyclegpt_engine::{
+    step, Constraint, CostModel, DecodeMode, SamplingParams, Sequence, StopCriteria, TokenConstraint,
+};
+use std::path::PathBuf;
+
+fn embedded() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shakespeare")
+}
+
+/// Token `k` of the output must have an id ≡ (sum of the ids before it) mod 3, and the text is
+/// complete after `length` tokens.
+struct ModThree {
+    taken: Vec<u32>,
+    length: usize,
+}
+
+impl ModThree {
+    fn allows(taken: &[u32], token: u32) -> bool {
+        token % 3 == taken.iter().sum::<u32>() % 3
+    }
+}
+
+impl TokenConstraint for ModThree {
+    fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
+        for (token, logit) in logits.iter_mut().enumerate() {
+            if !Self::allows(&self.taken, token as u32) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, token: u32) -> Result<(), String> {
+        if !Self::allows(&self.taken, token) {
+            return Err(format!("token {token} does not fit after {:?}", self.taken));
+        }
+        self.taken.push(token);
+        Ok(())
+    }
+
+    fn rollback(&mut self, tokens: usize) -> Result<(), String> {
+        let keep = self.taken.len().checked_sub(tokens).ok_or("rolled back too far")?;
+        self.taken.truncate(keep);
+        Ok(())
+    }
+
+    fn is_complete(&self) -> bool {
+        self.taken.len() >= self.length
+    }
+}
+
+const PROMPTS: [&str; 3] = ["ROMEO.", "Once upon a time", "To be, or not to be, that is the question"];
+
+#[test]
+fn every_mode_emits_only_allowed_tokens_and_verify_equals_off() {
+    let loaded = load(&embedded(), random_module(8));
+    let model = &loaded.model;
+    // Drafts cost nothing here, so `auto` drafts and chains run to their end.
+    let free = CostModel::from_points(vec![(1, 0.010), (256, 0.010)], vec![(1, 0.0), (256, 0.0)]);
+    let stop = StopCriteria { max_tokens: 50, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
+    let modes = [DecodeMode::Off, DecodeMode::Verify, DecodeMode::Auto, DecodeMode::Alternate];
+    let mut seqs: Vec<(DecodeMode, Sequence)> = Vec::new();
+    for (p, prompt) in PROMPTS.iter().enumerate() {
+        for (m, mode) in modes.into_iter().enumerate() {
+            let ids = loaded.tokenizer.encode(prompt).unwrap();
+            let constraint = Constraint(Box::new(ModThree { taken: Vec::new(), length: 40 }));
+            let seq = Sequence::new((p * 4 + m) as u64, model, ids, mode, SamplingParams::greedy(), stop.clone())
+                .unwrap()
+                .with_max_drafts(3)
+                .with_constraint(Some(constraint));
+            seqs.push((mode, seq));
+        }
+    }
+    // All twelve in one batch, prompts fed in chunks, as the server runs them.
+    while seqs.iter().any(|(_, s)| !s.is_finished()) {
+        let mut refs: Vec<&mut Sequence> = seqs.iter_mut().map(|(_, s)| s).collect();
+        step(model, &mut refs, 4, Some(&free)).unwrap();
+    }
+    let mut drafts = 0;
+    for chunk in seqs.chunks(4) {
+        let off = chunk[0].1.generated();
+        assert_eq!(off.len(), 40, "the constraint ends the text after 40 tokens");
+        for (mode, seq) in chunk {
+            let out = seq.generated();
+            for k in 0..out.len() {
+                assert!(ModThree::allows(&out[..k], out[k]), "{mode:?}: token {k} of {out:?} breaks the rule");
+            }
+            if matches!(mode, DecodeMode::Verify | DecodeMode::Auto) {
+                assert_eq!(out, off, "{mode:?} under the constraint equals off");
+            }
+            drafts += seq.stats().draft_tokens();
+        }
+    }
+    assert!(drafts > 100, "drafts were made and checked: {drafts}");
+}
