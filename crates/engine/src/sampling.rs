@@ -19,6 +19,9 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Report each emitted token's log-probability and this many top alternatives.
     pub logprobs: Option<usize>,
+    /// Report each prompt token's log-probability (given the tokens before it) and this many
+    /// top alternatives: how text is scored (`echo` with `logprobs`).
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -34,6 +37,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             seed: None,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }

@@ -132,6 +132,9 @@ pub struct Sequence {
     rng: StdRng,
     fresh: Vec<u32>,
     fresh_logprobs: Vec<TokenLogprob>,
+    /// Prompt tokens' log-probabilities (from the second token on), when asked for; handed out
+    /// once the whole prompt is in.
+    prompt_logprobs: Vec<TokenLogprob>,
     stats: SequenceStats,
     record: DraftRecord,
     finish: Option<FinishReason>,
@@ -202,6 +205,7 @@ impl Sequence {
             params,
             fresh: Vec::new(),
             fresh_logprobs: Vec::new(),
+            prompt_logprobs: Vec::new(),
             stats: SequenceStats::default(),
             record: DraftRecord {
                 acceptance: INITIAL_ACCEPTANCE,
@@ -281,6 +285,15 @@ impl Sequence {
         std::mem::take(&mut self.fresh_logprobs)
     }
 
+    /// The prompt's log-probabilities (one per prompt token after the first), once the prompt
+    /// is in and when `prompt_logprobs` was asked for; empty after the first call.
+    pub fn take_prompt_logprobs(&mut self) -> Vec<TokenLogprob> {
+        if self.is_prefilling() {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.prompt_logprobs)
+    }
+
     /// Tokens cached in the full model's KV cache (the scheduler's KV budget counts these).
     pub fn cached_tokens(&self) -> usize {
         self.full_cache.len()
@@ -291,7 +304,11 @@ impl Sequence {
             let end = self.prompt_len.min(self.prefilled + prefill_chunk.max(1));
             let tokens = self.tokens[self.prefilled..end].to_vec();
             let prefill_done = end == self.prompt_len;
-            let logits_rows = if prefill_done { vec![tokens.len() - 1] } else { Vec::new() };
+            let logits_rows = match (self.params.prompt_logprobs, prefill_done) {
+                (Some(_), _) => (0..tokens.len()).collect(),
+                (None, true) => vec![tokens.len() - 1],
+                (None, false) => Vec::new(),
+            };
             return FullPlan { tokens, logits_rows, prefill_done, has_draft: false, prompt: true };
         }
         let mut tokens = self.tokens[self.full_cache.len()..].to_vec();
@@ -329,6 +346,15 @@ impl Sequence {
     pub(crate) fn accept_full(&mut self, plan: &FullPlan, mut logits: Vec<Vec<f32>>) -> Result<usize, EngineError> {
         let fed = plan.tokens.len();
         if self.is_prefilling() {
+            if let Some(top_n) = self.params.prompt_logprobs {
+                // Row r (position prefilled + r) predicts the prompt token after it; the last
+                // prompt position predicts the first generated token instead.
+                for (r, row) in logits.iter().enumerate() {
+                    if let Some(&next) = self.tokens[..self.prompt_len].get(self.prefilled + r + 1) {
+                        self.prompt_logprobs.push(TokenLogprob::from_logits(row, next, top_n));
+                    }
+                }
+            }
             self.prefilled += fed;
             if !plan.prefill_done {
                 return Ok(fed);

@@ -69,14 +69,15 @@ impl Grammars {
     }
 }
 
-/// Compact, single-line JSON (`{"a": 1, "b": [2, 3]}`): with free whitespace, small models
-/// pad with newlines and spaces until `max_tokens` runs out. A schema's own `x-guidance`
-/// options win.
+/// JSON laid out as models write it, compact or pretty-printed, with at most one space, or one
+/// newline and up to 8 spaces of indentation, between tokens (as llama.cpp's JSON grammar does): with free
+/// whitespace, small models pad with blank lines until `max_tokens` runs out. A schema's own
+/// `x-guidance` options win.
 fn with_layout(mut schema: Value) -> Value {
     if let Some(object) = schema.as_object_mut() {
         object.entry("x-guidance").or_insert_with(|| {
             json!({
-                "whitespace_pattern": "[\\x20\\x0A]{1,24}",
+                "whitespace_pattern": "\\x20|\\x0A\\x20{0,8}",
                 "item_separator": ",",
                 "key_separator": ":",
                 "coerce_one_of": true,

@@ -20,11 +20,14 @@ impl TokenizerEnv for Vocabulary {
     }
 
     fn tokenize_bytes(&self, bytes: &[u8]) -> Vec<TokenId> {
-        // Text (forced literals of a grammar) goes through the real tokenizer; bytes that are
-        // not UTF-8 fall back to the trie's longest-match tokenization.
-        match std::str::from_utf8(bytes).ok().and_then(|text| self.tokenizer.encode(text, false).ok()) {
-            Some(encoding) => encoding.get_ids().to_vec(),
-            None => self.trie.greedy_tokenize(bytes),
+        // Forced text of a grammar goes through the real tokenizer where that spells exactly
+        // these bytes. It does not always: a sentencepiece tokenizer puts a space before the
+        // text (`{` becomes `▁{`), and bytes that are not UTF-8 cannot be encoded at all. Then
+        // the trie's longest-match tokenization, which always spells them exactly.
+        let encoded = std::str::from_utf8(bytes).ok().and_then(|text| self.tokenizer.encode(text, false).ok());
+        match encoded.map(|e| e.get_ids().to_vec()) {
+            Some(ids) if ids.iter().flat_map(|&id| self.trie.token(id)).eq(bytes.iter()) => ids,
+            _ => self.trie.greedy_tokenize(bytes),
         }
     }
 }

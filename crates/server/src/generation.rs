@@ -28,6 +28,7 @@ pub struct Generation {
 
 struct ChoiceState {
     text: TextStream,
+    prompt_logprobs: Vec<TokenLogprob>,
     cancel: Arc<AtomicBool>,
     completion_tokens: usize,
     finished: bool,
@@ -83,6 +84,7 @@ pub fn submit(state: &AppState, plan: &Plan, request_id: &str) -> Result<Generat
             });
             choices.push(ChoiceState {
                 text: TextStream::new(&state.tokenizer, plan.stop.clone()),
+                prompt_logprobs: Vec::new(),
                 cancel,
                 completion_tokens: 0,
                 finished: false,
@@ -102,6 +104,11 @@ impl Generation {
         self.choices.len()
     }
 
+    /// A choice's prompt log-probabilities (when asked for), known once its first tokens came.
+    pub fn prompt_logprobs(&self, index: usize) -> &[TokenLogprob] {
+        self.choices.get(index).map_or(&[], |c| c.prompt_logprobs.as_slice())
+    }
+
     /// The next thing that happened to a choice; `Err` when the request failed as a whole.
     pub async fn next(&mut self) -> Result<Progress, ApiError> {
         loop {
@@ -112,7 +119,8 @@ impl Generation {
                 continue;
             };
             match event {
-                Event::Tokens { tokens, logprobs } => {
+                Event::Tokens { tokens, logprobs, prompt_logprobs } => {
+                    choice.prompt_logprobs.extend(prompt_logprobs);
                     let chunk = choice.text.push(&tokens);
                     match chunk.stopped_after {
                         None => {
@@ -193,6 +201,8 @@ impl Generation {
 pub struct Choice {
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
+    /// The prompt's, when asked for (`echo` with `logprobs`).
+    pub prompt_logprobs: Vec<TokenLogprob>,
     pub finish_reason: Option<ApiFinish>,
     pub completion_tokens: usize,
     /// Recycling counters (zero for a choice a stop string ended: the worker drops it).
@@ -218,6 +228,9 @@ pub async fn collect(mut generation: Generation) -> Result<(Vec<Choice>, Usage),
             }
         }
     }
+    for (index, choice) in choices.iter_mut().enumerate() {
+        choice.prompt_logprobs = generation.prompt_logprobs(index).to_vec();
+    }
     let usage = generation.usage();
     Ok((choices, usage))
 }
@@ -239,8 +252,9 @@ pub fn recycle_stats(plan: &Plan, choices: &[Choice]) -> RecycleStats {
 /// How one endpoint shapes its stream chunks.
 pub trait ChunkShape: Send + 'static {
     type Chunk: Serialize + Send;
-    /// A chunk sent before any text for a choice (chat: the role).
-    fn opening(&mut self, index: usize) -> Option<Self::Chunk>;
+    /// A chunk sent before any text for a choice (chat: the role; completions: the echoed
+    /// prompt, with its log-probabilities when asked for).
+    fn opening(&mut self, index: usize, prompt_logprobs: &[TokenLogprob]) -> Option<Self::Chunk>;
     fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> Self::Chunk;
     fn finish(&mut self, index: usize, reason: ApiFinish) -> Self::Chunk;
     fn usage(&self, usage: Usage) -> Self::Chunk;
@@ -268,7 +282,7 @@ pub fn sse(mut shape: impl ChunkShape, mut generation: Generation, plan: Plan) -
             };
             if !opened[index] {
                 opened[index] = true;
-                if let Some(chunk) = shape.opening(index) {
+                if let Some(chunk) = shape.opening(index, generation.prompt_logprobs(index)) {
                     yield json_event(&chunk);
                 }
             }

@@ -49,7 +49,7 @@ pub struct AppState {
     pub tokenizer: Arc<TextTokenizer>,
     /// Structured outputs' compiler for this tokenizer, or why there is none.
     pub grammars: Result<Arc<Grammars>, String>,
-    prompts: PromptBuilder,
+    pub(crate) prompts: PromptBuilder,
     pub backend: Arc<dyn Backend>,
     pub recycle_source: RecycleSource,
     pub draining: AtomicBool,

@@ -152,6 +152,7 @@ pub fn plan(
         logit_bias,
         seed: fields.seed.map(|s| s as u64),
         logprobs,
+        prompt_logprobs: None,
     };
     let stop = match &fields.stop {
         None => Vec::new(),

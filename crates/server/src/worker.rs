@@ -57,6 +57,8 @@ pub enum Event {
     Tokens {
         tokens: Vec<u32>,
         logprobs: Vec<TokenLogprob>,
+        /// The prompt's log-probabilities, on the first event, when asked for.
+        prompt_logprobs: Vec<TokenLogprob>,
     },
     Finished(Finished),
     Failed(Failure),
@@ -377,7 +379,11 @@ impl Worker {
                 }
                 link.last_token = Some(now);
                 metrics::counter!("recyclegpt_generated_tokens_total").increment(update.tokens.len() as u64);
-                let event = Event::Tokens { tokens: update.tokens, logprobs: update.logprobs };
+                let event = Event::Tokens {
+                    tokens: update.tokens,
+                    logprobs: update.logprobs,
+                    prompt_logprobs: update.prompt_logprobs,
+                };
                 let _ = link.job.events.send((link.job.index, event));
             }
             if let Some(finished) = update.finished {

@@ -53,6 +53,8 @@ pub struct Update {
     pub tokens: Vec<u32>,
     /// Their log-probabilities, when asked for.
     pub logprobs: Vec<TokenLogprob>,
+    /// The prompt's log-probabilities, on the first update after the prompt is in, when asked for.
+    pub prompt_logprobs: Vec<TokenLogprob>,
     /// Set on the sequence's last update.
     pub finished: Option<Finished>,
 }
@@ -173,6 +175,7 @@ impl Scheduler {
         {
             let tokens = seq.take_new_tokens();
             let logprobs = seq.take_new_logprobs();
+            let prompt_logprobs = seq.take_prompt_logprobs();
             let finished = match seq.state() {
                 SequenceState::Finished(reason) => Some(Finished {
                     reason,
@@ -183,7 +186,7 @@ impl Scheduler {
                 SequenceState::Prefilling | SequenceState::Decoding => None,
             };
             if !tokens.is_empty() || finished.is_some() {
-                outcome.updates.push(Update { id: seq.id(), tokens, logprobs, finished });
+                outcome.updates.push(Update { id: seq.id(), tokens, logprobs, prompt_logprobs, finished });
             }
             if finished.is_none() {
                 kept.push(seq);

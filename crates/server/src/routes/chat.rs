@@ -2,7 +2,7 @@
 use crate::chat_template::ChatMessage;
 use crate::error::{ApiError, ApiJson};
 use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, ChunkShape};
-use crate::openai::{ChatRequest, Content, Usage};
+use crate::openai::{ChatRequest, Content, Message, Usage};
 use crate::responses::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse, ChatDelta,
     ChatLogprobs, ChatTokenLogprob, FinishReason, TopLogprob,
@@ -69,7 +69,7 @@ impl ChatChunks {
 impl ChunkShape for ChatChunks {
     type Chunk = ChatCompletionChunk;
 
-    fn opening(&mut self, index: usize) -> Option<ChatCompletionChunk> {
+    fn opening(&mut self, index: usize, _prompt_logprobs: &[TokenLogprob]) -> Option<ChatCompletionChunk> {
         let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
         Some(self.chunk(Self::choice(index, delta, None, None), None))
     }
@@ -89,12 +89,12 @@ impl ChunkShape for ChatChunks {
     }
 }
 
-fn messages(request: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
-    if request.messages.is_empty() {
+/// Messages as the chat template takes them (text parts joined).
+pub(super) fn template_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
         return Err(ApiError::invalid("messages", "`messages` must not be empty"));
     }
-    request
-        .messages
+    messages
         .iter()
         .enumerate()
         .map(|(i, m)| {
@@ -147,7 +147,7 @@ pub async fn create(
             None
         }
     };
-    let prompt = state.prompts.chat(messages(&request)?).await?;
+    let prompt = state.prompts.chat(template_messages(&request.messages)?).await?;
     let max_tokens = request.max_completion_tokens.or(request.sampling.max_tokens);
     let mut plan = plan(&request.sampling, max_tokens, logprobs, vec![prompt], &state.limits)?;
     plan.grammar = structured::grammar(&state, request.sampling.response_format.as_ref()).await?;

@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::response::Response;
 use recyclegpt_engine::TokenLogprob;
 use recyclegpt_model::TextTokenizer;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// OpenAI's completions `logprobs` object; `offset` is where the tokens' text starts.
@@ -21,14 +22,39 @@ fn logprobs_of(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob], offset: usi
         at += t.len();
     }
     CompletionLogprobs {
-        top_logprobs: logprobs
-            .iter()
-            .map(|l| l.top.iter().map(|(t, lp)| (tokenizer.token_text(*t), *lp)).collect())
-            .collect(),
-        token_logprobs: logprobs.iter().map(|l| l.logprob).collect(),
+        top_logprobs: logprobs.iter().map(|l| Some(top_of(tokenizer, l))).collect(),
+        token_logprobs: logprobs.iter().map(|l| Some(l.logprob)).collect(),
         tokens,
         text_offset,
     }
+}
+
+fn top_of(tokenizer: &TextTokenizer, logprob: &TokenLogprob) -> BTreeMap<String, f32> {
+    logprob.top.iter().map(|(t, lp)| (tokenizer.token_text(*t), *lp)).collect()
+}
+
+/// An echoed prompt's `logprobs`: every prompt token, the first with `null` (nothing comes
+/// before it to predict it), as OpenAI's completions score text.
+fn prompt_logprobs_of(tokenizer: &TextTokenizer, prompt: &[u32], logprobs: &[TokenLogprob]) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    let mut at = 0;
+    for (i, &token) in prompt.iter().enumerate() {
+        let scored = i.checked_sub(1).and_then(|j| logprobs.get(j));
+        out.tokens.push(tokenizer.token_text(token));
+        out.token_logprobs.push(scored.map(|l| l.logprob));
+        out.top_logprobs.push(scored.map(|l| top_of(tokenizer, l)));
+        out.text_offset.push(at);
+        at += tokenizer.token_bytes(token).len();
+    }
+    out
+}
+
+fn joined(mut first: CompletionLogprobs, then: CompletionLogprobs) -> CompletionLogprobs {
+    first.tokens.extend(then.tokens);
+    first.token_logprobs.extend(then.token_logprobs);
+    first.top_logprobs.extend(then.top_logprobs);
+    first.text_offset.extend(then.text_offset);
+    first
 }
 
 struct CompletionChunks {
@@ -38,6 +64,8 @@ struct CompletionChunks {
     model: String,
     created: u64,
     echo: Vec<String>,
+    /// The prompts' token ids, to name the echoed tokens in `logprobs`.
+    prompts: Vec<Vec<u32>>,
     n: usize,
     /// Per choice, where the next token's text starts (`text_offset` runs on across chunks).
     offsets: Vec<usize>,
@@ -69,12 +97,16 @@ impl CompletionChunks {
 impl ChunkShape for CompletionChunks {
     type Chunk = CompletionResponse;
 
-    fn opening(&mut self, index: usize) -> Option<CompletionResponse> {
+    fn opening(&mut self, index: usize, prompt_logprobs: &[TokenLogprob]) -> Option<CompletionResponse> {
         let echo = self.echo.get(index / self.n)?.clone();
         if let Some(offset) = self.offsets.get_mut(index) {
             *offset = echo.len();
         }
-        Some(self.chunk(vec![Self::choice(index, echo, None, None)], None))
+        let logprobs = self.logprobs.then(|| {
+            let prompt = self.prompts.get(index / self.n).map_or(&[][..], Vec::as_slice);
+            prompt_logprobs_of(&self.tokenizer, prompt, prompt_logprobs)
+        });
+        Some(self.chunk(vec![Self::choice(index, echo, logprobs, None)], None))
     }
 
     fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> CompletionResponse {
@@ -124,6 +156,9 @@ pub async fn create(
     };
     let logprobs = request.logprobs.map(|n| top_logprobs("logprobs", n, 5)).transpose()?;
     let mut plan = plan(&request.sampling, request.sampling.max_tokens, logprobs, prompts, &state.limits)?;
+    if request.echo {
+        plan.params.prompt_logprobs = plan.params.logprobs;
+    }
     plan.grammar = structured::grammar(&state, request.sampling.response_format.as_ref()).await?;
     let echo: Vec<String> = if request.echo {
         plan.prompts
@@ -145,6 +180,7 @@ pub async fn create(
             created,
             offsets: vec![0; plan.prompts.len() * plan.n],
             echo,
+            prompts: if request.echo { plan.prompts.clone() } else { Vec::new() },
             n: plan.n,
         };
         return Ok(sse(shape, generation, plan));
@@ -155,12 +191,17 @@ pub async fn create(
         .enumerate()
         .map(|(i, c)| {
             let prefix = echo.get(i / plan.n).map(String::as_str).unwrap_or("");
-            CompletionChoice {
-                index: i,
-                text: format!("{prefix}{}", c.text),
-                logprobs: plan.wants_logprobs().then(|| logprobs_of(&state.tokenizer, &c.logprobs, prefix.len())),
-                finish_reason: c.finish_reason,
-            }
+            let logprobs = plan.wants_logprobs().then(|| {
+                let generated = logprobs_of(&state.tokenizer, &c.logprobs, prefix.len());
+                match request.echo {
+                    true => joined(
+                        prompt_logprobs_of(&state.tokenizer, &plan.prompts[i / plan.n], &c.prompt_logprobs),
+                        generated,
+                    ),
+                    false => generated,
+                }
+            });
+            CompletionChoice { index: i, text: format!("{prefix}{}", c.text), logprobs, finish_reason: c.finish_reason }
         })
         .collect();
     Ok(ok_json(&CompletionResponse {

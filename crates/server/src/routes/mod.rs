@@ -2,6 +2,7 @@
 mod chat;
 mod completions;
 mod system;
+mod tokens;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -19,6 +20,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", with_405(post(completions::create)))
         .route("/v1/chat/completions", with_405(post(chat::create)))
         .route("/v1/models", with_405(get(system::models)))
+        .route("/tokenize", with_405(post(tokens::tokenize)))
+        .route("/detokenize", with_405(post(tokens::detokenize)))
         .route("/openapi.json", with_405(get(system::openapi)));
     let mut open = Router::new().route("/health", with_405(get(system::health)));
     if state.config.metrics_require_api_key {

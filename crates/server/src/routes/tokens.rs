@@ -1,0 +1,94 @@
+//! `POST /tokenize` and `POST /detokenize`, in vLLM's shape: what a prompt or a chat costs in
+//! tokens before sending it, and the text of token ids.
+use crate::error::{ApiError, ApiJson};
+use crate::openai::Message;
+use crate::AppState;
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+/// A prompt, or chat messages rendered through the chat template (with the assistant's turn
+/// opened, as a chat request renders them).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenizeRequest {
+    pub model: Option<String>,
+    pub prompt: Option<String>,
+    pub messages: Option<Vec<Message>>,
+    /// Add the tokenizer's special tokens (BOS). Default: true for a prompt; a chat's come from
+    /// its template.
+    pub add_special_tokens: Option<bool>,
+    /// Also return each token's text.
+    #[serde(default)]
+    pub return_token_strs: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenizeResponse {
+    pub count: usize,
+    /// The model's context length.
+    pub max_model_len: usize,
+    pub tokens: Vec<u32>,
+    pub token_strs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DetokenizeRequest {
+    pub model: Option<String>,
+    pub tokens: Vec<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DetokenizeResponse {
+    pub prompt: String,
+}
+
+fn check_model(state: &AppState, model: Option<&String>) -> Result<(), ApiError> {
+    match model {
+        Some(name) if *name != state.limits.served_model_name => Err(ApiError::UnknownModel(name.clone())),
+        _ => Ok(()),
+    }
+}
+
+/// Token ids of a prompt or a chat.
+#[utoipa::path(post, path = "/tokenize", operation_id = "tokenize", tag = "tokens", request_body = TokenizeRequest,
+    responses((status = 200, body = TokenizeResponse), crate::error::ErrorResponses))]
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<TokenizeRequest>,
+) -> Result<Json<TokenizeResponse>, ApiError> {
+    check_model(&state, request.model.as_ref())?;
+    let tokens = match (request.prompt, &request.messages) {
+        (Some(prompt), None) => {
+            let mut ids = state.prompts.completion(vec![prompt]).await?.pop().unwrap_or_default();
+            let bos = state.tokenizer.bos_id().filter(|_| state.tokenizer.adds_bos());
+            if request.add_special_tokens == Some(false) && bos.is_some() && ids.first() == bos.as_ref() {
+                ids.remove(0);
+            }
+            ids
+        }
+        (None, Some(messages)) => state.prompts.chat(super::chat::template_messages(messages)?).await?,
+        _ => return Err(ApiError::invalid("prompt", "give either `prompt` or `messages`")),
+    };
+    let token_strs = request.return_token_strs.then(|| tokens.iter().map(|&t| state.tokenizer.token_text(t)).collect());
+    Ok(Json(TokenizeResponse { count: tokens.len(), max_model_len: state.limits.context_len, tokens, token_strs }))
+}
+
+/// The text of token ids.
+#[utoipa::path(post, path = "/detokenize", operation_id = "detokenize", tag = "tokens", request_body = DetokenizeRequest,
+    responses((status = 200, body = DetokenizeResponse), crate::error::ErrorResponses))]
+pub async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<DetokenizeRequest>,
+) -> Result<Json<DetokenizeResponse>, ApiError> {
+    check_model(&state, request.model.as_ref())?;
+    if let Some(bad) = request.tokens.iter().find(|&&t| t as usize >= state.limits.vocab_size) {
+        return Err(ApiError::invalid(
+            "tokens",
+            format!("token id {bad} is outside the vocabulary of {}", state.limits.vocab_size),
+        ));
+    }
+    let prompt = state.tokenizer.decode(&request.tokens).map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
+    Ok(Json(DetokenizeResponse { prompt }))
+}
