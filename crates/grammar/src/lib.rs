@@ -4,14 +4,17 @@
 //! [`Grammars`] is built once per tokenizer (llguidance's token trie over every token's bytes)
 //! and compiles a request's [`GrammarSpec`] into a [`Grammar`]; each sequence then gets its own
 //! matcher from it ([`Grammar::constraint`]), which the engine advances token by token.
+mod digits;
 mod vocabulary;
 
+use digits::DigitRuns;
 use llguidance::api::TopLevelGrammar;
 use llguidance::{Matcher, ParserFactory, TokenParser};
 use recyclegpt_engine::{Constraint, TokenConstraint};
 use recyclegpt_model::TextTokenizer;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use toktrie::TokEnv;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrammarError {
@@ -37,6 +40,7 @@ pub enum GrammarSpec {
 /// The compiler for one tokenizer.
 pub struct Grammars {
     factory: Arc<ParserFactory>,
+    env: TokEnv,
     eos_ids: Arc<[u32]>,
 }
 
@@ -46,7 +50,7 @@ impl Grammars {
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| GrammarError::Tokenizer(e.to_string()))?;
         // Errors come back to the caller as values; llguidance's own log would print them twice.
         factory.quiet();
-        Ok(Self { factory: Arc::new(factory), eos_ids: tokenizer.eos_ids().into() })
+        Ok(Self { factory: Arc::new(factory), env, eos_ids: tokenizer.eos_ids().into() })
     }
 
     /// Compiles `spec`; an invalid schema or grammar is an error that says what is wrong.
@@ -65,7 +69,8 @@ impl Grammars {
         // Some errors only show once the parser starts: catch them here, not mid-generation.
         let mut probe = Matcher::new(Ok(parser.deep_clone()));
         probe.compute_mask().map_err(|e| GrammarError::Invalid(e.to_string()))?;
-        Ok(Grammar { parser, eos_ids: self.eos_ids.clone() })
+        let json = !matches!(spec, GrammarSpec::Lark(_));
+        Ok(Grammar { parser, env: self.env.clone(), json, eos_ids: self.eos_ids.clone() })
     }
 }
 
@@ -90,6 +95,9 @@ fn with_layout(mut schema: Value) -> Value {
 /// A compiled grammar, ready to constrain any number of sequences.
 pub struct Grammar {
     parser: TokenParser,
+    env: TokEnv,
+    /// JSON output, whose numbers get at most [`digits::MAX_DIGITS`] digits in a row.
+    json: bool,
     eos_ids: Arc<[u32]>,
 }
 
@@ -104,6 +112,7 @@ impl Grammar {
     pub fn constraint(&self) -> Constraint {
         Constraint(Box::new(Matching {
             matcher: Matcher::new(Ok(self.parser.deep_clone())),
+            digits: self.json.then(|| DigitRuns::new(self.env.clone())),
             eos_ids: self.eos_ids.clone(),
         }))
     }
@@ -112,6 +121,7 @@ impl Grammar {
 /// One sequence's place in the grammar.
 struct Matching {
     matcher: Matcher,
+    digits: Option<DigitRuns>,
     /// Every end-of-sequence id the model may use: llguidance knows one, and the mask allows
     /// them all where the grammar may end.
     eos_ids: Arc<[u32]>,
@@ -121,9 +131,12 @@ impl TokenConstraint for Matching {
     fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
         let allowed = self.matcher.compute_mask().map_err(|e| e.to_string())?;
         let can_end = self.eos_ids.iter().any(|&eos| allowed.is_allowed(eos));
+        let no_digit = self.digits.as_ref().is_some_and(DigitRuns::at_limit);
         for (token, logit) in logits.iter_mut().enumerate() {
             let token = token as u32;
-            let ok = (token as usize) < allowed.len() && allowed.is_allowed(token);
+            let ok = (token as usize) < allowed.len()
+                && allowed.is_allowed(token)
+                && !(no_digit && self.digits.as_ref().is_some_and(|d| d.starts_with_digit(token)));
             if !(ok || can_end && self.eos_ids.contains(&token)) {
                 *logit = f32::NEG_INFINITY;
             }
@@ -132,11 +145,19 @@ impl TokenConstraint for Matching {
     }
 
     fn advance(&mut self, token: u32) -> Result<(), String> {
-        self.matcher.consume_token(token).map_err(|e| e.to_string())
+        self.matcher.consume_token(token).map_err(|e| e.to_string())?;
+        if let Some(digits) = &mut self.digits {
+            digits.advance(token);
+        }
+        Ok(())
     }
 
     fn rollback(&mut self, tokens: usize) -> Result<(), String> {
-        self.matcher.rollback(tokens).map_err(|e| e.to_string())
+        self.matcher.rollback(tokens).map_err(|e| e.to_string())?;
+        if let Some(digits) = &mut self.digits {
+            digits.rollback(tokens);
+        }
+        Ok(())
     }
 
     fn is_complete(&self) -> bool {

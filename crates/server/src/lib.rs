@@ -7,6 +7,7 @@ mod connections;
 pub mod error;
 mod generation;
 pub mod openai;
+mod openai_responses;
 mod prompt;
 mod responses;
 mod routes;

@@ -165,9 +165,10 @@ pub enum Content {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ContentPart {
-    /// Only `text` parts are served (the models read text).
+    /// Only text parts are served (the models read text): `text`, or `input_text` and
+    /// `output_text` as the Responses API names them.
     #[serde(rename = "type")]
-    #[schema(pattern = "^text$")]
+    #[schema(pattern = "^(text|input_text|output_text)$")]
     pub kind: String,
     #[schema(value_type = String, required = true)]
     pub text: Option<String>,

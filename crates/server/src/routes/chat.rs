@@ -91,8 +91,13 @@ impl ChunkShape for ChatChunks {
 
 /// Messages as the chat template takes them (text parts joined).
 pub(super) fn template_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
+    template_messages_of("messages", messages)
+}
+
+/// The same, for messages that came in the request's `param`.
+pub(super) fn template_messages_of(param: &str, messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
-        return Err(ApiError::invalid("messages", "`messages` must not be empty"));
+        return Err(ApiError::invalid(param, format!("`{param}` must not be empty")));
     }
     messages
         .iter()
@@ -105,17 +110,17 @@ pub(super) fn template_messages(messages: &[Message]) -> Result<Vec<ChatMessage>
                     let mut text = String::new();
                     for (j, part) in parts.iter().enumerate() {
                         match (part.kind.as_str(), &part.text) {
-                            ("text", Some(t)) => text.push_str(t),
-                            ("text", None) => {
+                            ("text" | "input_text" | "output_text", Some(t)) => text.push_str(t),
+                            ("text" | "input_text" | "output_text", None) => {
                                 return Err(ApiError::invalid(
-                                    "messages",
-                                    format!("messages[{i}].content[{j}]: a `text` part needs a `text` field"),
+                                    param,
+                                    format!("{param}[{i}].content[{j}]: a `text` part needs a `text` field"),
                                 ))
                             }
                             (kind, _) => {
                                 return Err(ApiError::invalid(
-                                    "messages",
-                                    format!("messages[{i}].content[{j}]: content parts of type `{kind}` are not supported (only `text`)"),
+                                    param,
+                                    format!("{param}[{i}].content[{j}]: content parts of type `{kind}` are not supported (only text: `text`, or `input_text` and `output_text` as the Responses API names them)"),
                                 ))
                             }
                         }

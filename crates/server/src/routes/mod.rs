@@ -1,6 +1,7 @@
 //! The HTTP surface.
 mod chat;
 mod completions;
+mod responses_api;
 mod system;
 mod tokens;
 
@@ -19,6 +20,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut guarded = Router::new()
         .route("/v1/completions", with_405(post(completions::create)))
         .route("/v1/chat/completions", with_405(post(chat::create)))
+        .route("/v1/responses", with_405(post(responses_api::create)))
         .route("/v1/models", with_405(get(system::models)))
         .route("/tokenize", with_405(post(tokens::tokenize)))
         .route("/detokenize", with_405(post(tokens::detokenize)))

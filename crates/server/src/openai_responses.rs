@@ -1,0 +1,162 @@
+//! The shapes of OpenAI's Responses API (`POST /v1/responses`), stateless: the request, the
+//! `response` object, and the typed events of its stream.
+use crate::openai::{Content, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// `input`: a string (one user message), or message items.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ResponseInput {
+    Text(String),
+    Items(Vec<InputItem>),
+}
+
+/// A message item; `type` is `message` when given. Content parts are `input_text` (or
+/// `output_text` in earlier assistant turns).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct InputItem {
+    #[serde(rename = "type")]
+    #[schema(pattern = "^message$")]
+    pub kind: Option<String>,
+    pub role: Option<Role>,
+    pub content: Option<Content>,
+}
+
+/// `text.format`: like chat's `response_format`, with the schema's fields at the top level.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TextFormat {
+    Text,
+    JsonObject,
+    JsonSchema {
+        name: String,
+        #[schema(value_type = Object)]
+        schema: Option<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        strict: Option<bool>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct TextConfig {
+    pub format: TextFormat,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ResponsesRequest {
+    pub model: Option<String>,
+    pub input: ResponseInput,
+    /// A system message before the input.
+    pub instructions: Option<String>,
+    #[schema(minimum = 1)]
+    pub max_output_tokens: Option<i64>,
+    #[schema(minimum = 0.0, maximum = 2.0)]
+    pub temperature: Option<f64>,
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+    pub top_p: Option<f64>,
+    pub text: Option<TextConfig>,
+    #[serde(default)]
+    pub stream: bool,
+    /// Nothing is stored here: `true` is refused.
+    pub store: Option<bool>,
+    /// Refused: this server keeps no responses to continue from.
+    pub previous_response_id: Option<String>,
+    /// Not served yet: a non-empty list is refused.
+    #[schema(value_type = Vec<Object>)]
+    pub tools: Option<Vec<Value>>,
+    #[schema(value_type = Object)]
+    pub metadata: Option<Value>,
+    pub user: Option<String>,
+    /// `auto` | `off` | `alternate` | `verify` (an extension, as on the other endpoints).
+    #[schema(pattern = "^(auto|off|alternate|verify)$")]
+    pub recycle: Option<String>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OutputText {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub text: String,
+    #[schema(value_type = Vec<Object>)]
+    pub annotations: Vec<Value>,
+}
+
+impl OutputText {
+    pub fn new(text: String) -> Self {
+        Self { kind: "output_text", text, annotations: Vec::new() }
+    }
+}
+
+/// The assistant's message, the one output item.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OutputMessage {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub status: &'static str,
+    pub role: &'static str,
+    pub content: Vec<OutputText>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InputTokensDetails {
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OutputTokensDetails {
+    pub reasoning_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ResponseUsage {
+    pub input_tokens: usize,
+    pub input_tokens_details: InputTokensDetails,
+    pub output_tokens: usize,
+    pub output_tokens_details: OutputTokensDetails,
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IncompleteDetails {
+    /// `max_output_tokens` (or the end of the context).
+    pub reason: &'static str,
+}
+
+/// A `response` object: whole, or as the stream's `response.created` / `.completed` carry it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ResponseObject {
+    pub id: String,
+    pub object: &'static str,
+    pub created_at: u64,
+    /// `in_progress`, `completed` or `incomplete`.
+    pub status: &'static str,
+    pub incomplete_details: Option<IncompleteDetails>,
+    #[schema(value_type = Object)]
+    pub error: Option<Value>,
+    pub model: String,
+    pub output: Vec<OutputMessage>,
+    pub instructions: Option<String>,
+    pub max_output_tokens: Option<i64>,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub text: TextConfig,
+    pub tool_choice: &'static str,
+    #[schema(value_type = Vec<Object>)]
+    pub tools: Vec<Value>,
+    pub parallel_tool_calls: bool,
+    pub store: bool,
+    pub previous_response_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub truncation: &'static str,
+    pub usage: Option<ResponseUsage>,
+    /// How recycling went (an extension, as on the other endpoints).
+    pub recycle: Option<crate::responses::RecycleStats>,
+}

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Drives a running recyclegpt server with the official `openai` Python client, unmodified:
+structured outputs parsed into Pydantic models in each decode mode, the Responses API whole and
+streamed, and plain chat streams. Prints one line per check and exits non-zero on a failure.
+
+    python3 -m venv /tmp/oai && /tmp/oai/bin/pip install openai pydantic
+    /tmp/oai/bin/python scripts/openai-client-check.py http://127.0.0.1:8080/v1 [MODES]
+
+MODES defaults to off,verify,alternate (the server needs a module for the last two). Answers
+get the server's default length (`max_tokens` left out), which fits any context.
+"""
+import sys
+
+import openai
+from pydantic import BaseModel, Field
+
+base = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080/v1"
+modes = (sys.argv[2] if len(sys.argv) > 2 else "off,verify,alternate").split(",")
+client = openai.OpenAI(base_url=base, api_key="unused")
+model = client.models.list().data[0].id
+failures = []
+
+
+def check(name, fn):
+    try:
+        print(f"ok   {name}: {fn()}")
+    except Exception as error:  # noqa: BLE001 - every failure is reported, then the run fails
+        failures.append(name)
+        print(f"FAIL {name}: {type(error).__name__}: {error}")
+
+
+class City(BaseModel):
+    name: str = Field(max_length=40)
+    country: str = Field(max_length=40)
+    population_millions: float = Field(ge=0, le=100)
+
+
+def parse(mode):
+    completion = client.chat.completions.parse(
+        model=model,
+        messages=[{"role": "user", "content": "Describe the city of Paris as JSON."}],
+        response_format=City,
+        temperature=0,
+        extra_body={"recycle": mode},
+    )
+    city = completion.choices[0].message.parsed
+    assert isinstance(city, City), completion
+    return city
+
+
+for mode in modes:
+    check(f"chat.completions.parse ({mode})", lambda mode=mode: parse(mode))
+
+
+def responses_whole():
+    response = client.responses.create(
+        model=model, instructions="Answer in one sentence.", input="What is the capital of France?",
+        max_output_tokens=40, temperature=0)
+    assert response.status in ("completed", "incomplete") and response.output_text, response
+    return repr(response.output_text)
+
+
+def responses_streamed():
+    kinds, text = [], ""
+    with client.responses.stream(model=model, input="Say hello in one short sentence.", temperature=0) as stream:
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                text += event.delta
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete"), kinds
+    assert final.output_text == text, (final.output_text, text)
+    return f"{len(kinds)} events, {text!r}"
+
+
+def responses_raw_stream():
+    events = list(client.responses.create(model=model, input="Count to three.", max_output_tokens=12, stream=True))
+    assert events[0].type == "response.created", events[0]
+    return f"{len(events)} events, last {events[-1].type}"
+
+
+def responses_parse():
+    response = client.responses.parse(model=model, input="Describe the city of Rome as JSON.", text_format=City,
+                                      temperature=0)
+    assert isinstance(response.output_parsed, City), response
+    return response.output_parsed
+
+
+def chat_stream():
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hi."}],
+                                            max_tokens=12, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    return f"{len(chunks)} chunks, usage {chunks[-1].usage}"
+
+
+check("responses.create", responses_whole)
+check("responses.stream", responses_streamed)
+check("responses.create(stream=True)", responses_raw_stream)
+check("responses.parse", responses_parse)
+check("chat.completions.create(stream=True)", chat_stream)
+sys.exit(1 if failures else 0)
