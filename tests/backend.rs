@@ -37,7 +37,12 @@ impl Backend for Scripted {
                 Script::EchoPrompt => {
                     let tokens: Vec<u32> = job.prompt.iter().copied().skip(1).take(job.max_tokens).collect();
                     for &token in &tokens {
-                        send(Event::Tokens { tokens: vec![token], logprobs: Vec::new(), prompt_logprobs: Vec::new() });
+                        send(Event::Tokens {
+                            tokens: vec![token],
+                            logprobs: Vec::new(),
+                            prompt_logprobs: Vec::new(),
+                            cached_prompt_tokens: 0,
+                        });
                     }
                     send(Event::Finished(Finished {
                         reason: FinishReason::Length,

@@ -32,6 +32,9 @@ pub struct ServeArgs {
     kv_budget_tokens: Option<usize>,
     #[arg(long, env = "RECYCLEGPT_PREFILL_CHUNK")]
     prefill_chunk: Option<usize>,
+    /// Reuse shared prompt prefixes' KV across requests (true or false).
+    #[arg(long, env = "RECYCLEGPT_PREFIX_CACHING")]
+    prefix_caching: Option<bool>,
     #[arg(long, env = "RECYCLEGPT_QUEUE_CAPACITY")]
     queue_capacity: Option<usize>,
     #[arg(long, env = "RECYCLEGPT_MAX_SEQUENCES_PER_REQUEST")]
@@ -103,6 +106,7 @@ impl ServeArgs {
             max_running_sequences,
             kv_budget_tokens,
             prefill_chunk,
+            prefix_caching,
             queue_capacity,
             max_sequences_per_request,
             default_recycle,

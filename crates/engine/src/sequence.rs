@@ -37,6 +37,8 @@ pub struct StopCriteria {
 /// Counters a caller reports (`generate --json`, metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SequenceStats {
+    /// Prompt tokens whose keys and values came from the prefix cache, not a forward.
+    pub cached_prompt_tokens: usize,
     /// Full forwards that produced tokens (the last prefill chunk and every decode step).
     pub full_forwards: usize,
     pub recycle_steps: usize,
@@ -292,6 +294,54 @@ impl Sequence {
             return Vec::new();
         }
         std::mem::take(&mut self.prompt_logprobs)
+    }
+
+    /// Starts from the first `len` prompt positions of another sequence's caches (prefix
+    /// caching). The module's entry for position p pairs the hidden state at p - 1 with token
+    /// p, so where the other module cache has positions 1..len - 1 one position fewer is reused:
+    /// the forward over it makes the hidden state the next pair needs, and the module's history
+    /// is exactly what it would have been (`alternate` output too). Without them the module
+    /// skips the reused positions, which costs acceptance of early drafts, never correctness.
+    pub(crate) fn reuse_prefix(
+        &mut self,
+        full: &KvCache,
+        module: Option<&KvCache>,
+        len: usize,
+    ) -> Result<(), EngineError> {
+        if len < 2 || len >= self.prompt_len || self.prefilled > 0 || self.params.prompt_logprobs.is_some() {
+            return Ok(());
+        }
+        let exact = module.filter(|m| m.contiguous_len() >= len - 1);
+        let reused = match (&self.recycle_cache, exact) {
+            (Some(_), Some(_)) => len - 1,
+            _ => len,
+        };
+        self.full_cache.copy_prefix(full, reused)?;
+        if let Some(own) = &mut self.recycle_cache {
+            match exact {
+                Some(module) => own.copy_prefix(module, reused)?,
+                None => own.skip(reused),
+            }
+        }
+        self.prefilled = reused;
+        self.stats.cached_prompt_tokens = reused;
+        Ok(())
+    }
+
+    /// What prefix caching keeps of a finished sequence: the tokens whose keys and values its
+    /// full cache holds, that cache, and the module's.
+    pub(crate) fn into_reusable(mut self) -> (Vec<u32>, KvCache, Option<KvCache>) {
+        // A forward that ended the sequence early may hold drafts it never emitted: drop them.
+        let len = self.full_cache.len().min(self.tokens.len());
+        self.full_cache.truncate(len);
+        self.tokens.truncate(len);
+        (self.tokens, self.full_cache, self.recycle_cache)
+    }
+
+    /// Whether the prompt may come from the prefix cache (prompt log-probabilities need every
+    /// prompt position computed).
+    pub(crate) fn may_reuse_prefix(&self) -> bool {
+        self.params.prompt_logprobs.is_none()
     }
 
     /// Tokens cached in the full model's KV cache (the scheduler's KV budget counts these).

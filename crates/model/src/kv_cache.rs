@@ -9,6 +9,8 @@ pub struct KvCache {
     len: usize,
     /// Positions passed over without being stored (see `skip`).
     skipped: usize,
+    /// Entries stored before the first skip: the ones whose positions are their indices.
+    stored_before_skip: Option<usize>,
     capacity: usize,
 }
 
@@ -21,7 +23,7 @@ impl KvCache {
             keys.push(Tensor::zeros(block, dtype, device)?);
             values.push(Tensor::zeros(block, dtype, device)?);
         }
-        Ok(Self { keys, values, len: 0, skipped: 0, capacity })
+        Ok(Self { keys, values, len: 0, skipped: 0, stored_before_skip: None, capacity })
     }
 
     pub fn len(&self) -> usize {
@@ -43,6 +45,7 @@ impl KvCache {
             values: self.values.iter().map(Tensor::copy).collect::<candle_core::Result<_>>()?,
             len: self.len,
             skipped: self.skipped,
+            stored_before_skip: self.stored_before_skip,
             capacity: self.capacity,
         })
     }
@@ -58,13 +61,40 @@ impl KvCache {
     /// sequence that stops drafting stops paying for the module; drafts after such a gap see a
     /// shorter history, which costs acceptance, never correctness (every draft is verified).
     pub fn skip(&mut self, n: usize) {
+        self.stored_before_skip.get_or_insert(self.len);
         self.skipped += n;
+    }
+
+    /// The first entries, stored before any position was skipped: entry `i` is position `i`.
+    pub fn contiguous_len(&self) -> usize {
+        self.stored_before_skip.unwrap_or(self.len).min(self.len)
+    }
+
+    /// Fills this empty cache with the first `n` entries of `other` (a cache of the same
+    /// stack): prefix caching reuses another sequence's keys and values for a shared prefix.
+    pub fn copy_prefix(&mut self, other: &KvCache, n: usize) -> Result<()> {
+        if self.len + self.skipped > 0 || n > other.len || n > self.capacity || other.keys.len() != self.keys.len() {
+            return Err(ModelError::Input(format!(
+                "cannot copy {n} cached entries of {} into a cache holding {} of {}",
+                other.len, self.len, self.capacity
+            )));
+        }
+        if n > 0 {
+            for (mine, theirs) in self.keys.iter().zip(&other.keys).chain(self.values.iter().zip(&other.values)) {
+                mine.slice_set(&theirs.narrow(0, 0, n)?, 0, 0)?;
+            }
+        }
+        self.len = n;
+        Ok(())
     }
 
     /// Forgets every stored entry from `len` on (a count of stored entries, not a position:
     /// skipped positions stay skipped).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+        if let Some(before) = &mut self.stored_before_skip {
+            *before = (*before).min(self.len);
+        }
     }
 
     pub(crate) fn check_room(&self, new_tokens: usize) -> Result<()> {

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub max_running_sequences: usize,
     pub kv_budget_tokens: usize,
     pub prefill_chunk: usize,
+    /// Reuse the keys and values of earlier requests' shared prefixes (a system prompt, the
+    /// earlier turns of a chat), in the part of the KV budget running sequences leave free.
+    pub prefix_caching: bool,
     /// Sequences (prompts × n, all requests together) that may wait for a slot.
     pub queue_capacity: usize,
     /// Sequences one request may ask for (prompts × n; never more than `queue_capacity`); more
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             max_running_sequences: 16,
             kv_budget_tokens: 16 * 1024,
             prefill_chunk: 128,
+            prefix_caching: true,
             queue_capacity: 64,
             max_sequences_per_request: 16,
             default_recycle: DecodeMode::Auto,

@@ -2,7 +2,7 @@
 //! and stream chunks. Detokenization and stop strings run here, on the request's own task, so the
 //! worker thread only ever handles token ids.
 use crate::error::ApiError;
-use crate::openai::Usage;
+use crate::openai::{PromptTokensDetails, Usage};
 use crate::responses::{FinishReason as ApiFinish, RecycleStats};
 use crate::text::TextStream;
 use crate::validation::Plan;
@@ -23,11 +23,14 @@ pub struct Generation {
     events: mpsc::UnboundedReceiver<(usize, Event)>,
     choices: Vec<ChoiceState>,
     prompt_tokens: usize,
+    /// Choices per prompt.
+    n: usize,
     done: usize,
 }
 
 struct ChoiceState {
     text: TextStream,
+    cached_prompt_tokens: usize,
     prompt_logprobs: Vec<TokenLogprob>,
     cancel: Arc<AtomicBool>,
     completion_tokens: usize,
@@ -84,6 +87,7 @@ pub fn submit(state: &AppState, plan: &Plan, request_id: &str) -> Result<Generat
             });
             choices.push(ChoiceState {
                 text: TextStream::new(&state.tokenizer, plan.stop.clone()),
+                cached_prompt_tokens: 0,
                 prompt_logprobs: Vec::new(),
                 cancel,
                 completion_tokens: 0,
@@ -92,7 +96,13 @@ pub fn submit(state: &AppState, plan: &Plan, request_id: &str) -> Result<Generat
         }
     }
     state.backend.submit(jobs)?;
-    Ok(Generation { events: receiver, choices, prompt_tokens: plan.prompts.iter().map(Vec::len).sum(), done: 0 })
+    Ok(Generation {
+        events: receiver,
+        choices,
+        prompt_tokens: plan.prompts.iter().map(Vec::len).sum(),
+        n: plan.n.max(1),
+        done: 0,
+    })
 }
 
 impl Generation {
@@ -119,8 +129,9 @@ impl Generation {
                 continue;
             };
             match event {
-                Event::Tokens { tokens, logprobs, prompt_logprobs } => {
+                Event::Tokens { tokens, logprobs, prompt_logprobs, cached_prompt_tokens } => {
                     choice.prompt_logprobs.extend(prompt_logprobs);
+                    choice.cached_prompt_tokens = cached_prompt_tokens;
                     let chunk = choice.text.push(&tokens);
                     match chunk.stopped_after {
                         None => {
@@ -188,10 +199,14 @@ impl Generation {
 
     pub fn usage(&self) -> Usage {
         let completion_tokens = self.choices.iter().map(|c| c.completion_tokens).sum();
+        // Each prompt is counted once, as in `prompt_tokens`: by its likeliest-cached choice.
+        let cached_tokens =
+            self.choices.chunks(self.n).map(|c| c.iter().map(|c| c.cached_prompt_tokens).max().unwrap_or(0)).sum();
         Usage {
             prompt_tokens: self.prompt_tokens,
             completion_tokens,
             total_tokens: self.prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens },
         }
     }
 }

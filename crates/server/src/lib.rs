@@ -85,6 +85,7 @@ fn register_metrics() {
         ("recyclegpt_queue_depth", "Sequences waiting for a slot in the running batch"),
         ("recyclegpt_running_sequences", "Sequences in the running batch"),
         ("recyclegpt_kv_tokens_in_use", "KV-cache tokens reserved by running sequences"),
+        ("recyclegpt_prefix_cache_tokens", "KV positions the prefix cache holds (within the KV budget's free part)"),
     ];
     for (name, help) in gauges {
         metrics::describe_gauge!(name, help);
@@ -114,6 +115,8 @@ fn register_metrics() {
         // The same drafts under the names vLLM exports for speculative decoding, so dashboards
         // built for it work unchanged. A recycled draft is one token, at position 0.
         ("vllm:spec_decode_num_drafts_total", "Drafts verified (vLLM's name)"),
+        ("vllm:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache (vLLM's name)"),
+        ("vllm:prefix_cache_hits_total", "Prompt tokens found in the prefix cache (vLLM's name)"),
         ("vllm:spec_decode_num_draft_tokens_total", "Draft tokens verified (vLLM's name)"),
         ("vllm:spec_decode_num_accepted_tokens_total", "Draft tokens accepted (vLLM's name)"),
         ("vllm:spec_decode_num_accepted_tokens_per_pos_total", "Draft tokens accepted, by position (vLLM's name)"),
@@ -145,6 +148,7 @@ impl AppState {
                 scheduler: SchedulerConfig {
                     budget: Budget { max_running: config.max_running_sequences, kv_tokens: config.kv_budget_tokens },
                     prefill_chunk: config.prefill_chunk,
+                    prefix_caching: config.prefix_caching,
                 },
                 context_len: model.context_len,
                 queue_capacity: config.queue_capacity,

@@ -59,6 +59,8 @@ pub enum Event {
         logprobs: Vec<TokenLogprob>,
         /// The prompt's log-probabilities, on the first event, when asked for.
         prompt_logprobs: Vec<TokenLogprob>,
+        /// Prompt tokens that came from the prefix cache.
+        cached_prompt_tokens: usize,
     },
     Finished(Finished),
     Failed(Failure),
@@ -383,6 +385,7 @@ impl Worker {
                     tokens: update.tokens,
                     logprobs: update.logprobs,
                     prompt_logprobs: update.prompt_logprobs,
+                    cached_prompt_tokens: update.cached_prompt_tokens,
                 };
                 let _ = link.job.events.send((link.job.index, event));
             }
@@ -408,6 +411,7 @@ impl Worker {
         metrics::gauge!("recyclegpt_queue_depth").set(queued as f64);
         metrics::gauge!("recyclegpt_running_sequences").set(self.scheduler.running_len() as f64);
         metrics::gauge!("recyclegpt_kv_tokens_in_use").set(self.scheduler.kv_tokens_in_use() as f64);
+        metrics::gauge!("recyclegpt_prefix_cache_tokens").set(self.scheduler.prefix_cache_tokens() as f64);
     }
 }
 
@@ -431,6 +435,9 @@ fn record_finish(link: &Link, finished: &Finished) {
             .increment(stats.skipped_drafts as u64);
     }
     metrics::counter!("recyclegpt_prompt_tokens_total").increment(finished.prompt_tokens as u64);
+    // vLLM's prefix-cache counters, in tokens: looked up, and found.
+    metrics::counter!("vllm:prefix_cache_queries_total").increment(finished.prompt_tokens as u64);
+    metrics::counter!("vllm:prefix_cache_hits_total").increment(stats.cached_prompt_tokens as u64);
     tracing::info!(
         request = %link.job.request_id,
         index = link.job.index,

@@ -3,8 +3,10 @@
 //! and returns typed updates. It knows nothing of HTTP, text or clients: a caller maps sequence
 //! ids to its own requests.
 mod admission;
+mod prefix_cache;
 
 pub use admission::{admit, Budget};
+use prefix_cache::PrefixCache;
 
 use crate::constraint::Constraint;
 use crate::cost::CostModel;
@@ -24,6 +26,9 @@ pub struct SchedulerConfig {
     /// Prompt tokens fed per sequence per step, so that a long prompt does not stall the
     /// sequences decoding beside it.
     pub prefill_chunk: usize,
+    /// Keep finished sequences' caches for later prompts that share their prefix, in the part
+    /// of the KV budget running sequences leave free.
+    pub prefix_caching: bool,
 }
 
 /// A sequence to generate, as queued.
@@ -55,6 +60,8 @@ pub struct Update {
     pub logprobs: Vec<TokenLogprob>,
     /// The prompt's log-probabilities, on the first update after the prompt is in, when asked for.
     pub prompt_logprobs: Vec<TokenLogprob>,
+    /// Prompt tokens that came from the prefix cache.
+    pub cached_prompt_tokens: usize,
     /// Set on the sequence's last update.
     pub finished: Option<Finished>,
 }
@@ -93,11 +100,20 @@ pub struct Scheduler {
     waiting: VecDeque<SequenceRequest>,
     running: Vec<Sequence>,
     reservations: Vec<usize>,
+    prefix: Option<PrefixCache>,
 }
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig, context_len: usize, costs: Option<CostModel>) -> Self {
-        Self { config, costs, context_len, waiting: VecDeque::new(), running: Vec::new(), reservations: Vec::new() }
+        Self {
+            prefix: config.prefix_caching.then(PrefixCache::new),
+            config,
+            costs,
+            context_len,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            reservations: Vec::new(),
+        }
     }
 
     pub fn enqueue(&mut self, request: SequenceRequest) {
@@ -114,12 +130,37 @@ impl Scheduler {
         let at = self.running.iter().position(|s| s.id() == id)?;
         let seq = self.running.remove(at);
         self.reservations.remove(at);
-        Some(Finished {
+        let finished = Finished {
             reason: FinishReason::Stop,
             prompt_tokens: seq.prompt().len(),
             completion_tokens: seq.generated().len(),
             stats: seq.stats(),
-        })
+        };
+        // A stop string ends most chat answers this way: what it computed is as reusable.
+        self.keep_prefix(seq);
+        Some(finished)
+    }
+
+    /// Hands a finished sequence's caches to the prefix cache, within the free KV budget.
+    fn keep_prefix(&mut self, seq: Sequence) {
+        if let Some(prefix) = &mut self.prefix {
+            let (tokens, full, module) = seq.into_reusable();
+            prefix.insert(tokens, full, module);
+        }
+        self.fit_prefix_cache();
+    }
+
+    /// Evicts prefix-cache entries until they fit beside the running sequences' reservations.
+    fn fit_prefix_cache(&mut self) {
+        let free = self.config.budget.kv_tokens.saturating_sub(self.reservations.iter().sum());
+        if let Some(prefix) = &mut self.prefix {
+            prefix.shrink_to(free);
+        }
+    }
+
+    /// KV positions the prefix cache holds.
+    pub fn prefix_cache_tokens(&self) -> usize {
+        self.prefix.as_ref().map_or(0, PrefixCache::held)
     }
 
     /// Drops every waiting sequence (shutdown), returning their ids.
@@ -186,25 +227,39 @@ impl Scheduler {
                 SequenceState::Prefilling | SequenceState::Decoding => None,
             };
             if !tokens.is_empty() || finished.is_some() {
-                outcome.updates.push(Update { id: seq.id(), tokens, logprobs, prompt_logprobs, finished });
+                let cached_prompt_tokens = seq.stats().cached_prompt_tokens;
+                outcome.updates.push(Update {
+                    id: seq.id(),
+                    tokens,
+                    logprobs,
+                    prompt_logprobs,
+                    cached_prompt_tokens,
+                    finished,
+                });
             }
             if finished.is_none() {
                 kept.push(seq);
                 kept_reservations.push(reservation);
+            } else if let Some(prefix) = &mut self.prefix {
+                let (tokens, full, module) = seq.into_reusable();
+                prefix.insert(tokens, full, module);
             }
         }
         self.running = kept;
         self.reservations = kept_reservations;
+        self.fit_prefix_cache();
         Ok(outcome)
     }
 
     fn admit(&mut self, model: &RecycleGpt, outcome: &mut StepOutcome) {
         let waiting: Vec<usize> = self.waiting.iter().map(|r| r.reservation(self.context_len)).collect();
         let count = admit(self.config.budget, &self.reservations, &waiting);
-        for (request, reservation) in self.waiting.drain(..count).zip(waiting) {
-            match Sequence::new(request.id, model, request.prompt, request.mode, request.params, request.stop) {
+        let admitted: Vec<SequenceRequest> = self.waiting.drain(..count).collect();
+        for (request, reservation) in admitted.into_iter().zip(waiting) {
+            let started = Sequence::new(request.id, model, request.prompt, request.mode, request.params, request.stop)
+                .and_then(|seq| self.reuse_prefix(seq.with_constraint(request.constraint)));
+            match started {
                 Ok(seq) => {
-                    let seq = seq.with_constraint(request.constraint);
                     outcome.started.push(request.id);
                     self.running.push(seq);
                     self.reservations.push(reservation);
@@ -212,5 +267,16 @@ impl Scheduler {
                 Err(error) => outcome.refused.push((request.id, error)),
             }
         }
+        self.fit_prefix_cache();
+    }
+
+    /// Starts `seq` from the longest cached prefix of its prompt, if any.
+    fn reuse_prefix(&mut self, mut seq: Sequence) -> Result<Sequence, EngineError> {
+        if let Some(prefix) = self.prefix.as_mut().filter(|_| seq.may_reuse_prefix()) {
+            if let Some(hit) = prefix.lookup(seq.prompt()) {
+                seq.reuse_prefix(hit.full, hit.module, hit.len)?;
+            }
+        }
+        Ok(seq)
     }
 }

@@ -98,7 +98,7 @@ impl Shape {
             truncation: "disabled",
             usage: usage.map(|u| ResponseUsage {
                 input_tokens: u.prompt_tokens,
-                input_tokens_details: InputTokensDetails { cached_tokens: 0 },
+                input_tokens_details: InputTokensDetails { cached_tokens: u.prompt_tokens_details.cached_tokens },
                 output_tokens: u.completion_tokens,
                 output_tokens_details: OutputTokensDetails { reasoning_tokens: 0 },
                 total_tokens: u.total_tokens,
