@@ -147,6 +147,8 @@ fn serve_all(options: &ReportOptions, loaded: LoadedModel) -> Result<Vec<ServeRe
                     prompt: options.prompt.clone(),
                     chat: false,
                     api_key: None,
+                    response_format: None,
+                    multi_turn: false,
                 };
                 reports.push(serve::run(&serve_options, mode).await);
             }

@@ -1,6 +1,10 @@
 //! `recyclegpt bench serve`: concurrent streaming clients against a running server; aggregate
-//! generated tokens/s, time to first token and inter-token latency, per decode mode.
+//! generated tokens/s, time to first token and inter-token latency, per decode mode. Options:
+//! a `response_format` on every request (what constrained decoding costs), and a multi-turn
+//! chat (a long system prompt, then a second turn that repeats the first: what prefix caching
+//! saves in time to first token).
 use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -14,6 +18,28 @@ pub struct ServeOptions {
     /// template applies) instead of as raw text to `/v1/completions`.
     pub chat: bool,
     pub api_key: Option<String>,
+    /// Sent as `response_format` with every request.
+    pub response_format: Option<serde_json::Value>,
+    /// Each request is a chat of two turns under a ~500-token system prompt: the second turn
+    /// sends the first turn, its answer and a follow-up question.
+    pub multi_turn: bool,
+}
+
+/// About 500 tokens of system prompt for the multi-turn scenario: what applications send on
+/// every turn of a chat. Each conversation's differs from its first line on, so that its first
+/// turn finds nothing cached and only its second turn can reuse a prefix.
+fn system_prompt() -> String {
+    static CONVERSATIONS: AtomicU64 = AtomicU64::new(0);
+    const TOPICS: [&str; 8] = ["cooking", "gardening", "travel", "history", "music", "sport", "science", "health"];
+    let id = CONVERSATIONS.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut text = format!("Conversation {id} of session {}.\n", started.as_micros());
+    text.push_str("You are a helpful assistant. Follow these rules in every answer.\n");
+    for k in 1..=32 {
+        let topic = TOPICS[k % TOPICS.len()];
+        text.push_str(&format!("Rule {k}: when asked about {topic}, answer briefly, politely and accurately.\n"));
+    }
+    text
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +55,9 @@ pub struct ServeReport {
     pub ttft_p99_ms: f64,
     pub itl_p50_ms: f64,
     pub itl_p99_ms: f64,
+    /// Multi-turn: the second turns' median time to first token (`ttft_*` are the first turns').
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn2_ttft_p50_ms: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +72,10 @@ struct Sample {
     ttft: Option<Duration>,
     last_text: Option<Duration>,
     tokens: usize,
+    /// The streamed text (the answer a second turn repeats).
+    text: String,
+    /// Multi-turn: the second turn's time to first token.
+    turn2_ttft: Option<Duration>,
 }
 
 impl Sample {
@@ -55,18 +88,49 @@ impl Sample {
 }
 
 async fn one_request(client: &reqwest::Client, options: &ServeOptions, mode: &str) -> Result<Sample, ServeBenchError> {
-    let endpoint = if options.chat { "chat/completions" } else { "completions" };
+    let chat = options.chat || options.multi_turn;
+    let endpoint = if chat { "chat/completions" } else { "completions" };
     let url = format!("{}/v1/{endpoint}", options.url.trim_end_matches('/'));
     let mut body = serde_json::json!({
         "max_tokens": options.max_tokens, "temperature": 0, "stream": true,
         "stream_options": {"include_usage": true}, "recycle": mode,
     });
-    if options.chat {
-        body["messages"] = serde_json::json!([{"role": "user", "content": options.prompt}]);
-    } else {
-        body["prompt"] = serde_json::json!(options.prompt);
+    if let Some(format) = &options.response_format {
+        body["response_format"] = format.clone();
     }
-    let mut request = client.post(&url).json(&body);
+    if !options.multi_turn {
+        if chat {
+            body["messages"] = serde_json::json!([{"role": "user", "content": options.prompt}]);
+        } else {
+            body["prompt"] = serde_json::json!(options.prompt);
+        }
+        return stream_once(client, options, &url, &body, chat).await;
+    }
+    let mut messages = serde_json::json!([
+        {"role": "system", "content": system_prompt()},
+        {"role": "user", "content": options.prompt},
+    ]);
+    body["messages"] = messages.clone();
+    let mut first = stream_once(client, options, &url, &body, chat).await?;
+    if let Some(turns) = messages.as_array_mut() {
+        turns.push(serde_json::json!({"role": "assistant", "content": first.text}));
+        turns.push(serde_json::json!({"role": "user", "content": "Thank you. Can you say more?"}));
+    }
+    body["messages"] = messages;
+    let second = stream_once(client, options, &url, &body, chat).await?;
+    first.turn2_ttft = second.ttft;
+    Ok(first)
+}
+
+async fn stream_once(
+    client: &reqwest::Client,
+    options: &ServeOptions,
+    url: &str,
+    body: &serde_json::Value,
+    chat: bool,
+) -> Result<Sample, ServeBenchError> {
+    let url = url.to_string();
+    let mut request = client.post(&url).json(body);
     if let Some(key) = &options.api_key {
         request = request.bearer_auth(key);
     }
@@ -91,11 +155,12 @@ async fn one_request(client: &reqwest::Client, options: &ServeOptions, mode: &st
                 sample.tokens = tokens as usize;
             }
             let choice = &chunk["choices"][0];
-            let text = if options.chat { &choice["delta"]["content"] } else { &choice["text"] };
-            if text.as_str().is_some_and(|t| !t.is_empty()) {
+            let text = if chat { &choice["delta"]["content"] } else { &choice["text"] };
+            if let Some(text) = text.as_str().filter(|t| !t.is_empty()) {
                 let at = start.elapsed();
                 sample.ttft.get_or_insert(at);
                 sample.last_text = Some(at);
+                sample.text.push_str(text);
             }
         }
     }
@@ -132,11 +197,13 @@ pub async fn run(options: &ServeOptions, mode: &str) -> ServeReport {
         })
         .collect();
     let (mut ttfts, mut gaps, mut tokens, mut failed) = (Vec::new(), Vec::new(), 0, 0);
+    let mut second_ttfts = Vec::new();
     for task in tasks {
         for result in task.await.unwrap_or_default() {
             match result {
                 Ok(sample) => {
                     ttfts.extend(sample.ttft);
+                    second_ttfts.extend(sample.turn2_ttft);
                     gaps.extend(sample.inter_token());
                     tokens += sample.tokens;
                 }
@@ -160,5 +227,6 @@ pub async fn run(options: &ServeOptions, mode: &str) -> ServeReport {
         ttft_p99_ms: percentile_ms(&mut ttfts, 99.0),
         itl_p50_ms: percentile_ms(&mut gaps, 50.0),
         itl_p99_ms: percentile_ms(&mut gaps, 99.0),
+        turn2_ttft_p50_ms: options.multi_turn.then(|| percentile_ms(&mut second_ttfts, 50.0)),
     }
 }
