@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives a running recyclegpt server with the official `openai` Python client, unmodified:
-structured outputs parsed into Pydantic models in each decode mode, the Responses API whole and
-streamed, and plain chat streams. Prints one line per check and exits non-zero on a failure.
+structured outputs parsed into Pydantic models in each decode mode, a tool-call round trip (call,
+result, answer) streamed and not, the Responses API whole and streamed, and plain chat streams. Prints one line per check and exits non-zero on a failure.
 
     python3 -m venv /tmp/oai && /tmp/oai/bin/pip install openai pydantic
     /tmp/oai/bin/python scripts/openai-client-check.py http://127.0.0.1:8080/v1 [MODES]
@@ -93,6 +93,42 @@ def chat_stream():
     return f"{len(chunks)} chunks, usage {chunks[-1].usage}"
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city now",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                   "additionalProperties": False}}}
+
+
+def tool_round_trip(stream):
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    if stream:
+        calls = {}
+        for chunk in client.chat.completions.create(model=model, messages=messages, tools=[WEATHER],
+                                                    tool_choice=forced, temperature=0, stream=True):
+            for delta in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+                call = calls.setdefault(delta.index, {"id": delta.id, "name": delta.function.name, "arguments": ""})
+                call["arguments"] += delta.function.arguments or ""
+        call = calls[0]
+        tool_call = {"id": call["id"], "type": "function",
+                     "function": {"name": call["name"], "arguments": call["arguments"]}}
+    else:
+        completion = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER],
+                                                    tool_choice=forced, temperature=0)
+        assert completion.choices[0].finish_reason == "tool_calls", completion
+        tool_call = completion.choices[0].message.tool_calls[0].model_dump()
+    import json
+    arguments = json.loads(tool_call["function"]["arguments"])
+    messages += [{"role": "assistant", "content": None, "tool_calls": [tool_call]},
+                 {"role": "tool", "tool_call_id": tool_call["id"], "content": '{"temperature": 21, "sky": "sunny"}'}]
+    answer = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER], temperature=0,
+                                            max_tokens=40)
+    assert answer.choices[0].message.content, answer
+    return f"called get_weather({arguments}), then {answer.choices[0].message.content[:60]!r}"
+
+
+check("tool round trip", lambda: tool_round_trip(False))
+check("tool round trip (stream)", lambda: tool_round_trip(True))
 check("responses.create", responses_whole)
 check("responses.stream", responses_streamed)
 check("responses.create(stream=True)", responses_raw_stream)

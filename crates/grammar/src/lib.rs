@@ -78,7 +78,7 @@ impl Grammars {
 /// newline and up to 8 spaces of indentation, between tokens (as llama.cpp's JSON grammar does): with free
 /// whitespace, small models pad with blank lines until `max_tokens` runs out. A schema's own
 /// `x-guidance` options win.
-fn with_layout(mut schema: Value) -> Value {
+pub fn with_layout(mut schema: Value) -> Value {
     if let Some(object) = schema.as_object_mut() {
         object.entry("x-guidance").or_insert_with(|| {
             json!({

@@ -270,8 +270,10 @@ pub trait ChunkShape: Send + 'static {
     /// A chunk sent before any text for a choice (chat: the role; completions: the echoed
     /// prompt, with its log-probabilities when asked for).
     fn opening(&mut self, index: usize, prompt_logprobs: &[TokenLogprob]) -> Option<Self::Chunk>;
-    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> Self::Chunk;
-    fn finish(&mut self, index: usize, reason: ApiFinish) -> Self::Chunk;
+    /// The chunks for new text (none while a shape holds text back).
+    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> Vec<Self::Chunk>;
+    /// The last chunks of a choice, ending with its finish reason.
+    fn finish(&mut self, index: usize, reason: ApiFinish) -> Vec<Self::Chunk>;
     fn usage(&self, usage: Usage) -> Self::Chunk;
 }
 
@@ -304,14 +306,20 @@ pub fn sse(mut shape: impl ChunkShape, mut generation: Generation, plan: Plan) -
             match progress {
                 Progress::Text { index, text, logprobs } => {
                     if !text.is_empty() || !logprobs.is_empty() {
-                        yield json_event(&shape.text(index, &text, &logprobs));
+                        for chunk in shape.text(index, &text, &logprobs) {
+                            yield json_event(&chunk);
+                        }
                     }
                 }
                 Progress::Finished(end) => {
                     if !end.text.is_empty() || !end.logprobs.is_empty() {
-                        yield json_event(&shape.text(end.index, &end.text, &end.logprobs));
+                        for chunk in shape.text(end.index, &end.text, &end.logprobs) {
+                            yield json_event(&chunk);
+                        }
                     }
-                    yield json_event(&shape.finish(end.index, end.reason));
+                    for chunk in shape.finish(end.index, end.reason) {
+                        yield json_event(&chunk);
+                    }
                 }
             }
         }

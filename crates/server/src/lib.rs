@@ -13,6 +13,7 @@ mod responses;
 mod routes;
 mod structured;
 mod text;
+mod tools;
 pub mod validation;
 pub mod worker;
 

@@ -178,9 +178,68 @@ pub struct ContentPart {
 pub struct Message {
     pub role: Role,
     pub content: Option<Content>,
+    /// An assistant turn's calls.
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
 }
 
-/// Who wrote a message; `developer` is read as `system`.
+/// A function the model may call.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct Tool {
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionDef,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON schema of the arguments.
+    #[schema(value_type = Object)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// `none`, `auto`, `required`, or `{"type": "function", "function": {"name": …}}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    Mode(String),
+    Function {
+        #[serde(rename = "type")]
+        kind: String,
+        function: FunctionName,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct FunctionName {
+    pub name: String,
+}
+
+/// A call the model made: the function's name and its arguments as JSON text.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// Who wrote a message; `developer` is read as `system`, and a `tool` result is shown to the
+/// model as a user turn holding a `<tool_response>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -188,6 +247,7 @@ pub enum Role {
     Developer,
     User,
     Assistant,
+    Tool,
 }
 
 impl Role {
@@ -195,7 +255,7 @@ impl Role {
     pub fn template_name(self) -> &'static str {
         match self {
             Role::System | Role::Developer => "system",
-            Role::User => "user",
+            Role::User | Role::Tool => "user",
             Role::Assistant => "assistant",
         }
     }
@@ -216,6 +276,10 @@ pub struct ChatRequest {
     #[schema(minimum = 0, maximum = 20)]
     #[serde(default, deserialize_with = "integral")]
     pub top_logprobs: Option<i64>,
+    pub tools: Option<Vec<Tool>>,
+    pub tool_choice: Option<ToolChoice>,
+    /// With `tool_choice: "required"`, whether several calls may come at once (default true).
+    pub parallel_tool_calls: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, ToSchema)]

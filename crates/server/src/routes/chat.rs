@@ -1,93 +1,16 @@
 //! `POST /v1/chat/completions`.
+use super::chat_stream::{logprobs_of, ChatChunks};
 use crate::chat_template::ChatMessage;
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, ChunkShape};
-use crate::openai::{ChatRequest, Content, Message, Usage};
-use crate::responses::{
-    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse, ChatDelta,
-    ChatLogprobs, ChatTokenLogprob, FinishReason, TopLogprob,
-};
+use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit};
+use crate::openai::{ChatRequest, Content, Message, Role};
+use crate::responses::{AssistantMessage, ChatChoice, ChatCompletionResponse, FinishReason};
+use crate::tools::{self, ToolPlan};
 use crate::validation::{plan, top_logprobs};
 use crate::{structured, AppState};
 use axum::extract::State;
 use axum::response::Response;
-use recyclegpt_engine::TokenLogprob;
-use recyclegpt_model::TextTokenizer;
 use std::sync::Arc;
-
-/// OpenAI's chat `logprobs` object.
-fn logprobs_of(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob]) -> ChatLogprobs {
-    let top = |token: u32, logprob: f32| {
-        let token = tokenizer.token_text(token);
-        TopLogprob { bytes: token.as_bytes().to_vec(), token, logprob }
-    };
-    let content = logprobs
-        .iter()
-        .map(|l| {
-            let first = top(l.token, l.logprob);
-            ChatTokenLogprob {
-                token: first.token,
-                logprob: first.logprob,
-                bytes: first.bytes,
-                top_logprobs: l.top.iter().map(|(t, lp)| top(*t, *lp)).collect(),
-            }
-        })
-        .collect();
-    ChatLogprobs { content }
-}
-
-struct ChatChunks {
-    tokenizer: Arc<TextTokenizer>,
-    logprobs: bool,
-    id: String,
-    model: String,
-    created: u64,
-}
-
-impl ChatChunks {
-    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> ChatCompletionChunk {
-        ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage,
-        }
-    }
-
-    fn choice(
-        index: usize,
-        delta: ChatDelta,
-        logprobs: Option<ChatLogprobs>,
-        finish_reason: Option<FinishReason>,
-    ) -> Vec<ChatChunkChoice> {
-        vec![ChatChunkChoice { index, delta, logprobs, finish_reason }]
-    }
-}
-
-impl ChunkShape for ChatChunks {
-    type Chunk = ChatCompletionChunk;
-
-    fn opening(&mut self, index: usize, _prompt_logprobs: &[TokenLogprob]) -> Option<ChatCompletionChunk> {
-        let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
-        Some(self.chunk(Self::choice(index, delta, None, None), None))
-    }
-
-    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> ChatCompletionChunk {
-        let delta = ChatDelta { role: None, content: Some(text.to_string()) };
-        let logprobs = self.logprobs.then(|| logprobs_of(&self.tokenizer, logprobs));
-        self.chunk(Self::choice(index, delta, logprobs, None), None)
-    }
-
-    fn finish(&mut self, index: usize, reason: FinishReason) -> ChatCompletionChunk {
-        self.chunk(Self::choice(index, ChatDelta::default(), None, Some(reason)), None)
-    }
-
-    fn usage(&self, usage: Usage) -> ChatCompletionChunk {
-        self.chunk(Vec::new(), Some(usage))
-    }
-}
 
 /// Messages as the chat template takes them (text parts joined).
 pub(super) fn template_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
@@ -128,6 +51,14 @@ pub(super) fn template_messages_of(param: &str, messages: &[Message]) -> Result<
                     text
                 }
             };
+            // Earlier calls and their results, in the form the model is told to call in.
+            let content = match (&m.tool_calls, m.role) {
+                (Some(calls), _) if !calls.is_empty() => {
+                    [content, tools::render_calls(calls)].join("\n").trim_start().to_string()
+                }
+                (_, Role::Tool) => tools::render_result(&content),
+                _ => content,
+            };
             Ok(ChatMessage { role: m.role.template_name().to_string(), content })
         })
         .collect()
@@ -152,27 +83,68 @@ pub async fn create(
             None
         }
     };
-    let prompt = state.prompts.chat(template_messages(&request.messages)?).await?;
+    let tools = ToolPlan::new(request.tools.as_deref(), request.tool_choice.as_ref(), request.parallel_tool_calls)?;
+    let mut messages = template_messages(&request.messages)?;
+    if let Some(tools) = &tools {
+        tools::add_instructions(&mut messages, tools.instructions());
+    }
+    // Checked before the prompt is tokenized: a bad schema is the cheaper error to find.
+    let grammar = match tools.as_ref().and_then(ToolPlan::grammar) {
+        Some(_) if request.sampling.response_format.is_some() => {
+            return Err(ApiError::invalid(
+                "response_format",
+                "`response_format` cannot be combined with a `tool_choice` that forces a call",
+            ))
+        }
+        Some(spec) => Some(
+            structured::compile(&state, spec)
+                .await
+                .map_err(|e| ApiError::invalid("tools", format!("the tools' parameters: {e}")))?,
+        ),
+        None => structured::grammar(&state, request.sampling.response_format.as_ref()).await?,
+    };
+    let prompt = state.prompts.chat(messages).await?;
     let max_tokens = request.max_completion_tokens.or(request.sampling.max_tokens);
     let mut plan = plan(&request.sampling, max_tokens, logprobs, vec![prompt], &state.limits)?;
-    plan.grammar = structured::grammar(&state, request.sampling.response_format.as_ref()).await?;
+    plan.grammar = grammar;
     let id = format!("chatcmpl-{}", state.next_request_id());
     let generation = submit(&state, &plan, &id)?;
     let (model, created) = shared(&state);
+    let call_ids = {
+        let state = state.clone();
+        move || format!("call_{}", state.next_request_id())
+    };
     if plan.stream {
-        let shape =
-            ChatChunks { tokenizer: state.tokenizer.clone(), logprobs: plan.wants_logprobs(), id, model, created };
+        let shape = ChatChunks::new(
+            state.tokenizer.clone(),
+            plan.wants_logprobs(),
+            (id, model, created),
+            tools,
+            Box::new(call_ids),
+        );
         return Ok(sse(shape, generation, plan));
     }
     let (choices, usage) = collect(generation).await?;
+    let mut next_call = call_ids;
     let body = choices
         .iter()
         .enumerate()
-        .map(|(i, c)| ChatChoice {
-            index: i,
-            message: AssistantMessage { role: "assistant", content: c.text.clone() },
-            logprobs: plan.wants_logprobs().then(|| logprobs_of(&state.tokenizer, &c.logprobs)),
-            finish_reason: c.finish_reason,
+        .map(|(i, c)| {
+            let (content, calls) = match &tools {
+                Some(tools) => tools.parse(&c.text, &mut next_call),
+                None => (Some(c.text.clone()), Vec::new()),
+            };
+            let called = !calls.is_empty();
+            ChatChoice {
+                index: i,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: if called { content } else { Some(c.text.clone()) },
+                    tool_calls: called.then_some(calls),
+                },
+                logprobs: plan.wants_logprobs().then(|| logprobs_of(&state.tokenizer, &c.logprobs)),
+                finish_reason: if called { Some(FinishReason::ToolCalls) } else { c.finish_reason },
+            }
         })
         .collect();
     Ok(ok_json(&ChatCompletionResponse {

@@ -109,7 +109,7 @@ impl ChunkShape for CompletionChunks {
         Some(self.chunk(vec![Self::choice(index, echo, logprobs, None)], None))
     }
 
-    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> CompletionResponse {
+    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> Vec<CompletionResponse> {
         let logprobs = self.logprobs.then(|| {
             let offset = self.offsets.get(index).copied().unwrap_or(0);
             let value = logprobs_of(&self.tokenizer, logprobs, offset);
@@ -118,11 +118,11 @@ impl ChunkShape for CompletionChunks {
             }
             value
         });
-        self.chunk(vec![Self::choice(index, text.to_string(), logprobs, None)], None)
+        vec![self.chunk(vec![Self::choice(index, text.to_string(), logprobs, None)], None)]
     }
 
-    fn finish(&mut self, index: usize, reason: FinishReason) -> CompletionResponse {
-        self.chunk(vec![Self::choice(index, String::new(), None, Some(reason))], None)
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<CompletionResponse> {
+        vec![self.chunk(vec![Self::choice(index, String::new(), None, Some(reason))], None)]
     }
 
     fn usage(&self, usage: Usage) -> CompletionResponse {

@@ -1,5 +1,6 @@
 //! The HTTP surface.
 mod chat;
+mod chat_stream;
 mod completions;
 mod responses_api;
 mod system;

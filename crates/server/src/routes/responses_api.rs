@@ -37,7 +37,12 @@ fn chat_messages(request: &ResponsesRequest) -> Result<Vec<ChatMessage>, ApiErro
                     ));
                 }
                 let role = item.role.ok_or_else(|| ApiError::invalid("input", format!("input[{i}] has no `role`")))?;
-                chat.push(crate::openai::Message { role, content: item.content.clone() });
+                chat.push(crate::openai::Message {
+                    role,
+                    content: item.content.clone(),
+                    tool_calls: None,
+                    tool_call_id: None,
+                });
             }
             messages.extend(super::chat::template_messages_of("input", &chat)?);
         }

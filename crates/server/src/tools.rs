@@ -1,0 +1,220 @@
+//! Tool calling on chat completions. The tools are described to the model in its system
+//! message, and calls are written in the Hermes form, `<tool_call>{"name": …, "arguments": …}
+//! </tool_call>`, which chat-tuned models widely know; earlier calls and their results are
+//! rendered into the conversation the same way (llama.cpp's generic approach, for templates
+//! without tool syntax). `tool_choice: "required"` or a named function constrains generation
+//! with a grammar, so the output is always a valid call; `auto` parses what the model wrote.
+use crate::chat_template::ChatMessage;
+use crate::error::ApiError;
+use crate::openai::{FunctionCall, Tool, ToolCall, ToolChoice};
+use recyclegpt_grammar::GrammarSpec;
+use serde_json::{json, Value};
+
+/// The request's tools and what it asks of them.
+#[derive(Debug, Clone)]
+pub struct ToolPlan {
+    tools: Vec<Tool>,
+    choice: Choice,
+    parallel: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Choice {
+    Auto,
+    Required,
+    Named(String),
+}
+
+impl ToolPlan {
+    /// Validates `tools` and `tool_choice`; `None` when no tool may be called.
+    pub fn new(
+        tools: Option<&[Tool]>,
+        choice: Option<&ToolChoice>,
+        parallel: Option<bool>,
+    ) -> Result<Option<Self>, ApiError> {
+        let tools = tools.unwrap_or_default();
+        for (i, tool) in tools.iter().enumerate() {
+            let name = &tool.function.name;
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if tool.kind != "function" || !valid {
+                return Err(ApiError::invalid(
+                    "tools",
+                    format!(
+                        "tools[{i}] must be a `function` named with 1 to 64 letters, digits, underscores or dashes"
+                    ),
+                ));
+            }
+            if tools[..i].iter().any(|t| t.function.name == *name) {
+                return Err(ApiError::invalid("tools", format!("two tools are named `{name}`")));
+            }
+            if tool.function.parameters.as_ref().is_some_and(|p| !p.is_object()) {
+                return Err(ApiError::invalid(
+                    "tools",
+                    format!("tools[{i}].function.parameters must be a JSON schema object"),
+                ));
+            }
+        }
+        let choice = match choice {
+            None => Choice::Auto,
+            Some(ToolChoice::Mode(mode)) => match mode.as_str() {
+                "none" => return Ok(None),
+                "auto" => Choice::Auto,
+                "required" => Choice::Required,
+                other => {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        format!("`tool_choice` must be none, auto, required or a function, got `{other}`"),
+                    ))
+                }
+            },
+            Some(ToolChoice::Function { function, .. }) => {
+                if !tools.iter().any(|t| t.function.name == function.name) {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        format!("`tool_choice` names `{}`, which is not among the tools", function.name),
+                    ));
+                }
+                Choice::Named(function.name.clone())
+            }
+        };
+        if tools.is_empty() {
+            return match choice {
+                Choice::Auto => Ok(None),
+                _ => Err(ApiError::invalid("tool_choice", "`tool_choice` needs `tools`")),
+            };
+        }
+        Ok(Some(Self { tools: tools.to_vec(), choice, parallel: parallel.unwrap_or(true) }))
+    }
+
+    /// The system message text that describes the tools and how to call them.
+    pub fn instructions(&self) -> String {
+        let described: Vec<String> =
+            self.tools.iter().map(|t| json!({"type": "function", "function": t.function}).to_string()).collect();
+        format!(
+            "You can call functions to help answer. The functions, with JSON schemas of their arguments:\n\
+             <tools>\n{}\n</tools>\n\
+             To call a function, answer with a <tool_call></tool_call> block holding a JSON object with the \
+             function's name and arguments, one block per call:\n\
+             <tool_call>\n{{\"name\": \"<function name>\", \"arguments\": {{<arguments>}}}}\n</tool_call>",
+            described.join("\n")
+        )
+    }
+
+    /// The grammar that makes every answer a valid call, for `required` or a named function.
+    pub fn grammar(&self) -> Option<GrammarSpec> {
+        let allowed: Vec<&Tool> = match &self.choice {
+            Choice::Auto => return None,
+            Choice::Required => self.tools.iter().collect(),
+            Choice::Named(name) => self.tools.iter().filter(|t| t.function.name == *name).collect(),
+        };
+        let calls: Vec<Value> = allowed
+            .iter()
+            .map(|t| {
+                let arguments = t.function.parameters.clone().unwrap_or_else(|| json!({"type": "object"}));
+                json!({"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": arguments},
+                       "required": ["name", "arguments"], "additionalProperties": false})
+            })
+            .collect();
+        let schema = recyclegpt_grammar::with_layout(json!({"anyOf": calls}));
+        let repeat = if self.parallel && self.choice == Choice::Required { "+" } else { "" };
+        Some(GrammarSpec::Lark(format!(
+            "start: call{repeat}\ncall: \"<tool_call>\\n\" %json {schema} \"\\n</tool_call>\\n\"\n"
+        )))
+    }
+
+    /// The calls in `text`, and the text around them (`None` when there is none).
+    pub fn parse(&self, text: &str, ids: &mut impl FnMut() -> String) -> (Option<String>, Vec<ToolCall>) {
+        let mut calls = Vec::new();
+        let mut rest = String::new();
+        let mut at = 0;
+        while let Some(open) = text[at..].find("<tool_call>").map(|i| at + i) {
+            rest.push_str(&text[at..open]);
+            let body_start = open + "<tool_call>".len();
+            let Some(close) = text[body_start..].find("</tool_call>") else {
+                // A call cut off by `max_tokens`: a complete one may still be in the JSON.
+                match self.call(&text[body_start..], ids) {
+                    Some(call) => calls.push(call),
+                    None if calls.is_empty() => rest.push_str(&text[open..]),
+                    None => {}
+                }
+                at = text.len();
+                break;
+            };
+            let next = body_start + close + "</tool_call>".len();
+            match self.call(&text[body_start..body_start + close], ids) {
+                Some(call) => calls.push(call),
+                None => rest.push_str(&text[open..next]),
+            }
+            at = next;
+        }
+        rest.push_str(&text[at..]);
+        if calls.is_empty() {
+            // Plain JSON: an object (or a list of them) naming a tool, perhaps in a code fence.
+            let trimmed = rest.trim().trim_start_matches("```json").trim_start_matches("```").trim_end_matches("```");
+            match serde_json::from_str::<Value>(trimmed.trim()) {
+                Ok(Value::Array(items)) => {
+                    let parsed: Vec<_> = items.iter().filter_map(|v| self.call_of(v, ids)).collect();
+                    if !parsed.is_empty() && parsed.len() == items.len() {
+                        return (None, parsed);
+                    }
+                }
+                Ok(value) => {
+                    if let Some(call) = self.call_of(&value, ids) {
+                        return (None, vec![call]);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        let rest = rest.trim();
+        ((!rest.is_empty()).then(|| rest.to_string()), calls)
+    }
+
+    fn call(&self, body: &str, ids: &mut impl FnMut() -> String) -> Option<ToolCall> {
+        self.call_of(&serde_json::from_str(body.trim()).ok()?, ids)
+    }
+
+    /// `{"name": …, "arguments": {…}}` (or `parameters`) naming one of the tools.
+    fn call_of(&self, value: &Value, ids: &mut impl FnMut() -> String) -> Option<ToolCall> {
+        let name = value.get("name")?.as_str()?;
+        self.tools.iter().find(|t| t.function.name == name)?;
+        let arguments = value.get("arguments").or_else(|| value.get("parameters")).cloned().unwrap_or(json!({}));
+        let arguments = match arguments {
+            Value::String(text) => text,
+            other => other.to_string(),
+        };
+        Some(ToolCall {
+            id: ids(),
+            kind: "function".into(),
+            function: FunctionCall { name: name.to_string(), arguments },
+        })
+    }
+}
+
+/// An earlier assistant turn's calls, as the model wrote them.
+pub fn render_calls(calls: &[ToolCall]) -> String {
+    calls
+        .iter()
+        .map(|c| {
+            let arguments: Value =
+                serde_json::from_str(&c.function.arguments).unwrap_or(Value::String(c.function.arguments.clone()));
+            format!("<tool_call>\n{}\n</tool_call>", json!({"name": c.function.name, "arguments": arguments}))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A tool's result, as a user turn the model reads.
+pub fn render_result(content: &str) -> String {
+    format!("<tool_response>\n{content}\n</tool_response>")
+}
+
+/// Puts the tool instructions into the system message (a new first one if there is none).
+pub fn add_instructions(messages: &mut Vec<ChatMessage>, instructions: String) {
+    match messages.first_mut().filter(|m| m.role == "system") {
+        Some(system) => system.content = format!("{}\n\n{instructions}", system.content),
+        None => messages.insert(0, ChatMessage { role: "system".into(), content: instructions }),
+    }
+}
