@@ -1,0 +1,197 @@
+//! A sequence's drafts: the module's proposals waiting for verification, how `auto` decides
+//! whether to draft (its acceptance estimate and probes), chains of drafts, and the grammar's
+//! tentative steps over them.
+use super::{FinishReason, Sequence};
+use crate::sampling::{distribution, greedy_with_confidence, TokenDist};
+use crate::DecodeMode;
+
+/// Weight of the newest verification in a sequence's acceptance estimate (a moving average
+/// over roughly the last 1/weight drafts).
+const ACCEPTANCE_WEIGHT: f64 = 0.15;
+
+/// The estimate before any draft was checked: optimistic, so that drafting is tried before it
+/// is judged.
+pub(super) const INITIAL_ACCEPTANCE: f64 = 0.5;
+
+/// An `auto` sequence that does not draft still drafts after this many steps, to notice when
+/// its module starts to agree again; each rejected probe doubles the wait, up to the maximum,
+/// so a module that never agrees costs a draft every few hundred tokens.
+pub(super) const FIRST_PROBE_WAIT: usize = 8;
+const LONGEST_PROBE_WAIT: usize = 256;
+
+/// How an `auto` sequence has fared with its drafts.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DraftRecord {
+    /// Moving average of the verifications (1 accepted, 0 rejected).
+    pub(super) acceptance: f64,
+    /// Decode steps since its last draft.
+    pub(super) idle: usize,
+    /// Steps to wait before probing.
+    pub(super) probe_wait: usize,
+    /// The pending draft is a probe (made although the cost model said it would not pay).
+    pub(super) probing: bool,
+}
+
+/// A recycled token waiting to be checked by the next full forward.
+pub(super) struct Draft {
+    pub(super) token: u32,
+    pub(super) dist: TokenDist,
+    /// The module's own probability for it (greedy: the softmax of its logits after bias and
+    /// penalties; sampling: its probability in the distribution it was drawn from), which
+    /// decides whether it is verified and whether the chain goes on.
+    pub(super) confidence: f64,
+    /// It advanced the sequence's constraint (tentatively, until verification).
+    pub(super) constrained: bool,
+}
+
+impl Sequence {
+    /// The estimated probability that this sequence's next draft is accepted.
+    pub(crate) fn acceptance(&self) -> f64 {
+        self.record.acceptance
+    }
+
+    /// `auto`'s decision for this step: `pays` is the cost model's verdict; a sequence that has
+    /// waited out its probe interval drafts anyway where a probe is worth making. Returns
+    /// whether it drafts.
+    pub(crate) fn decide_draft(&mut self, pays: bool, worth_probing: bool) -> bool {
+        if pays || (worth_probing && self.record.idle >= self.record.probe_wait) {
+            self.record.probing = !pays;
+            self.record.idle = 0;
+            return true;
+        }
+        self.record.idle += 1;
+        self.stats.skipped_drafts += 1;
+        false
+    }
+
+    pub(super) fn record_verification(&mut self, accepted: bool) {
+        let record = &mut self.record;
+        record.acceptance += ACCEPTANCE_WEIGHT * (f64::from(u8::from(accepted)) - record.acceptance);
+        // A rejected probe doubles the wait; drafts that were judged to pay leave it alone.
+        if accepted {
+            record.probe_wait = FIRST_PROBE_WAIT;
+        } else if record.probing {
+            record.probe_wait = (record.probe_wait * 2).min(LONGEST_PROBE_WAIT);
+        }
+        record.probing = false;
+    }
+
+    /// Takes the module's logits for the next token: `alternate` emits its token, the other
+    /// modes keep it as a draft. Returns whether a draft was made (a constrained sequence makes
+    /// none where the grammar allows nothing in the module's draft vocabulary).
+    pub(crate) fn accept_draft(&mut self, mut logits: Vec<f32>) -> bool {
+        self.stats.recycle_steps += 1;
+        let alternate = self.mode == DecodeMode::Alternate;
+        let raw = if alternate { self.raw_for_logprobs(&logits) } else { None };
+        if self.constrain(&mut logits) && logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+            // Nothing the grammar allows is in the module's draft vocabulary: no draft.
+            return false;
+        }
+        if alternate {
+            // The paper's schedule: the recycled token is kept unchecked.
+            let token = distribution(logits, &self.params, &self.history).sample(&mut self.rng);
+            self.emit(token, raw.as_deref());
+            return false;
+        }
+        let (token, dist, confidence) = if self.params.is_greedy() {
+            let (token, confidence) = greedy_with_confidence(logits, &self.params, &self.history);
+            (token, TokenDist::Greedy(token), confidence)
+        } else {
+            let dist = distribution(logits, &self.params, &self.history);
+            let token = dist.sample(&mut self.rng);
+            let confidence = f64::from(dist.prob(token));
+            (token, dist, confidence)
+        };
+        // A chained draft is masked in the state after this one: advance, to be taken back.
+        let constrained = match &mut self.constraint {
+            Some(c) if !self.stop.eos_ids.contains(&token) => match c.advance(token) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "the grammar refused a draft it allowed: no draft");
+                    return false;
+                }
+            },
+            _ => false,
+        };
+        self.drafts.push(Draft { token, dist, confidence, constrained });
+        true
+    }
+
+    /// Masks `logits` with the constraint, if any; returns whether there is one. A grammar
+    /// that fails ends the sequence (what it emitted so far stands).
+    pub(super) fn constrain(&mut self, logits: &mut [f32]) -> bool {
+        let Some(constraint) = &mut self.constraint else { return false };
+        if let Err(error) = constraint.mask(logits) {
+            tracing::warn!(%error, "the grammar failed: the sequence stops");
+            self.finish.get_or_insert(FinishReason::Stop);
+        }
+        true
+    }
+
+    /// Takes the pending drafts, and takes them back from the constraint.
+    pub(super) fn retract_drafts(&mut self) -> Vec<Draft> {
+        let drafts = std::mem::take(&mut self.drafts);
+        self.unconstrain(drafts.iter().filter(|d| d.constrained).count());
+        drafts
+    }
+
+    pub(super) fn unconstrain(&mut self, tokens: usize) {
+        if let (Some(constraint), 1..) = (&mut self.constraint, tokens) {
+            if let Err(error) = constraint.rollback(tokens) {
+                tracing::warn!(%error, "the grammar could not take back drafts: the sequence stops");
+                self.finish.get_or_insert(FinishReason::Stop);
+            }
+        }
+    }
+
+    /// The estimated chance that every pending draft is accepted: the acceptance average for
+    /// the first, the module's own probability for each chained one.
+    pub(super) fn chain_value(&self) -> f64 {
+        self.record.acceptance * self.drafts.iter().skip(1).map(|d| d.confidence).product::<f64>()
+    }
+
+    /// `auto` drops its first draft when the module's own probability for it is below
+    /// `threshold` (what one more token in the forward must be worth): the module step is
+    /// spent, but the forward does not carry a token unlikely to pay. It counts as a rejection
+    /// in the acceptance average, which then measures accepted tokens per module step, so a
+    /// module that is never sure stops being run. Returns whether it did.
+    pub(crate) fn trim_first_draft(&mut self, threshold: f64) -> bool {
+        let unsure = self.mode == DecodeMode::Auto
+            && self.drafts.len() == 1
+            && self.drafts.first().is_some_and(|d| d.confidence < threshold);
+        if unsure {
+            self.retract_drafts();
+            self.record_verification(false);
+        }
+        unsure
+    }
+
+    /// Drops the last chained draft when the chain with it is worth less than `threshold`
+    /// (the module step is spent, but the forward does not carry a token unlikely to pay).
+    /// Returns whether it did.
+    pub(crate) fn trim_chain(&mut self, threshold: f64) -> bool {
+        let trim = self.drafts.len() > 1 && self.chain_value() < threshold;
+        if let Some(draft) = self.drafts.pop_if(|_| trim) {
+            self.unconstrain(usize::from(draft.constrained));
+        }
+        trim
+    }
+
+    /// The last draft's token, when the chain may grow: `verify`/`auto`, below `max_drafts`,
+    /// not ended by an end-of-sequence draft, and the chance that all drafts so far are
+    /// accepted (an upper bound on what one more is worth) at least `threshold`, the
+    /// acceptance at which one more draft token pays on this device.
+    pub(crate) fn chain_from(&self, threshold: f64) -> Option<u32> {
+        let last = self.drafts.last()?;
+        // One more draft must fit the cache beside the pending token, and be worth emitting:
+        // the forward emits at most drafts + 1 tokens.
+        let room = self.full_cache.capacity().saturating_sub(self.full_cache.len() + 1);
+        let left = self.stop.max_tokens.saturating_sub(self.generated().len());
+        let chains = matches!(self.mode, DecodeMode::Verify | DecodeMode::Auto)
+            && self.drafts.len() < self.max_drafts.min(room)
+            && self.drafts.len() + 1 < left
+            && !self.stop.eos_ids.contains(&last.token)
+            && self.chain_value() >= threshold;
+        chains.then_some(last.token)
+    }
+}
