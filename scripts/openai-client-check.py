@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Drives a running recyclegpt server with the official `openai` Python client, unmodified:
 structured outputs parsed into Pydantic models in each decode mode, a tool-call round trip (call,
-result, answer) streamed and not, the Responses API whole and streamed, and plain chat streams. Prints one line per check and exits non-zero on a failure.
+result, answer) streamed and not, the Responses API whole and streamed (with function calls too),
+and plain chat streams. Prints one line per check and exits non-zero on a failure.
 
     python3 -m venv /tmp/oai && /tmp/oai/bin/pip install openai pydantic
     /tmp/oai/bin/python scripts/openai-client-check.py http://127.0.0.1:8080/v1 [MODES]
@@ -127,7 +128,25 @@ def tool_round_trip(stream):
     return f"called get_weather({arguments}), then {answer.choices[0].message.content[:60]!r}"
 
 
+def responses_tools():
+    tool = {"type": "function", "name": "get_weather", "description": "The weather in a city now",
+            "parameters": WEATHER["function"]["parameters"]}
+    first = client.responses.create(model=model, input="What is the weather in Paris?", tools=[tool],
+                                    tool_choice={"type": "function", "name": "get_weather"}, temperature=0)
+    call = next(item for item in first.output if item.type == "function_call")
+    with client.responses.stream(model=model, input="What is the weather in Paris?", tools=[tool],
+                                 tool_choice="required", parallel_tool_calls=False, temperature=0) as stream:
+        streamed = [item for item in stream.get_final_response().output if item.type == "function_call"]
+    answer = client.responses.create(model=model, tools=[tool], temperature=0, max_output_tokens=40, input=[
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": '{"temperature": 21}'}])
+    assert streamed and answer.output_text, (streamed, answer)
+    return f"{call.name}({call.arguments}), streamed {streamed[0].arguments}, then {answer.output_text[:40]!r}"
+
+
 check("tool round trip", lambda: tool_round_trip(False))
+check("responses tools round trip", responses_tools)
 check("tool round trip (stream)", lambda: tool_round_trip(True))
 check("responses.create", responses_whole)
 check("responses.stream", responses_streamed)

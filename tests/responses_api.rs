@@ -1,6 +1,7 @@
 //! `POST /v1/responses` (stateless) through the real server on 127.0.0.1 with the in-repo model:
 //! the `response` object, the typed stream events in their order, `text.format` constraining
-//! the output, and the refusals (`store`, `previous_response_id`, tools).
+//! the output, and the refusals (`store`, `previous_response_id`, bad tools and items). Function
+//! calls on this endpoint are tested on SmolLM2 in `tools.rs`.
 mod common;
 
 use common::server::TestServer;
@@ -105,10 +106,15 @@ async fn text_format_constrains_and_unsupported_fields_are_refused() {
     for (request, param) in [
         (json!({"input": "hi", "store": true}), "store"),
         (json!({"input": "hi", "previous_response_id": "resp_1"}), "previous_response_id"),
-        (json!({"input": "hi", "tools": [{"type": "function", "name": "f"}]}), "tools"),
+        (
+            json!({"input": "hi", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}}),
+            "tool_choice",
+        ),
+        (json!({"input": "hi", "tools": [{"type": "function", "name": "bad name"}]}), "tools"),
         (json!({"input": "hi", "max_output_tokens": 0}), "max_output_tokens"),
         (json!({"input": []}), "input"),
-        (json!({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}), "input"),
+        (json!({"input": [{"type": "reasoning", "summary": []}]}), "input"),
+        (json!({"input": [{"type": "function_call_output", "output": "1"}]}), "input"),
         (
             json!({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": 3}}}}),
             "response_format",

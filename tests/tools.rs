@@ -152,3 +152,63 @@ async fn bad_tool_requests_are_refused_with_the_field_named() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// The Responses API's function calls: a forced call comes back as a `function_call` item,
+/// streamed as its events, and its output continues the conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_calls_functions_whole_and_streamed() {
+    let Some(path) = smollm2() else { return };
+    let loaded = LoadedModel::load(&path, &LoadOptions::default()).expect("SmolLM2 loads");
+    let server = TestServer::start_loaded(&path, loaded, |c| c.served_model_name = None).await;
+    let tools: Vec<Value> = weather_tools()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let mut flat = t["function"].clone();
+            flat["type"] = json!("function");
+            flat
+        })
+        .collect();
+    let request = json!({"input": "What is the weather in Paris?", "tools": tools, "temperature": 0,
+        "tool_choice": {"type": "function", "name": "get_weather"}});
+    let whole: Value = server.post("/v1/responses", request.clone()).await.json().await.unwrap();
+    assert_eq!(whole["status"], "completed", "{whole}");
+    let item = &whole["output"][0];
+    assert_eq!((item["type"].as_str(), item["status"].as_str()), (Some("function_call"), Some("completed")));
+    assert!(item["call_id"].as_str().unwrap().starts_with("call_") && item["id"].as_str().unwrap().starts_with("fc_"));
+    let arguments = check_weather_call(&json!({"type": "function", "id": item["call_id"],
+        "function": {"name": item["name"], "arguments": item["arguments"]}}));
+    assert_eq!(whole["tools"].as_array().unwrap().len(), 2);
+
+    let mut streamed = request;
+    streamed["stream"] = json!(true);
+    let body = server.post("/v1/responses", streamed).await.text().await.unwrap();
+    let events: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+        .map(|d| serde_json::from_str(d.trim()).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds[..3], ["response.created", "response.in_progress", "response.output_item.added"]);
+    assert_eq!(
+        kinds[kinds.len() - 3..],
+        ["response.function_call_arguments.done", "response.output_item.done", "response.completed"]
+    );
+    let pieces: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.function_call_arguments.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(serde_json::from_str::<Value>(&pieces).unwrap(), arguments, "no argument text lost");
+    assert!(!kinds.contains(&"response.output_text.delta"), "no call text as message text: {kinds:?}");
+
+    let follow_up = json!({"input": [
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {"type": "function_call", "call_id": item["call_id"], "name": "get_weather", "arguments": item["arguments"]},
+            {"type": "function_call_output", "call_id": item["call_id"], "output": "{\"temperature\": 21}"}],
+        "tools": tools, "max_output_tokens": 30, "temperature": 0});
+    let answer: Value = server.post("/v1/responses", follow_up).await.json().await.unwrap();
+    assert_eq!(answer["output"][0]["type"], "message", "{answer}");
+    server.shutdown().await.unwrap();
+}

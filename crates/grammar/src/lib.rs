@@ -131,7 +131,12 @@ impl TokenConstraint for Matching {
     fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
         let allowed = self.matcher.compute_mask().map_err(|e| e.to_string())?;
         let can_end = self.eos_ids.iter().any(|&eos| allowed.is_allowed(eos));
-        let no_digit = self.digits.as_ref().is_some_and(DigitRuns::at_limit);
+        // The cap applies only where the grammar allows something else (a schema may need a
+        // longer number; then it wins).
+        let no_digit = self.digits.as_ref().is_some_and(|d| {
+            d.at_limit()
+                && (can_end || (0..allowed.len() as u32).any(|t| allowed.is_allowed(t) && !d.starts_with_digit(t)))
+        });
         for (token, logit) in logits.iter_mut().enumerate() {
             let token = token as u32;
             let ok = (token as usize) < allowed.len()

@@ -47,6 +47,13 @@ fn a_schema_allows_exactly_the_text_that_fits_it() {
         ids.push(next);
     }
     assert!(constraint.0.is_complete(), "the object is complete after its closing brace");
+    // A draft that completed the text is taken back like any other (verification rejected it).
+    constraint.0.rollback(1).expect("a completed text can be rolled back");
+    assert!(!constraint.0.is_complete());
+    let closing = *ids.last().unwrap();
+    assert!(allowed(&mut constraint, vocab).contains(&closing));
+    constraint.0.advance(closing).unwrap();
+    assert!(constraint.0.is_complete());
 
     // Before the number: a digit outside the schema's bounds is never allowed, and a rollback
     // takes back a drafted digit.

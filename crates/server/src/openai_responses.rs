@@ -13,15 +13,70 @@ pub enum ResponseInput {
     Items(Vec<InputItem>),
 }
 
-/// A message item; `type` is `message` when given. Content parts are `input_text` (or
-/// `output_text` in earlier assistant turns).
+/// An input item: a message (`type` absent or `message`; content parts `input_text`, or
+/// `output_text` in earlier assistant turns), an earlier `function_call`, or a
+/// `function_call_output` answering one.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct InputItem {
     #[serde(rename = "type")]
-    #[schema(pattern = "^message$")]
+    #[schema(pattern = "^(message|function_call|function_call_output)$")]
     pub kind: Option<String>,
     pub role: Option<Role>,
     pub content: Option<Content>,
+    pub call_id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: Option<String>,
+    pub output: Option<String>,
+}
+
+/// A function the model may call (the Responses API's flat form).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ResponseTool {
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[schema(value_type = Object)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// `none`, `auto`, `required`, or `{"type": "function", "name": …}`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ResponseToolChoice {
+    Mode(String),
+    Function {
+        #[serde(rename = "type")]
+        kind: String,
+        name: String,
+    },
+}
+
+/// A call the model made, as an output item.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FunctionCallItem {
+    /// Always `function_call`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub call_id: String,
+    pub name: String,
+    /// JSON text.
+    pub arguments: String,
+    pub status: &'static str,
+}
+
+/// An output item: the assistant's message or a function call.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum OutputItem {
+    Message(OutputMessage),
+    FunctionCall(FunctionCallItem),
 }
 
 /// `text.format`: like chat's `response_format`, with the schema's fields at the top level.
@@ -65,9 +120,9 @@ pub struct ResponsesRequest {
     pub store: Option<bool>,
     /// Refused: this server keeps no responses to continue from.
     pub previous_response_id: Option<String>,
-    /// Not served yet: a non-empty list is refused.
-    #[schema(value_type = Vec<Object>)]
-    pub tools: Option<Vec<Value>>,
+    pub tools: Option<Vec<ResponseTool>>,
+    pub tool_choice: Option<ResponseToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
     #[schema(value_type = Object)]
     pub metadata: Option<Value>,
     pub user: Option<String>,
@@ -141,15 +196,14 @@ pub struct ResponseObject {
     #[schema(value_type = Object)]
     pub error: Option<Value>,
     pub model: String,
-    pub output: Vec<OutputMessage>,
+    pub output: Vec<OutputItem>,
     pub instructions: Option<String>,
     pub max_output_tokens: Option<i64>,
     pub temperature: f64,
     pub top_p: f64,
     pub text: TextConfig,
-    pub tool_choice: &'static str,
-    #[schema(value_type = Vec<Object>)]
-    pub tools: Vec<Value>,
+    pub tool_choice: ResponseToolChoice,
+    pub tools: Vec<ResponseTool>,
     pub parallel_tool_calls: bool,
     pub store: bool,
     pub previous_response_id: Option<String>,

@@ -218,3 +218,106 @@ pub fn add_instructions(messages: &mut Vec<ChatMessage>, instructions: String) {
         None => messages.insert(0, ChatMessage { role: "system".into(), content: instructions }),
     }
 }
+
+const CALL_TAG: &str = "<tool_call>";
+
+/// Whether text that starts so may still become a tool call.
+pub fn may_be_call(text: &str) -> bool {
+    let text = text.trim_start();
+    text.is_empty()
+        || CALL_TAG.starts_with(text)
+        || text.starts_with(CALL_TAG)
+        || text.starts_with('{')
+        || text.starts_with('[')
+        || text.starts_with("```")
+}
+
+/// A streamed answer's text, held back where it may be a tool call: from the start while it may
+/// still become one (a `<tool_call>` or plain JSON), and later from a `<tool_call>`, or what may
+/// begin one, on. The rest streams as it comes.
+#[derive(Default)]
+pub struct CallHolder {
+    held: String,
+    /// The answer has begun as text: only a later `<tool_call>` is held.
+    prose: bool,
+}
+
+impl CallHolder {
+    /// Takes new text; returns what may be sent now.
+    pub fn push(&mut self, text: &str) -> String {
+        self.held.push_str(text);
+        if !self.prose {
+            if may_be_call(&self.held) {
+                return String::new();
+            }
+            self.prose = true;
+        }
+        let cut = match self.held.find(CALL_TAG) {
+            Some(at) => at,
+            // The tag is ASCII, so a suffix that begins it starts on a character boundary.
+            None => {
+                self.held.len() - (1..CALL_TAG.len()).rev().find(|&k| self.held.ends_with(&CALL_TAG[..k])).unwrap_or(0)
+            }
+        };
+        self.held.drain(..cut).collect()
+    }
+
+    /// What is held at the end of the answer: calls to parse, and any text around them.
+    pub fn take(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::FunctionDef;
+
+    fn plan() -> ToolPlan {
+        let tool = Tool {
+            kind: "function".into(),
+            function: FunctionDef { name: "get_time".into(), description: None, parameters: None, strict: None },
+        };
+        ToolPlan::new(Some(&[tool]), None, None).unwrap().unwrap()
+    }
+
+    #[test]
+    fn calls_are_parsed_in_either_form_and_text_around_them_kept() {
+        let mut n = 0;
+        let mut ids = || {
+            n += 1;
+            format!("call_{n}")
+        };
+        let tools = plan();
+        let (content, calls) = tools.parse(
+            "Let me see.\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>",
+            &mut ids,
+        );
+        assert_eq!(content.as_deref(), Some("Let me see."));
+        assert_eq!(
+            (calls[0].function.name.as_str(), calls[0].function.arguments.as_str()),
+            ("get_time", r#"{"city":"Oslo"}"#)
+        );
+        let (content, calls) = tools.parse("```json\n{\"name\": \"get_time\", \"parameters\": {}}\n```", &mut ids);
+        assert!(content.is_none() && calls.len() == 1 && calls[0].id == "call_2");
+        // Unknown functions and prose are text.
+        let (content, calls) = tools.parse("{\"name\": \"launch\"}", &mut ids);
+        assert!(calls.is_empty() && content.is_some());
+    }
+
+    #[test]
+    fn streams_hold_back_only_what_may_be_a_call() {
+        let mut holder = CallHolder::default();
+        assert_eq!(holder.push("Sure, "), "Sure, ");
+        assert_eq!(holder.push("one moment. <tool"), "one moment. ");
+        assert_eq!(holder.push("_call>{\"name\""), "");
+        assert_eq!(holder.push(": 1}"), "");
+        assert_eq!(holder.take(), "<tool_call>{\"name\": 1}");
+        let mut json = CallHolder::default();
+        assert_eq!(json.push("  {\"na"), "");
+        assert_eq!(json.take(), "  {\"na");
+        let mut prose = CallHolder::default();
+        assert_eq!(prose.push("<b>bold</b> <"), "<b>bold</b> ");
+        assert_eq!(prose.push("3"), "<3");
+    }
+}

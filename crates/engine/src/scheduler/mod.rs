@@ -254,6 +254,13 @@ impl Scheduler {
     fn admit(&mut self, model: &RecycleGpt, outcome: &mut StepOutcome) {
         let waiting: Vec<usize> = self.waiting.iter().map(|r| r.reservation(self.context_len)).collect();
         let count = admit(self.config.budget, &self.reservations, &waiting);
+        // The prefix cache gives way before the new caches are made, so that together they
+        // never hold more than the budget.
+        let incoming: usize = waiting[..count].iter().sum();
+        let free = self.config.budget.kv_tokens.saturating_sub(self.reservations.iter().sum::<usize>() + incoming);
+        if let Some(prefix) = &mut self.prefix {
+            prefix.shrink_to(free);
+        }
         let admitted: Vec<SequenceRequest> = self.waiting.drain(..count).collect();
         for (request, reservation) in admitted.into_iter().zip(waiting) {
             let started = Sequence::new(request.id, model, request.prompt, request.mode, request.params, request.stop)

@@ -81,6 +81,10 @@ impl Sequence {
     /// none where the grammar allows nothing in the module's draft vocabulary).
     pub(crate) fn accept_draft(&mut self, mut logits: Vec<f32>) -> bool {
         self.stats.recycle_steps += 1;
+        if self.constraint.as_ref().is_some_and(|c| c.is_complete()) {
+            // The text is complete (a draft may have completed it): nothing may follow.
+            return false;
+        }
         let alternate = self.mode == DecodeMode::Alternate;
         let raw = if alternate { self.raw_for_logprobs(&logits) } else { None };
         if self.constrain(&mut logits) && logits.iter().all(|l| *l == f32::NEG_INFINITY) {
@@ -191,6 +195,7 @@ impl Sequence {
             && self.drafts.len() < self.max_drafts.min(room)
             && self.drafts.len() + 1 < left
             && !self.stop.eos_ids.contains(&last.token)
+            && !self.constraint.as_ref().is_some_and(|c| c.is_complete())
             && self.chain_value() >= threshold;
         chains.then_some(last.token)
     }

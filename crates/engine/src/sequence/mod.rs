@@ -474,24 +474,25 @@ impl Sequence {
         if self.is_finished() {
             return;
         }
+        let eos = self.stop.eos_ids.contains(&token);
+        if let (Some(constraint), false) = (&mut self.constraint, eos) {
+            // Checked before the token is kept: a token the grammar refuses (only possible when
+            // it allowed none) never reaches the output.
+            if let Err(error) = constraint.advance(token) {
+                tracing::warn!(%error, "the grammar refused a token: the sequence stops");
+                self.finish = Some(FinishReason::Stop);
+                return;
+            }
+        }
         if let (Some(top_n), Some(logits)) = (self.params.logprobs, logits) {
             self.fresh_logprobs.push(TokenLogprob::from_logits(logits, token, top_n));
         }
         self.tokens.push(token);
         self.history.push_generated(token);
         self.fresh.push(token);
-        if self.stop.eos_ids.contains(&token) {
+        // The grammar ends the text when nothing may follow what it has taken.
+        if eos || self.constraint.as_ref().is_some_and(|c| c.is_complete()) {
             self.finish = Some(FinishReason::Stop);
-        } else if let Some(constraint) = &mut self.constraint {
-            // The grammar ends the text when nothing may follow what it has taken.
-            match constraint.advance(token) {
-                Ok(()) if constraint.is_complete() => self.finish = Some(FinishReason::Stop),
-                Ok(()) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "the grammar refused a token it allowed: the sequence stops");
-                    self.finish = Some(FinishReason::Stop);
-                }
-            }
         }
         let full = self.generated().len() >= self.stop.max_tokens || self.tokens.len() >= self.context_len;
         if self.finish.is_none() && full {

@@ -8,7 +8,7 @@ use crate::responses::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, ChatTokenLogprob, FinishReason, FunctionDelta,
     ToolCallDelta, TopLogprob,
 };
-use crate::tools::ToolPlan;
+use crate::tools::{CallHolder, ToolPlan};
 use recyclegpt_engine::TokenLogprob;
 use recyclegpt_model::TextTokenizer;
 use std::sync::Arc;
@@ -37,13 +37,11 @@ pub(super) fn logprobs_of(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob]) 
 /// Characters of arguments per delta: clients see them arrive in pieces, as from OpenAI.
 const ARGUMENT_FRAGMENT: usize = 32;
 
-/// A choice's text held back while it may still turn out to be a tool call.
+/// A choice's text held back while it may be a tool call, with its log-probabilities.
 #[derive(Default)]
 struct Held {
-    text: String,
+    text: CallHolder,
     logprobs: Vec<TokenLogprob>,
-    /// It cannot be a call: text streams as it comes.
-    released: bool,
 }
 
 pub(super) struct ChatChunks {
@@ -138,17 +136,6 @@ impl ChatChunks {
     }
 }
 
-/// Whether text that starts so may still become a tool call.
-fn may_be_call(text: &str) -> bool {
-    let text = text.trim_start();
-    text.is_empty()
-        || "<tool_call>".starts_with(text)
-        || text.starts_with("<tool_call>")
-        || text.starts_with('{')
-        || text.starts_with('[')
-        || text.starts_with("```")
-}
-
 impl ChunkShape for ChatChunks {
     type Chunk = ChatCompletionChunk;
 
@@ -158,36 +145,38 @@ impl ChunkShape for ChatChunks {
     }
 
     fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> Vec<ChatCompletionChunk> {
-        if self.tools.is_none() || self.held(index).released {
+        if self.tools.is_none() {
             return vec![self.content(index, text.to_string(), logprobs)];
         }
         let held = self.held(index);
-        held.text.push_str(text);
         held.logprobs.extend_from_slice(logprobs);
-        if may_be_call(&held.text) {
+        let send = held.text.push(text);
+        if send.is_empty() {
             return Vec::new();
         }
-        held.released = true;
-        let (text, logprobs) = (std::mem::take(&mut held.text), std::mem::take(&mut held.logprobs));
-        vec![self.content(index, text, &logprobs)]
+        // The log-probabilities go with the first text sent after them.
+        let logprobs = std::mem::take(&mut held.logprobs);
+        vec![self.content(index, send, &logprobs)]
     }
 
     fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<ChatCompletionChunk> {
         let mut chunks = Vec::new();
         let mut reason = reason;
-        if self.tools.is_some() && !self.held(index).released {
+        if self.tools.is_some() {
             let held = std::mem::take(self.held(index));
+            let mut holder = held.text;
+            let text = holder.take();
             let (content, calls) = match &self.tools {
-                Some(tools) => tools.parse(&held.text, &mut self.next_call),
-                None => (None, Vec::new()),
+                Some(tools) if !text.is_empty() => tools.parse(&text, &mut self.next_call),
+                _ => (None, Vec::new()),
             };
             if calls.is_empty() {
-                if !held.text.is_empty() {
-                    chunks.push(self.content(index, held.text, &held.logprobs));
+                if !text.is_empty() {
+                    chunks.push(self.content(index, text, &held.logprobs));
                 }
             } else {
                 if let Some(content) = content {
-                    chunks.push(self.content(index, content, &[]));
+                    chunks.push(self.content(index, content, &held.logprobs));
                 }
                 chunks.extend(self.call_chunks(index, &calls));
                 reason = FinishReason::ToolCalls;

@@ -1,22 +1,27 @@
 //! `POST /v1/responses`: OpenAI's Responses API, stateless. The input becomes a chat (with
-//! `instructions` as its system message) and runs as a chat completion does; the answer comes
-//! back as one assistant message item, whole or as the API's typed stream events.
+//! `instructions` as its system message, earlier function calls and their outputs as chat tool
+//! turns) and runs as a chat completion does, tools included; the answer comes back as output
+//! items (the assistant's message, function calls), whole or as the API's typed stream events
+//! (`responses_stream.rs`).
 use crate::chat_template::ChatMessage;
 use crate::error::{ApiError, ApiJson};
-use crate::generation::{collect, ok_json, recycle_stats, shared, submit, Choice, Generation, Progress};
-use crate::openai::{JsonSchemaFormat, ResponseFormat, SamplingFields, Usage};
+use crate::generation::{collect, ok_json, recycle_stats, shared, submit};
+use crate::openai::{
+    Content, FunctionCall, FunctionDef, FunctionName, JsonSchemaFormat, Message, ResponseFormat, Role, SamplingFields,
+    Tool, ToolCall, ToolChoice, Usage,
+};
 use crate::openai_responses::{
-    IncompleteDetails, InputTokensDetails, OutputMessage, OutputText, OutputTokensDetails, ResponseInput,
-    ResponseObject, ResponseUsage, ResponsesRequest, TextConfig, TextFormat,
+    FunctionCallItem, IncompleteDetails, InputTokensDetails, OutputItem, OutputMessage, OutputText,
+    OutputTokensDetails, ResponseInput, ResponseObject, ResponseToolChoice, ResponseUsage, ResponsesRequest,
+    TextConfig, TextFormat,
 };
 use crate::responses::FinishReason;
-use crate::validation::{plan, Plan};
+use crate::tools::{self, ToolPlan};
+use crate::validation::plan;
 use crate::{structured, AppState};
 use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
-use std::convert::Infallible;
+use axum::response::Response;
+use serde_json::json;
 use std::sync::Arc;
 
 /// The chat the input stands for: `instructions` first, then the input's messages.
@@ -30,19 +35,7 @@ fn chat_messages(request: &ResponsesRequest) -> Result<Vec<ChatMessage>, ApiErro
         ResponseInput::Items(items) => {
             let mut chat = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                if let Some(kind) = item.kind.as_deref().filter(|k| *k != "message") {
-                    return Err(ApiError::invalid(
-                        "input",
-                        format!("input[{i}]: items of type `{kind}` are not supported (only `message`)"),
-                    ));
-                }
-                let role = item.role.ok_or_else(|| ApiError::invalid("input", format!("input[{i}] has no `role`")))?;
-                chat.push(crate::openai::Message {
-                    role,
-                    content: item.content.clone(),
-                    tool_calls: None,
-                    tool_call_id: None,
-                });
+                chat.push(input_message(i, item)?);
             }
             messages.extend(super::chat::template_messages_of("input", &chat)?);
         }
@@ -51,6 +44,64 @@ fn chat_messages(request: &ResponsesRequest) -> Result<Vec<ChatMessage>, ApiErro
         return Err(ApiError::invalid("input", "`input` must not be empty"));
     }
     Ok(messages)
+}
+
+/// One input item as a chat message: a function call is an assistant turn that made it, its
+/// output a tool turn.
+fn input_message(i: usize, item: &crate::openai_responses::InputItem) -> Result<Message, ApiError> {
+    let missing = |field: &str| ApiError::invalid("input", format!("input[{i}] needs `{field}`"));
+    let message = |role, content, tool_calls, tool_call_id| Message { role, content, tool_calls, tool_call_id };
+    Ok(match item.kind.as_deref().unwrap_or("message") {
+        "message" => message(item.role.ok_or_else(|| missing("role"))?, item.content.clone(), None, None),
+        "function_call" => {
+            let call = ToolCall {
+                id: item.call_id.clone().ok_or_else(|| missing("call_id"))?,
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: item.name.clone().ok_or_else(|| missing("name"))?,
+                    arguments: item.arguments.clone().unwrap_or_default(),
+                },
+            };
+            message(Role::Assistant, None, Some(vec![call]), None)
+        }
+        "function_call_output" => message(
+            Role::Tool,
+            Some(Content::Text(item.output.clone().ok_or_else(|| missing("output"))?)),
+            None,
+            Some(item.call_id.clone().ok_or_else(|| missing("call_id"))?),
+        ),
+        other => return Err(ApiError::invalid(
+            "input",
+            format!(
+                "input[{i}]: items of type `{other}` are not supported (message, function_call, function_call_output)"
+            ),
+        )),
+    })
+}
+
+/// The request's tools as chat tools.
+fn tool_plan(request: &ResponsesRequest) -> Result<Option<ToolPlan>, ApiError> {
+    let tools: Vec<Tool> = request
+        .tools
+        .iter()
+        .flatten()
+        .map(|t| Tool {
+            kind: t.kind.clone(),
+            function: FunctionDef {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                parameters: t.parameters.clone(),
+                strict: t.strict,
+            },
+        })
+        .collect();
+    let choice = request.tool_choice.as_ref().map(|c| match c {
+        ResponseToolChoice::Mode(mode) => ToolChoice::Mode(mode.clone()),
+        ResponseToolChoice::Function { kind, name } => {
+            ToolChoice::Function { kind: kind.clone(), function: FunctionName { name: name.clone() } }
+        }
+    });
+    ToolPlan::new(Some(&tools), choice.as_ref(), request.parallel_tool_calls)
 }
 
 fn response_format(text: Option<&TextConfig>) -> Option<ResponseFormat> {
@@ -69,16 +120,18 @@ fn response_format(text: Option<&TextConfig>) -> Option<ResponseFormat> {
 }
 
 /// What the stream and the whole response share.
-struct Shape {
-    id: String,
-    message_id: String,
-    model: String,
-    created_at: u64,
-    request: ResponsesRequest,
+pub(super) struct Shape {
+    pub id: String,
+    pub message_id: String,
+    pub model: String,
+    pub created_at: u64,
+    pub request: ResponsesRequest,
+    pub tools: Option<ToolPlan>,
+    pub state: Arc<AppState>,
 }
 
 impl Shape {
-    fn object(&self, status: &'static str, output: Vec<OutputMessage>, usage: Option<Usage>) -> ResponseObject {
+    pub fn object(&self, status: &'static str, output: Vec<OutputItem>, usage: Option<Usage>) -> ResponseObject {
         let request = &self.request;
         ResponseObject {
             id: self.id.clone(),
@@ -94,9 +147,9 @@ impl Shape {
             temperature: request.temperature.unwrap_or(1.0),
             top_p: request.top_p.unwrap_or(1.0),
             text: request.text.clone().unwrap_or(TextConfig { format: TextFormat::Text }),
-            tool_choice: "auto",
-            tools: Vec::new(),
-            parallel_tool_calls: true,
+            tool_choice: request.tool_choice.clone().unwrap_or(ResponseToolChoice::Mode("auto".into())),
+            tools: request.tools.clone().unwrap_or_default(),
+            parallel_tool_calls: request.parallel_tool_calls.unwrap_or(true),
             store: false,
             previous_response_id: None,
             metadata: request.metadata.clone().unwrap_or_else(|| json!({})),
@@ -112,7 +165,7 @@ impl Shape {
         }
     }
 
-    fn message(&self, status: &'static str, text: Option<String>) -> OutputMessage {
+    pub fn message(&self, status: &'static str, text: Option<String>) -> OutputMessage {
         OutputMessage {
             kind: "message",
             id: self.message_id.clone(),
@@ -123,7 +176,31 @@ impl Shape {
     }
 }
 
-fn status_of(reason: Option<FinishReason>) -> &'static str {
+impl Shape {
+    /// The text's function calls (with tools) and what remains of it.
+    pub fn split(&self, text: &str) -> (Option<String>, Vec<ToolCall>) {
+        match &self.tools {
+            Some(tools) => {
+                let state = self.state.clone();
+                tools.parse(text, &mut move || format!("call_{}", state.next_request_id()))
+            }
+            None => (Some(text.to_string()), Vec::new()),
+        }
+    }
+
+    pub fn call_item(&self, call: &ToolCall, status: &'static str, arguments: String) -> FunctionCallItem {
+        FunctionCallItem {
+            kind: "function_call",
+            id: format!("fc_{}", call.id.trim_start_matches("call_")),
+            call_id: call.id.clone(),
+            name: call.function.name.clone(),
+            arguments,
+            status,
+        }
+    }
+}
+
+pub(super) fn status_of(reason: Option<FinishReason>) -> &'static str {
     match reason {
         Some(FinishReason::Length) => "incomplete",
         _ => "completed",
@@ -149,9 +226,6 @@ pub async fn create(
             "this server stores no responses: send the whole conversation in `input`",
         ));
     }
-    if request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid("tools", "tools are not served on /v1/responses yet"));
-    }
     if let Some(m) = request.max_output_tokens.filter(|&m| m < 1) {
         return Err(ApiError::invalid("max_output_tokens", format!("`max_output_tokens` must be at least 1, got {m}")));
     }
@@ -166,80 +240,50 @@ pub async fn create(
         response_format: response_format(request.text.as_ref()),
         ..SamplingFields::default()
     };
-    let prompt = state.prompts.chat(chat_messages(&request)?).await?;
+    let tools = tool_plan(&request)?;
+    let grammar = match tools.as_ref().and_then(ToolPlan::grammar) {
+        Some(_) if fields.response_format.is_some() => {
+            return Err(ApiError::invalid(
+                "text",
+                "`text.format` cannot be combined with a `tool_choice` that forces a call",
+            ))
+        }
+        Some(spec) => Some(
+            structured::compile(&state, spec)
+                .await
+                .map_err(|e| ApiError::invalid("tools", format!("the tools' parameters: {e}")))?,
+        ),
+        None => structured::grammar(&state, fields.response_format.as_ref()).await?,
+    };
+    let mut messages = chat_messages(&request)?;
+    if let Some(tools) = &tools {
+        tools::add_instructions(&mut messages, tools.instructions());
+    }
+    let prompt = state.prompts.chat(messages).await?;
     let mut plan = plan(&fields, request.max_output_tokens, None, vec![prompt], &state.limits)?;
-    plan.grammar = structured::grammar(&state, fields.response_format.as_ref()).await?;
+    plan.grammar = grammar;
     let id = format!("resp_{}", state.next_request_id());
     let generation = submit(&state, &plan, &id)?;
     let (model, created_at) = shared(&state);
-    let shape = Shape { message_id: format!("msg_{}", state.next_request_id()), id, model, created_at, request };
+    let message_id = format!("msg_{}", state.next_request_id());
+    let shape = Shape { message_id, id, model, created_at, request, tools, state: state.clone() };
     if plan.stream {
         metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
-        return Ok(stream(shape, generation, plan));
+        return Ok(super::responses_stream::stream(shape, generation, plan));
     }
     let (choices, usage) = collect(generation).await?;
     let choice = choices.first().cloned().unwrap_or_default();
     let status = status_of(choice.finish_reason);
-    let mut body = shape.object(status, vec![shape.message(status, Some(choice.text.clone()))], Some(usage));
+    let (content, calls) = shape.split(&choice.text);
+    let mut output = Vec::new();
+    if calls.is_empty() || content.is_some() {
+        let text = if calls.is_empty() { Some(choice.text.clone()) } else { content };
+        output.push(OutputItem::Message(shape.message(status, text)));
+    }
+    for call in &calls {
+        output.push(OutputItem::FunctionCall(shape.call_item(call, "completed", call.function.arguments.clone())));
+    }
+    let mut body = shape.object(status, output, Some(usage));
     body.recycle = Some(recycle_stats(&plan, &choices));
     Ok(ok_json(&body))
-}
-
-/// The typed events, each with its `type` as the SSE event name and a running
-/// `sequence_number`, as OpenAI's SDKs read them.
-fn stream(shape: Shape, mut generation: Generation, plan: Plan) -> Response {
-    let events = async_stream::stream! {
-        let mut sequence = 0u64;
-        let mut event = move |kind: &str, mut body: Value| {
-            body["type"] = json!(kind);
-            body["sequence_number"] = json!(sequence);
-            sequence += 1;
-            Ok::<_, Infallible>(SseEvent::default().event(kind).data(body.to_string()))
-        };
-        let part = |index: usize| json!({"item_id": shape.message_id, "output_index": 0, "content_index": index});
-        yield event("response.created", json!({"response": shape.object("in_progress", Vec::new(), None)}));
-        yield event("response.in_progress", json!({"response": shape.object("in_progress", Vec::new(), None)}));
-        yield event("response.output_item.added", json!({"output_index": 0, "item": shape.message("in_progress", None)}));
-        let mut added = part(0);
-        added["part"] = json!(OutputText::new(String::new()));
-        yield event("response.content_part.added", added);
-        let mut text = String::new();
-        loop {
-            let (delta, end) = match generation.next().await {
-                Ok(Progress::Text { text, .. }) => (text, None),
-                Ok(Progress::Finished(end)) => (end.text.clone(), Some(end)),
-                Err(error) => {
-                    let mut failed = shape.object("failed", Vec::new(), None);
-                    failed.error = serde_json::to_value(error.body()).ok().map(|b| b["error"].clone());
-                    yield event("response.failed", json!({"response": failed}));
-                    break;
-                }
-            };
-            if !delta.is_empty() {
-                let mut body = part(0);
-                body["delta"] = json!(delta);
-                body["logprobs"] = json!([]);
-                yield event("response.output_text.delta", body);
-                text.push_str(&delta);
-            }
-            let Some(end) = end else { continue };
-            let status = status_of(Some(end.reason));
-            let mut done = part(0);
-            done["text"] = json!(text);
-            done["logprobs"] = json!([]);
-            yield event("response.output_text.done", done);
-            let mut part_done = part(0);
-            part_done["part"] = json!(OutputText::new(text.clone()));
-            yield event("response.content_part.done", part_done);
-            let message = shape.message(status, Some(text.clone()));
-            yield event("response.output_item.done", json!({"output_index": 0, "item": message}));
-            let mut response = shape.object(status, vec![message], Some(generation.usage()));
-            let choice = Choice { completion_tokens: end.completion_tokens, stats: end.stats, ..Choice::default() };
-            response.recycle = Some(recycle_stats(&plan, &[choice]));
-            let kind = if status == "completed" { "response.completed" } else { "response.incomplete" };
-            yield event(kind, json!({"response": response}));
-            break;
-        }
-    };
-    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
