@@ -2,6 +2,7 @@
 //! request decodes under (the engine masks each sampled token with it, drafts included).
 use crate::error::ApiError;
 use crate::openai::ResponseFormat;
+use crate::tools::ToolPlan;
 use crate::AppState;
 use recyclegpt_grammar::{Grammar, GrammarSpec};
 use serde_json::json;
@@ -28,6 +29,27 @@ pub async fn grammar(state: &AppState, format: Option<&ResponseFormat>) -> Resul
         }
     };
     compile(state, spec).await.map(Some).map_err(|e| ApiError::invalid("response_format", format!("{what}: {e}")))
+}
+
+/// The grammar of a request with tools and a response format: a forced tool call's, else the
+/// format's. Both at once is a 400 on `format_param` (the name of the format's field).
+pub async fn request_grammar(
+    state: &AppState,
+    tools: Option<&ToolPlan>,
+    format: Option<&ResponseFormat>,
+    format_param: &str,
+) -> Result<Option<Arc<Grammar>>, ApiError> {
+    match tools.and_then(ToolPlan::grammar) {
+        Some(_) if format.is_some() => Err(ApiError::invalid(
+            format_param,
+            format!("`{format_param}` cannot be combined with a `tool_choice` that forces a call"),
+        )),
+        Some(spec) => compile(state, spec)
+            .await
+            .map(Some)
+            .map_err(|e| ApiError::invalid("tools", format!("the tools' parameters: {e}"))),
+        None => grammar(state, format).await,
+    }
 }
 
 /// Compiles off the async runtime: a large schema can take milliseconds to compile, and the

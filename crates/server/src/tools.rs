@@ -221,6 +221,13 @@ pub fn add_instructions(messages: &mut Vec<ChatMessage>, instructions: String) {
 
 const CALL_TAG: &str = "<tool_call>";
 
+/// A call's arguments in the pieces a stream sends them in (as OpenAI's arrive: a few dozen
+/// characters each).
+pub fn argument_pieces(arguments: &str) -> Vec<String> {
+    let chars: Vec<char> = arguments.chars().collect();
+    chars.chunks(32).map(|piece| piece.iter().collect()).collect()
+}
+
 /// Whether text that starts so may still become a tool call.
 pub fn may_be_call(text: &str) -> bool {
     let text = text.trim_start();

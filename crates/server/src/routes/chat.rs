@@ -89,20 +89,8 @@ pub async fn create(
         tools::add_instructions(&mut messages, tools.instructions());
     }
     // Checked before the prompt is tokenized: a bad schema is the cheaper error to find.
-    let grammar = match tools.as_ref().and_then(ToolPlan::grammar) {
-        Some(_) if request.sampling.response_format.is_some() => {
-            return Err(ApiError::invalid(
-                "response_format",
-                "`response_format` cannot be combined with a `tool_choice` that forces a call",
-            ))
-        }
-        Some(spec) => Some(
-            structured::compile(&state, spec)
-                .await
-                .map_err(|e| ApiError::invalid("tools", format!("the tools' parameters: {e}")))?,
-        ),
-        None => structured::grammar(&state, request.sampling.response_format.as_ref()).await?,
-    };
+    let format = request.sampling.response_format.as_ref();
+    let grammar = structured::request_grammar(&state, tools.as_ref(), format, "response_format").await?;
     let prompt = state.prompts.chat(messages).await?;
     let max_tokens = request.max_completion_tokens.or(request.sampling.max_tokens);
     let mut plan = plan(&request.sampling, max_tokens, logprobs, vec![prompt], &state.limits)?;

@@ -8,7 +8,7 @@ use crate::responses::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, ChatTokenLogprob, FinishReason, FunctionDelta,
     ToolCallDelta, TopLogprob,
 };
-use crate::tools::{CallHolder, ToolPlan};
+use crate::tools::{argument_pieces, CallHolder, ToolPlan};
 use recyclegpt_engine::TokenLogprob;
 use recyclegpt_model::TextTokenizer;
 use std::sync::Arc;
@@ -33,9 +33,6 @@ pub(super) fn logprobs_of(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob]) 
         .collect();
     ChatLogprobs { content }
 }
-
-/// Characters of arguments per delta: clients see them arrive in pieces, as from OpenAI.
-const ARGUMENT_FRAGMENT: usize = 32;
 
 /// A choice's text held back while it may be a tool call, with its log-probabilities.
 #[derive(Default)]
@@ -116,13 +113,12 @@ impl ChatChunks {
                 None,
                 None,
             ));
-            let chars: Vec<char> = call.function.arguments.chars().collect();
-            for piece in chars.chunks(ARGUMENT_FRAGMENT) {
+            for piece in argument_pieces(&call.function.arguments) {
                 let delta = ToolCallDelta {
                     index: k,
                     id: None,
                     kind: None,
-                    function: FunctionDelta { name: None, arguments: Some(piece.iter().collect()) },
+                    function: FunctionDelta { name: None, arguments: Some(piece) },
                 };
                 chunks.push(self.one(
                     index,

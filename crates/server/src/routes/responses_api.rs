@@ -70,12 +70,14 @@ fn input_message(i: usize, item: &crate::openai_responses::InputItem) -> Result<
             None,
             Some(item.call_id.clone().ok_or_else(|| missing("call_id"))?),
         ),
-        other => return Err(ApiError::invalid(
-            "input",
-            format!(
+        other => {
+            return Err(ApiError::invalid(
+                "input",
+                format!(
                 "input[{i}]: items of type `{other}` are not supported (message, function_call, function_call_output)"
             ),
-        )),
+            ))
+        }
     })
 }
 
@@ -241,20 +243,8 @@ pub async fn create(
         ..SamplingFields::default()
     };
     let tools = tool_plan(&request)?;
-    let grammar = match tools.as_ref().and_then(ToolPlan::grammar) {
-        Some(_) if fields.response_format.is_some() => {
-            return Err(ApiError::invalid(
-                "text",
-                "`text.format` cannot be combined with a `tool_choice` that forces a call",
-            ))
-        }
-        Some(spec) => Some(
-            structured::compile(&state, spec)
-                .await
-                .map_err(|e| ApiError::invalid("tools", format!("the tools' parameters: {e}")))?,
-        ),
-        None => structured::grammar(&state, fields.response_format.as_ref()).await?,
-    };
+    let format = fields.response_format.as_ref();
+    let grammar = structured::request_grammar(&state, tools.as_ref(), format, "text").await?;
     let mut messages = chat_messages(&request)?;
     if let Some(tools) = &tools {
         tools::add_instructions(&mut messages, tools.instructions());

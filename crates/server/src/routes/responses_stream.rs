@@ -6,15 +6,12 @@
 use super::responses_api::{status_of, Shape};
 use crate::generation::{recycle_stats, Choice, Generation, Progress};
 use crate::openai_responses::{OutputItem, OutputText};
-use crate::tools::CallHolder;
+use crate::tools::{argument_pieces, CallHolder};
 use crate::validation::Plan;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use std::convert::Infallible;
-
-/// Characters of arguments per delta event.
-const ARGUMENT_FRAGMENT: usize = 32;
 
 pub(super) fn stream(shape: Shape, mut generation: Generation, plan: Plan) -> Response {
     let events = async_stream::stream! {
@@ -96,9 +93,7 @@ pub(super) fn stream(shape: Shape, mut generation: Generation, plan: Plan) -> Re
                 let index = output.len();
                 let opening = shape.call_item(call, "in_progress", String::new());
                 yield event("response.output_item.added", json!({"output_index": index, "item": opening}));
-                let chars: Vec<char> = call.function.arguments.chars().collect();
-                for piece in chars.chunks(ARGUMENT_FRAGMENT) {
-                    let delta: String = piece.iter().collect();
+                for delta in argument_pieces(&call.function.arguments) {
                     yield event("response.function_call_arguments.delta",
                         json!({"item_id": opening.id, "output_index": index, "delta": delta}));
                 }
