@@ -92,6 +92,11 @@ async fn echoed_prompts_are_scored_token_by_token() {
     let last_prompt = values[ids.len() - 1].as_f64().unwrap();
     assert!((last_prompt - next).abs() < 1e-3, "scored {last_prompt}, generated {next}");
     assert_eq!(logprobs["tokens"].as_array().unwrap().len(), values.len());
+    // Offsets run over the returned text, in order, the generated ones after the echo.
+    let offsets: Vec<u64> = logprobs["text_offset"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+    let text = scored["choices"][0]["text"].as_str().unwrap();
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]) && offsets[0] == 0, "{offsets:?}");
+    assert!(*offsets.last().unwrap() < text.len() as u64, "{offsets:?} in {text:?}");
     // Streamed: the echo chunk carries the prompt's scores.
     let mut streamed = body;
     streamed["stream"] = json!(true);

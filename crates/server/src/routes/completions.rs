@@ -35,15 +35,23 @@ fn top_of(tokenizer: &TextTokenizer, logprob: &TokenLogprob) -> BTreeMap<String,
 
 /// An echoed prompt's `logprobs`: every prompt token, the first with `null` (nothing comes
 /// before it to predict it), as OpenAI's completions score text.
-fn prompt_logprobs_of(tokenizer: &TextTokenizer, prompt: &[u32], logprobs: &[TokenLogprob]) -> CompletionLogprobs {
+fn prompt_logprobs_of(
+    tokenizer: &TextTokenizer,
+    prompt: &[u32],
+    logprobs: &[TokenLogprob],
+    echoed: &str,
+) -> CompletionLogprobs {
+    // Offsets run over the echoed text, which loses a sentencepiece prompt's leading space.
+    let spelled: usize = prompt.iter().map(|&t| tokenizer.token_bytes(t).len()).sum();
+    let stripped = spelled.saturating_sub(echoed.len());
     let mut out = CompletionLogprobs::default();
-    let mut at = 0;
+    let mut at = 0usize;
     for (i, &token) in prompt.iter().enumerate() {
         let scored = i.checked_sub(1).and_then(|j| logprobs.get(j));
         out.tokens.push(tokenizer.token_text(token));
         out.token_logprobs.push(scored.map(|l| l.logprob));
         out.top_logprobs.push(scored.map(|l| top_of(tokenizer, l)));
-        out.text_offset.push(at);
+        out.text_offset.push(at.saturating_sub(stripped));
         at += tokenizer.token_bytes(token).len();
     }
     out
@@ -104,7 +112,7 @@ impl ChunkShape for CompletionChunks {
         }
         let logprobs = self.logprobs.then(|| {
             let prompt = self.prompts.get(index / self.n).map_or(&[][..], Vec::as_slice);
-            prompt_logprobs_of(&self.tokenizer, prompt, prompt_logprobs)
+            prompt_logprobs_of(&self.tokenizer, prompt, prompt_logprobs, &echo)
         });
         Some(self.chunk(vec![Self::choice(index, echo, logprobs, None)], None))
     }
@@ -195,7 +203,7 @@ pub async fn create(
                 let generated = logprobs_of(&state.tokenizer, &c.logprobs, prefix.len());
                 match request.echo {
                     true => joined(
-                        prompt_logprobs_of(&state.tokenizer, &plan.prompts[i / plan.n], &c.prompt_logprobs),
+                        prompt_logprobs_of(&state.tokenizer, &plan.prompts[i / plan.n], &c.prompt_logprobs, prefix),
                         generated,
                     ),
                     false => generated,
