@@ -205,6 +205,11 @@ impl AppState {
         format!("{:016x}", self.next_id.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u64>())
     }
 
+    /// A tool call's id (`call_…`), made the same way.
+    pub fn next_call_id(&self) -> String {
+        format!("call_{}", self.next_request_id())
+    }
+
     fn connection_limits(&self) -> ConnectionLimits {
         ConnectionLimits {
             header_timeout: seconds(self.config.header_read_timeout_seconds),

@@ -59,6 +59,24 @@ fn in_range(param: &str, value: Option<f64>, lo: f64, hi: f64, default: f64) -> 
     Ok(v as f32)
 }
 
+/// The `model` a request names, if any, must be the served one.
+pub fn check_model(model: Option<&String>, limits: &Limits) -> Result<(), ApiError> {
+    match model {
+        Some(name) if *name != limits.served_model_name => Err(ApiError::UnknownModel(name.clone())),
+        _ => Ok(()),
+    }
+}
+
+/// Every id in `ids` (the request's `param`) must be in the vocabulary.
+pub fn check_token_ids(param: &str, ids: &[u32], limits: &Limits) -> Result<(), ApiError> {
+    match ids.iter().find(|&&t| t as usize >= limits.vocab_size) {
+        Some(bad) => {
+            Err(ApiError::invalid(param, format!("token id {bad} is outside the vocabulary of {}", limits.vocab_size)))
+        }
+        None => Ok(()),
+    }
+}
+
 /// Checks the shared fields; `prompts` are already tokenized.
 /// `logprobs`: how many top alternatives to report per token, if log-probabilities are wanted.
 pub fn plan(
@@ -68,11 +86,7 @@ pub fn plan(
     prompts: Vec<Vec<u32>>,
     limits: &Limits,
 ) -> Result<Plan, ApiError> {
-    if let Some(model) = &fields.model {
-        if model != &limits.served_model_name {
-            return Err(ApiError::UnknownModel(model.clone()));
-        }
-    }
+    check_model(fields.model.as_ref(), limits)?;
     let n = fields.n.unwrap_or(1);
     if n < 1 || n as usize > limits.max_n {
         return Err(ApiError::invalid("n", format!("`n` must be between 1 and {}, got {n}", limits.max_n)));
@@ -103,12 +117,7 @@ pub fn plan(
         if prompt.is_empty() {
             return Err(ApiError::invalid("prompt", "a prompt has no tokens"));
         }
-        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= limits.vocab_size) {
-            return Err(ApiError::invalid(
-                "prompt",
-                format!("token id {bad} is outside the vocabulary of {}", limits.vocab_size),
-            ));
-        }
+        check_token_ids("prompt", prompt, limits)?;
         if prompt.len().saturating_add(max_tokens) > limits.context_len {
             return Err(ApiError::ContextLength(format!(
                 "This model's maximum context length is {} tokens; the prompt has {} tokens and max_tokens is {max_tokens} ({} in all)",

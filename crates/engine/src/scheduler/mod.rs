@@ -138,16 +138,17 @@ impl Scheduler {
         };
         // A stop string ends most chat answers this way: what it computed is as reusable.
         self.keep_prefix(seq);
+        self.fit_prefix_cache();
         Some(finished)
     }
 
-    /// Hands a finished sequence's caches to the prefix cache, within the free KV budget.
+    /// Hands a finished sequence's caches to the prefix cache (`fit_prefix_cache` then keeps
+    /// it within the free KV budget).
     fn keep_prefix(&mut self, seq: Sequence) {
         if let Some(prefix) = &mut self.prefix {
             let (tokens, full, module) = seq.into_reusable();
             prefix.insert(tokens, full, module);
         }
-        self.fit_prefix_cache();
     }
 
     /// Evicts prefix-cache entries until they fit beside the running sequences' reservations.
@@ -240,9 +241,8 @@ impl Scheduler {
             if finished.is_none() {
                 kept.push(seq);
                 kept_reservations.push(reservation);
-            } else if let Some(prefix) = &mut self.prefix {
-                let (tokens, full, module) = seq.into_reusable();
-                prefix.insert(tokens, full, module);
+            } else {
+                self.keep_prefix(seq);
             }
         }
         self.running = kept;

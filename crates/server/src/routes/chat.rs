@@ -100,7 +100,7 @@ pub async fn create(
     let (model, created) = shared(&state);
     let call_ids = {
         let state = state.clone();
-        move || format!("call_{}", state.next_request_id())
+        move || state.next_call_id()
     };
     if plan.stream {
         let shape = ChatChunks::new(

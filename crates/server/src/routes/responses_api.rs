@@ -184,7 +184,7 @@ impl Shape {
         match &self.tools {
             Some(tools) => {
                 let state = self.state.clone();
-                tools.parse(text, &mut move || format!("call_{}", state.next_request_id()))
+                tools.parse(text, &mut move || state.next_call_id())
             }
             None => (Some(text.to_string()), Vec::new()),
         }

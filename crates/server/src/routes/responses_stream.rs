@@ -53,13 +53,17 @@ pub(super) fn stream(shape: Shape, mut generation: Generation, plan: Plan) -> Re
                     }
                 }
             }
+            // The message item opens with its first text; an answer with neither text nor calls
+            // still gets its (empty) message item.
+            let empty_answer = end.is_some() && text.is_none() && calls.is_empty();
+            if text.is_none() && (!send.is_empty() || empty_answer) {
+                yield event("response.output_item.added", json!({"output_index": 0, "item": shape.message("in_progress", None)}));
+                let mut added = part(0);
+                added["part"] = json!(OutputText::new(String::new()));
+                yield event("response.content_part.added", added);
+                text = Some(String::new());
+            }
             if !send.is_empty() {
-                if text.is_none() {
-                    yield event("response.output_item.added", json!({"output_index": 0, "item": shape.message("in_progress", None)}));
-                    let mut added = part(0);
-                    added["part"] = json!(OutputText::new(String::new()));
-                    yield event("response.content_part.added", added);
-                }
                 let mut body = part(0);
                 body["delta"] = json!(send);
                 body["logprobs"] = json!([]);
@@ -69,14 +73,6 @@ pub(super) fn stream(shape: Shape, mut generation: Generation, plan: Plan) -> Re
             let Some(end) = end else { continue };
             let status = status_of(Some(end.reason));
             let mut output = Vec::new();
-            // An answer with neither text nor calls still gets its (empty) message item.
-            if text.is_none() && calls.is_empty() {
-                yield event("response.output_item.added", json!({"output_index": 0, "item": shape.message("in_progress", None)}));
-                let mut added = part(0);
-                added["part"] = json!(OutputText::new(String::new()));
-                yield event("response.content_part.added", added);
-                text = Some(String::new());
-            }
             if let Some(text) = &text {
                 let mut done = part(0);
                 done["text"] = json!(text);

@@ -2,6 +2,7 @@
 //! tokens before sending it, and the text of token ids.
 use crate::error::{ApiError, ApiJson};
 use crate::openai::Message;
+use crate::validation::{check_model, check_token_ids};
 use crate::AppState;
 use axum::extract::State;
 use axum::Json;
@@ -44,13 +45,6 @@ pub struct DetokenizeResponse {
     pub prompt: String,
 }
 
-fn check_model(state: &AppState, model: Option<&String>) -> Result<(), ApiError> {
-    match model {
-        Some(name) if *name != state.limits.served_model_name => Err(ApiError::UnknownModel(name.clone())),
-        _ => Ok(()),
-    }
-}
-
 /// Token ids of a prompt or a chat.
 #[utoipa::path(post, path = "/tokenize", operation_id = "tokenize", tag = "tokens", request_body = TokenizeRequest,
     responses((status = 200, body = TokenizeResponse), crate::error::ErrorResponses))]
@@ -58,7 +52,7 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
-    check_model(&state, request.model.as_ref())?;
+    check_model(request.model.as_ref(), &state.limits)?;
     let tokens = match (request.prompt, &request.messages) {
         (Some(prompt), None) => {
             let mut ids = state.prompts.completion(vec![prompt]).await?.pop().unwrap_or_default();
@@ -82,13 +76,8 @@ pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<DetokenizeRequest>,
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
-    check_model(&state, request.model.as_ref())?;
-    if let Some(bad) = request.tokens.iter().find(|&&t| t as usize >= state.limits.vocab_size) {
-        return Err(ApiError::invalid(
-            "tokens",
-            format!("token id {bad} is outside the vocabulary of {}", state.limits.vocab_size),
-        ));
-    }
+    check_model(request.model.as_ref(), &state.limits)?;
+    check_token_ids("tokens", &request.tokens, &state.limits)?;
     let prompt = state.tokenizer.decode(&request.tokens).map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
     Ok(Json(DetokenizeResponse { prompt }))
 }
