@@ -2,6 +2,9 @@
 //! copying or transposing the cache (the decode and recycle steps: 1-2 rows per sequence).
 use crate::isa::{Isa, Kind};
 use crate::pool::{self, OutPtr};
+#[cfg(target_arch = "x86_64")]
+use crate::vector::{Avx2, Avx512};
+use crate::vector::{Scalar, Vector};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Shapes of one attention call.
@@ -28,29 +31,37 @@ pub fn attention(isa: Isa, s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], t
         "attention: buffer sizes do not match the shape"
     );
     let out = OutPtr(out.as_mut_ptr());
+    // The vector paths need whole vectors per head; other head sizes take the next path down.
+    let kind = match isa.kind() {
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx512 if s.head_dim.is_multiple_of(16) => Kind::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx512 | Kind::Avx2 if s.head_dim.is_multiple_of(8) => Kind::Avx2,
+        _ => Kind::Scalar,
+    };
     // Each (query row, head) pair is one item; the pool spreads them over the threads.
     pool::split(n * s.heads, n * s.heads * total * s.head_dim, |items| {
         // SAFETY: the buffer sizes were checked above, the items lie within `0..n * heads`, and
         // the pool hands each range to one thread, so the outputs of these items are its alone.
+        // `kind` is the `Isa`'s own path or a slower one, so the CPU has its features, and its
+        // vector width divides the head size.
         unsafe {
-            match isa.kind() {
+            match kind {
                 #[cfg(target_arch = "x86_64")]
-                // An `Isa` only carries the AVX-512 kind when the CPU has AVX-512F
-                // (`crate::isa`), which is all the function's features need.
                 Kind::Avx512 => attention_avx512(s, q, k, v, total, items, out),
                 #[cfg(target_arch = "x86_64")]
-                // As above, for the AVX2 kind and AVX2 + FMA.
                 Kind::Avx2 => attention_avx2(s, q, k, v, total, items, out),
-                _ => attention_generic(s, q, k, v, total, items, out),
+                _ => attend::<Scalar>(s, q, k, v, total, items, out),
             }
         }
     });
 }
 
-/// [`attention_generic`] compiled for AVX-512 (it is inlined here and vectorised for it).
+/// [`attend`] compiled for AVX-512.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; otherwise as [`attention_generic`].
+/// The CPU must have AVX-512F and the head size must be a multiple of 16; otherwise as
+/// [`attend`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attention_avx512(
@@ -63,46 +74,38 @@ unsafe fn attention_avx512(
     out: OutPtr,
 ) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { attention_generic(s, q, k, v, total, items, out) }
+    unsafe { attend::<Avx512>(s, q, k, v, total, items, out) }
 }
 
-/// [`attention_generic`] compiled for AVX2 + FMA.
+/// [`attend`] compiled for AVX2 + FMA.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; otherwise as [`attention_generic`].
+/// The CPU must have AVX2 and FMA and the head size must be a multiple of 8; otherwise as
+/// [`attend`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attention_avx2(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize, items: Items, out: OutPtr) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { attention_generic(s, q, k, v, total, items, out) }
+    unsafe { attend::<Avx2>(s, q, k, v, total, items, out) }
 }
 
 /// A range of (query row, head) items, numbered `row * heads + head`.
 type Items = std::ops::Range<usize>;
 
-/// Sum of products, with 16 independent lanes so that the compiler vectorises it (a plain
-/// iterator sum is a serial chain it may not reorder).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
-    for (ca, cb) in a_chunks.zip(b_chunks) {
-        for l in 0..LANES {
-            acc[l] += ca[l] * cb[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
+/// Output vectors one pass over the values accumulates in registers.
+const OUT_VECTORS: usize = 8;
 
-/// Plain loops, written so that the compiler vectorises them for the enclosing target features.
+/// The kernel, once for every instruction set. Per item: the scores of four keys at a time
+/// (their four horizontal sums share one set of shuffles), a vectorised softmax, then the
+/// weighted values, accumulated in registers up to [`OUT_VECTORS`] vectors of the head at a
+/// time.
 ///
 /// # Safety
-/// `q`, `k`, `v` and `out` must have the sizes `attention` checks, `items` must lie within
-/// `0..n * heads`, and no one else may read or write those items' outputs during the call.
+/// The CPU must have `S`'s features and `S::LANES` must divide the head size; `q`, `k`, `v`
+/// and `out` must have the sizes `attention` checks, `items` must lie within `0..n * heads`,
+/// and no one else may read or write those items' outputs during the call.
 #[inline(always)]
-unsafe fn attention_generic(
+unsafe fn attend<S: Vector>(
     s: AttentionShape,
     q: &[f32],
     k: &[f32],
@@ -113,37 +116,73 @@ unsafe fn attention_generic(
 ) {
     let hd = s.head_dim;
     let n = q.len() / (s.heads * hd);
-    let group = s.heads / s.kv_heads;
+    let (group, chunks, stride) = (s.heads / s.kv_heads, hd / S::LANES, s.kv_heads * hd);
     let scale = 1.0 / (hd as f32).sqrt();
-    let start = total - n;
     let mut scores = vec![0f32; total];
     for item in items {
         let (i, h) = (item / s.heads, item % s.heads);
-        let visible = start + i + 1;
+        let visible = total - n + i + 1;
         let kvh = h / group;
-        let qh = &q[item * hd..][..hd];
-        let mut max = f32::NEG_INFINITY;
-        for (j, score) in scores[..visible].iter_mut().enumerate() {
-            *score = dot(qh, &k[(j * s.kv_heads + kvh) * hd..][..hd]) * scale;
-            max = max.max(*score);
-        }
-        let mut sum = 0.0;
-        for score in scores[..visible].iter_mut() {
-            *score = (*score - max).exp();
-            sum += *score;
-        }
-        // SAFETY: item `< n * heads`, so its `hd` outputs lie inside `out` (`n * heads * hd`
-        // long), and they are this call's alone (the contract).
-        let oh = unsafe { std::slice::from_raw_parts_mut(out.0.add(item * hd), hd) };
-        oh.fill(0.0);
-        for (j, &p) in scores[..visible].iter().enumerate() {
-            let vj = &v[(j * s.kv_heads + kvh) * hd..][..hd];
-            for (o, &x) in oh.iter_mut().zip(vj) {
-                *o += p * x;
+        // SAFETY: the item's query, its key/value head's `visible` rows (`visible <= total`)
+        // and its output lie inside the buffers `attention` checked; `S::LANES` divides `hd`,
+        // so every vector load and store stays within one head's `hd` values. The output is
+        // this call's alone (the contract).
+        unsafe {
+            let query = q.as_ptr().add(item * hd);
+            let keys = k.as_ptr().add(kvh * hd);
+            let values = v.as_ptr().add(kvh * hd);
+            let dot = |key: *const f32, acc: S::V| {
+                (0..chunks)
+                    .fold(acc, |acc, c| S::fmadd(S::load(query.add(c * S::LANES)), S::load(key.add(c * S::LANES)), acc))
+            };
+            let quads = visible / 4 * 4;
+            for j in (0..quads).step_by(4) {
+                let acc = [0, 1, 2, 3].map(|u| dot(keys.add((j + u) * stride), S::zero()));
+                for (score, sum) in scores[j..j + 4].iter_mut().zip(S::sum4(acc)) {
+                    *score = sum * scale;
+                }
+            }
+            for (j, score) in scores.iter_mut().enumerate().take(visible).skip(quads) {
+                *score = S::sum(dot(keys.add(j * stride), S::zero())) * scale;
+            }
+            let whole = visible / S::LANES * S::LANES;
+            let row = scores.as_mut_ptr();
+            let mut max = S::splat(f32::NEG_INFINITY);
+            for j in (0..whole).step_by(S::LANES) {
+                max = S::max(max, S::load(row.add(j)));
+            }
+            let max = scores[whole..visible].iter().fold(S::max_lane(max), |m, &x| m.max(x));
+            let mut sum = S::zero();
+            for j in (0..whole).step_by(S::LANES) {
+                let weight = S::exp(S::add(S::load(row.add(j)), S::splat(-max)));
+                S::store(row.add(j), weight);
+                sum = S::add(sum, weight);
+            }
+            let mut sum = S::sum(sum);
+            for score in &mut scores[whole..visible] {
+                *score = (*score - max).exp();
+                sum += *score;
+            }
+            let output = out.0.add(item * hd);
+            for first in (0..chunks).step_by(OUT_VECTORS) {
+                let width = OUT_VECTORS.min(chunks - first);
+                let mut acc = [S::zero(); OUT_VECTORS];
+                for (j, &weight) in scores[..visible].iter().enumerate() {
+                    let (weight, value) = (S::splat(weight), values.add(j * stride + first * S::LANES));
+                    // A constant trip count keeps `acc` in registers; lanes past `width` are
+                    // never loaded or stored.
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        if c < width {
+                            *acc = S::fmadd(weight, S::load(value.add(c * S::LANES)), *acc);
+                        }
+                    }
+                }
+                let inv = S::splat(1.0 / sum);
+                for (c, acc) in acc.iter().enumerate().take(width) {
+                    S::store(output.add((first + c) * S::LANES), S::mul(*acc, inv));
+                }
             }
         }
-        let inv = 1.0 / sum;
-        oh.iter_mut().for_each(|o| *o *= inv);
     }
 }
 

@@ -14,6 +14,7 @@ mod linear;
 mod op;
 mod pool;
 mod quant;
+mod vector;
 
 pub use attention::{attention, cached_attention, AttentionShape};
 pub use isa::Isa;
