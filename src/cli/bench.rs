@@ -285,8 +285,9 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn run_kernels(args: KernelArgs) -> anyhow::Result<()> {
     let rows = recyclegpt_bench::kernels::run(args.n, args.k, &args.m, args.rounds)?;
+    let attention = recyclegpt_bench::attention::run(args.rounds);
     if args.json {
-        println!("{}", serde_json::to_string(&rows)?);
+        println!("{}", serde_json::json!({"linear": rows, "attention": attention}));
         return Ok(());
     }
     println!("weight [{} x {}], {:.1} MB", args.n, args.k, (args.n * args.k * 4) as f64 / 1e6);
@@ -315,6 +316,11 @@ fn run_kernels(args: KernelArgs) -> anyhow::Result<()> {
             r.candle_q8_0_ms,
             r.candle_q4_1_ms
         );
+    }
+    println!("\ncached attention, one layer, microseconds");
+    println!("{:<16} {:>6} {:>8} {:>8}", "heads", "rows", "cached", "us");
+    for r in attention {
+        println!("{:<16} {:>6} {:>8} {:>8.2}", r.shape, r.rows, r.cached, r.microseconds);
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Benchmarks anyone can run (`recyclegpt bench ...`). Variants are interleaved round by
 //! round so that machine noise hits all of them alike, and results are medians.
+pub mod attention;
 pub mod bandwidth;
 pub mod charts;
 pub mod decode;
