@@ -1,6 +1,6 @@
 //! The schedules on real weights: `verify` and `auto` never change greedy output, `auto` stops
 //! drafting where drafts are rejected, `alternate` emits two tokens per full forward, seeds make
-//! sampling repeatable, and a batched step gives each sequence what it gets alone. All on the in-repo model (`models/shakespeare`, context 128).
+//! sampling repeatable, and a batched step gives each sequence what it gets alone. All on the in-repo model (`models/shakespeare`).
 mod common;
 
 use common::{load, random_module, run};
@@ -12,7 +12,7 @@ fn embedded() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shakespeare")
 }
 
-/// From 6 to 20 tokens with BOS, so that 100 more still fit the 128-token context.
+/// From 6 to 20 tokens with BOS, so that 100 more fit the context.
 const PROMPTS: [&str; 4] = [
     "Once upon a time",
     "ROMEO.",
@@ -49,12 +49,15 @@ fn auto_equals_standard_and_stops_drafting_on_a_random_module() {
     for prompt in PROMPTS {
         for max_tokens in [1, 7, 100] {
             let standard = run(&loaded, prompt, DecodeMode::Off, SamplingParams::greedy(), max_tokens);
-            let auto = run(&loaded, prompt, DecodeMode::Auto, SamplingParams::greedy(), max_tokens);
-            assert_eq!(auto.ids, standard.ids, "{prompt:?}, max_tokens {max_tokens}");
-            let stats = auto.stats;
-            let drafts = stats.drafts;
+            // Where drafts are cheap, so that `auto` gives up on the module as late as it
+            // ever does (measured costs would make the count depend on the machine's load).
+            let auto = run_auto_where_drafts_are_cheap(&loaded, prompt, SamplingParams::greedy(), max_tokens);
+            assert_eq!(auto.generated(), standard.ids.as_slice(), "{prompt:?}, max_tokens {max_tokens}");
+            let stats = auto.stats();
+            // A few module steps until the acceptance estimate falls below break-even, then
+            // rare probes (a draft the module itself is unsure of is not even verified).
             if max_tokens == 100 {
-                assert!(drafts <= 15 && stats.skipped_drafts >= 80, "{prompt:?}: {stats:?}");
+                assert!(stats.recycle_steps <= 15 && stats.skipped_drafts >= 80, "{prompt:?}: {stats:?}");
             }
         }
     }
@@ -127,13 +130,13 @@ fn a_batched_step_gives_each_sequence_what_it_gets_alone() {
 
 #[test]
 fn verify_equals_standard_when_drafts_are_often_accepted() {
-    let loaded = load(&embedded(), random_module(8));
-    // A bias on common tokens makes the random module's drafts agree with the model often,
-    // so that both the accept and the reject paths run in one generation.
+    // The trained module agrees with the model on about two tokens in three, so both the
+    // accept and the reject paths run in every generation; greedy and with a logit bias.
+    let loaded = load(&embedded(), recyclegpt_model::RecycleInit::FromFiles);
     let common_ids: Vec<u32> =
         [",", " the", " and"].iter().map(|t| *loaded.tokenizer.encode(t).unwrap().last().unwrap()).collect();
     let (mut accepted, mut rejected, mut auto_accepted) = (0, 0, 0);
-    for bias in [3.0, 6.0, 8.0] {
+    for bias in [0.0, 2.0] {
         let logit_bias = common_ids.iter().map(|&id| (id, bias)).collect();
         let params = SamplingParams { logit_bias, ..SamplingParams::greedy() };
         for prompt in PROMPTS {

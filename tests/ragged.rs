@@ -6,7 +6,7 @@ use common::{load, random_module};
 use recyclegpt_model::{KvCache, RecycleGpt, SeqInput};
 use std::path::PathBuf;
 
-/// The embedded model (`models/shakespeare`): always present, context 128, vocabulary 2048.
+/// The embedded model (`models/shakespeare`): always present, vocabulary 2048.
 fn embedded() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shakespeare")
 }

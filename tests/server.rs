@@ -1,5 +1,5 @@
 //! The OpenAI-compatible server, over real HTTP on 127.0.0.1 with the real weights of the in-repo
-//! model (`models/shakespeare`, context 128): response shapes, streams parsed as SSE, parity with
+//! model (`models/shakespeare`): response shapes, streams parsed as SSE, parity with
 //! `recyclegpt generate`, batching, errors.
 mod common;
 
@@ -249,8 +249,10 @@ async fn every_error_status_in_openai_shape() {
     expect_error(&server, c, json!({"prompt": "x", "best_of": 3}), 400, Some("best_of")).await;
     expect_error(&server, c, json!({"prompt": "x", "recycle": "sometimes"}), 400, Some("recycle")).await;
     expect_error(&server, c, json!({"prompt": [[1, 99999]]}), 400, Some("prompt")).await;
-    let message = expect_error(&server, c, json!({"prompt": "x", "max_tokens": 200}), 400, Some("max_tokens")).await;
-    assert!(message.contains("128") && message.contains("200"), "{message}");
+    let (context, too_many) = (common::embedded_context(), common::embedded_context() + 72);
+    let message =
+        expect_error(&server, c, json!({"prompt": "x", "max_tokens": too_many}), 400, Some("max_tokens")).await;
+    assert!(message.contains(&context.to_string()) && message.contains(&too_many.to_string()), "{message}");
     expect_error(&server, c, json!({"prompt": "x", "model": "gpt-4"}), 404, Some("model")).await;
     expect_error(&server, "/v1/chat/completions", json!({"messages": []}), 400, Some("messages")).await;
     expect_error(&server, c, json!({"prompt": "x".repeat(5000)}), 413, None).await;
@@ -670,7 +672,7 @@ async fn without_max_tokens_generation_runs_to_the_context_at_most() {
         .json()
         .await
         .unwrap();
-    assert_eq!(body["usage"]["completion_tokens"], 128 - 3, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], common::embedded_context() - 3, "{body}");
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     server.shutdown().await.unwrap();
 }

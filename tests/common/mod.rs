@@ -7,6 +7,14 @@ use recyclegpt_engine::{generate, DecodeMode, Generation, SamplingParams, StopCr
 use recyclegpt_model::{LoadOptions, LoadedModel, RecycleInit};
 use std::path::PathBuf;
 
+/// The embedded model's context length (`max_position_embeddings` in its config.json).
+pub fn embedded_context() -> usize {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shakespeare");
+    let text = std::fs::read_to_string(dir.join("config.json")).expect("the embedded model's config.json");
+    let config: serde_json::Value = serde_json::from_str(&text).expect("config.json is JSON");
+    config["max_position_embeddings"].as_u64().expect("max_position_embeddings") as usize
+}
+
 /// `../shared/models/stories260K`, or `None` (with a note saying what is missing) outside CI.
 /// In CI (`CI=true`) a missing model fails the test.
 pub fn stories260k() -> Option<PathBuf> {

@@ -274,16 +274,22 @@ impl Sequence {
         if len < 2 || len >= self.prompt_len || self.prefilled > 0 || self.params.prompt_logprobs.is_some() {
             return Ok(());
         }
-        let exact = module.filter(|m| m.contiguous_len() >= len - 1);
+        // A finished sequence's module history may end a few positions before its full cache
+        // (the tokens of its last forward never reached the module). Reusing only as far as
+        // that history goes recomputes those few tokens but keeps the module's pairs exact.
+        let exact = module.filter(|m| m.contiguous_len() + MAX_DRAFTS + 1 >= len - 1);
         if exact.is_none() && self.mode == DecodeMode::Alternate {
             // Its module's tokens are emitted unchecked: a shorter module history would change
             // the text, so it computes the prompt itself.
             return Ok(());
         }
         let reused = match (&self.recycle_cache, exact) {
-            (Some(_), Some(_)) => len - 1,
+            (Some(_), Some(module)) => (len - 1).min(module.contiguous_len()),
             _ => len,
         };
+        if reused == 0 {
+            return Ok(());
+        }
         self.full_cache.copy_prefix(full, reused)?;
         if let Some(own) = &mut self.recycle_cache {
             match exact {
