@@ -221,13 +221,15 @@ pub fn spawn(model: RecycleGpt, config: WorkerConfig) -> WorkerHandle {
         queue_capacity: config.queue_capacity,
     });
     let handle = WorkerHandle { sender, shared: shared.clone() };
+    // Measured before the worker starts and before the server listens, while nothing else runs:
+    // measured on the worker thread, the first sizes overlapped the rest of start-up and came
+    // out twice too slow, which misled `auto` for the server's whole life.
+    let costs = CostModel::measure(&model, config.scheduler.budget.max_running).unwrap_or_else(|e| {
+        tracing::warn!("cannot measure what drafts cost ({e}); `auto` will always draft");
+        None
+    });
     let spawned = std::thread::Builder::new().name("recyclegpt-worker".into()).spawn(move || {
         let _alive = AliveGuard(shared.clone());
-        // Measured here, on the thread that will run the model, before the first request runs.
-        let costs = CostModel::measure(&model, config.scheduler.budget.max_running).unwrap_or_else(|e| {
-            tracing::warn!("cannot measure what drafts cost ({e}); `auto` will always draft");
-            None
-        });
         let mut worker = Worker {
             scheduler: Scheduler::new(config.scheduler, config.context_len, costs),
             model,
