@@ -31,20 +31,21 @@ pub fn attention(isa: Isa, s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], t
         "attention: buffer sizes do not match the shape"
     );
     let out = OutPtr(out.as_mut_ptr());
-    // The vector paths need whole vectors per head; other head sizes take the next path down.
+    // The vector paths need whole vectors per head; other head sizes take the next path down
+    // that the CPU runs.
     let kind = match isa.kind() {
         #[cfg(target_arch = "x86_64")]
         Kind::Avx512 if s.head_dim.is_multiple_of(16) => Kind::Avx512,
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx512 | Kind::Avx2 if s.head_dim.is_multiple_of(8) => Kind::Avx2,
+        Kind::Avx512 | Kind::Avx2 if s.head_dim.is_multiple_of(8) && isa.fallback(Kind::Avx2).is_some() => Kind::Avx2,
         _ => Kind::Scalar,
     };
     // Each (query row, head) pair is one item; the pool spreads them over the threads.
     pool::split(n * s.heads, n * s.heads * total * s.head_dim, |items| {
         // SAFETY: the buffer sizes were checked above, the items lie within `0..n * heads`, and
         // the pool hands each range to one thread, so the outputs of these items are its alone.
-        // `kind` is the `Isa`'s own path or a slower one, so the CPU has its features, and its
-        // vector width divides the head size.
+        // `kind` is the `Isa`'s own path or a slower one that `Isa::fallback` checked, so the
+        // CPU has its features, and its vector width divides the head size.
         unsafe {
             match kind {
                 #[cfg(target_arch = "x86_64")]

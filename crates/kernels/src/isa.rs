@@ -47,6 +47,13 @@ impl Isa {
     pub(crate) fn kind(self) -> Kind {
         self.0
     }
+
+    /// A slower path than this one, when the CPU runs it: a kernel that cannot use its own path
+    /// for some shape (a head size the vector width does not divide) steps down through this,
+    /// never on the assumption that a bigger feature set implies a smaller one.
+    pub(crate) fn fallback(self, kind: Kind) -> Option<Isa> {
+        cpu_runs(kind).then_some(Isa(kind))
+    }
 }
 
 /// Prints the path's name (`Avx512`, `Avx2`, `Scalar`), as the plain enum this replaced did.

@@ -262,7 +262,8 @@ impl Sequence {
     /// caching). The module's entry for position p pairs the hidden state at p - 1 with token
     /// p, so where the other module cache has positions 1..len - 1 one position fewer is reused:
     /// the forward over it makes the hidden state the next pair needs, and the module's history
-    /// is exactly what it would have been (`alternate` output too). Without them the module
+    /// is exactly what it would have been (`alternate` output too); where the other module
+    /// cache ends a few positions early, reuse stops there. Without them the module
     /// skips the reused positions, which costs acceptance of early drafts, never correctness;
     /// `alternate`, whose module tokens are not checked, then reuses nothing.
     pub(crate) fn reuse_prefix(
