@@ -132,19 +132,30 @@ unsafe fn attend<S: Vector>(
             let query = q.as_ptr().add(item * hd);
             let keys = k.as_ptr().add(kvh * hd);
             let values = v.as_ptr().add(kvh * hd);
-            let dot = |key: *const f32, acc: S::V| {
-                (0..chunks)
-                    .fold(acc, |acc, c| S::fmadd(S::load(query.add(c * S::LANES)), S::load(key.add(c * S::LANES)), acc))
-            };
-            let quads = visible / 4 * 4;
-            for j in (0..quads).step_by(4) {
-                let acc = [0, 1, 2, 3].map(|u| dot(keys.add((j + u) * stride), S::zero()));
+            // Plain loops, no closures or iterator folds: those become functions of their own,
+            // compiled without the caller's target features, where the intrinsics behind `S`
+            // are calls rather than instructions (ten times slower).
+            let mut j = 0;
+            while j + 4 <= visible {
+                let mut acc = [S::zero(); 4];
+                for c in 0..chunks {
+                    let qc = S::load(query.add(c * S::LANES));
+                    for (u, acc) in acc.iter_mut().enumerate() {
+                        *acc = S::fmadd(qc, S::load(keys.add((j + u) * stride + c * S::LANES)), *acc);
+                    }
+                }
                 for (score, sum) in scores[j..j + 4].iter_mut().zip(S::sum4(acc)) {
                     *score = sum * scale;
                 }
+                j += 4;
             }
-            for (j, score) in scores.iter_mut().enumerate().take(visible).skip(quads) {
-                *score = S::sum(dot(keys.add(j * stride), S::zero())) * scale;
+            while j < visible {
+                let mut acc = S::zero();
+                for c in 0..chunks {
+                    acc = S::fmadd(S::load(query.add(c * S::LANES)), S::load(keys.add(j * stride + c * S::LANES)), acc);
+                }
+                scores[j] = S::sum(acc) * scale;
+                j += 1;
             }
             let whole = visible / S::LANES * S::LANES;
             let row = scores.as_mut_ptr();
@@ -152,7 +163,10 @@ unsafe fn attend<S: Vector>(
             for j in (0..whole).step_by(S::LANES) {
                 max = S::max(max, S::load(row.add(j)));
             }
-            let max = scores[whole..visible].iter().fold(S::max_lane(max), |m, &x| m.max(x));
+            let mut max = S::max_lane(max);
+            for &score in &scores[whole..visible] {
+                max = max.max(score);
+            }
             let mut sum = S::zero();
             for j in (0..whole).step_by(S::LANES) {
                 let weight = S::exp(S::add(S::load(row.add(j)), S::splat(-max)));
