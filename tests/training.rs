@@ -1,12 +1,12 @@
 //! Joint training from scratch on a tiny corpus: the loss falls, an interrupted and resumed run
-//! ends with exactly the parameters of an uninterrupted one, the result serves in every mode,
-//! and bad input is a clear error.
+//! (across a context curriculum's change of window) ends with exactly the parameters of an
+//! uninterrupted one, the result serves in every mode, and bad input is a clear error.
 mod common;
 
 use common::scratch;
 use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
 use recyclegpt_model::{LoadOptions, LoadedModel};
-use recyclegpt_train::{train, TrainOptions, TrainSpec};
+use recyclegpt_train::{train, ShortContext, TrainOptions, TrainSpec};
 use std::path::PathBuf;
 
 /// A small deterministic corpus of short sentences (about 60 KB).
@@ -78,11 +78,16 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let dir = scratch("train-resume");
     let data = corpus(&dir);
     let (whole, halves) = (dir.join("whole"), dir.join("halves"));
-    train(std::slice::from_ref(&data), &whole, &tiny(30), &quiet()).unwrap();
+    // Windows of 8 tokens for 10 steps, then of 32: the run is split inside the long stage.
+    let spec = TrainSpec { short_context: Some(ShortContext { seq_len: 8, batch: 32, steps: 10 }), ..tiny(30) };
+    let report = train(std::slice::from_ref(&data), &whole, &spec, &quiet()).unwrap();
+    assert_eq!(report.tokens_seen, 10 * 32 * 8 + 20 * 8 * 32);
     let first = TrainOptions { stop_after: Some(13), ..quiet() };
-    assert_eq!(train(std::slice::from_ref(&data), &halves, &tiny(30), &first).unwrap().step, 13);
+    assert_eq!(train(std::slice::from_ref(&data), &halves, &spec, &first).unwrap().step, 13);
     let rest = TrainOptions { resume: true, ..quiet() };
-    assert_eq!(train(std::slice::from_ref(&data), &halves, &tiny(30), &rest).unwrap().step, 30);
+    assert_eq!(train(std::slice::from_ref(&data), &halves, &spec, &rest).unwrap().step, 30);
+    let config = std::fs::read_to_string(halves.join("config.json")).unwrap();
+    assert!(config.contains("\"max_position_embeddings\": 32"), "{config}");
     for file in ["model.safetensors", "recycle.safetensors", "optimizer.safetensors"] {
         let (a, b) = (std::fs::read(whole.join(file)).unwrap(), std::fs::read(halves.join(file)).unwrap());
         assert!(a == b, "{file} differs after resuming");
@@ -100,6 +105,9 @@ fn bad_input_is_a_clear_error() {
     assert!(e.contains("missing.txt") && e.contains("no such file"), "{e}");
     let data = corpus(&dir);
     let bad = TrainSpec { hidden_size: 30, num_attention_heads: 4, ..tiny(5) };
-    let e = train(&[data], &dir.join("c"), &bad, &quiet()).unwrap_err().to_string();
+    let e = train(std::slice::from_ref(&data), &dir.join("c"), &bad, &quiet()).unwrap_err().to_string();
     assert!(e.contains("does not divide"), "{e}");
+    let longer = TrainSpec { short_context: Some(ShortContext { seq_len: 64, batch: 4, steps: 2 }), ..tiny(5) };
+    let e = train(&[data], &dir.join("d"), &longer, &quiet()).unwrap_err().to_string();
+    assert!(e.contains("short_context"), "{e}");
 }

@@ -156,8 +156,8 @@ fn initialise(maps: &[&VarMap], seed: u64) -> Result<(), TrainError> {
     Ok(())
 }
 
-fn evaluate(model: &Model, held_out: &[u32], spec: &TrainSpec, device: &Device) -> Result<EvalPoint, TrainError> {
-    let len = spec.seq_len + 1;
+fn evaluate(model: &Model, held_out: &[u32], seq_len: usize, device: &Device) -> Result<EvalPoint, TrainError> {
+    let len = seq_len + 1;
     let count = (held_out.len() / len).clamp(1, 8);
     let (mut loss, mut same, mut total) = (0.0, 0usize, 0usize);
     for i in 0..count {
@@ -166,7 +166,7 @@ fn evaluate(model: &Model, held_out: &[u32], spec: &TrainSpec, device: &Device) 
         let (lm, _, logits, module_logits) = model.losses(&w)?;
         loss += f64::from(lm.to_scalar::<f32>()?);
         // The module's pick for x_{t+1} against the full model's, t = 1..T-1.
-        let full = logits.narrow(1, 1, spec.seq_len - 1)?.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
+        let full = logits.narrow(1, 1, seq_len - 1)?.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
         let drafts = module_logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
         same += full.iter().zip(&drafts).filter(|(a, b)| a == b).count();
         total += full.len();
@@ -232,14 +232,15 @@ pub fn train(
     let (mut last, mut lm_last, mut rec_last) = (f32::NAN, f32::NAN, f32::NAN);
     let mut evals = Vec::new();
     while state.step < end {
-        let batch = windows(&train_stream, spec.batch, len, spec.seed, state.step, &device)?;
+        let (count, tokens) = spec.window_shape(state.step);
+        let batch = windows(&train_stream, count, tokens + 1, spec.seed, state.step, &device)?;
         let (lm, rec, _, _) = model.losses(&batch)?;
         let loss = (&lm + (&rec * spec.recycle_weight)?)?;
         let mut grads = loss.backward()?;
         clip_gradients_all(&[&base_map, &module_map], &mut grads, spec.max_grad_norm)?;
         optimizer.step(&grads, learning_rate(state.step, spec.steps, spec.warmup, spec.learning_rate))?;
         state.step += 1;
-        state.tokens_seen += spec.batch * spec.seq_len;
+        state.tokens_seen += count * tokens;
         (last, lm_last, rec_last) = (loss.to_scalar()?, lm.to_scalar()?, rec.to_scalar()?);
         let rate = (state.tokens_seen - tokens_at_start) as f64 / started.elapsed().as_secs_f64();
         bar.set_message(format!(
@@ -249,7 +250,8 @@ pub fn train(
         bar.inc(1);
         let at_eval = spec.eval_every > 0 && state.step.is_multiple_of(spec.eval_every);
         if at_eval || state.step == end {
-            let point = evaluate(&model, &held_out, spec, &device)?;
+            // Held out at the window length being trained; the last evaluation is at the full context.
+            let point = evaluate(&model, &held_out, spec.window_shape(state.step - 1).1, &device)?;
             tracing::info!(
                 step = state.step,
                 loss = point.loss,

@@ -19,7 +19,7 @@ pub use corpus::Corpus;
 pub use distill::{train_recycle, DistillOptions, DistillReport};
 pub use eval::{evaluate, EvalOptions, EvalReport};
 pub use joint::{bench as bench_train, train, TrainOptions, TrainReport};
-pub use spec::TrainSpec;
+pub use spec::{ShortContext, TrainSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

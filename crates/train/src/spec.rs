@@ -27,6 +27,21 @@ pub struct TrainSpec {
     /// Steps between evaluations (each also writes a checkpoint).
     pub eval_every: usize,
     pub seed: u64,
+    /// A context curriculum: the first steps train on shorter windows.
+    pub short_context: Option<ShortContext>,
+}
+
+/// The first `steps` steps train on `batch` windows of `seq_len` tokens before the rest train
+/// at the full context. For the same tokens per step, short windows give a small model many
+/// more independent contexts per step, which is where it learns fastest; the long stage at the
+/// end then teaches it every position up to the full context. Two windows of 1,024 per step
+/// from the start trained the embedded model's shape far more slowly.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShortContext {
+    pub seq_len: usize,
+    pub batch: usize,
+    pub steps: usize,
 }
 
 impl Default for TrainSpec {
@@ -50,6 +65,7 @@ impl Default for TrainSpec {
             recycle_weight: 1.0,
             eval_every: 100,
             seed: 0,
+            short_context: None,
         }
     }
 }
@@ -60,10 +76,26 @@ impl TrainSpec {
         toml::from_str(&text).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))
     }
 
+    /// (windows, tokens per window) at `step`.
+    pub fn window_shape(&self, step: usize) -> (usize, usize) {
+        match &self.short_context {
+            Some(short) if step < short.steps => (short.batch, short.seq_len),
+            _ => (self.batch, self.seq_len),
+        }
+    }
+
     /// The model's config.json for a tokenizer of `vocab_size` tokens.
     pub fn llama_config(&self, vocab_size: usize) -> Result<LlamaConfig, TrainError> {
         if self.batch == 0 || self.seq_len < 3 || self.steps == 0 {
             return Err(TrainError::Data("batch and steps must be positive and seq_len at least 3".into()));
+        }
+        if let Some(short) = &self.short_context {
+            if short.batch == 0 || short.seq_len < 3 || short.seq_len > self.seq_len || short.steps >= self.steps {
+                return Err(TrainError::Data(format!(
+                    "short_context needs a positive batch, 3 <= seq_len <= {} and fewer than {} steps",
+                    self.seq_len, self.steps
+                )));
+            }
         }
         if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(TrainError::Data(format!(
