@@ -94,6 +94,31 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     }
 }
 
+/// `train-recycle` on text files whose lengths are not a multiple of the window: the files'
+/// shorter tails never reach a batch.
+#[test]
+fn a_module_trains_from_files_of_any_length() {
+    let dir = scratch("train-recycle-files");
+    let data = corpus(&dir);
+    let out = dir.join("model");
+    train(std::slice::from_ref(&data), &out, &tiny(10), &quiet()).unwrap();
+    let loaded = LoadedModel::load(&out, &LoadOptions::default()).unwrap();
+    let text = std::fs::read_to_string(&data).unwrap();
+    let files: Vec<PathBuf> = [7, 3, 1]
+        .iter()
+        .enumerate()
+        .map(|(i, share)| {
+            let path = dir.join(format!("part{i}.txt"));
+            std::fs::write(&path, &text[..text.len() * share / 100]).unwrap();
+            path
+        })
+        .collect();
+    let corpus = recyclegpt_train::Corpus::from_files(&files, &loaded.tokenizer, 32).unwrap();
+    let options = recyclegpt_train::DistillOptions { steps: 12, batch: 16, progress: false, ..Default::default() };
+    let report = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("module"), &options).unwrap();
+    assert!(report.last_loss.is_finite() && report.agreement > 0.0, "{report:?}");
+}
+
 #[test]
 fn bad_input_is_a_clear_error() {
     let dir = scratch("train-errors");

@@ -65,9 +65,11 @@ impl Corpus {
 
     /// Text files, tokenized and cut into windows of `length` tokens.
     pub fn from_files(paths: &[PathBuf], tokenizer: &TextTokenizer, length: usize) -> Result<Self, TrainError> {
-        let sequences = windows(paths, tokenizer, length, 2)?;
+        // Whole windows only: training stacks sequences into batches, so they share one length
+        // (each file's shorter tail is left out).
+        let sequences = windows(paths, tokenizer, length, length)?;
         if sequences.is_empty() {
-            return Err(TrainError::Data("the text files hold no tokens to train on".into()));
+            return Err(TrainError::Data(format!("the text files hold no window of {length} tokens to train on")));
         }
         Ok(Self { sequences })
     }
