@@ -1,5 +1,6 @@
 //! The embedded default model (`models/shakespeare`, trained by this project): it loads with its
-//! trained module, generates in every mode, and `verify` never changes greedy output.
+//! trained module, generates in every mode, `verify` never changes greedy output, and it keeps
+//! writing words, with its module still agreeing, deep into its 1,024-token context.
 mod common;
 
 use common::run;
@@ -26,6 +27,24 @@ fn the_default_model_serves_every_mode_and_verify_equals_standard() {
         let text = loaded.tokenizer.decode(&standard.ids).unwrap();
         assert!(text.chars().filter(|c| c.is_alphabetic()).count() > 40, "{text:?}");
     }
+}
+
+#[test]
+fn it_continues_a_long_prompt_near_the_end_of_its_context() {
+    let loaded = default_model();
+    assert!(loaded.model.context_len() >= 1024, "context {}", loaded.model.context_len());
+    // About 925 tokens of one repeated line, then the model's own 64 tokens, to near position 1,000.
+    let line = "CLAUDIO. O, what a world is this, when what is comely envenoms him that bears it!\n";
+    let prompt = line.repeat(33);
+    let tokens = loaded.tokenizer.encode(&prompt).unwrap().len();
+    assert!((850..1000).contains(&tokens), "{tokens} prompt tokens");
+    let standard = run(&loaded, &prompt, DecodeMode::Off, SamplingParams::greedy(), 64);
+    let verify = run(&loaded, &prompt, DecodeMode::Verify, SamplingParams::greedy(), 64);
+    assert_eq!(verify.ids, standard.ids);
+    // There it still writes words (this one starts a new scene), not byte soup.
+    let text = loaded.tokenizer.decode(&standard.ids).unwrap();
+    assert!(text.chars().filter(|c| c.is_alphabetic()).count() > 60 && !text.contains('\u{FFFD}'), "{text:?}");
+    assert!(verify.stats.accepted > verify.stats.rejected, "{:?}", verify.stats);
 }
 
 #[test]
