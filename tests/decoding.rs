@@ -93,6 +93,26 @@ fn same_seed_same_text_different_seed_different_text() {
     }
 }
 
+/// Seeded sampling gives the same text whatever the device's costs: drafting for it never
+/// follows the measured costs (chains whose length did would spend the seed's draws differently).
+#[test]
+fn seeded_sampling_does_not_depend_on_draft_costs() {
+    let loaded = load(&embedded(), recyclegpt_model::RecycleInit::FromFiles);
+    let cheap = CostModel::from_points(vec![(1, 0.010), (2, 0.0101), (4, 0.0102)], vec![(1, 0.0001), (2, 0.0001)]);
+    let dear = CostModel::from_points(vec![(1, 0.010), (2, 0.018), (4, 0.034)], vec![(1, 0.008), (2, 0.009)]);
+    let sample = |costs: &CostModel| {
+        let params = SamplingParams { temperature: 0.8, seed: Some(3), ..SamplingParams::default() };
+        let ids = loaded.tokenizer.encode("ROMEO. ").unwrap();
+        let stop = StopCriteria { max_tokens: 48, eos_ids: Vec::new() };
+        let mut seq = Sequence::new(0, &loaded.model, ids, DecodeMode::Verify, params, stop).unwrap();
+        while !seq.is_finished() {
+            step(&loaded.model, &mut [&mut seq], 64, Some(costs)).unwrap();
+        }
+        seq.generated().to_vec()
+    };
+    assert_eq!(sample(&cheap), sample(&dear));
+}
+
 #[test]
 fn a_batched_step_gives_each_sequence_what_it_gets_alone() {
     let loaded = load(&embedded(), random_module(5));

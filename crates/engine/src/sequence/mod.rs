@@ -129,7 +129,7 @@ impl Sequence {
         // the same text twice. (Greedy output is the same in every mode.)
         let mode = match mode {
             DecodeMode::Auto if !model.has_recycle() => DecodeMode::Off,
-            DecodeMode::Auto if params.seed.is_some() && !params.is_greedy() => DecodeMode::Verify,
+            DecodeMode::Auto if is_seeded_sampling(&params) => DecodeMode::Verify,
             mode => mode,
         };
         if mode != DecodeMode::Off && !model.has_recycle() {
@@ -353,6 +353,12 @@ impl Sequence {
             .ok_or_else(|| EngineError::Internal("a recycling sequence has no module cache".into()))
     }
 
+    /// Sampling with a seed, which promises the same text on every run: its drafting must
+    /// not depend on timings.
+    pub(crate) fn is_seeded_sampling(&self) -> bool {
+        is_seeded_sampling(&self.params)
+    }
+
     /// Whether the module may chain drafts for this sequence.
     pub(crate) fn can_chain(&self) -> bool {
         self.max_drafts > 1
@@ -506,4 +512,8 @@ impl Sequence {
             self.finish = Some(FinishReason::Length);
         }
     }
+}
+
+fn is_seeded_sampling(params: &SamplingParams) -> bool {
+    params.seed.is_some() && !params.is_greedy()
 }
