@@ -187,10 +187,9 @@ impl Sequence {
     }
 
     /// The last draft's token, when the chain may grow: `verify`/`auto`, below `max_drafts`,
-    /// not ended by an end-of-sequence draft, not seeded sampling (where chains' lengths, which
-    /// follow timings, would change how the seed's random draws are spent, as `auto` would),
-    /// and the chance that all drafts so far are accepted (an upper bound on what one more is
-    /// worth) at least `threshold`, the acceptance at which one more draft token pays here.
+    /// not ended by an end-of-sequence draft, and the chance that all drafts so far are
+    /// accepted (an upper bound on what one more is worth) at least `threshold`, the
+    /// acceptance at which one more draft token pays on this device.
     pub(crate) fn chain_from(&self, threshold: f64) -> Option<u32> {
         let last = self.drafts.last()?;
         // One more draft must fit the cache beside the pending token, and be worth emitting:
@@ -202,7 +201,6 @@ impl Sequence {
             && self.drafts.len() + 1 < left
             && !self.stop.eos_ids.contains(&last.token)
             && !self.constraint.as_ref().is_some_and(|c| c.is_complete())
-            && !self.is_seeded_sampling()
             && self.chain_value() >= threshold;
         chains.then_some(last.token)
     }

@@ -157,13 +157,10 @@ impl Sequence {
             full_cache: model.new_cache(capacity)?,
             recycle_cache,
             drafts: Vec::new(),
-            max_drafts: model
-                .config()
-                .recycle
-                .as_ref()
-                .and_then(|r| r.max_draft_tokens)
-                .unwrap_or(1)
-                .clamp(1, MAX_DRAFTS),
+            max_drafts: draft_limit(
+                &params,
+                model.config().recycle.as_ref().and_then(|r| r.max_draft_tokens).unwrap_or(1),
+            ),
             constraint: None,
             rng,
             params,
@@ -187,9 +184,10 @@ impl Sequence {
 
     /// Lets the module chain up to `k` drafts (within 1..=[`MAX_DRAFTS`]) for one forward to
     /// verify, in `verify` and `auto`; each chained draft feeds the module's own output back as
-    /// the next h. The default is the module config's `max_draft_tokens` (1 when absent).
+    /// the next h. The default is the module config's `max_draft_tokens` (1 when absent); seeded
+    /// sampling always drafts one at a time.
     pub fn with_max_drafts(mut self, k: usize) -> Self {
-        self.max_drafts = k.clamp(1, MAX_DRAFTS);
+        self.max_drafts = draft_limit(&self.params, k);
         self
     }
 
@@ -353,12 +351,6 @@ impl Sequence {
             .ok_or_else(|| EngineError::Internal("a recycling sequence has no module cache".into()))
     }
 
-    /// Sampling with a seed, which promises the same text on every run: its drafting must
-    /// not depend on timings.
-    pub(crate) fn is_seeded_sampling(&self) -> bool {
-        is_seeded_sampling(&self.params)
-    }
-
     /// Whether the module may chain drafts for this sequence.
     pub(crate) fn can_chain(&self) -> bool {
         self.max_drafts > 1
@@ -514,6 +506,18 @@ impl Sequence {
     }
 }
 
+/// Sampling with a seed, which promises the same text on every run.
 fn is_seeded_sampling(params: &SamplingParams) -> bool {
     params.seed.is_some() && !params.is_greedy()
+}
+
+/// Drafts one forward may verify: `k` within 1..=[`MAX_DRAFTS`], and 1 for seeded sampling.
+/// A chain's length follows the measured costs, and each length spends the seed's random
+/// draws differently, so a seeded sequence that chained would not give the same text twice.
+fn draft_limit(params: &SamplingParams, k: usize) -> usize {
+    if is_seeded_sampling(params) {
+        1
+    } else {
+        k.clamp(1, MAX_DRAFTS)
+    }
 }
