@@ -63,7 +63,7 @@ fn every_mode_emits_only_allowed_tokens_and_verify_equals_off() {
     let loaded = load(&embedded(), random_module(8));
     let model = &loaded.model;
     // Drafts cost nothing here, so `auto` drafts and chains run to their end.
-    let free = CostModel::from_points(vec![(1, 0.010), (256, 0.010)], vec![(1, 0.0), (256, 0.0)]);
+    let mut free = CostModel::from_points(vec![(1, 0.010), (256, 0.010)], vec![(1, 0.0), (256, 0.0)]);
     let stop = StopCriteria { max_tokens: 50, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
     let modes = [DecodeMode::Off, DecodeMode::Verify, DecodeMode::Auto, DecodeMode::Alternate];
     let mut seqs: Vec<(DecodeMode, Sequence)> = Vec::new();
@@ -81,7 +81,7 @@ fn every_mode_emits_only_allowed_tokens_and_verify_equals_off() {
     // All twelve in one batch, prompts fed in chunks, as the server runs them.
     while seqs.iter().any(|(_, s)| !s.is_finished()) {
         let mut refs: Vec<&mut Sequence> = seqs.iter_mut().map(|(_, s)| s).collect();
-        step(model, &mut refs, 4, Some(&free)).unwrap();
+        step(model, &mut refs, 4, Some(&mut free)).unwrap();
     }
     let mut drafts = 0;
     for chunk in seqs.chunks(4) {

@@ -85,7 +85,7 @@ fn batched_auto_and_verify_answer_as_each_does_alone() {
         (3, DecodeMode::Off, 30),
         (1, DecodeMode::Auto, 5),
     ];
-    let costs = CostModel::measure(model, cases.len()).expect("measures");
+    let mut costs = CostModel::measure(model, cases.len()).expect("measures");
     let mut seqs: Vec<Sequence> = cases
         .iter()
         .enumerate()
@@ -97,7 +97,7 @@ fn batched_auto_and_verify_answer_as_each_does_alone() {
     // Prompts fed 16 tokens at a time, so that prefill and decode share steps.
     while seqs.iter().any(|s| !s.is_finished()) {
         let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
-        step(model, &mut refs, 16, costs.as_ref()).unwrap();
+        step(model, &mut refs, 16, costs.as_mut()).unwrap();
     }
     for (seq, &(q, mode, max)) in seqs.iter().zip(&cases) {
         let alone = generate(

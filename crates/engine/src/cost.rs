@@ -1,5 +1,5 @@
-//! What a draft costs on this device, measured once at start-up, and the decision `auto` makes
-//! with it each step: which sequences draft.
+//! What a draft costs on this device, measured at start-up and refined by the steps as they
+//! run, and the decision `auto` makes with it each step: which sequences draft.
 //!
 //! A draft adds one token to the next full forward (its body and one more head row) and one
 //! module step; it pays back its acceptance probability α in tokens. So drafting for a
@@ -7,6 +7,14 @@
 //! the step is expected to emit, T its time and ΔT what the draft adds. At batch 1 the second
 //! token of a forward is nearly free and a modest α pays; at large batches a forward is
 //! compute-bound, ΔT approaches T/E and no draft pays, so `auto` stops drafting by itself.
+//!
+//! The start-up figures come from small forwards on empty caches. Decoding costs more than
+//! that, and not in proportion: attention grows with the context and with the rows that read
+//! it, and a module step between forwards pushes the base's weights out of the caches. On the
+//! embedded model the second token of a forward measured 1.06x the first at start-up and
+//! 1.25-1.4x in generation, enough to turn a draft that pays into one that loses. So each
+//! decoding step's forward and module step are timed and pulled into the estimate for their
+//! size ([`CostModel::observe_full`], [`CostModel::observe_module`]).
 use crate::EngineError;
 use candle_core::Tensor;
 use recyclegpt_model::{KvCache, RecycleGpt, SeqInput};
@@ -26,13 +34,22 @@ const RUNS: usize = 5;
 /// margin changes nothing.
 const DRAFT_MARGIN: f64 = 1.1;
 
+/// How far one timed step moves the estimate for its size: about the last ten steps of that
+/// size count, so the estimate follows a context that grows without jumping at every step.
+const OBSERVED_WEIGHT: f64 = 0.1;
+
+/// A timing counts as at most this factor away from the estimate: a step the OS preempted
+/// for a millisecond should nudge the estimate, not double it.
+const OBSERVED_CLAMP: f64 = 2.0;
+
 #[derive(Debug, Clone)]
 pub struct CostModel {
-    /// (tokens, seconds): a full forward over that many sequences of one token each, with a
-    /// logits row for each; non-decreasing in seconds.
-    full: Vec<(usize, f64)>,
-    /// (drafts, seconds): a module step drafting for that many sequences.
-    module: Vec<(usize, f64)>,
+    /// Seconds of a decoding forward over that many tokens, with a logits row for each.
+    full: Curve,
+    /// Seconds of a module step drafting for that many sequences.
+    module: Curve,
+    /// Whether timed steps refine the figures (those given by [`CostModel::from_points`] stay).
+    learns: bool,
 }
 
 impl CostModel {
@@ -53,7 +70,7 @@ impl CostModel {
             let hidden = Tensor::zeros((n, d), model.dtype(), model.device())?;
             module.push((n, fastest_seconds(|| module_once(model, &hidden, n))?));
         }
-        let costs = Self { full: monotone(full), module: monotone(module) };
+        let costs = Self { full: Curve::new(full), module: Curve::new(module), learns: true };
         tracing::info!(
             forward_1_ms = costs.full_seconds(1) * 1e3,
             forward_2_ms = costs.full_seconds(2) * 1e3,
@@ -64,14 +81,30 @@ impl CostModel {
         Ok(Some(costs))
     }
 
-    /// A cost model from known figures, for tests and for callers that measured elsewhere.
+    /// A cost model from known figures, held fixed (timed steps do not change it): for tests
+    /// and for callers that measured elsewhere.
     pub fn from_points(full: Vec<(usize, f64)>, module: Vec<(usize, f64)>) -> Self {
-        Self { full: monotone(full), module: monotone(module) }
+        Self { full: Curve::new(full), module: Curve::new(module), learns: false }
+    }
+
+    /// A decoding forward over `tokens` tokens took `seconds` (prefill chunks are not counted:
+    /// the table is about decode-sized forwards).
+    pub fn observe_full(&mut self, tokens: usize, seconds: f64) {
+        if self.learns {
+            self.full.observe(tokens, seconds);
+        }
+    }
+
+    /// A module step drafting for `drafts` sequences took `seconds`.
+    pub fn observe_module(&mut self, drafts: usize, seconds: f64) {
+        if self.learns && drafts > 0 {
+            self.module.observe(drafts, seconds);
+        }
     }
 
     /// Seconds of a full forward over `tokens` tokens.
     pub fn full_seconds(&self, tokens: usize) -> f64 {
-        interpolate(&self.full, tokens)
+        self.full.at(tokens)
     }
 
     /// Seconds of a module step drafting for `drafts` sequences (none: no module step).
@@ -79,7 +112,7 @@ impl CostModel {
         if drafts == 0 {
             0.0
         } else {
-            interpolate(&self.module, drafts)
+            self.module.at(drafts)
         }
     }
 
@@ -176,6 +209,50 @@ fn inputs<'a>(caches: &'a mut [KvCache], tokens: &'a [[u32; 1]]) -> Vec<SeqInput
     caches.iter_mut().zip(tokens).map(|(cache, tokens)| SeqInput { tokens, cache, logits_rows: vec![0] }).collect()
 }
 
+/// Seconds against size: points sorted by size, and the curve read from them.
+#[derive(Debug, Clone)]
+struct Curve {
+    points: Vec<(usize, f64)>,
+    /// `points` made non-decreasing (see [`monotone`]), which is what is read.
+    read: Vec<(usize, f64)>,
+}
+
+impl Curve {
+    fn new(points: Vec<(usize, f64)>) -> Self {
+        let mut points = points;
+        points.sort_by_key(|p| p.0);
+        points.dedup_by_key(|p| p.0);
+        Self { read: monotone(points.clone()), points }
+    }
+
+    fn at(&self, size: usize) -> f64 {
+        interpolate(&self.read, size)
+    }
+
+    /// Pulls the estimate at `size` toward `seconds`; a size not yet in the table enters it at
+    /// the curve's value there. Sizes far past the measured ones are left to extrapolation.
+    fn observe(&mut self, size: usize, seconds: f64) {
+        if size == 0 || size > 2 * LARGEST_MEASURED || !seconds.is_finite() || seconds <= 0.0 {
+            return;
+        }
+        let index = match self.points.binary_search_by_key(&size, |p| p.0) {
+            Ok(index) => index,
+            Err(index) => {
+                self.points.insert(index, (size, self.at(size)));
+                index
+            }
+        };
+        let estimate = &mut self.points[index].1;
+        if *estimate > 0.0 {
+            let seen = seconds.clamp(*estimate / OBSERVED_CLAMP, *estimate * OBSERVED_CLAMP);
+            *estimate += OBSERVED_WEIGHT * (seen - *estimate);
+        } else {
+            *estimate = seconds;
+        }
+        self.read = monotone(self.points.clone());
+    }
+}
+
 /// Timing noise can make a larger forward measure faster than a smaller one; a cost that falls
 /// with size would make drafts look free, so each point is raised to the largest before it.
 fn monotone(mut points: Vec<(usize, f64)>) -> Vec<(usize, f64)> {
@@ -244,9 +321,53 @@ mod tests {
         assert_eq!(chosen, vec![false, true, true, false]);
     }
 
+    /// A measured (learning) model with `device()`'s figures.
+    fn learning() -> CostModel {
+        let fixed = device();
+        CostModel { learns: true, ..fixed }
+    }
+
+    #[test]
+    fn timed_steps_pull_the_estimate_toward_what_decoding_costs() {
+        let mut costs = learning();
+        // Start-up said a second token adds 0.5 ms to 10.5 ms; decoding finds it adds 5.5 ms.
+        assert!(costs.choose(1, 0, 1.0, &[0.5]) == vec![true]);
+        for _ in 0..60 {
+            costs.observe_full(1, 0.0105);
+            costs.observe_full(2, 0.016);
+        }
+        assert!((costs.full_seconds(2) - 0.016).abs() < 1e-4, "{}", costs.full_seconds(2));
+        // A draft accepted half the time no longer pays: 0.5 · 10.5 < 1.1 · (5.5 + 1.1).
+        assert_eq!(costs.choose(1, 0, 1.0, &[0.5]), vec![false]);
+        // A size never measured enters the table where the curve put it, then learns.
+        costs.observe_full(3, 0.0170);
+        assert!(costs.full_seconds(3) > 0.016 && costs.full_seconds(3) < 0.0170);
+        costs.observe_module(1, 0.002);
+        assert!(costs.module_seconds(1) > 0.0011);
+    }
+
+    #[test]
+    fn one_slow_step_nudges_the_estimate_and_fixed_figures_stay() {
+        let mut costs = learning();
+        costs.observe_full(1, 1.0);
+        // Clamped to twice the estimate, then weighted: 10.5 ms + 0.1 · 10.5 ms.
+        assert!((costs.full_seconds(1) - 0.01155).abs() < 1e-9);
+        let mut fixed = device();
+        fixed.observe_full(1, 1.0);
+        fixed.observe_module(1, 1.0);
+        assert_eq!(fixed.full_seconds(1), device().full_seconds(1));
+        assert_eq!(fixed.module_seconds(1), device().module_seconds(1));
+    }
+
     #[test]
     fn noisy_measurements_never_make_a_larger_forward_cheaper() {
         let costs = CostModel::from_points(vec![(1, 0.010), (2, 0.009), (4, 0.012)], vec![(1, 0.001)]);
+        assert!(costs.full_seconds(2) >= costs.full_seconds(1));
+        // Nor do timed steps: a smaller forward that turns dear raises the larger ones.
+        let mut costs = learning();
+        for _ in 0..60 {
+            costs.observe_full(1, 0.020);
+        }
         assert!(costs.full_seconds(2) >= costs.full_seconds(1));
     }
 }

@@ -47,14 +47,14 @@ pub fn generate(
     // `auto` decides, and chains of drafts stop, with what drafts cost here for one sequence
     // (a few small forwards); plain `verify` without chains does not need them. The mode is
     // the sequence's own (`auto` may have become `off` or `verify`).
-    let costs = match seq.mode() {
+    let mut costs = match seq.mode() {
         DecodeMode::Auto => CostModel::measure(model, 1)?,
         DecodeMode::Verify if seq.can_chain() => CostModel::measure(model, 1)?,
         DecodeMode::Verify | DecodeMode::Off | DecodeMode::Alternate => None,
     };
     let mut decode_start: Option<(Instant, usize)> = None;
     while !seq.is_finished() {
-        step(model, &mut [&mut seq], prompt_len, costs.as_ref())?;
+        step(model, &mut [&mut seq], prompt_len, costs.as_mut())?;
         if decode_start.is_none() {
             decode_start = Some((Instant::now(), seq.generated().len()));
         }

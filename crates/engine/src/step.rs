@@ -6,6 +6,7 @@ use crate::sequence::{FullPlan, Sequence};
 use crate::EngineError;
 use candle_core::Tensor;
 use recyclegpt_model::{RecycleGpt, SeqInput};
+use std::time::Instant;
 
 /// What one step did, for schedulers and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,18 +27,20 @@ pub(crate) struct Pairs {
 }
 
 /// Advances every unfinished sequence by one step; prompts are fed `prefill_chunk` tokens at a
-/// time. `costs` lets `auto` sequences draft only where it pays; without it they always draft.
+/// time. `costs` lets `auto` sequences draft only where it pays (without it they always draft),
+/// and learns from this step's timings.
 pub fn step(
     model: &RecycleGpt,
     seqs: &mut [&mut Sequence],
     prefill_chunk: usize,
-    costs: Option<&CostModel>,
+    mut costs: Option<&mut CostModel>,
 ) -> Result<StepReport, EngineError> {
     let active: Vec<usize> = (0..seqs.len()).filter(|&i| !seqs[i].is_finished()).collect();
     if active.is_empty() {
         return Ok(StepReport::default());
     }
     let plans: Vec<FullPlan> = active.iter().map(|&i| seqs[i].plan_full(prefill_chunk)).collect();
+    let started = Instant::now();
     let output = {
         let mut inputs: Vec<SeqInput> = seqs
             .iter_mut()
@@ -52,6 +55,9 @@ pub fn step(
         model.forward(&mut inputs)?
     };
     let full_tokens: usize = plans.iter().map(|p| p.tokens.len()).sum();
+    if let Some(costs) = costs.as_deref_mut().filter(|_| plans.iter().all(|p| !p.prompt)) {
+        costs.observe_full(full_tokens, started.elapsed().as_secs_f64());
+    }
 
     // Acceptance, and the module's new pairs: h rows of the kept positions with their next tokens.
     let mut logits = output.logits.into_iter();
@@ -72,12 +78,13 @@ pub fn step(
         row_offset += plan.tokens.len() as u32;
     }
     let load = NextForward::of(seqs, prefill_chunk);
-    if let Some(costs) = costs {
+    if let Some(costs) = costs.as_deref() {
         decide_auto_drafts(costs, seqs, &mut pairs, &load)?;
     }
     if pairs.is_empty() {
         return Ok(StepReport { full_tokens, recycle_tokens: 0 });
     }
+    let started = Instant::now();
     let hidden_rows: Vec<u32> = pairs.iter().flat_map(|p| p.first_row..p.first_row + p.tokens.len() as u32).collect();
     let hidden = output.hidden.index_select(&Tensor::new(hidden_rows.as_slice(), output.hidden.device())?, 0)?;
     let output = {
@@ -96,10 +103,13 @@ pub fn step(
         }
         model.recycle_forward_features(&hidden, &mut inputs)?
     };
+    let drafting = pairs.iter().filter(|p| p.draft).count();
+    if let Some(costs) = costs.as_deref_mut().filter(|_| pairs.iter().all(|p| !p.prompt)) {
+        costs.observe_module(drafting, started.elapsed().as_secs_f64());
+    }
     let mut drafts = output.logits.into_iter();
     // What one more token in the forward must be worth (its module step already spent).
-    let drafting = pairs.iter().filter(|p| p.draft).count();
-    let first_threshold = costs.map(|c| c.extra_token_threshold(load.tokens + drafting, load.decoding));
+    let first_threshold = costs.as_deref().map(|c| c.extra_token_threshold(load.tokens + drafting, load.decoding));
     // Each drafting sequence's feature row: the module's output at its last new token.
     let mut feature_rows = Vec::new();
     let mut offset = 0u32;

@@ -201,7 +201,7 @@ impl Scheduler {
             return Ok(outcome);
         }
         let mut seqs: Vec<&mut Sequence> = self.running.iter_mut().collect();
-        match step(model, &mut seqs, self.config.prefill_chunk, self.costs.as_ref()) {
+        match step(model, &mut seqs, self.config.prefill_chunk, self.costs.as_mut()) {
             Ok(report) => outcome.report = report,
             Err(error) => {
                 // Sequences refused at admission in this call are failed with the rest.
