@@ -1,5 +1,6 @@
 //! Causal attention of a few query rows against one sequence's token-major KV cache, without
-//! copying or transposing the cache (the decode and recycle steps: 1-2 rows per sequence).
+//! copying or transposing the cache (decode and verify steps, the module's steps, prefill
+//! chunks of up to `SMALL_M_MAX` rows).
 use crate::isa::{Isa, Kind};
 use crate::pool::{self, OutPtr};
 #[cfg(target_arch = "x86_64")]
@@ -40,12 +41,12 @@ pub fn attention(isa: Isa, s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], t
         Kind::Avx512 | Kind::Avx2 if s.head_dim.is_multiple_of(8) && isa.fallback(Kind::Avx2).is_some() => Kind::Avx2,
         _ => Kind::Scalar,
     };
-    // Each (tile of up to `TILE` rows, head) pair is one item; the pool spreads them over the
-    // threads.
-    pool::split(n.div_ceil(TILE) * s.heads, n * s.heads * total * s.head_dim, |items| {
-        // SAFETY: the buffer sizes were checked above, the items lie within
-        // `0..n.div_ceil(TILE) * heads`, and the pool hands each range to one thread, so the
-        // outputs of these items are its alone.
+    // Each tile of up to `TILE` queries of one key/value head is one item; the pool spreads
+    // them over the threads.
+    let tiles = s.kv_heads * (n * s.heads / s.kv_heads).div_ceil(TILE);
+    pool::split(tiles, n * s.heads * total * s.head_dim, |items| {
+        // SAFETY: the buffer sizes were checked above, the items lie within `0..tiles`, and the
+        // pool hands each range to one thread, so the outputs of these items are its alone.
         // `kind` is the `Isa`'s own path or a slower one that `Isa::fallback` checked, so the
         // CPU has its features, and its vector width divides the head size.
         unsafe {
@@ -92,27 +93,28 @@ unsafe fn attention_avx2(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], tot
     unsafe { attend::<Avx2>(s, q, k, v, total, items, out) }
 }
 
-/// A range of (row tile, head) items, numbered `tile * heads + head`.
+/// A range of tiles, numbered `kv_head * tiles_per_kv_head + tile`.
 type Items = std::ops::Range<usize>;
 
-/// Query rows of one head that one pass over the head's keys and values serves. Rows of a
-/// head read the same keys and values, so a verifying forward's 2-4 rows load them once
-/// rather than once per row: the second row costs its arithmetic, not another pass over the
-/// cache, which is what decides whether a draft pays.
+/// Queries that one pass over a key/value head's cache serves: the rows of a verifying
+/// forward and the query heads that share the key/value head (grouped-query attention) read
+/// the same keys and values, so a tile of them loads each once. The second row of a forward
+/// then costs its products, not another pass over the cache, which is what decides whether a
+/// draft pays; and one decode row of SmolLM2's three heads per key/value head loads the cache
+/// once rather than three times.
 const TILE: usize = 4;
 
-/// Output vectors one pass over the values accumulates in registers for a tile of one row;
-/// a tile of `R` rows takes fewer per pass (see `attend`).
+/// Output vectors one pass over the values accumulates in registers for a tile of one query;
+/// a tile of more takes fewer per pass (see `attend`).
 const OUT_VECTORS: usize = 8;
 
-/// The kernel, once for every instruction set: each item's tile of rows goes to the body
-/// compiled for its row count.
+/// The kernel, once for every instruction set: each item's tile goes to the body compiled for
+/// its query count.
 ///
 /// # Safety
 /// The CPU must have `S`'s features and `S::LANES` must divide the head size; `q`, `k`, `v`
-/// and `out` must have the sizes `attention` checks, `items` must lie within
-/// `0..n.div_ceil(TILE) * heads`, and no one else may read or write those items' outputs
-/// during the call.
+/// and `out` must have the sizes `attention` checks, `items` must lie within the tiles
+/// `attention` counts, and no one else may read or write those items' outputs during the call.
 #[inline(always)]
 unsafe fn attend<S: Vector>(
     s: AttentionShape,
@@ -124,15 +126,21 @@ unsafe fn attend<S: Vector>(
     out: OutPtr,
 ) {
     let n = q.len() / (s.heads * s.head_dim);
-    let mut scores = vec![0f32; TILE * total];
+    let group = s.heads / s.kv_heads;
+    // A key/value head's queries, numbered `row * group + head within the group`.
+    let queries = n * group;
+    let per_kv_head = queries.div_ceil(TILE);
+    let mut scores = vec![0f32; TILE.min(queries) * total];
     for item in items {
-        let tile = Tile { first: item / s.heads * TILE, head: item % s.heads, n, total };
-        // SAFETY: forwarded from this function's contract; the tile's rows lie within `0..n`.
+        let first = item % per_kv_head * TILE;
+        let tile = Tile { kv_head: item / per_kv_head, first, group, n, total };
+        // SAFETY: forwarded from this function's contract; the tile's queries lie within
+        // `0..queries`.
         unsafe {
-            match n - tile.first {
+            match queries - first {
                 1 => attend_tile::<S, 1, OUT_VECTORS>(s, q, k, v, tile, &mut scores, out),
                 2 => attend_tile::<S, 2, { OUT_VECTORS / 2 }>(s, q, k, v, tile, &mut scores, out),
-                // Three or four rows: two vectors each per pass keep the accumulators within
+                // Three or four queries: two vectors each per pass keep the accumulators within
                 // AVX2's 16 registers (AVX-512 with four measured no faster: the products
                 // bound it by then, not the loads).
                 3 => attend_tile::<S, 3, 2>(s, q, k, v, tile, &mut scores, out),
@@ -142,24 +150,29 @@ unsafe fn attend<S: Vector>(
     }
 }
 
-/// Rows `first..first + R` of head `head`, among `n` query rows over `total` cached positions.
+/// Queries `first..` of key/value head `kv_head` (`group` query heads per key/value head), among
+/// `n` query rows over `total` cached positions.
 #[derive(Clone, Copy)]
 struct Tile {
+    kv_head: usize,
     first: usize,
-    head: usize,
+    group: usize,
     n: usize,
     total: usize,
 }
 
-/// One tile of `R` rows: the scores of four keys at a time for every row (the keys are loaded
-/// once for all rows, and the four horizontal sums share one set of shuffles), a vectorised
-/// softmax per row over the keys it may see, then the weighted values, `W` vectors of the
-/// head at a time for every row, each value loaded once.
+/// One tile of `R` queries: the scores of four keys at a time for every query (the keys come
+/// from the cache once and from L1 for the other queries, and the four horizontal sums share
+/// one set of shuffles), a vectorised softmax per query over the keys its row may see, then
+/// the weighted values, `W` vectors of the head at a time for every query, each value loaded
+/// once.
 ///
 /// # Safety
-/// As [`attend`], for a tile whose `R` rows lie within `0..n`; `scores` holds `TILE * total`.
+/// As [`attend`], for a tile whose `R` queries lie within the key/value head's `n * group`;
+/// `scores` holds at least `R * total`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+// Indexing keeps the loops shaped like the queries × keys (or × vectors) tiles they fill.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 unsafe fn attend_tile<S: Vector, const R: usize, const W: usize>(
     s: AttentionShape,
     q: &[f32],
@@ -172,9 +185,18 @@ unsafe fn attend_tile<S: Vector, const R: usize, const W: usize>(
     let hd = s.head_dim;
     let (chunks, stride) = (hd / S::LANES, s.kv_heads * hd);
     let scale = 1.0 / (hd as f32).sqrt();
-    // Row `r` of the tile sees `seen + r` keys (causality); the pass covers the last row's.
-    let seen = t.total - t.n + t.first + 1;
-    let span = seen + R - 1;
+    // Query `r` sees the keys up to its row's position (causality); the passes cover the last
+    // query's, which has the latest row.
+    let mut seen = [0usize; R];
+    let mut query = [std::ptr::null::<f32>(); R];
+    // Where each query sits in `q`, and its output in `out`.
+    let mut offset = [0usize; R];
+    for r in 0..R {
+        let (row, head) = ((t.first + r) / t.group, t.kv_head * t.group + (t.first + r) % t.group);
+        seen[r] = t.total - t.n + row + 1;
+        offset[r] = (row * s.heads + head) * hd;
+    }
+    let span = seen[R - 1];
     // SAFETY: the tile's queries, its key/value head's first `span <= total` rows and its
     // outputs lie inside the buffers `attention` checked; `S::LANES` divides `hd`, so every
     // vector load and store stays within one head's `hd` values; `scores` holds `R` rows of
@@ -182,37 +204,53 @@ unsafe fn attend_tile<S: Vector, const R: usize, const W: usize>(
     // iterator folds: those become functions of their own, compiled without the caller's
     // target features, where the intrinsics behind `S` are calls rather than instructions.
     unsafe {
-        let mut query = [std::ptr::null::<f32>(); R];
-        for (r, query) in query.iter_mut().enumerate() {
-            *query = q.as_ptr().add(((t.first + r) * s.heads + t.head) * hd);
+        for r in 0..R {
+            query[r] = q.as_ptr().add(offset[r]);
         }
-        let kvh = t.head / (s.heads / s.kv_heads);
-        let keys = k.as_ptr().add(kvh * hd);
-        let values = v.as_ptr().add(kvh * hd);
+        let keys = k.as_ptr().add(t.kv_head * hd);
+        let values = v.as_ptr().add(t.kv_head * hd);
+        // Keys in blocks of four for every query as far as the first query sees, then each
+        // query's own remainder as a query alone would take it (blocks of four, then single
+        // keys): every score is the sum it would be without the tile, bit for bit, so tiling
+        // never moves a greedy near-tie.
+        let shared = seen[0] / 4 * 4;
+        let rows = scores.as_mut_ptr();
         let mut j = 0;
-        while j + 4 <= span {
+        while j < shared {
             let mut acc = [[S::zero(); 4]; R];
             for c in 0..chunks {
-                let mut key = [S::zero(); 4];
-                for (u, key) in key.iter_mut().enumerate() {
-                    *key = S::load(keys.add((j + u) * stride + c * S::LANES));
-                }
+                // The four keys' vectors stay in the L1 cache between the queries.
                 for r in 0..R {
                     let qc = S::load(query[r].add(c * S::LANES));
                     for u in 0..4 {
-                        acc[r][u] = S::fmadd(qc, key[u], acc[r][u]);
+                        acc[r][u] = S::fmadd(qc, S::load(keys.add((j + u) * stride + c * S::LANES)), acc[r][u]);
                     }
                 }
             }
             for r in 0..R {
                 for (u, sum) in S::sum4(acc[r]).into_iter().enumerate() {
-                    scores[r * t.total + j + u] = sum * scale;
+                    *rows.add(r * t.total + j + u) = sum * scale;
                 }
             }
             j += 4;
         }
-        while j < span {
-            for r in 0..R {
+        for r in 0..R {
+            let row = rows.add(r * t.total);
+            let mut j = shared;
+            while j + 4 <= seen[r] {
+                let mut acc = [S::zero(); 4];
+                for c in 0..chunks {
+                    let qc = S::load(query[r].add(c * S::LANES));
+                    for (u, acc) in acc.iter_mut().enumerate() {
+                        *acc = S::fmadd(qc, S::load(keys.add((j + u) * stride + c * S::LANES)), *acc);
+                    }
+                }
+                for (u, sum) in S::sum4(acc).into_iter().enumerate() {
+                    *row.add(j + u) = sum * scale;
+                }
+                j += 4;
+            }
+            while j < seen[r] {
                 let mut acc = S::zero();
                 for c in 0..chunks {
                     acc = S::fmadd(
@@ -221,41 +259,42 @@ unsafe fn attend_tile<S: Vector, const R: usize, const W: usize>(
                         acc,
                     );
                 }
-                scores[r * t.total + j] = S::sum(acc) * scale;
+                *row.add(j) = S::sum(acc) * scale;
+                j += 1;
             }
-            j += 1;
         }
         let mut inverse = [0f32; R];
         for (r, inverse) in inverse.iter_mut().enumerate() {
             let row = &mut scores[r * t.total..][..span];
-            *inverse = 1.0 / softmax::<S>(&mut row[..seen + r]);
-            // Keys past this row's position weigh nothing in the shared pass over the values.
-            row[seen + r..].fill(0.0);
+            *inverse = 1.0 / softmax::<S>(&mut row[..seen[r]]);
+            // Keys past this query's position weigh nothing in the shared pass over the values.
+            row[seen[r]..].fill(0.0);
         }
+        let weights = scores.as_ptr();
         for first in (0..chunks).step_by(W) {
             let width = W.min(chunks - first);
             let mut acc = [[S::zero(); W]; R];
             for j in 0..span {
                 let value = values.add(j * stride + first * S::LANES);
-                // A constant trip count keeps `acc` in registers; lanes past `width` are never
-                // loaded or stored.
-                let mut loaded = [S::zero(); W];
-                for (c, loaded) in loaded.iter_mut().enumerate() {
-                    if c < width {
-                        *loaded = S::load(value.add(c * S::LANES));
-                    }
+                // Raw reads: a bounds check per query and key costs as much as the products
+                // for small heads (32 dimensions: two vectors).
+                let mut weight = [S::zero(); R];
+                for (r, weight) in weight.iter_mut().enumerate() {
+                    *weight = S::splat(*weights.add(r * t.total + j));
                 }
-                for r in 0..R {
-                    let weight = S::splat(scores[r * t.total + j]);
-                    for c in 0..W {
-                        if c < width {
-                            acc[r][c] = S::fmadd(weight, loaded[c], acc[r][c]);
+                // A constant trip count keeps `acc` in registers; lanes past `width` are never
+                // loaded or stored. Each value vector is loaded once, for every query.
+                for c in 0..W {
+                    if c < width {
+                        let loaded = S::load(value.add(c * S::LANES));
+                        for r in 0..R {
+                            acc[r][c] = S::fmadd(weight[r], loaded, acc[r][c]);
                         }
                     }
                 }
             }
             for r in 0..R {
-                let output = out.0.add(((t.first + r) * s.heads + t.head) * hd + first * S::LANES);
+                let output = out.0.add(offset[r] + first * S::LANES);
                 let inv = S::splat(inverse[r]);
                 for (c, acc) in acc[r].iter().enumerate().take(width) {
                     S::store(output.add(c * S::LANES), S::mul(*acc, inv));

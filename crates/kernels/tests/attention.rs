@@ -95,3 +95,30 @@ proptest! {
         prop_assert!(r.is_ok(), "{:?}", r);
     }
 }
+
+/// Rows attended together (a verifying forward, a prefill chunk) give, bit for bit, what each
+/// row gives alone over the keys it sees: sharing the pass over the cache never changes a
+/// score's rounding, so it never moves a greedy near-tie.
+#[test]
+fn rows_together_equal_rows_alone_bit_for_bit() {
+    for (heads, kv_heads, head_dim) in [(9, 3, 64), (5, 5, 32), (4, 2, 16)] {
+        let s = AttentionShape { heads, kv_heads, head_dim };
+        for (n, total) in [(2, 130), (3, 7), (4, 64), (5, 131), (7, 40)] {
+            let width = heads * head_dim;
+            let q = random_in(n * width, 21, 3.0);
+            let k = random_in(total * kv_heads * head_dim, 22, 3.0);
+            let v = random_in(total * kv_heads * head_dim, 23, 1.0);
+            for isa in Isa::supported() {
+                let mut together = vec![0f32; n * width];
+                attention(isa, s, &q, &k, &v, total, &mut together);
+                for i in 0..n {
+                    let seen = total - n + i + 1;
+                    let mut alone = vec![0f32; width];
+                    attention(isa, s, &q[i * width..][..width], &k, &v, seen, &mut alone);
+                    let same = alone.iter().zip(&together[i * width..]).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{isa:?} {s:?} n={n} total={total}: row {i} differs from the row alone");
+                }
+            }
+        }
+    }
+}
