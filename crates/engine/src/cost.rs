@@ -209,47 +209,70 @@ fn inputs<'a>(caches: &'a mut [KvCache], tokens: &'a [[u32; 1]]) -> Vec<SeqInput
     caches.iter_mut().zip(tokens).map(|(cache, tokens)| SeqInput { tokens, cache, logits_rows: vec![0] }).collect()
 }
 
-/// Seconds against size: points sorted by size, and the curve read from them.
+/// Seconds against size: the measured points, scaled by what decoding was seen to pay.
+///
+/// Timed steps correct the measurement by a ratio per size seen, and sizes between or past
+/// those take the nearest ratios. Correcting the seconds themselves went wrong under load: a
+/// batch of 64 timed above the start-up figure for 128 flattened the curve between them (it
+/// is kept non-decreasing), so one more token in the forward looked free and `auto` drafted
+/// where nothing pays. A ratio keeps the measured slope.
 #[derive(Debug, Clone)]
 struct Curve {
-    points: Vec<(usize, f64)>,
-    /// `points` made non-decreasing (see [`monotone`]), which is what is read.
+    /// (size, seconds) as measured (or given), sorted by size.
+    measured: Vec<(usize, f64)>,
+    /// (size, observed ÷ measured) for the sizes decoding has timed, sorted by size.
+    ratios: Vec<(usize, f64)>,
+    /// The corrected curve at every size above, made non-decreasing (see [`monotone`]).
     read: Vec<(usize, f64)>,
 }
 
 impl Curve {
     fn new(points: Vec<(usize, f64)>) -> Self {
-        let mut points = points;
-        points.sort_by_key(|p| p.0);
-        points.dedup_by_key(|p| p.0);
-        Self { read: monotone(points.clone()), points }
+        let mut measured = points;
+        measured.sort_by_key(|p| p.0);
+        measured.dedup_by_key(|p| p.0);
+        Self { read: monotone(measured.clone()), measured, ratios: Vec::new() }
     }
 
     fn at(&self, size: usize) -> f64 {
         interpolate(&self.read, size)
     }
 
-    /// Pulls the estimate at `size` toward `seconds`; a size not yet in the table enters it at
-    /// the curve's value there. Sizes far past the measured ones are left to extrapolation.
+    /// The correction at `size`: the observed ratios, piecewise-linear between the sizes seen
+    /// and constant past them; 1 before any.
+    fn ratio(&self, size: usize) -> f64 {
+        match self.ratios.iter().position(|&(seen, _)| seen >= size) {
+            None => self.ratios.last().map_or(1.0, |r| r.1),
+            Some(0) => self.ratios[0].1,
+            Some(i) => {
+                let ((x0, y0), (x1, y1)) = (self.ratios[i - 1], self.ratios[i]);
+                y0 + (y1 - y0) * (size - x0) as f64 / (x1 - x0) as f64
+            }
+        }
+    }
+
+    /// Pulls the correction at `size` toward `seconds` over the measured figure; a size not yet
+    /// seen starts from the correction the curve gave it. Sizes far past the measured ones are
+    /// left to extrapolation.
     fn observe(&mut self, size: usize, seconds: f64) {
-        if size == 0 || size > 2 * LARGEST_MEASURED || !seconds.is_finite() || seconds <= 0.0 {
+        let measured = interpolate(&self.measured, size);
+        if size == 0 || size > 2 * LARGEST_MEASURED || !seconds.is_finite() || seconds <= 0.0 || measured <= 0.0 {
             return;
         }
-        let index = match self.points.binary_search_by_key(&size, |p| p.0) {
+        let index = match self.ratios.binary_search_by_key(&size, |r| r.0) {
             Ok(index) => index,
             Err(index) => {
-                self.points.insert(index, (size, self.at(size)));
+                self.ratios.insert(index, (size, self.ratio(size)));
                 index
             }
         };
-        let estimate = &mut self.points[index].1;
-        if *estimate > 0.0 {
-            let seen = seconds.clamp(*estimate / OBSERVED_CLAMP, *estimate * OBSERVED_CLAMP);
-            *estimate += OBSERVED_WEIGHT * (seen - *estimate);
-        } else {
-            *estimate = seconds;
-        }
-        self.read = monotone(self.points.clone());
+        let ratio = &mut self.ratios[index].1;
+        let seen = (seconds / measured).clamp(*ratio / OBSERVED_CLAMP, *ratio * OBSERVED_CLAMP);
+        *ratio += OBSERVED_WEIGHT * (seen - *ratio);
+        let mut sizes: Vec<usize> = self.measured.iter().chain(&self.ratios).map(|p| p.0).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        self.read = monotone(sizes.into_iter().map(|n| (n, interpolate(&self.measured, n) * self.ratio(n))).collect());
     }
 }
 
@@ -357,6 +380,21 @@ mod tests {
         fixed.observe_module(1, 1.0);
         assert_eq!(fixed.full_seconds(1), device().full_seconds(1));
         assert_eq!(fixed.module_seconds(1), device().module_seconds(1));
+    }
+
+    #[test]
+    fn a_dear_batch_keeps_the_next_token_dear() {
+        // Decoding 64 sequences takes 1.5x the start-up figure; 65 and 128 were never timed.
+        let mut costs = learning();
+        for _ in 0..60 {
+            costs.observe_full(64, 1.5 * device().full_seconds(64));
+        }
+        let step = costs.full_seconds(65) - costs.full_seconds(64);
+        let measured_step = device().full_seconds(65) - device().full_seconds(64);
+        assert!((step - 1.5 * measured_step).abs() < 0.01 * measured_step, "{step} vs {measured_step}");
+        assert!(costs.full_seconds(128) > costs.full_seconds(64));
+        // So a full batch still drafts nothing, though each forward costs more than measured.
+        assert!(costs.choose(64, 0, 64.0, &[0.9; 64]).iter().all(|c| !c));
     }
 
     #[test]
