@@ -5,7 +5,9 @@ use crate::{median_ms, time};
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use recyclegpt_engine::agreement::module_agreement;
-use recyclegpt_engine::{generate, DecodeMode, EngineError, SamplingParams, SequenceStats, StopCriteria};
+use recyclegpt_engine::{
+    generate_with_costs, CostModel, DecodeMode, EngineError, SamplingParams, SequenceStats, StopCriteria,
+};
 use recyclegpt_model::{KvCache, LlamaConfig, RecycleGpt, SeqInput};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -156,6 +158,9 @@ pub fn run(
             &mut [SeqInput { tokens: &prompt[1..], cache: module_cache, logits_rows: vec![] }],
         )?;
     }
+    // One cost model for every generation of the run, as a server keeps one for its life:
+    // what one generation timed serves the next.
+    let mut costs = CostModel::measure(model, 1)?;
     let mut batch_caches: Vec<KvCache> = Vec::new();
     for _ in 0..options.batch_sizes.iter().copied().max().unwrap_or(1) {
         batch_caches.push(cache.duplicate()?);
@@ -231,7 +236,8 @@ pub fn run(
             for (i, prompt) in prompts.iter().enumerate() {
                 let room = context.saturating_sub(prompt.len() + 1).max(1);
                 let stop = StopCriteria { max_tokens: generate_tokens.min(room), eos_ids: eos_ids.clone() };
-                let generation = generate(model, prompt.clone(), mode, SamplingParams::greedy(), stop)?;
+                let generation =
+                    generate_with_costs(model, prompt.clone(), mode, SamplingParams::greedy(), stop, costs.as_mut())?;
                 tokens += generation.decode_tokens;
                 seconds += generation.decode_seconds;
                 forwards += generation.stats.full_forwards;

@@ -35,6 +35,8 @@ impl Generation {
 }
 
 /// Generates from `prompt` with one sequence; the whole prompt is prefilled in one forward.
+/// `auto` (and `verify` with chained drafts) decide with costs measured here, for this one
+/// generation; see [`generate_with_costs`] to keep them across generations, as a server does.
 pub fn generate(
     model: &RecycleGpt,
     prompt: Vec<u32>,
@@ -42,19 +44,37 @@ pub fn generate(
     params: SamplingParams,
     stop: StopCriteria,
 ) -> Result<Generation, EngineError> {
+    let mut costs = match mode {
+        DecodeMode::Auto | DecodeMode::Verify => CostModel::measure(model, 1)?,
+        DecodeMode::Off | DecodeMode::Alternate => None,
+    };
+    generate_with_costs(model, prompt, mode, params, stop, costs.as_mut())
+}
+
+/// [`generate`], deciding drafts with `costs` (measured for batch 1), which learn from its
+/// steps: callers that generate many times keep one, so that what one generation timed serves
+/// the next (a 64-token generation is over before a fresh model has learned much).
+pub fn generate_with_costs(
+    model: &RecycleGpt,
+    prompt: Vec<u32>,
+    mode: DecodeMode,
+    params: SamplingParams,
+    stop: StopCriteria,
+    costs: Option<&mut CostModel>,
+) -> Result<Generation, EngineError> {
     let prompt_len = prompt.len();
     let mut seq = Sequence::new(0, model, prompt, mode, params, stop)?;
-    // `auto` decides, and chains of drafts stop, with what drafts cost here for one sequence
-    // (a few small forwards); plain `verify` without chains does not need them. The mode is
-    // the sequence's own (`auto` may have become `off` or `verify`).
+    // `auto` decides, and chains of drafts stop, with the costs; plain `verify` without chains
+    // and the other modes do not need them. The mode is the sequence's own (`auto` may have
+    // become `off` or `verify`).
     let mut costs = match seq.mode() {
-        DecodeMode::Auto => CostModel::measure(model, 1)?,
-        DecodeMode::Verify if seq.can_chain() => CostModel::measure(model, 1)?,
+        DecodeMode::Auto => costs,
+        DecodeMode::Verify if seq.can_chain() => costs,
         DecodeMode::Verify | DecodeMode::Off | DecodeMode::Alternate => None,
     };
     let mut decode_start: Option<(Instant, usize)> = None;
     while !seq.is_finished() {
-        step(model, &mut [&mut seq], prompt_len, costs.as_mut())?;
+        step(model, &mut [&mut seq], prompt_len, costs.as_deref_mut())?;
         if decode_start.is_none() {
             decode_start = Some((Instant::now(), seq.generated().len()));
         }
