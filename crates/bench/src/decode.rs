@@ -159,7 +159,8 @@ pub fn run(
         )?;
     }
     // One cost model for every generation of the run, as a server keeps one for its life:
-    // what one generation timed serves the next.
+    // what one generation timed serves the next. Modes share it, as requests in a server do:
+    // `verify`'s chains time the larger forwards that `auto` decides with.
     let mut costs = CostModel::measure(model, 1)?;
     let mut batch_caches: Vec<KvCache> = Vec::new();
     for _ in 0..options.batch_sizes.iter().copied().max().unwrap_or(1) {

@@ -29,13 +29,14 @@ const LARGEST_MEASURED: usize = 128;
 const RUNS: usize = 5;
 
 /// How much a draft's expected tokens must exceed what it costs, in the same units: the
-/// acceptance estimate is a moving average and the costs are a start-up measurement, so a
-/// draft judged to pay by a hair loses as often as it wins. Where drafting pays clearly, the
+/// acceptance estimate is a moving average and the costs are estimates from noisy timings, so
+/// a draft judged to pay by a hair loses as often as it wins. Where drafting pays clearly, the
 /// margin changes nothing.
 const DRAFT_MARGIN: f64 = 1.1;
 
-/// How far one timed step moves the estimate for its size: about the last ten steps of that
-/// size count, so the estimate follows a context that grows without jumping at every step.
+/// How far one timed step moves the level of the learned costs (see [`Curve`]): about the
+/// last ten steps count, so the estimate follows a context that grows without jumping at
+/// every step.
 const OBSERVED_WEIGHT: f64 = 0.1;
 
 /// A timing counts as at most this factor away from the estimate: a step the OS preempted
@@ -211,68 +212,96 @@ fn inputs<'a>(caches: &'a mut [KvCache], tokens: &'a [[u32; 1]]) -> Vec<SeqInput
 
 /// Seconds against size: the measured points, scaled by what decoding was seen to pay.
 ///
-/// Timed steps correct the measurement by a ratio per size seen, and sizes between or past
-/// those take the nearest ratios. Correcting the seconds themselves went wrong under load: a
-/// batch of 64 timed above the start-up figure for 128 flattened the curve between them (it
-/// is kept non-decreasing), so one more token in the forward looked free and `auto` drafted
-/// where nothing pays. A ratio keeps the measured slope.
+/// The correction has two parts. A level, which every timed step moves, follows what all sizes
+/// share: a longer context, the machine's load. A shape per size timed, learned more slowly
+/// against the level, keeps what sets one size apart: on the embedded model a second token
+/// costs 1.3x as much again in generation as measured, while the first costs what was
+/// measured. The smallest measured size anchors the shape (its shape is 1). Sizes not timed
+/// take the shape of their neighbours and follow the level, so a size timed long ago, at
+/// another context or load, does not keep its old seconds; and the measured slope survives
+/// between sizes (a batch of 64 timed dear must not make the 65th token look free, as
+/// correcting the seconds themselves did).
 #[derive(Debug, Clone)]
 struct Curve {
     /// (size, seconds) as measured (or given), sorted by size.
     measured: Vec<(usize, f64)>,
-    /// (size, observed ÷ measured) for the sizes decoding has timed, sorted by size.
-    ratios: Vec<(usize, f64)>,
+    /// Decoding's seconds over the measured ones, shared by every size.
+    level: f64,
+    /// (size, departure from the level) for the sizes timed, sorted by size; the smallest
+    /// measured size is never here (its shape is 1).
+    shapes: Vec<(usize, f64)>,
     /// The corrected curve at every size above, made non-decreasing (see [`monotone`]).
     read: Vec<(usize, f64)>,
 }
+
+/// How far one timed step moves a size's shape: slower than the level, so that what all sizes
+/// share lands in the level and a shape holds only a size's own departure.
+const SHAPE_WEIGHT: f64 = 0.05;
 
 impl Curve {
     fn new(points: Vec<(usize, f64)>) -> Self {
         let mut measured = points;
         measured.sort_by_key(|p| p.0);
         measured.dedup_by_key(|p| p.0);
-        Self { read: monotone(measured.clone()), measured, ratios: Vec::new() }
+        Self { read: monotone(measured.clone()), measured, level: 1.0, shapes: Vec::new() }
     }
 
     fn at(&self, size: usize) -> f64 {
         interpolate(&self.read, size)
     }
 
-    /// The correction at `size`: the observed ratios, piecewise-linear between the sizes seen
-    /// and constant past them; 1 before any.
-    fn ratio(&self, size: usize) -> f64 {
-        match self.ratios.iter().position(|&(seen, _)| seen >= size) {
-            None => self.ratios.last().map_or(1.0, |r| r.1),
-            Some(0) => self.ratios[0].1,
-            Some(i) => {
-                let ((x0, y0), (x1, y1)) = (self.ratios[i - 1], self.ratios[i]);
-                y0 + (y1 - y0) * (size - x0) as f64 / (x1 - x0) as f64
-            }
-        }
+    /// The size whose shape is 1.
+    fn anchor(&self) -> usize {
+        self.measured.first().map_or(1, |p| p.0)
     }
 
-    /// Pulls the correction at `size` toward `seconds` over the measured figure; a size not yet
-    /// seen starts from the correction the curve gave it. Sizes far past the measured ones are
-    /// left to extrapolation.
+    /// A size's departure from the level: piecewise-linear from the anchor's 1 through the
+    /// sizes timed, constant past the last.
+    fn shape(&self, size: usize) -> f64 {
+        let mut previous = (self.anchor(), 1.0);
+        for &(seen, shape) in &self.shapes {
+            if seen >= size {
+                if size <= previous.0 {
+                    return previous.1;
+                }
+                return previous.1 + (shape - previous.1) * (size - previous.0) as f64 / (seen - previous.0) as f64;
+            }
+            previous = (seen, shape);
+        }
+        previous.1
+    }
+
+    /// Pulls the level, and the shape of `size`, toward `seconds` over the measured figure; a
+    /// size not yet timed starts from the shape the curve gave it. Sizes past 256 (prefill
+    /// chunks, not decoding) are not tracked.
     fn observe(&mut self, size: usize, seconds: f64) {
         let measured = interpolate(&self.measured, size);
-        if size == 0 || size > 2 * LARGEST_MEASURED || !seconds.is_finite() || seconds <= 0.0 || measured <= 0.0 {
+        if size == 0 || size > 2 * LARGEST_MEASURED || !(seconds > 0.0 && seconds.is_finite()) {
             return;
         }
-        let index = match self.ratios.binary_search_by_key(&size, |r| r.0) {
-            Ok(index) => index,
-            Err(index) => {
-                self.ratios.insert(index, (size, self.ratio(size)));
-                index
-            }
-        };
-        let ratio = &mut self.ratios[index].1;
-        let seen = (seconds / measured).clamp(*ratio / OBSERVED_CLAMP, *ratio * OBSERVED_CLAMP);
-        *ratio += OBSERVED_WEIGHT * (seen - *ratio);
-        let mut sizes: Vec<usize> = self.measured.iter().chain(&self.ratios).map(|p| p.0).collect();
+        if !(measured > 0.0 && measured.is_finite()) {
+            return;
+        }
+        let shape = self.shape(size);
+        let expected = self.level * shape;
+        let seen = (seconds / measured).clamp(expected / OBSERVED_CLAMP, expected * OBSERVED_CLAMP);
+        self.level += OBSERVED_WEIGHT * (seen / shape - self.level);
+        if size != self.anchor() {
+            let index = match self.shapes.binary_search_by_key(&size, |p| p.0) {
+                Ok(index) => index,
+                Err(index) => {
+                    self.shapes.insert(index, (size, shape));
+                    index
+                }
+            };
+            let shape = &mut self.shapes[index].1;
+            *shape += SHAPE_WEIGHT * (seen / self.level - *shape);
+        }
+        let mut sizes: Vec<usize> = self.measured.iter().chain(&self.shapes).map(|p| p.0).collect();
         sizes.sort_unstable();
         sizes.dedup();
-        self.read = monotone(sizes.into_iter().map(|n| (n, interpolate(&self.measured, n) * self.ratio(n))).collect());
+        let corrected = sizes.into_iter().map(|n| (n, interpolate(&self.measured, n) * self.level * self.shape(n)));
+        self.read = monotone(corrected.collect());
     }
 }
 
@@ -355,18 +384,50 @@ mod tests {
         let mut costs = learning();
         // Start-up said a second token adds 0.5 ms to 10.5 ms; decoding finds it adds 5.5 ms.
         assert!(costs.choose(1, 0, 1.0, &[0.5]) == vec![true]);
-        for _ in 0..60 {
+        for _ in 0..200 {
             costs.observe_full(1, 0.0105);
             costs.observe_full(2, 0.016);
         }
+        assert!((costs.full_seconds(1) - 0.0105).abs() < 1e-4, "{}", costs.full_seconds(1));
         assert!((costs.full_seconds(2) - 0.016).abs() < 1e-4, "{}", costs.full_seconds(2));
         // A draft accepted half the time no longer pays: 0.5 · 10.5 < 1.1 · (5.5 + 1.1).
         assert_eq!(costs.choose(1, 0, 1.0, &[0.5]), vec![false]);
-        // A size never measured enters the table where the curve put it, then learns.
-        costs.observe_full(3, 0.0170);
-        assert!(costs.full_seconds(3) > 0.016 && costs.full_seconds(3) < 0.0170);
+        // A size never timed takes its neighbour's departure, then learns its own.
+        let before = costs.full_seconds(3);
+        assert!(before > 0.0115 * 1.4, "size 3 follows size 2's departure: {before}");
+        costs.observe_full(3, 0.0150);
+        assert!(costs.full_seconds(3) < before);
         costs.observe_module(1, 0.002);
         assert!(costs.module_seconds(1) > 0.0011);
+    }
+
+    #[test]
+    fn a_size_not_timed_lately_follows_the_others() {
+        // Drafting taught the model that a second token costs 1.5 ms; then drafting stopped
+        // and only single-token forwards were timed, as the context grew (x2), then shrank
+        // (a new, short request: x0.5).
+        let mut costs = learning();
+        for _ in 0..200 {
+            costs.observe_full(1, 0.0105);
+            costs.observe_full(2, 0.012);
+        }
+        let step = |c: &CostModel| c.full_seconds(2) - c.full_seconds(1);
+        let learned = step(&costs);
+        assert!((learned - 0.0015).abs() < 2e-4, "{learned}");
+        for _ in 0..100 {
+            costs.observe_full(1, 0.021);
+        }
+        assert!(
+            (step(&costs) - 2.0 * learned).abs() < 0.1 * learned,
+            "the second token grew with the first: {}",
+            step(&costs)
+        );
+        for _ in 0..100 {
+            costs.observe_full(1, 0.00525);
+        }
+        assert!((step(&costs) - 0.5 * learned).abs() < 0.1 * learned, "and shrank with it: {}", step(&costs));
+        // So a draft that is always accepted still pays, and probes go on.
+        assert_eq!(costs.choose(1, 0, 1.0, &[1.0]), vec![true]);
     }
 
     #[test]

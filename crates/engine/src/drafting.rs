@@ -5,7 +5,6 @@ use crate::step::Pairs;
 use crate::{DecodeMode, EngineError, Sequence};
 use candle_core::Tensor;
 use recyclegpt_model::{RecycleGpt, SeqInput};
-use std::time::Instant;
 
 /// What the next full forward holds before any draft.
 pub(crate) struct NextForward {
@@ -72,7 +71,7 @@ pub(crate) fn decide_auto_drafts(
 /// next step writes the verified pairs with the full model's own hidden states.
 pub(crate) fn chain_drafts(
     model: &RecycleGpt,
-    costs: &mut CostModel,
+    costs: &CostModel,
     seqs: &mut [&mut Sequence],
     features: &Tensor,
     mut rows: Vec<(usize, u32)>,
@@ -89,7 +88,6 @@ pub(crate) fn chain_drafts(
         if chained.is_empty() {
             break;
         }
-        let started = Instant::now();
         let picked: Vec<u32> = chained.iter().map(|c| c.1).collect();
         let hidden = features.index_select(&Tensor::new(picked.as_slice(), features.device())?, 0)?;
         let tokens: Vec<[u32; 1]> = chained.iter().map(|c| [c.2]).collect();
@@ -108,7 +106,6 @@ pub(crate) fn chain_drafts(
             }
             model.recycle_forward_features(&hidden, &mut inputs)?
         };
-        costs.observe_module(chained.len(), started.elapsed().as_secs_f64());
         rows.clear();
         for (k, ((i, _, _), row)) in chained.iter().zip(output.logits).enumerate() {
             // A chain that was cut here, or where no draft was made, ends here.

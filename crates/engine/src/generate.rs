@@ -44,16 +44,15 @@ pub fn generate(
     params: SamplingParams,
     stop: StopCriteria,
 ) -> Result<Generation, EngineError> {
-    let mut costs = match mode {
-        DecodeMode::Auto | DecodeMode::Verify => CostModel::measure(model, 1)?,
-        DecodeMode::Off | DecodeMode::Alternate => None,
-    };
-    generate_with_costs(model, prompt, mode, params, stop, costs.as_mut())
+    let seq = Sequence::new(0, model, prompt, mode, params, stop)?;
+    let mut costs = if needs_costs(&seq) { CostModel::measure(model, 1)? } else { None };
+    run(model, seq, costs.as_mut())
 }
 
-/// [`generate`], deciding drafts with `costs` (measured for batch 1), which learn from its
-/// steps: callers that generate many times keep one, so that what one generation timed serves
-/// the next (a 64-token generation is over before a fresh model has learned much).
+/// [`generate`], deciding drafts with `costs` (measured for batch 1; `None`: `auto` always
+/// drafts), which learn from its steps: callers that generate many times keep one, so that
+/// what one generation timed serves the next (a 64-token generation is over before a fresh
+/// model has learned much).
 pub fn generate_with_costs(
     model: &RecycleGpt,
     prompt: Vec<u32>,
@@ -62,16 +61,24 @@ pub fn generate_with_costs(
     stop: StopCriteria,
     costs: Option<&mut CostModel>,
 ) -> Result<Generation, EngineError> {
-    let prompt_len = prompt.len();
-    let mut seq = Sequence::new(0, model, prompt, mode, params, stop)?;
-    // `auto` decides, and chains of drafts stop, with the costs; plain `verify` without chains
-    // and the other modes do not need them. The mode is the sequence's own (`auto` may have
-    // become `off` or `verify`).
-    let mut costs = match seq.mode() {
-        DecodeMode::Auto => costs,
-        DecodeMode::Verify if seq.can_chain() => costs,
-        DecodeMode::Verify | DecodeMode::Off | DecodeMode::Alternate => None,
-    };
+    let seq = Sequence::new(0, model, prompt, mode, params, stop)?;
+    let costs = if needs_costs(&seq) { costs } else { None };
+    run(model, seq, costs)
+}
+
+/// `auto` decides, and chains of drafts stop, with the costs; plain `verify` without chains
+/// and the other modes do not need them. The mode is the sequence's own (`auto` may have
+/// become `off` or `verify`).
+fn needs_costs(seq: &Sequence) -> bool {
+    match seq.mode() {
+        DecodeMode::Auto => true,
+        DecodeMode::Verify => seq.can_chain(),
+        DecodeMode::Off | DecodeMode::Alternate => false,
+    }
+}
+
+fn run(model: &RecycleGpt, mut seq: Sequence, mut costs: Option<&mut CostModel>) -> Result<Generation, EngineError> {
+    let prompt_len = seq.prompt().len();
     let mut decode_start: Option<(Instant, usize)> = None;
     while !seq.is_finished() {
         step(model, &mut [&mut seq], prompt_len, costs.as_deref_mut())?;

@@ -104,6 +104,9 @@ pub fn step(
         model.recycle_forward_features(&hidden, &mut inputs)?
     };
     let drafting = pairs.iter().filter(|p| p.draft).count();
+    // The module curve is timed here only, at its first step of each decoding step (one or two
+    // pairs per sequence, with the drafts' bookkeeping); chained steps, one pair each, cost
+    // less and would make the estimate swing between the two.
     if let Some(costs) = costs.as_deref_mut().filter(|_| pairs.iter().all(|p| !p.prompt)) {
         costs.observe_module(drafting, started.elapsed().as_secs_f64());
     }

@@ -135,7 +135,8 @@ unsafe fn attend<S: Vector>(
         let first = item % per_kv_head * TILE;
         let tile = Tile { kv_head: item / per_kv_head, first, group, n, total };
         // SAFETY: forwarded from this function's contract; the tile's queries lie within
-        // `0..queries`.
+        // `0..queries`, and there are at most `TILE.min(queries)` of them, so `scores` holds
+        // a row of `total` for each.
         unsafe {
             match queries - first {
                 1 => attend_tile::<S, 1, OUT_VECTORS>(s, q, k, v, tile, &mut scores, out),
@@ -172,7 +173,7 @@ struct Tile {
 /// `scores` holds at least `R * total`.
 #[inline(always)]
 // Indexing keeps the loops shaped like the queries × keys (or × vectors) tiles they fill.
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[allow(clippy::needless_range_loop)]
 unsafe fn attend_tile<S: Vector, const R: usize, const W: usize>(
     s: AttentionShape,
     q: &[f32],

@@ -103,7 +103,8 @@ proptest! {
 fn rows_together_equal_rows_alone_bit_for_bit() {
     for (heads, kv_heads, head_dim) in [(9, 3, 64), (5, 5, 32), (4, 2, 16)] {
         let s = AttentionShape { heads, kv_heads, head_dim };
-        for (n, total) in [(2, 130), (3, 7), (4, 64), (5, 131), (7, 40)] {
+        // From an empty cache too (`total == n`: a first prefill chunk, fewer than 4 keys seen).
+        for (n, total) in [(2, 130), (3, 3), (3, 7), (4, 4), (4, 64), (5, 131), (6, 6), (7, 40)] {
             let width = heads * head_dim;
             let q = random_in(n * width, 21, 3.0);
             let k = random_in(total * kv_heads * head_dim, 22, 3.0);

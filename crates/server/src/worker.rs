@@ -223,7 +223,8 @@ pub fn spawn(model: RecycleGpt, config: WorkerConfig) -> WorkerHandle {
     let handle = WorkerHandle { sender, shared: shared.clone() };
     // Measured before the worker starts and before the server listens, while nothing else runs:
     // measured on the worker thread, the first sizes overlapped the rest of start-up and came
-    // out twice too slow, which misled `auto` for the server's whole life.
+    // out twice too slow. The steps correct the figures as they run, but slowly, so the start
+    // should be right.
     let costs = CostModel::measure(&model, config.scheduler.budget.max_running).unwrap_or_else(|e| {
         tracing::warn!("cannot measure what drafts cost ({e}); `auto` will always draft");
         None
