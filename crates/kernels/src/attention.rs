@@ -162,9 +162,8 @@ struct Tile {
     total: usize,
 }
 
-/// One tile of `R` queries: the scores of four keys at a time for every query (the keys come
-/// from the cache once and from L1 for the other queries, and the four horizontal sums share
-/// one set of shuffles), a vectorised softmax per query over the keys its row may see, then
+/// One tile of `R` queries: the scores of four keys at a time for every query
+/// ([`four_scores`]), a vectorised softmax per query over the keys its row may see, then
 /// the weighted values, `W` vectors of the head at a time for every query, each value loaded
 /// once.
 ///
@@ -218,18 +217,9 @@ unsafe fn attend_tile<S: Vector, const R: usize, const W: usize>(
         let rows = scores.as_mut_ptr();
         let mut j = 0;
         while j < shared {
-            let mut acc = [[S::zero(); 4]; R];
-            for c in 0..chunks {
-                // The four keys' vectors stay in the L1 cache between the queries.
-                for r in 0..R {
-                    let qc = S::load(query[r].add(c * S::LANES));
-                    for u in 0..4 {
-                        acc[r][u] = S::fmadd(qc, S::load(keys.add((j + u) * stride + c * S::LANES)), acc[r][u]);
-                    }
-                }
-            }
+            let sums = four_scores::<S, R>(&query, keys.add(j * stride), stride, chunks);
             for r in 0..R {
-                for (u, sum) in S::sum4(acc[r]).into_iter().enumerate() {
+                for (u, sum) in sums[r].into_iter().enumerate() {
                     *rows.add(r * t.total + j + u) = sum * scale;
                 }
             }
@@ -239,14 +229,8 @@ unsafe fn attend_tile<S: Vector, const R: usize, const W: usize>(
             let row = rows.add(r * t.total);
             let mut j = shared;
             while j + 4 <= seen[r] {
-                let mut acc = [S::zero(); 4];
-                for c in 0..chunks {
-                    let qc = S::load(query[r].add(c * S::LANES));
-                    for (u, acc) in acc.iter_mut().enumerate() {
-                        *acc = S::fmadd(qc, S::load(keys.add((j + u) * stride + c * S::LANES)), *acc);
-                    }
-                }
-                for (u, sum) in S::sum4(acc).into_iter().enumerate() {
+                let [sums] = four_scores::<S, 1>(&[query[r]], keys.add(j * stride), stride, chunks);
+                for (u, sum) in sums.into_iter().enumerate() {
                     *row.add(j + u) = sum * scale;
                 }
                 j += 4;
@@ -303,6 +287,42 @@ unsafe fn attend_tile<S: Vector, const R: usize, const W: usize>(
             }
         }
     }
+}
+
+/// The dot products of `N` queries with four consecutive keys (the first at `keys`, the next
+/// `stride` apart), unscaled: for each query, its four sums share one set of shuffles, and the
+/// keys' vectors stay in the L1 cache from one query to the next.
+///
+/// # Safety
+/// The CPU must have `S`'s features; each query must be readable for `chunks * S::LANES`
+/// values, and `keys` for four rows `stride` apart of as many.
+#[inline(always)]
+// Indexing keeps the loops shaped like the queries × keys tile they fill.
+#[allow(clippy::needless_range_loop)]
+unsafe fn four_scores<S: Vector, const N: usize>(
+    queries: &[*const f32; N],
+    keys: *const f32,
+    stride: usize,
+    chunks: usize,
+) -> [[f32; 4]; N] {
+    let mut sums = [[0f32; 4]; N];
+    // SAFETY: every load lies within the rows the caller vouches for; the CPU has `S`'s
+    // features (the contract).
+    unsafe {
+        let mut acc = [[S::zero(); 4]; N];
+        for c in 0..chunks {
+            for r in 0..N {
+                let qc = S::load(queries[r].add(c * S::LANES));
+                for u in 0..4 {
+                    acc[r][u] = S::fmadd(qc, S::load(keys.add(u * stride + c * S::LANES)), acc[r][u]);
+                }
+            }
+        }
+        for r in 0..N {
+            sums[r] = S::sum4(acc[r]);
+        }
+    }
+    sums
 }
 
 /// Replaces `scores` by e^(score - max) and returns their sum.
