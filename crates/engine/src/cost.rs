@@ -275,10 +275,10 @@ impl Curve {
     /// size not yet timed starts from the shape the curve gave it. Sizes past 256 (prefill
     /// chunks, not decoding) are not tracked.
     fn observe(&mut self, size: usize, seconds: f64) {
-        let measured = interpolate(&self.measured, size);
         if size == 0 || size > 2 * LARGEST_MEASURED || !(seconds > 0.0 && seconds.is_finite()) {
             return;
         }
+        let measured = interpolate(&self.measured, size);
         if !(measured > 0.0 && measured.is_finite()) {
             return;
         }
