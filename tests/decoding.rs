@@ -63,6 +63,48 @@ fn auto_equals_standard_and_stops_drafting_on_a_random_module() {
     }
 }
 
+/// A server learns what its module is worth across requests: once a few `auto` requests found
+/// a random module's drafts rejected, the next one starts from that (probes only) instead of
+/// trying the module afresh, and its output is still the standard one.
+#[test]
+fn later_requests_start_from_what_earlier_ones_learned_of_the_module() {
+    use recyclegpt_engine::scheduler::Budget;
+    use recyclegpt_engine::{Scheduler, SchedulerConfig, SequenceRequest};
+    let loaded = load(&embedded(), random_module(1));
+    let cheap = CostModel::from_points(vec![(1, 0.010), (2, 0.0105), (4, 0.0115)], vec![(1, 0.001), (2, 0.0011)]);
+    let config = SchedulerConfig {
+        budget: Budget { max_running: 1, kv_tokens: 4096 },
+        prefill_chunk: 64,
+        prefix_caching: false,
+    };
+    let mut scheduler = Scheduler::new(config, 1024, Some(cheap));
+    let prompt = loaded.tokenizer.encode(PROMPTS[0]).unwrap();
+    let standard = run(&loaded, PROMPTS[0], DecodeMode::Off, SamplingParams::greedy(), 64);
+    let mut module_steps = Vec::new();
+    for id in 0..6 {
+        scheduler.enqueue(SequenceRequest {
+            id,
+            prompt: prompt.clone(),
+            mode: DecodeMode::Auto,
+            params: SamplingParams::greedy(),
+            stop: StopCriteria { max_tokens: 64, eos_ids: loaded.tokenizer.eos_ids().to_vec() },
+            constraint: None,
+        });
+        let (mut tokens, mut finished) = (Vec::new(), None);
+        while finished.is_none() {
+            for update in scheduler.step(&loaded.model).unwrap().updates {
+                tokens.extend(update.tokens);
+                finished = update.finished;
+            }
+        }
+        assert_eq!(tokens, standard.ids, "request {id}");
+        module_steps.push(finished.unwrap().stats.recycle_steps);
+    }
+    // The first request drafts until its estimate falls below break-even; the last only probes.
+    let (first, last) = (module_steps[0], module_steps[5]);
+    assert!(first >= 5 && last * 2 <= first, "module steps per request: {module_steps:?}");
+}
+
 #[test]
 fn alternate_emits_two_tokens_per_full_forward() {
     let loaded = load(&embedded(), random_module(3));

@@ -5,12 +5,12 @@ use crate::corpus::Corpus;
 use crate::module::TrainableModule;
 use crate::schedule::{clip_gradients, learning_rate};
 use crate::teacher::{self, Example};
-use crate::TrainError;
+use crate::{TeacherCache, TrainError};
 use candle_core::{DType, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use recyclegpt_model::{LlamaConfig, RecycleGpt};
 use std::path::Path;
 
@@ -34,6 +34,13 @@ pub struct DistillOptions {
     /// Weight of the feature loss (the module's output against the base's next hidden state,
     /// as EAGLE trains its draft head), which lets drafts be chained; 0 leaves it out.
     pub feature_weight: f64,
+    /// Noise added to the module's input h during training, uniform within ± this share of
+    /// each row's RMS (EAGLE's remedy for a draft head that sees only the base's exact
+    /// states): in serving, a chained draft reads the module's own imperfect output, and a
+    /// module that memorised its few thousand training windows agrees far less on new text.
+    pub feature_noise: f64,
+    /// Where the teacher pass is kept between runs; `None` computes it every run.
+    pub teacher_cache: Option<TeacherCache>,
 }
 
 impl Default for DistillOptions {
@@ -49,6 +56,8 @@ impl Default for DistillOptions {
             progress: true,
             draft_vocab: None,
             feature_weight: 0.3,
+            feature_noise: 0.0,
+            teacher_cache: None,
         }
     }
 }
@@ -60,6 +69,9 @@ pub struct DistillReport {
     pub last_loss: f32,
     /// Top-1 agreement of the module with the base model on held-out sequences.
     pub agreement: f64,
+    /// The same on as many training sequences: far above `agreement`, the module memorised
+    /// its corpus, and more text (not more steps) is what it needs.
+    pub train_agreement: f64,
 }
 
 /// One training batch: the examples stacked (the corpus' sequences have one length).
@@ -72,6 +84,18 @@ fn batch(examples: &[&Example]) -> Result<Example, TrainError> {
         top_probs: stack(|e| &e.top_probs)?,
         target: stack(|e| &e.target)?,
     })
+}
+
+/// `hidden` with uniform noise within ± `level` times each row's RMS (unchanged at 0).
+fn noisy(hidden: &Tensor, level: f64, rng: &mut impl Rng) -> Result<Tensor, TrainError> {
+    if level <= 0.0 {
+        return Ok(hidden.clone());
+    }
+    let level = level as f32;
+    let values: Vec<f32> = (0..hidden.elem_count()).map(|_| rng.random_range(-level..=level)).collect();
+    let rms = hidden.sqr()?.mean_keepdim(D::Minus1)?.sqrt()?;
+    let noise = Tensor::from_vec(values, hidden.shape(), hidden.device())?.broadcast_mul(&rms)?;
+    Ok((hidden + noise)?)
 }
 
 /// Share of held-out positions where the module's argmax is the base model's.
@@ -101,8 +125,14 @@ pub fn train_recycle(
         return Err(TrainError::Data("the corpus has no training sequences".into()));
     }
     let started = std::time::Instant::now();
-    let mut train = teacher::compute(model, train, options.progress)?;
-    let mut held_out = teacher::compute(model, held_out, options.progress)?;
+    let bar = teacher::progress_bar(train.len() + held_out.len(), options.progress);
+    let view = |sequences| match &options.teacher_cache {
+        Some(cache) => cache.examples(model, sequences, &bar),
+        None => teacher::compute(model, sequences, &bar),
+    };
+    let mut train = view(train)?;
+    let mut held_out = view(held_out)?;
+    bar.finish_and_clear();
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "the base model's view of the corpus computed");
     let mut config: LlamaConfig = model.config().clone();
     let mut recycle = config.default_recycle(options.layers);
@@ -131,6 +161,8 @@ pub fn train_recycle(
     let mut optimizer = AdamW::new(varmap.all_vars(), params)?;
     let started = std::time::Instant::now();
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
+    // Its own generator, so that the batches come in the same order with and without noise.
+    let mut noise_rng = rand::rngs::StdRng::seed_from_u64(options.seed ^ 0x006e_6f69_7365);
     let mut order: Vec<usize> = (0..train.len()).collect();
     let bar = if options.progress { ProgressBar::new(options.steps as u64) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -150,7 +182,8 @@ pub fn train_recycle(
             cursor += 1;
         }
         let e = batch(&picked)?;
-        let (logits, features) = module.forward_with_features(&e.hidden, &e.tokens)?;
+        let input = noisy(&e.hidden, options.feature_noise, &mut noise_rng)?;
+        let (logits, features) = module.forward_with_features(&input, &e.tokens)?;
         let mut loss = crate::layers::top_k_cross_entropy(&logits, &e.top_ids, &e.top_probs)?;
         if options.feature_weight > 0.0 {
             // The module's output at x_t should read like the base's h_t (the next row of
@@ -176,6 +209,7 @@ pub fn train_recycle(
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(seconds, steps_per_second = options.steps as f64 / seconds, "module trained");
+    let train_agreement = agreement(&module, &train[..held_out.len().min(train.len())])?;
     let agreement = agreement(&module, &held_out)?;
     if let Some(ids) = draft_vocab {
         // Saved beside the weights (ids as f32 values, exact below 2^24); added after the
@@ -189,7 +223,7 @@ pub fn train_recycle(
             .map_err(|_| TrainError::Data("the variable map is poisoned".into()))?
             .insert("draft_vocab".into(), var);
     }
-    tracing::info!(first_loss, last_loss, agreement, "recyclable module trained");
+    tracing::info!(first_loss, last_loss, agreement, train_agreement, "recyclable module trained");
     crate::output::write_model(model_dir, out, &config, &varmap)?;
-    Ok(DistillReport { steps: options.steps, first_loss, last_loss, agreement })
+    Ok(DistillReport { steps: options.steps, first_loss, last_loss, agreement, train_agreement })
 }

@@ -13,6 +13,7 @@ mod output;
 mod schedule;
 pub mod spec;
 mod teacher;
+mod teacher_cache;
 pub mod tokenizer;
 
 pub use corpus::Corpus;
@@ -20,6 +21,7 @@ pub use distill::{train_recycle, DistillOptions, DistillReport};
 pub use eval::{evaluate, EvalOptions, EvalReport};
 pub use joint::{bench as bench_train, train, TrainOptions, TrainReport};
 pub use spec::{ShortContext, TrainSpec};
+pub use teacher_cache::TeacherCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

@@ -72,13 +72,18 @@ pub fn draft_vocab(examples: &[Example], vocab: usize, size: usize) -> Result<Ve
     Ok(ids)
 }
 
-/// Every sequence of `sequences` (each at least 2 tokens) through the base model once.
-pub fn compute(model: &RecycleGpt, sequences: &[Vec<u32>], progress: bool) -> Result<Vec<Example>, TrainError> {
-    let bar = if progress { ProgressBar::new(sequences.len() as u64) } else { ProgressBar::hidden() };
+/// The bar the teacher pass advances by one per sequence (hidden unless `progress`).
+pub fn progress_bar(sequences: usize, progress: bool) -> ProgressBar {
+    let bar = if progress { ProgressBar::new(sequences as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} sequences through the base model  eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    bar
+}
+
+/// Every sequence of `sequences` (each at least 2 tokens) through the base model once.
+pub fn compute(model: &RecycleGpt, sequences: &[Vec<u32>], bar: &ProgressBar) -> Result<Vec<Example>, TrainError> {
     let mut examples = Vec::with_capacity(sequences.len());
     for chunk in sequences.chunks(FORWARD_BATCH) {
         let mut caches = chunk.iter().map(|s| model.new_cache(s.len())).collect::<Result<Vec<_>, _>>()?;
@@ -111,7 +116,6 @@ pub fn compute(model: &RecycleGpt, sequences: &[Vec<u32>], progress: bool) -> Re
         }
         bar.inc(chunk.len() as u64);
     }
-    bar.finish_and_clear();
     Ok(examples)
 }
 

@@ -2,9 +2,11 @@
 //! admits under the KV budget (`admission::admit`, a pure function), steps the running batch
 //! and returns typed updates. It knows nothing of HTTP, text or clients: a caller maps sequence
 //! ids to its own requests.
+mod acceptance;
 mod admission;
 mod prefix_cache;
 
+use acceptance::AcceptancePrior;
 pub use admission::{admit, Budget};
 use prefix_cache::PrefixCache;
 
@@ -101,6 +103,8 @@ pub struct Scheduler {
     running: Vec<Sequence>,
     reservations: Vec<usize>,
     prefix: Option<PrefixCache>,
+    /// Where a new sequence's acceptance estimate starts: what the sequences before it found.
+    acceptance_prior: AcceptancePrior,
 }
 
 impl Scheduler {
@@ -113,6 +117,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             reservations: Vec::new(),
+            acceptance_prior: AcceptancePrior::default(),
         }
     }
 
@@ -137,14 +142,17 @@ impl Scheduler {
             stats: seq.stats(),
         };
         // A stop string ends most chat answers this way: what it computed is as reusable.
-        self.keep_prefix(seq);
+        self.retire(seq);
         self.fit_prefix_cache();
         Some(finished)
     }
 
-    /// Hands a finished sequence's caches to the prefix cache (`fit_prefix_cache` then keeps
-    /// it within the free KV budget).
-    fn keep_prefix(&mut self, seq: Sequence) {
+    /// A sequence leaves the batch: what it learned of its module goes to the acceptance
+    /// prior, its caches to the prefix cache (`fit_prefix_cache` then keeps that within the
+    /// free KV budget).
+    fn retire(&mut self, seq: Sequence) {
+        let (accepted, judged) = seq.draft_verdicts();
+        self.acceptance_prior.learn(accepted, judged);
         if let Some(prefix) = &mut self.prefix {
             let (tokens, full, module) = seq.into_reusable();
             prefix.insert(tokens, full, module);
@@ -242,7 +250,7 @@ impl Scheduler {
                 kept.push(seq);
                 kept_reservations.push(reservation);
             } else {
-                self.keep_prefix(seq);
+                self.retire(seq);
             }
         }
         self.running = kept;
@@ -264,7 +272,11 @@ impl Scheduler {
         let admitted: Vec<SequenceRequest> = self.waiting.drain(..count).collect();
         for (request, reservation) in admitted.into_iter().zip(waiting) {
             let started = Sequence::new(request.id, model, request.prompt, request.mode, request.params, request.stop)
-                .and_then(|seq| self.reuse_prefix(seq.with_constraint(request.constraint)));
+                .and_then(|seq| self.reuse_prefix(seq.with_constraint(request.constraint)))
+                .map(|mut seq| {
+                    seq.start_acceptance_at(self.acceptance_prior.estimate());
+                    seq
+                });
             match started {
                 Ok(seq) => {
                     outcome.started.push(request.id);

@@ -10,8 +10,8 @@ use crate::DecodeMode;
 const ACCEPTANCE_WEIGHT: f64 = 0.15;
 
 /// The estimate before any draft was checked: optimistic, so that drafting is tried before it
-/// is judged.
-pub(super) const INITIAL_ACCEPTANCE: f64 = 0.5;
+/// is judged. The scheduler starts later sequences from what earlier ones learned.
+pub(crate) const INITIAL_ACCEPTANCE: f64 = 0.5;
 
 /// An `auto` sequence that does not draft still drafts after this many steps, to notice when
 /// its module starts to agree again; each probe doubles the wait, up to the maximum, so a
@@ -31,6 +31,9 @@ pub(super) struct DraftRecord {
     pub(super) probe_wait: usize,
     /// The pending draft is a probe (made although the cost model said it would not pay).
     pub(super) probing: bool,
+    /// Verdicts on first drafts so far: accepted, and all (rejected and trimmed included).
+    pub(super) accepted: usize,
+    pub(super) judged: usize,
 }
 
 /// A recycled token waiting to be checked by the next full forward.
@@ -51,6 +54,18 @@ impl Sequence {
         self.record.acceptance
     }
 
+    /// Starts the acceptance estimate at `estimate` (what earlier sequences of this server
+    /// found) instead of [`INITIAL_ACCEPTANCE`].
+    pub(crate) fn start_acceptance_at(&mut self, estimate: f64) {
+        self.record.acceptance = estimate.clamp(0.0, 1.0);
+    }
+
+    /// (accepted, judged): the verdicts on this sequence's first drafts, a draft dropped as
+    /// unsure counting as rejected.
+    pub(crate) fn draft_verdicts(&self) -> (usize, usize) {
+        (self.record.accepted, self.record.judged)
+    }
+
     /// `auto`'s decision for this step: `pays` is the cost model's verdict; a sequence that has
     /// waited out its probe interval drafts anyway where a probe is worth making. Returns
     /// whether it drafts.
@@ -68,6 +83,8 @@ impl Sequence {
     pub(super) fn record_verification(&mut self, accepted: bool) {
         let record = &mut self.record;
         record.acceptance += ACCEPTANCE_WEIGHT * (f64::from(u8::from(accepted)) - record.acceptance);
+        record.accepted += usize::from(accepted);
+        record.judged += 1;
         // Any probe doubles the wait: an accepted one moves the estimate up, and once that is
         // enough the cost model says "pays" without a probe. (Resetting the wait on accepted
         // probes kept a module that agrees half the time probing every few steps under load,

@@ -8,7 +8,8 @@ use rand::SeedableRng;
 use recyclegpt_model::{KvCache, RecycleGpt};
 
 mod drafts;
-use drafts::{Draft, DraftRecord, FIRST_PROBE_WAIT, INITIAL_ACCEPTANCE};
+pub(crate) use drafts::INITIAL_ACCEPTANCE;
+use drafts::{Draft, DraftRecord, FIRST_PROBE_WAIT};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -173,6 +174,8 @@ impl Sequence {
                 idle: 0,
                 probe_wait: FIRST_PROBE_WAIT,
                 probing: false,
+                accepted: 0,
+                judged: 0,
             },
             finish: None,
         };
