@@ -227,3 +227,25 @@ pub fn train_recycle(
     crate::output::write_model(model_dir, out, &config, &varmap)?;
     Ok(DistillReport { steps: options.steps, first_loss, last_loss, agreement, train_agreement })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn noise_stays_within_its_share_of_each_rows_rms() -> Result<(), TrainError> {
+        let rows = [[3.0f32, -4.0, 0.0, 5.0], [0.1, 0.2, -0.1, 0.0]];
+        let hidden = Tensor::new(&rows, &Device::Cpu)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        assert_eq!(noisy(&hidden, 0.0, &mut rng)?.to_vec2::<f32>()?, hidden.to_vec2::<f32>()?);
+        let noised = noisy(&hidden, 0.1, &mut rng)?.to_vec2::<f32>()?;
+        for (row, out) in rows.iter().zip(&noised) {
+            let rms = (row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32).sqrt();
+            let moved: Vec<f32> = row.iter().zip(out).map(|(a, b)| (a - b).abs()).collect();
+            assert!(moved.iter().all(|&m| m <= 0.1 * rms * 1.0001), "{row:?} → {out:?}");
+            assert!(moved.iter().any(|&m| m > 0.0), "noise was added: {row:?}");
+        }
+        Ok(())
+    }
+}
