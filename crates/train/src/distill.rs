@@ -74,18 +74,6 @@ pub struct DistillReport {
     pub train_agreement: f64,
 }
 
-/// One training batch: the examples stacked (the corpus' sequences have one length).
-fn batch(examples: &[&Example]) -> Result<Example, TrainError> {
-    let stack = |f: fn(&Example) -> &Tensor| Tensor::stack(&examples.iter().map(|e| f(e)).collect::<Vec<_>>(), 0);
-    Ok(Example {
-        hidden: stack(|e| &e.hidden)?,
-        tokens: stack(|e| &e.tokens)?,
-        top_ids: stack(|e| &e.top_ids)?,
-        top_probs: stack(|e| &e.top_probs)?,
-        target: stack(|e| &e.target)?,
-    })
-}
-
 /// `hidden` with uniform noise within ± `level` times each row's RMS (unchanged at 0).
 fn noisy(hidden: &Tensor, level: f64, rng: &mut impl Rng) -> Result<Tensor, TrainError> {
     if level <= 0.0 {
@@ -102,7 +90,7 @@ fn noisy(hidden: &Tensor, level: f64, rng: &mut impl Rng) -> Result<Tensor, Trai
 fn agreement(module: &TrainableModule, held_out: &[Example]) -> Result<f64, TrainError> {
     let (mut same, mut total) = (0usize, 0usize);
     for example in held_out {
-        let e = batch(&[example])?;
+        let e = Example::stack(&[example])?;
         let predicted = module.forward(&e.hidden, &e.tokens)?.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
         let wanted = e.target.flatten_all()?.to_vec1::<u32>()?;
         same += predicted.iter().zip(&wanted).filter(|(a, b)| a == b).count();
@@ -181,7 +169,7 @@ pub fn train_recycle(
             picked.push(&train[order[cursor]]);
             cursor += 1;
         }
-        let e = batch(&picked)?;
+        let e = Example::stack(&picked)?;
         let input = noisy(&e.hidden, options.feature_noise, &mut noise_rng)?;
         let (logits, features) = module.forward_with_features(&input, &e.tokens)?;
         let mut loss = crate::layers::top_k_cross_entropy(&logits, &e.top_ids, &e.top_probs)?;

@@ -30,6 +30,19 @@ pub struct Example {
 }
 
 impl Example {
+    /// The examples stacked on a new first dimension (they share one length): a training
+    /// batch, or a file of the teacher cache.
+    pub fn stack(examples: &[&Example]) -> Result<Self, TrainError> {
+        let stack = |f: fn(&Example) -> &Tensor| Tensor::stack(&examples.iter().map(|e| f(e)).collect::<Vec<_>>(), 0);
+        Ok(Self {
+            hidden: stack(|e| &e.hidden)?,
+            tokens: stack(|e| &e.tokens)?,
+            top_ids: stack(|e| &e.top_ids)?,
+            top_probs: stack(|e| &e.top_probs)?,
+            target: stack(|e| &e.target)?,
+        })
+    }
+
     /// The same example for a module that outputs only `draft_vocab` (sorted token ids): top
     /// tokens outside it keep their place with probability 0.
     pub fn restricted(&self, draft_vocab: &[u32]) -> Result<Self, TrainError> {

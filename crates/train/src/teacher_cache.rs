@@ -93,13 +93,12 @@ fn io_error(path: &Path, error: impl std::fmt::Display) -> TrainError {
 fn save(path: &Path, examples: &[Example]) -> Result<(), TrainError> {
     let Some(dir) = path.parent() else { return Err(io_error(path, "no parent directory")) };
     std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-    let fields: [fn(&Example) -> &Tensor; 5] =
-        [|e| &e.hidden, |e| &e.tokens, |e| &e.top_ids, |e| &e.top_probs, |e| &e.target];
-    let mut tensors = HashMap::new();
-    for (name, field) in NAMES.iter().zip(fields) {
-        let parts: Vec<&Tensor> = examples.iter().map(field).collect();
-        tensors.insert(name.to_string(), Tensor::stack(&parts, 0)?);
-    }
+    let all = Example::stack(&examples.iter().collect::<Vec<_>>())?;
+    let tensors: HashMap<String, Tensor> = NAMES
+        .iter()
+        .map(|n| n.to_string())
+        .zip([all.hidden, all.tokens, all.top_ids, all.top_probs, all.target])
+        .collect();
     // Named by process as well: two runs sharing the directory may write the same file.
     let partial = path.with_extension(format!("partial-{}", std::process::id()));
     candle_core::safetensors::save(&tensors, &partial)?;
