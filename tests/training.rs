@@ -117,6 +117,27 @@ fn a_module_trains_from_files_of_any_length() {
     let options = recyclegpt_train::DistillOptions { steps: 12, batch: 16, progress: false, ..Default::default() };
     let report = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("module"), &options).unwrap();
     assert!(report.last_loss.is_finite() && report.agreement > 0.0, "{report:?}");
+
+    // Trained further from that module, with chained drafts: it starts where the first run
+    // ended, not from random weights (the same seed gives the same first batch; the chained
+    // step's loss is left out of the sum to compare it), and reports a chain it may then draft.
+    let further = recyclegpt_train::DistillOptions {
+        init: Some(dir.join("module")),
+        chain_steps: 2,
+        chain_weight: 0.0,
+        steps: 4,
+        ..options.clone()
+    };
+    let chained = dir.join("chained");
+    let again = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &chained, &further).unwrap();
+    assert!(again.first_loss < report.first_loss, "{again:?} after {report:?}");
+    assert_eq!(again.chain_agreement.len(), 1, "{again:?}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(chained.join("config.json")).unwrap()).unwrap();
+    assert!(config["recycle"]["max_draft_tokens"].as_u64() >= Some(2), "{config}");
+    let bigger = recyclegpt_train::DistillOptions { layers: 2, ..further };
+    let e = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("x"), &bigger).unwrap_err();
+    assert!(e.to_string().contains("1 layers"), "{e}");
 }
 
 #[test]

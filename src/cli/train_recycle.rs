@@ -43,6 +43,18 @@ pub struct TrainRecycleArgs {
     /// it keeps a module trained on a small corpus from memorising the base's exact states.
     #[arg(long, default_value_t = 0.0)]
     feature_noise: f64,
+    /// Steps of a chain of drafts to train (1: the first draft alone). Step i feeds the
+    /// module's own output back, as serving does when it chains drafts; the module then chains
+    /// up to this many. Each step costs about as much training time as the first.
+    #[arg(long, default_value_t = 1)]
+    chain_steps: usize,
+    /// Weight of each chained step's loss beside the first draft's.
+    #[arg(long, default_value_t = 0.5)]
+    chain_weight: f64,
+    /// Start from the module in this directory (what an earlier `--out` wrote) rather than from
+    /// random weights: the same layers and draft vocabulary, trained further.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Keep the base model's view of the corpus (its hidden states and top-K next tokens, the
     /// slow part on a CPU) in this directory, and read it back on the next run over the same
     /// corpus, model and `--quantize`.
@@ -92,14 +104,19 @@ pub fn run(args: TrainRecycleArgs) -> anyhow::Result<()> {
         feature_weight: args.feature_weight,
         feature_noise: args.feature_noise,
         teacher_cache,
+        chain_steps: args.chain_steps,
+        chain_weight: args.chain_weight,
+        init: args.init.clone(),
         ..DistillOptions::default()
     };
     let report = train_recycle(&loaded.model, &args.model, &corpus, &out, &options)?;
     println!("{}", serde_json::to_string(&report)?);
+    let chained: String = report.chain_agreement.iter().map(|a| format!(", {:.1}%", 100.0 * a)).collect();
     eprintln!(
-        "wrote {} (top-1 agreement {:.1}% held out, {:.1}% on training windows)",
+        "wrote {} (top-1 agreement {:.1}% held out{}, {:.1}% on training windows)",
         out.display(),
         100.0 * report.agreement,
+        if chained.is_empty() { String::new() } else { format!(", then along a chain{chained}") },
         100.0 * report.train_agreement
     );
     Ok(())

@@ -6,13 +6,13 @@ use crate::module::TrainableModule;
 use crate::schedule::{clip_gradients, learning_rate};
 use crate::teacher::{self, Example};
 use crate::{TeacherCache, TrainError};
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use recyclegpt_model::{LlamaConfig, RecycleGpt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Drafts a module trained with the feature loss may chain (the config's `max_draft_tokens`);
 /// the serving cost model stops each chain earlier when the module is unsure.
@@ -41,6 +41,15 @@ pub struct DistillOptions {
     pub feature_noise: f64,
     /// Where the teacher pass is kept between runs; `None` computes it every run.
     pub teacher_cache: Option<TeacherCache>,
+    /// Steps of a chain of drafts trained as serving runs them (1: the first draft alone):
+    /// step i feeds step i-1's output back as h, with the token after, and learns the base's
+    /// distribution there. The module then chains up to this many drafts.
+    pub chain_steps: usize,
+    /// Weight of each chained step's cross-entropy beside the first draft's.
+    pub chain_weight: f64,
+    /// Start from the module in this directory (what `--out` wrote) instead of random weights;
+    /// its draft vocabulary is kept.
+    pub init: Option<PathBuf>,
 }
 
 impl Default for DistillOptions {
@@ -58,6 +67,9 @@ impl Default for DistillOptions {
             feature_weight: 0.3,
             feature_noise: 0.0,
             teacher_cache: None,
+            chain_steps: 1,
+            chain_weight: 0.5,
+            init: None,
         }
     }
 }
@@ -72,6 +84,9 @@ pub struct DistillReport {
     /// The same on as many training sequences: far above `agreement`, the module memorised
     /// its corpus, and more text (not more steps) is what it needs.
     pub train_agreement: f64,
+    /// Held-out agreement at each trained chain step after the first, where the drafts before
+    /// were right (the text's tokens are fed): what a chained draft's acceptance can reach.
+    pub chain_agreement: Vec<f64>,
 }
 
 /// `hidden` with uniform noise within ± `level` times each row's RMS (unchanged at 0).
@@ -86,17 +101,41 @@ fn noisy(hidden: &Tensor, level: f64, rng: &mut impl Rng) -> Result<Tensor, Trai
     Ok((hidden + noise)?)
 }
 
-/// Share of held-out positions where the module's argmax is the base model's.
-fn agreement(module: &TrainableModule, held_out: &[Example]) -> Result<f64, TrainError> {
-    let (mut same, mut total) = (0usize, 0usize);
-    for example in held_out {
+/// Share of the positions of `examples` where the module's argmax is the base model's, at each
+/// of `steps` chain steps.
+fn agreement(module: &TrainableModule, examples: &[Example], steps: usize) -> Result<Vec<f64>, TrainError> {
+    let mut counts = vec![(0usize, 0usize); steps];
+    for example in examples {
         let e = Example::stack(&[example])?;
-        let predicted = module.forward(&e.hidden, &e.tokens)?.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
         let wanted = e.target.flatten_all()?.to_vec1::<u32>()?;
-        same += predicted.iter().zip(&wanted).filter(|(a, b)| a == b).count();
-        total += wanted.len();
+        for (step, (logits, _)) in module.forward_chain(&e.hidden, &e.tokens, steps)?.iter().enumerate() {
+            let predicted = logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
+            let (same, total) = &mut counts[step];
+            *same += predicted.iter().zip(&wanted[step..]).filter(|(a, b)| a == b).count();
+            *total += predicted.len();
+        }
     }
-    Ok(if total == 0 { 0.0 } else { same as f64 / total as f64 })
+    Ok(counts.iter().map(|&(same, total)| if total == 0 { 0.0 } else { same as f64 / total as f64 }).collect())
+}
+
+/// The module of `dir`'s `recycle.safetensors`: its layer count (from `config.json`) and its
+/// draft vocabulary, if it has one.
+fn init_module(dir: &Path, device: &Device) -> Result<(usize, Option<Vec<u32>>), TrainError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+    let config: LlamaConfig =
+        serde_json::from_str(&text).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+    let layers = config
+        .recycle
+        .as_ref()
+        .map(|r| r.num_layers)
+        .ok_or_else(|| TrainError::Data(format!("{} has no `recycle` block", path.display())))?;
+    let weights = candle_core::safetensors::load(dir.join("recycle.safetensors"), device)?;
+    let ids = match weights.get("draft_vocab") {
+        Some(ids) => Some(ids.to_vec1::<f32>()?.into_iter().map(|id| id as u32).collect()),
+        None => None,
+    };
+    Ok((layers, ids))
 }
 
 /// Trains a module for `model` on `corpus` and writes it into `out` (`recycle.safetensors`
@@ -126,9 +165,26 @@ pub fn train_recycle(
     let mut recycle = config.default_recycle(options.layers);
     let (embedding, head) = model.embedding_and_head()?;
     let mut head = head.clone();
+    let init = match &options.init {
+        Some(dir) => {
+            let (layers, ids) = init_module(dir, model.device())?;
+            if layers != options.layers || ids.as_ref().map(Vec::len) != options.draft_vocab {
+                return Err(TrainError::Data(format!(
+                    "the module in {} has {layers} layers and a draft vocabulary of {}: train it with the same",
+                    dir.display(),
+                    ids.as_ref().map_or("the whole vocabulary".into(), |ids| format!("{} tokens", ids.len()))
+                )));
+            }
+            Some(ids)
+        }
+        None => None,
+    };
     let draft_vocab = match options.draft_vocab {
         Some(size) if size < config.vocab_size => {
-            let ids = teacher::draft_vocab(&train, config.vocab_size, size)?;
+            let ids = match init {
+                Some(Some(ids)) => ids,
+                _ => teacher::draft_vocab(&train, config.vocab_size, size)?,
+            };
             head = head.index_select(&Tensor::new(ids.as_slice(), head.device())?, 0)?;
             train = train.iter().map(|e| e.restricted(&ids)).collect::<Result<_, _>>()?;
             held_out = held_out.iter().map(|e| e.restricted(&ids)).collect::<Result<_, _>>()?;
@@ -137,14 +193,17 @@ pub fn train_recycle(
         }
         _ => None,
     };
-    if options.feature_weight > 0.0 {
-        recycle.max_draft_tokens = Some(CHAINED_DRAFTS);
-    }
+    let chain_steps = options.chain_steps.max(1);
+    let chainable = if options.feature_weight > 0.0 { chain_steps.max(CHAINED_DRAFTS) } else { chain_steps };
+    recycle.max_draft_tokens = (chainable > 1).then_some(chainable);
     config.recycle = Some(recycle);
     config.validate()?;
-    let varmap = VarMap::new();
+    let mut varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, model.device());
     let module = TrainableModule::new(vb, &config, embedding.clone(), head)?;
+    if let Some(dir) = &options.init {
+        varmap.load(dir.join("recycle.safetensors"))?;
+    }
     let params = ParamsAdamW { lr: options.learning_rate, weight_decay: 0.0, ..ParamsAdamW::default() };
     let mut optimizer = AdamW::new(varmap.all_vars(), params)?;
     let started = std::time::Instant::now();
@@ -171,8 +230,16 @@ pub fn train_recycle(
         }
         let e = Example::stack(&picked)?;
         let input = noisy(&e.hidden, options.feature_noise, &mut noise_rng)?;
-        let (logits, features) = module.forward_with_features(&input, &e.tokens)?;
-        let mut loss = crate::layers::top_k_cross_entropy(&logits, &e.top_ids, &e.top_probs)?;
+        let passes = module.forward_chain(&input, &e.tokens, chain_steps)?;
+        let (logits, features) = &passes[0];
+        let mut loss = crate::layers::top_k_cross_entropy(logits, &e.top_ids, &e.top_probs)?;
+        for (ahead, (logits, _)) in passes.iter().enumerate().skip(1) {
+            // Chain step i's row r drafts what the first step's row r + i does.
+            let rows = logits.dim(1)?;
+            let (ids, probs) = (e.top_ids.narrow(1, ahead, rows)?, e.top_probs.narrow(1, ahead, rows)?);
+            let chained = crate::layers::top_k_cross_entropy(logits, &ids, &probs)?;
+            loss = (loss + (chained * options.chain_weight)?)?;
+        }
         if options.feature_weight > 0.0 {
             // The module's output at x_t should read like the base's h_t (the next row of
             // `hidden`), so that it can stand in for it when drafts are chained.
@@ -197,8 +264,9 @@ pub fn train_recycle(
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(seconds, steps_per_second = options.steps as f64 / seconds, "module trained");
-    let train_agreement = agreement(&module, &train[..held_out.len().min(train.len())])?;
-    let agreement = agreement(&module, &held_out)?;
+    let train_agreement = agreement(&module, &train[..held_out.len().min(train.len())], 1)?[0];
+    let mut chain_agreement = agreement(&module, &held_out, chain_steps)?;
+    let agreement = chain_agreement.remove(0);
     if let Some(ids) = draft_vocab {
         // Saved beside the weights (ids as f32 values, exact below 2^24); added after the
         // optimizer took its variables, so it is never trained.
@@ -211,9 +279,9 @@ pub fn train_recycle(
             .map_err(|_| TrainError::Data("the variable map is poisoned".into()))?
             .insert("draft_vocab".into(), var);
     }
-    tracing::info!(first_loss, last_loss, agreement, train_agreement, "recyclable module trained");
+    tracing::info!(first_loss, last_loss, agreement, train_agreement, ?chain_agreement, "recyclable module trained");
     crate::output::write_model(model_dir, out, &config, &varmap)?;
-    Ok(DistillReport { steps: options.steps, first_loss, last_loss, agreement, train_agreement })
+    Ok(DistillReport { steps: options.steps, first_loss, last_loss, agreement, train_agreement, chain_agreement })
 }
 
 #[cfg(test)]

@@ -109,6 +109,53 @@ impl DecoderLayer {
 
     /// `x [B, T, d]`, positions `start..start + T`, causal.
     pub fn forward(&self, x: &Tensor, rope: &RopeTables, start: usize) -> Result<Tensor> {
+        Ok(self.forward_keeping_kv(x, rope, start)?.0)
+    }
+
+    /// [`Self::forward`], also returning this pass's keys and values for later chained passes.
+    pub fn forward_keeping_kv(&self, x: &Tensor, rope: &RopeTables, start: usize) -> Result<(Tensor, PassKv)> {
+        let t = x.dim(1)?;
+        let (q, kv) = self.project(x, rope, start)?;
+        let (k, v) = (self.repeat(&kv.k)?, self.repeat(&kv.v)?);
+        let scores = (q.matmul(&k.t()?)? / self.scale())?.broadcast_add(&causal_mask(t, x.device())?)?;
+        let attended = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v)?;
+        Ok((self.finish(x, &attended)?, kv))
+    }
+
+    /// A later pass of a chain of drafts, trained in parallel as serving runs it one step at a
+    /// time. Row r of `x [B, T', d]` continues the chain rooted at row r of the first pass
+    /// (`root`, whose pairs the module's cache holds in serving), `chain.len() + 1` steps on:
+    /// it attends to the root pass's rows up to r, and to row r of each earlier chained pass
+    /// and of its own, the speculative entries serving's cache holds at that step.
+    pub fn forward_chained(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        start: usize,
+        root: &PassKv,
+        chain: &[PassKv],
+    ) -> Result<(Tensor, PassKv)> {
+        let t = x.dim(1)?;
+        let (q, own) = self.project(x, rope, start)?;
+        let rows = |kv: &Tensor| self.repeat(&kv.narrow(2, 0, t)?);
+        let mut scores =
+            vec![(q.matmul(&rows(&root.k)?.t()?)? / self.scale())?.broadcast_add(&causal_mask(t, x.device())?)?];
+        let mut values = Vec::with_capacity(chain.len() + 1);
+        for kv in chain.iter().chain(std::iter::once(&own)) {
+            // One key per row: the score is the row's own dot product, `[B, H, T', 1]`.
+            scores.push(((&q * rows(&kv.k)?)?.sum_keepdim(D::Minus1)? / self.scale())?);
+            values.push(rows(&kv.v)?);
+        }
+        let weights = candle_nn::ops::softmax(&Tensor::cat(&scores, D::Minus1)?, D::Minus1)?;
+        let mut attended = weights.narrow(D::Minus1, 0, t)?.matmul(&rows(&root.v)?)?;
+        for (i, v) in values.iter().enumerate() {
+            attended = (attended + weights.narrow(D::Minus1, t + i, 1)?.broadcast_mul(v)?)?;
+        }
+        Ok((self.finish(x, &attended)?, own))
+    }
+
+    /// Queries `[B, H, T, hd]` and the pass's keys and values, all after RoPE where it applies.
+    fn project(&self, x: &Tensor, rope: &RopeTables, start: usize) -> Result<(Tensor, PassKv)> {
         let (b, t, _) = x.dims3()?;
         let s = self.s;
         let h = self.input_norm.forward(x)?;
@@ -117,29 +164,46 @@ impl DecoderLayer {
         };
         let q = rope.apply(&heads(&self.q, s.heads)?, start)?;
         let k = rope.apply(&heads(&self.k, s.kv_heads)?, start)?;
-        let v = heads(&self.v, s.kv_heads)?;
-        let group = s.heads / s.kv_heads;
-        let repeat = |x: Tensor| -> Result<Tensor> {
-            if group == 1 {
-                return Ok(x);
-            }
-            x.unsqueeze(2)?.expand((b, s.kv_heads, group, t, s.head_dim))?.reshape((b, s.heads, t, s.head_dim))
-        };
-        let (k, v) = (repeat(k)?, repeat(v)?);
-        let mask: Vec<f32> =
-            (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
-        let mask = Tensor::from_vec(mask, (t, t), x.device())?;
-        let scores = (q.matmul(&k.t()?)? / (s.head_dim as f64).sqrt())?.broadcast_add(&mask)?;
-        let attended = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v)?.transpose(1, 2)?.reshape((
-            b,
-            t,
-            s.heads * s.head_dim,
-        ))?;
+        Ok((q, PassKv { k, v: heads(&self.v, s.kv_heads)? }))
+    }
+
+    /// `[B, KV, T, hd]` → `[B, H, T, hd]`: each KV head serves its group of query heads.
+    fn repeat(&self, x: &Tensor) -> Result<Tensor> {
+        let group = self.s.heads / self.s.kv_heads;
+        if group == 1 {
+            return Ok(x.clone());
+        }
+        let (b, kv, t, hd) = x.dims4()?;
+        x.unsqueeze(2)?.expand((b, kv, group, t, hd))?.reshape((b, self.s.heads, t, hd))
+    }
+
+    fn scale(&self) -> f64 {
+        (self.s.head_dim as f64).sqrt()
+    }
+
+    /// The rest of the layer after attention: output projection, residual, MLP.
+    fn finish(&self, x: &Tensor, attended: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let attended = attended.transpose(1, 2)?.reshape((b, t, self.s.heads * self.s.head_dim))?;
         let x = (x + self.o.forward(&attended)?)?;
         let h = self.post_norm.forward(&x)?;
         let mlp = self.down.forward(&(candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?)?;
         x + mlp
     }
+}
+
+/// A layer's keys and values for one pass (`[B, KV, T, hd]`, keys after RoPE): what the later
+/// passes of a chain attend to.
+pub struct PassKv {
+    k: Tensor,
+    v: Tensor,
+}
+
+/// `[t, t]`: 0 where column j <= row i, -inf after.
+fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> =
+        (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (t, t), device)
 }
 
 /// Mean soft cross-entropy of `logits [N, V]` against target probabilities `[N, V]`.
