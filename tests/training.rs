@@ -118,26 +118,36 @@ fn a_module_trains_from_files_of_any_length() {
     let report = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("module"), &options).unwrap();
     assert!(report.last_loss.is_finite() && report.agreement > 0.0, "{report:?}");
 
-    // Trained further from that module, with chained drafts: it starts where the first run
-    // ended, not from random weights (the same seed gives the same first batch; the chained
-    // step's loss is left out of the sum to compare it), and reports a chain it may then draft.
+    // Read back by --init with no step to take: the module written is the one read, tensor for
+    // tensor, now with a chain whose agreement is reported and which it may draft.
     let further = recyclegpt_train::DistillOptions {
         init: Some(dir.join("module")),
         chain_steps: 2,
-        chain_weight: 0.0,
-        steps: 4,
+        steps: 0,
         ..options.clone()
     };
     let chained = dir.join("chained");
     let again = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &chained, &further).unwrap();
-    assert!(again.first_loss < report.first_loss, "{again:?} after {report:?}");
+    let tensors = |dir: &std::path::Path| {
+        candle_core::safetensors::load(dir.join("recycle.safetensors"), &candle_core::Device::Cpu).unwrap()
+    };
+    let (before, after) = (tensors(&dir.join("module")), tensors(&chained));
+    assert_eq!(before.len(), after.len());
+    for (name, tensor) in &before {
+        let same = (tensor - &after[name]).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(same, 0.0, "{name} changed");
+    }
+    assert_eq!(again.agreement, report.agreement, "{again:?} after {report:?}");
     assert_eq!(again.chain_agreement.len(), 1, "{again:?}");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(chained.join("config.json")).unwrap()).unwrap();
     assert!(config["recycle"]["max_draft_tokens"].as_u64() >= Some(2), "{config}");
-    let bigger = recyclegpt_train::DistillOptions { layers: 2, ..further };
+    let bigger = recyclegpt_train::DistillOptions { layers: 2, ..further.clone() };
     let e = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("x"), &bigger).unwrap_err();
-    assert!(e.to_string().contains("1 layers"), "{e}");
+    assert!(e.to_string().contains("--layers 1"), "{e}");
+    let too_long = recyclegpt_train::DistillOptions { chain_steps: 32, ..further };
+    let e = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("y"), &too_long).unwrap_err();
+    assert!(e.to_string().contains("chain steps"), "{e}");
 }
 
 #[test]

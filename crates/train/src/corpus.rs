@@ -74,6 +74,11 @@ impl Corpus {
         Ok(Self { sequences })
     }
 
+    /// Tokens in the shortest sequence.
+    pub fn shortest(&self) -> usize {
+        self.sequences.iter().map(Vec::len).min().unwrap_or(0)
+    }
+
     /// (training, held-out): the last `fraction` of sequences (at least one) is held out.
     pub fn split(&self, fraction: f64) -> (&[Vec<u32>], &[Vec<u32>]) {
         let held = ((self.sequences.len() as f64 * fraction).ceil() as usize).clamp(1, self.sequences.len());

@@ -47,8 +47,9 @@ pub struct DistillOptions {
     pub chain_steps: usize,
     /// Weight of each chained step's cross-entropy beside the first draft's.
     pub chain_weight: f64,
-    /// Start from the module in this directory (what `--out` wrote) instead of random weights;
-    /// its draft vocabulary is kept.
+    /// Start from the module in this directory (what `--out` wrote) instead of random weights.
+    /// It must have `layers` and a draft vocabulary of `draft_vocab` tokens; its own ids are
+    /// kept rather than chosen again from the corpus.
     pub init: Option<PathBuf>,
 }
 
@@ -84,8 +85,9 @@ pub struct DistillReport {
     /// The same on as many training sequences: far above `agreement`, the module memorised
     /// its corpus, and more text (not more steps) is what it needs.
     pub train_agreement: f64,
-    /// Held-out agreement at each trained chain step after the first, where the drafts before
-    /// were right (the text's tokens are fed): what a chained draft's acceptance can reach.
+    /// Held-out agreement at each trained chain step after the first, over the positions a
+    /// chain reaches in serving: where every draft before it was the base's argmax, and so was
+    /// the text's next token (training feeds the text's token; serving feeds the draft).
     pub chain_agreement: Vec<f64>,
 }
 
@@ -102,25 +104,46 @@ fn noisy(hidden: &Tensor, level: f64, rng: &mut impl Rng) -> Result<Tensor, Trai
 }
 
 /// Share of the positions of `examples` where the module's argmax is the base model's, at each
-/// of `steps` chain steps.
-fn agreement(module: &TrainableModule, examples: &[Example], steps: usize) -> Result<Vec<f64>, TrainError> {
+/// of `steps` chain steps; a chained step counts only the rows a chain reaches (see
+/// [`DistillReport::chain_agreement`]). `draft_vocab` maps the text's tokens to the module's
+/// outputs.
+fn agreement(
+    module: &TrainableModule,
+    examples: &[Example],
+    steps: usize,
+    draft_vocab: Option<&[u32]>,
+) -> Result<Vec<f64>, TrainError> {
+    let output = |id: u32| match draft_vocab {
+        Some(ids) => ids.binary_search(&id).map_or(u32::MAX - 1, |i| i as u32),
+        None => id,
+    };
     let mut counts = vec![(0usize, 0usize); steps];
     for example in examples {
         let e = Example::stack(&[example])?;
         let wanted = e.target.flatten_all()?.to_vec1::<u32>()?;
+        let text: Vec<u32> = e.tokens.flatten_all()?.to_vec1::<u32>()?.into_iter().map(output).collect();
+        // Rows whose chain is still alive: every draft so far right, and the text with them.
+        let mut alive = vec![true; wanted.len()];
         for (step, (logits, _)) in module.forward_chain(&e.hidden, &e.tokens, steps)?.iter().enumerate() {
             let predicted = logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
             let (same, total) = &mut counts[step];
-            *same += predicted.iter().zip(&wanted[step..]).filter(|(a, b)| a == b).count();
-            *total += predicted.len();
+            for (r, &guess) in predicted.iter().enumerate() {
+                if !alive[r] {
+                    continue;
+                }
+                let right = guess == wanted[r + step];
+                *same += usize::from(right);
+                *total += 1;
+                alive[r] = right && text.get(r + step + 1) == Some(&wanted[r + step]);
+            }
         }
     }
     Ok(counts.iter().map(|&(same, total)| if total == 0 { 0.0 } else { same as f64 / total as f64 }).collect())
 }
 
 /// The module of `dir`'s `recycle.safetensors`: its layer count (from `config.json`) and its
-/// draft vocabulary, if it has one.
-fn init_module(dir: &Path, device: &Device) -> Result<(usize, Option<Vec<u32>>), TrainError> {
+/// draft vocabulary, if it has one (checked: sorted ids within `vocab`).
+fn init_module(dir: &Path, vocab: usize) -> Result<(usize, Option<Vec<u32>>), TrainError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
     let config: LlamaConfig =
@@ -130,11 +153,21 @@ fn init_module(dir: &Path, device: &Device) -> Result<(usize, Option<Vec<u32>>),
         .as_ref()
         .map(|r| r.num_layers)
         .ok_or_else(|| TrainError::Data(format!("{} has no `recycle` block", path.display())))?;
-    let weights = candle_core::safetensors::load(dir.join("recycle.safetensors"), device)?;
-    let ids = match weights.get("draft_vocab") {
+    let path = dir.join("recycle.safetensors");
+    let weights = candle_core::safetensors::load(&path, &Device::Cpu)
+        .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+    let ids: Option<Vec<u32>> = match weights.get("draft_vocab") {
         Some(ids) => Some(ids.to_vec1::<f32>()?.into_iter().map(|id| id as u32).collect()),
         None => None,
     };
+    if let Some(ids) = &ids {
+        if !ids.windows(2).all(|w| w[0] < w[1]) || ids.last().is_some_and(|&id| id as usize >= vocab) {
+            return Err(TrainError::Data(format!(
+                "{}: `draft_vocab` is not a sorted list of token ids",
+                path.display()
+            )));
+        }
+    }
     Ok((layers, ids))
 }
 
@@ -165,14 +198,22 @@ pub fn train_recycle(
     let mut recycle = config.default_recycle(options.layers);
     let (embedding, head) = model.embedding_and_head()?;
     let mut head = head.clone();
+    if options.chain_steps == 0 || options.chain_steps >= corpus.shortest() || options.chain_weight < 0.0 {
+        return Err(TrainError::Data(format!(
+            "chain steps must be at least 1 and below the shortest sequence's {} tokens, and the chain weight \
+             not negative",
+            corpus.shortest()
+        )));
+    }
     let init = match &options.init {
         Some(dir) => {
-            let (layers, ids) = init_module(dir, model.device())?;
-            if layers != options.layers || ids.as_ref().map(Vec::len) != options.draft_vocab {
+            let (layers, ids) = init_module(dir, config.vocab_size)?;
+            let wanted = options.draft_vocab.filter(|&size| size < config.vocab_size);
+            if layers != options.layers || ids.as_ref().map(Vec::len) != wanted {
+                let vocab = ids.as_ref().map_or(String::new(), |ids| format!(" --draft-vocab {}", ids.len()));
                 return Err(TrainError::Data(format!(
-                    "the module in {} has {layers} layers and a draft vocabulary of {}: train it with the same",
-                    dir.display(),
-                    ids.as_ref().map_or("the whole vocabulary".into(), |ids| format!("{} tokens", ids.len()))
+                    "the module in {} was trained with --layers {layers}{vocab}: give the same with --init",
+                    dir.display()
                 )));
             }
             Some(ids)
@@ -193,7 +234,7 @@ pub fn train_recycle(
         }
         _ => None,
     };
-    let chain_steps = options.chain_steps.max(1);
+    let chain_steps = options.chain_steps;
     let chainable = if options.feature_weight > 0.0 { chain_steps.max(CHAINED_DRAFTS) } else { chain_steps };
     recycle.max_draft_tokens = (chainable > 1).then_some(chainable);
     config.recycle = Some(recycle);
@@ -202,7 +243,8 @@ pub fn train_recycle(
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, model.device());
     let module = TrainableModule::new(vb, &config, embedding.clone(), head)?;
     if let Some(dir) = &options.init {
-        varmap.load(dir.join("recycle.safetensors"))?;
+        let path = dir.join("recycle.safetensors");
+        varmap.load(&path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
     }
     let params = ParamsAdamW { lr: options.learning_rate, weight_decay: 0.0, ..ParamsAdamW::default() };
     let mut optimizer = AdamW::new(varmap.all_vars(), params)?;
@@ -231,7 +273,8 @@ pub fn train_recycle(
         let e = Example::stack(&picked)?;
         let input = noisy(&e.hidden, options.feature_noise, &mut noise_rng)?;
         let passes = module.forward_chain(&input, &e.tokens, chain_steps)?;
-        let (logits, features) = &passes[0];
+        let (logits, features) =
+            passes.first().ok_or_else(|| TrainError::Data("a training window has no positions".into()))?;
         let mut loss = crate::layers::top_k_cross_entropy(logits, &e.top_ids, &e.top_probs)?;
         for (ahead, (logits, _)) in passes.iter().enumerate().skip(1) {
             // Chain step i's row r drafts what the first step's row r + i does.
@@ -264,8 +307,9 @@ pub fn train_recycle(
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(seconds, steps_per_second = options.steps as f64 / seconds, "module trained");
-    let train_agreement = agreement(&module, &train[..held_out.len().min(train.len())], 1)?[0];
-    let mut chain_agreement = agreement(&module, &held_out, chain_steps)?;
+    let ids = draft_vocab.as_deref();
+    let train_agreement = agreement(&module, &train[..held_out.len().min(train.len())], 1, ids)?[0];
+    let mut chain_agreement = agreement(&module, &held_out, chain_steps, ids)?;
     let agreement = chain_agreement.remove(0);
     if let Some(ids) = draft_vocab {
         // Saved beside the weights (ids as f32 values, exact below 2^24); added after the
