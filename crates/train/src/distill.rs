@@ -113,15 +113,12 @@ fn agreement(
     steps: usize,
     draft_vocab: Option<&[u32]>,
 ) -> Result<Vec<f64>, TrainError> {
-    let output = |id: u32| match draft_vocab {
-        Some(ids) => ids.binary_search(&id).map_or(u32::MAX - 1, |i| i as u32),
-        None => id,
-    };
     let mut counts = vec![(0usize, 0usize); steps];
     for example in examples {
         let e = Example::stack(&[example])?;
         let wanted = e.target.flatten_all()?.to_vec1::<u32>()?;
-        let text: Vec<u32> = e.tokens.flatten_all()?.to_vec1::<u32>()?.into_iter().map(output).collect();
+        let text: Vec<u32> =
+            e.tokens.flatten_all()?.to_vec1::<u32>()?.into_iter().map(|id| output_id(id, draft_vocab)).collect();
         // Rows whose chain is still alive: every draft so far right, and the text with them.
         let mut alive = vec![true; wanted.len()];
         for (step, (logits, _)) in module.forward_chain(&e.hidden, &e.tokens, steps)?.iter().enumerate() {
@@ -139,6 +136,29 @@ fn agreement(
         }
     }
     Ok(counts.iter().map(|&(same, total)| if total == 0 { 0.0 } else { same as f64 / total as f64 }).collect())
+}
+
+/// Token `id` as the module's output index (its place in `draft_vocab`, sorted); an id no output
+/// holds maps to one no base choice has (`Example::target` marks those `u32::MAX`).
+fn output_id(id: u32, draft_vocab: Option<&[u32]>) -> u32 {
+    match draft_vocab {
+        Some(ids) => ids.binary_search(&id).map_or(u32::MAX - 1, |i| i as u32),
+        None => id,
+    }
+}
+
+/// `[B, T - 1]`: 1 where the text's next token (row r + 1's x) is the base's argmax at row r,
+/// in the module's output ids (`draft_vocab` maps them).
+fn text_is_choice(e: &Example, draft_vocab: Option<&[u32]>) -> Result<Tensor, TrainError> {
+    let tokens = e.tokens.to_vec2::<u32>()?;
+    let target = e.target.to_vec2::<u32>()?;
+    let rows = tokens.first().map_or(0, Vec::len).saturating_sub(1);
+    let values: Vec<f32> = tokens
+        .iter()
+        .zip(&target)
+        .flat_map(|(t, w)| (0..rows).map(move |r| f32::from(u8::from(output_id(t[r + 1], draft_vocab) == w[r]))))
+        .collect();
+    Ok(Tensor::from_vec(values, (tokens.len(), rows), e.tokens.device())?)
 }
 
 /// The module of `dir`'s `recycle.safetensors`: its layer count (from `config.json`) and its
@@ -260,6 +280,7 @@ pub fn train_recycle(
     );
     let (mut first_loss, mut last_loss) = (f32::NAN, f32::NAN);
     let mut cursor = order.len();
+    let ids = draft_vocab.as_deref();
     for step in 0..options.steps {
         let mut picked = Vec::with_capacity(options.batch);
         while picked.len() < options.batch.min(train.len()) {
@@ -276,12 +297,24 @@ pub fn train_recycle(
         let (logits, features) =
             passes.first().ok_or_else(|| TrainError::Data("a training window has no positions".into()))?;
         let mut loss = crate::layers::top_k_cross_entropy(logits, &e.top_ids, &e.top_probs)?;
+        // Where the text's next token is the base's choice: only there does a chain in serving
+        // (which feeds its drafts, the base's choices when accepted) see what training feeds.
+        let reached = if passes.len() > 1 { Some(text_is_choice(&e, ids)?) } else { None };
+        let mut alive: Option<Tensor> = None;
         for (ahead, (logits, _)) in passes.iter().enumerate().skip(1) {
-            // Chain step i's row r drafts what the first step's row r + i does.
+            // Chain step i's row r drafts what the first step's row r + i does, and is reached
+            // where the text took the base's choice at rows r..r + i - 1.
             let rows = logits.dim(1)?;
-            let (ids, probs) = (e.top_ids.narrow(1, ahead, rows)?, e.top_probs.narrow(1, ahead, rows)?);
-            let chained = crate::layers::top_k_cross_entropy(logits, &ids, &probs)?;
+            let choice = reached.as_ref().map(|c| c.narrow(1, ahead - 1, rows)).transpose()?;
+            let mask = match (alive.take(), choice) {
+                (Some(before), Some(choice)) => (before.narrow(1, 0, rows)? * choice)?,
+                (None, Some(choice)) => choice,
+                (_, None) => return Err(TrainError::Data("a chained step without its mask".into())),
+            };
+            let (top, probs) = (e.top_ids.narrow(1, ahead, rows)?, e.top_probs.narrow(1, ahead, rows)?);
+            let chained = crate::layers::masked_top_k_cross_entropy(logits, &top, &probs, &mask)?;
             loss = (loss + (chained * options.chain_weight)?)?;
+            alive = Some(mask);
         }
         if options.feature_weight > 0.0 {
             // The module's output at x_t should read like the base's h_t (the next row of
@@ -307,7 +340,6 @@ pub fn train_recycle(
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(seconds, steps_per_second = options.steps as f64 / seconds, "module trained");
-    let ids = draft_vocab.as_deref();
     let train_agreement = agreement(&module, &train[..held_out.len().min(train.len())], 1, ids)?[0];
     let mut chain_agreement = agreement(&module, &held_out, chain_steps, ids)?;
     let agreement = chain_agreement.remove(0);
@@ -346,6 +378,26 @@ mod tests {
             assert!(moved.iter().all(|&m| m <= 0.1 * rms * 1.0001), "{row:?} → {out:?}");
             assert!(moved.iter().any(|&m| m > 0.0), "noise was added: {row:?}");
         }
+        Ok(())
+    }
+
+    /// A chain goes on from row r only where the text's next token is the base's choice there,
+    /// compared in the module's output ids; a token outside the draft vocabulary never is.
+    #[test]
+    fn a_chain_is_reached_where_the_text_took_the_bases_choice() -> Result<(), TrainError> {
+        let device = Device::Cpu;
+        let vocab = [4u32, 7, 9, 30];
+        // x_t per row, and the base's argmax per row as draft-vocabulary indices (MAX: outside).
+        let tokens = Tensor::new(&[[4u32, 7, 9, 5, 30]], &device)?;
+        let target = Tensor::new(&[[1u32, 0, u32::MAX, 3, 2]], &device)?;
+        let zeros = Tensor::zeros((1, 5, 2), DType::F32, &device)?;
+        let e =
+            Example { hidden: zeros.clone(), tokens, top_ids: zeros.to_dtype(DType::U32)?, top_probs: zeros, target };
+        // Row 0: 7 is index 1 (yes); row 1: 9 is 2, not 0; row 2: 5 is outside the vocabulary;
+        // row 3: 30 is index 3 (yes).
+        assert_eq!(text_is_choice(&e, Some(&vocab))?.to_vec2::<f32>()?, [[1.0, 0.0, 0.0, 1.0]]);
+        assert_eq!(output_id(5, Some(&vocab)), u32::MAX - 1);
+        assert_eq!(output_id(5, None), 5);
         Ok(())
     }
 }

@@ -210,9 +210,19 @@ fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
 /// Cross-entropy against a teacher's top-K (`ids`, `probs`: `[..., K]`), per position, averaged
 /// over positions: `-Σ_k p_k · log_softmax(logits)[id_k]`.
 pub fn top_k_cross_entropy(logits: &Tensor, ids: &Tensor, probs: &Tensor) -> Result<Tensor> {
+    per_position_cross_entropy(logits, ids, probs)?.mean_all()
+}
+
+/// [`top_k_cross_entropy`] averaged over the positions where `mask` (`[...]`, 0 or 1) is 1.
+pub fn masked_top_k_cross_entropy(logits: &Tensor, ids: &Tensor, probs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let kept = mask.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    (per_position_cross_entropy(logits, ids, probs)? * mask)?.sum_all()? / f64::from(kept)
+}
+
+fn per_position_cross_entropy(logits: &Tensor, ids: &Tensor, probs: &Tensor) -> Result<Tensor> {
     let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let picked = log_probs.contiguous()?.gather(&ids.contiguous()?, D::Minus1)?;
-    (probs * picked)?.sum(D::Minus1)?.mean_all()?.neg()
+    (probs * picked)?.sum(D::Minus1)?.neg()
 }
 
 /// How far the module's features (`[B, T, d]`) are from the base model's next hidden states
