@@ -117,8 +117,7 @@ fn agreement(
     for example in examples {
         let e = Example::stack(&[example])?;
         let wanted = e.target.flatten_all()?.to_vec1::<u32>()?;
-        let text: Vec<u32> =
-            e.tokens.flatten_all()?.to_vec1::<u32>()?.into_iter().map(|id| output_id(id, draft_vocab)).collect();
+        let reached = text_is_choice(&e, draft_vocab)?.flatten_all()?.to_vec1::<f32>()?;
         // Rows whose chain is still alive: every draft so far right, and the text with them.
         let mut alive = vec![true; wanted.len()];
         for (step, (logits, _)) in module.forward_chain(&e.hidden, &e.tokens, steps)?.iter().enumerate() {
@@ -131,7 +130,7 @@ fn agreement(
                 let right = guess == wanted[r + step];
                 *same += usize::from(right);
                 *total += 1;
-                alive[r] = right && text.get(r + step + 1) == Some(&wanted[r + step]);
+                alive[r] = right && reached.get(r + step) == Some(&1.0);
             }
         }
     }
