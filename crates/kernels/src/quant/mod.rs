@@ -192,9 +192,12 @@ impl Path {
             {
                 Path::Vnni
             }
+            // F16C (the 4-bit scales' conversion) comes with every AVX2 CPU but is its own flag.
             #[cfg(target_arch = "x86_64")]
             Kind::Avx512 | Kind::Avx2
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") =>
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c") =>
             {
                 Path::Avx2
             }

@@ -119,8 +119,8 @@ impl Q4Matrix {
         match path {
             // SAFETY: forwarded from this function's contract.
             Path::Scalar => unsafe { scalar_tile(self, a, tile, out) },
-            // SAFETY: `Path::choose` picked this path only after detecting AVX2 and FMA; the
-            // rest is this function's contract.
+            // SAFETY: `Path::choose` picked this path only after detecting AVX2, FMA and F16C;
+            // the rest is this function's contract.
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 => unsafe { super::q4_x86::tile_avx2(self, a, tile, out) },
             // SAFETY: as above, with AVX-512F (`Kind::Avx512`), BW and VNNI detected.

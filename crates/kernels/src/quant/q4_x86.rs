@@ -103,11 +103,15 @@ unsafe fn pass_vnni<const M: usize, const C: usize>(
 }
 
 /// Without VNNI: each 64-byte vector is two 8-row halves; nibbles (at most 15) times signed
-/// bytes fit `vpmaddubsw`'s i16 pairs (15 · 127 · 2 < 2^15). Two input rows per pass.
+/// bytes fit `vpmaddubsw`'s i16 pairs. A block's products are summed in i16 and widened once
+/// per block: a pair is at most 15 · 127 · 2 = 3,810, the low and high nibbles' pairs 7,620,
+/// and the 4 groups 30,480 < 2^15. The scales and minimums are f16, converted 8 at a time
+/// (F16C): converting them one by one cost more than the block's products. Two input rows per
+/// pass.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; otherwise as [`Q4Matrix::tile`].
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must have AVX2, FMA and F16C; otherwise as [`Q4Matrix::tile`].
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tile_avx2(w: &Q4Matrix, a: &Activations, tile: usize, out: OutPtr) {
     let blocks = w.blocks;
     let low = _mm256_set1_epi8(0x0F);
@@ -118,39 +122,41 @@ pub(super) unsafe fn tile_avx2(w: &Q4Matrix, a: &Activations, tile: usize, out: 
         let mut acc = [[_mm256_setzero_ps(); 2]; 2];
         for b in 0..blocks {
             let mut sums = [[_mm256_setzero_si256(); 2]; 2];
-            // SAFETY: block `b` of `tile` and of every input row `< m` exists, with its scales,
-            // minimums and sums; the features are the caller's guarantee.
+            let at = (tile * blocks + b) * TILE;
+            // SAFETY: block `b` of `tile` (256 bytes, 16 scales and 16 minimums) and of every
+            // input row `< m` (32 bytes, one scale and one sum) exist; the features are the
+            // caller's guarantee.
             unsafe {
                 let weights = w.quants.as_ptr().add((tile * blocks + b) * TILE_BLOCK_BYTES);
                 for g in 0..VECTORS {
+                    // The inputs' 4 bytes of this group, broadcast once for both halves.
+                    let mut xs = [(_mm256_setzero_si256(), _mm256_setzero_si256()); 2];
+                    for (i, xs) in xs.iter_mut().enumerate().take(inputs) {
+                        let x = a.quants.as_ptr().add(((first + i) * blocks + b) * BLOCK + g * GROUP);
+                        xs.0 = _mm256_set1_epi32((x as *const i32).read_unaligned());
+                        xs.1 = _mm256_set1_epi32((x.add(BLOCK / 2) as *const i32).read_unaligned());
+                    }
                     for half in 0..2 {
                         let v = _mm256_loadu_si256(weights.add(g * TILE * GROUP + half * 32) as *const __m256i);
                         let lo = _mm256_and_si256(v, low);
                         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
-                        for (i, sums) in sums.iter_mut().enumerate().take(inputs) {
-                            let x = a.quants.as_ptr().add(((first + i) * blocks + b) * BLOCK + g * GROUP);
-                            let x_lo = _mm256_set1_epi32((x as *const i32).read_unaligned());
-                            let x_hi = _mm256_set1_epi32((x.add(BLOCK / 2) as *const i32).read_unaligned());
-                            let dot_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x_lo), ones);
-                            let dot_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x_hi), ones);
-                            sums[half] = _mm256_add_epi32(sums[half], _mm256_add_epi32(dot_lo, dot_hi));
+                        for (sums, &(x_lo, x_hi)) in sums.iter_mut().zip(&xs).take(inputs) {
+                            let pairs =
+                                _mm256_add_epi16(_mm256_maddubs_epi16(lo, x_lo), _mm256_maddubs_epi16(hi, x_hi));
+                            sums[half] = _mm256_add_epi16(sums[half], pairs);
                         }
                     }
                 }
-            }
-            let at = (tile * blocks + b) * TILE;
-            for half in 0..2 {
-                let rows = at + half * 8..at + half * 8 + 8;
-                let d: [f32; 8] = std::array::from_fn(|r| w.scales[rows.start + r].to_f32());
-                let m: [f32; 8] = std::array::from_fn(|r| w.mins[rows.start + r].to_f32());
-                // SAFETY: `d` and `m` hold 8 floats each; the features are the caller's.
-                let (d, m) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(m.as_ptr())) };
-                for (i, acc) in acc.iter_mut().enumerate().take(inputs) {
-                    let xa = (first + i) * blocks + b;
-                    let scale = a.scales[xa];
-                    let dot = _mm256_cvtepi32_ps(sums[i][half]);
-                    acc[half] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, _mm256_set1_ps(scale)), acc[half]);
-                    acc[half] = _mm256_fmadd_ps(m, _mm256_set1_ps(scale * a.sums[xa] as f32), acc[half]);
+                for half in 0..2 {
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(w.scales.as_ptr().add(at + half * 8) as *const __m128i));
+                    let m = _mm256_cvtph_ps(_mm_loadu_si128(w.mins.as_ptr().add(at + half * 8) as *const __m128i));
+                    for (i, acc) in acc.iter_mut().enumerate().take(inputs) {
+                        let xa = (first + i) * blocks + b;
+                        let scale = a.scales[xa];
+                        let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[i][half], ones));
+                        acc[half] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, _mm256_set1_ps(scale)), acc[half]);
+                        acc[half] = _mm256_fmadd_ps(m, _mm256_set1_ps(scale * a.sums[xa] as f32), acc[half]);
+                    }
                 }
             }
         }
