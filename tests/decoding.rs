@@ -31,8 +31,10 @@ fn verify_greedy_equals_standard_greedy_with_a_random_module() {
                 assert_eq!(verify.ids, standard.ids, "{prompt:?}, max_tokens {max_tokens}");
                 assert_eq!(verify.finish_reason, standard.finish_reason);
                 let stats = verify.stats;
-                // Every full forward after the first checks one draft.
-                assert_eq!(stats.accepted + stats.rejected + 1, stats.full_forwards, "{stats:?}");
+                // Every full forward after the first checks drafts (the module's, or the
+                // text's where it repeats itself), and rejects at most one.
+                assert_eq!(stats.drafts + 1, stats.full_forwards, "{stats:?}");
+                assert!(stats.rejected <= stats.drafts, "{stats:?}");
                 if max_tokens >= 40 {
                     assert!(stats.rejected > 0, "a random module is rejected, exercising rollback");
                 }
@@ -76,6 +78,7 @@ fn later_requests_start_from_what_earlier_ones_learned_of_the_module() {
         budget: Budget { max_running: 1, kv_tokens: 4096 },
         prefill_chunk: 64,
         prefix_caching: false,
+        prompt_lookup: true,
     };
     let mut scheduler = Scheduler::new(config, 1024, Some(cheap));
     let prompt = loaded.tokenizer.encode(PROMPTS[0]).unwrap();
@@ -245,7 +248,12 @@ fn chained_drafts_never_change_greedy_output_alone_or_batched() {
             .enumerate()
             .map(|(i, (prompt, mode))| {
                 let ids = loaded.tokenizer.encode(prompt).unwrap();
-                Sequence::new(i as u64, model, ids, mode, params.clone(), stop.clone()).unwrap().with_max_drafts(3)
+                // The module's chains alone (the favoured tokens make the text repeat itself,
+                // where drafts read from the text would stand in for them).
+                Sequence::new(i as u64, model, ids, mode, params.clone(), stop.clone())
+                    .unwrap()
+                    .with_max_drafts(3)
+                    .with_prompt_lookup(false)
             })
             .collect();
         while seqs.iter().any(|s| !s.is_finished()) {
@@ -268,6 +276,51 @@ fn chained_drafts_never_change_greedy_output_alone_or_batched() {
     assert!(draft_tokens > forwards, "{draft_tokens} draft tokens over {forwards} forwards: chains ran");
 }
 
+/// Where the text repeats itself (the embedded model's greedy answers fall into loops), `verify`
+/// and `auto` draft from the text: whole chains of those drafts are accepted even beside a
+/// module that never agrees, and greedy output is still the standard one, alone or batched.
+#[test]
+fn drafts_read_from_the_text_never_change_greedy_output() {
+    let loaded = load(&embedded(), random_module(1));
+    let model = &loaded.model;
+    let mut cheap = CostModel::from_points(vec![(1, 0.010), (2, 0.0105), (8, 0.012)], vec![(1, 0.001), (2, 0.0011)]);
+    let modes = [DecodeMode::Verify, DecodeMode::Auto, DecodeMode::Off, DecodeMode::Verify];
+    let stop = StopCriteria { max_tokens: 100, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
+    let mut seqs: Vec<Sequence> = PROMPTS
+        .iter()
+        .zip(modes)
+        .enumerate()
+        .map(|(i, (prompt, mode))| {
+            let ids = loaded.tokenizer.encode(prompt).unwrap();
+            Sequence::new(i as u64, model, ids, mode, SamplingParams::greedy(), stop.clone()).unwrap()
+        })
+        .collect();
+    while seqs.iter().any(|s| !s.is_finished()) {
+        let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
+        step(model, &mut refs, 7, Some(&mut cheap)).unwrap();
+    }
+    let (mut from_text, mut chained) = (0, 0);
+    for (seq, (prompt, mode)) in seqs.iter().zip(PROMPTS.iter().zip(modes)) {
+        let alone = run(&loaded, prompt, DecodeMode::Off, SamplingParams::greedy(), 100);
+        assert_eq!(seq.generated(), alone.ids.as_slice(), "{prompt:?} in {mode:?}");
+        let stats = seq.stats();
+        assert!(stats.text_accepted <= stats.text_drafted && stats.text_drafted <= stats.draft_tokens(), "{stats:?}");
+        from_text += stats.text_accepted;
+        chained += stats.accepted_at[1..].iter().sum::<usize>();
+    }
+    // A random module's drafts are rejected: what was accepted beyond a first draft came from
+    // the text, and it saved forwards.
+    assert!(from_text > 20 && chained > 10, "{from_text} text tokens accepted, {chained} beyond a first draft");
+    for prompt in PROMPTS {
+        let verify = run(&loaded, prompt, DecodeMode::Verify, SamplingParams::greedy(), 100);
+        let standard = run(&loaded, prompt, DecodeMode::Off, SamplingParams::greedy(), 100);
+        assert_eq!(verify.ids, standard.ids, "{prompt:?} alone");
+        if verify.stats.text_accepted > 10 {
+            assert!(verify.stats.full_forwards < standard.stats.full_forwards, "{:?}", verify.stats);
+        }
+    }
+}
+
 /// `auto` on a device where a draft costs a tenth of a forward, held fixed (measured costs would
 /// make what `auto` does depend on the machine's load).
 fn run_auto_where_drafts_are_cheap(
@@ -279,7 +332,9 @@ fn run_auto_where_drafts_are_cheap(
     let mut costs = CostModel::from_points(vec![(1, 0.010), (2, 0.0105), (4, 0.0115)], vec![(1, 0.001), (2, 0.0011)]);
     let ids = loaded.tokenizer.encode(prompt).unwrap();
     let stop = StopCriteria { max_tokens, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
-    let mut seq = Sequence::new(0, &loaded.model, ids, DecodeMode::Auto, params, stop).unwrap();
+    // The module alone: drafts read from the text would stand in for it where the text repeats.
+    let mut seq =
+        Sequence::new(0, &loaded.model, ids, DecodeMode::Auto, params, stop).unwrap().with_prompt_lookup(false);
     while !seq.is_finished() {
         step(&loaded.model, &mut [&mut seq], 64, Some(&mut costs)).unwrap();
     }

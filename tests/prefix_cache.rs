@@ -16,7 +16,12 @@ fn embedded() -> PathBuf {
 }
 
 fn config(prefix_caching: bool, kv_tokens: usize) -> SchedulerConfig {
-    SchedulerConfig { budget: Budget { max_running: 4, kv_tokens }, prefill_chunk: 16, prefix_caching }
+    SchedulerConfig {
+        budget: Budget { max_running: 4, kv_tokens },
+        prefill_chunk: 16,
+        prefix_caching,
+        prompt_lookup: true,
+    }
 }
 
 /// Runs one request to its end; its tokens and how it finished.

@@ -140,6 +140,10 @@ pub struct DecodeArgs {
     /// One JSON object per shape instead of a table.
     #[arg(long)]
     json: bool,
+    /// Let `verify` and `auto` also draft from the text where it repeats itself (prompt
+    /// lookup); `false` measures the module's drafts alone
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    prompt_lookup: bool,
     #[command(flatten)]
     placement: super::model_args::PlacementArgs,
 }
@@ -346,6 +350,7 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
         rounds: args.rounds,
         generate_tokens: args.generate_tokens,
         batch_sizes: args.batch_sizes.clone(),
+        prompt_lookup: args.prompt_lookup,
         ..DecodeOptions::default()
     };
     let bandwidth = Bandwidth::measure();
@@ -433,6 +438,13 @@ fn print_table(r: &DecodeReport) {
         let shares: Vec<String> =
             r.verify_acceptance_by_position.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect();
         println!("verify: drafts accepted by place in the chain: {}", shares.join(", "));
+    }
+    if r.verify_text_drafted > 0 {
+        println!(
+            "verify: {} drafted tokens read from the text (prompt lookup), {:.1}% accepted",
+            r.verify_text_drafted,
+            100.0 * r.verify_text_accepted as f64 / r.verify_text_drafted as f64
+        );
     }
     if let Some(agreement) = r.module_agreement {
         println!("module agreement with the full model along the greedy text: {:.1}%", 100.0 * agreement);

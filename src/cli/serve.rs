@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Reuse shared prompt prefixes' KV across requests (true or false).
     #[arg(long, env = "RECYCLEGPT_PREFIX_CACHING")]
     prefix_caching: Option<bool>,
+    /// Let `verify` and `auto` draft from the text where it repeats itself (true or false).
+    #[arg(long, env = "RECYCLEGPT_PROMPT_LOOKUP")]
+    prompt_lookup: Option<bool>,
     #[arg(long, env = "RECYCLEGPT_QUEUE_CAPACITY")]
     queue_capacity: Option<usize>,
     #[arg(long, env = "RECYCLEGPT_MAX_SEQUENCES_PER_REQUEST")]
@@ -107,6 +110,7 @@ impl ServeArgs {
             kv_budget_tokens,
             prefill_chunk,
             prefix_caching,
+            prompt_lookup,
             queue_capacity,
             max_sequences_per_request,
             default_recycle,

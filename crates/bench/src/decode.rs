@@ -25,6 +25,8 @@ pub struct DecodeOptions {
     pub prompts: Vec<Vec<u32>>,
     /// Where those prompts' answers end (the tokenizer's end-of-sequence ids).
     pub eos_ids: Vec<u32>,
+    /// `verify` and `auto` also draft from the text where it repeats itself.
+    pub prompt_lookup: bool,
 }
 
 impl Default for DecodeOptions {
@@ -36,6 +38,7 @@ impl Default for DecodeOptions {
             batch_sizes: vec![1, 4, 8, 16],
             prompts: Vec::new(),
             eos_ids: Vec::new(),
+            prompt_lookup: true,
         }
     }
 }
@@ -63,6 +66,10 @@ pub struct DecodeReport {
     /// In `verify`, the share of drafts accepted at each place of a chain (one entry without
     /// chains), over the last round.
     pub verify_acceptance_by_position: Vec<f64>,
+    /// In `verify`, over the last round: drafted tokens read from the text (prompt lookup)
+    /// rather than made by the module, and how many of them were accepted.
+    pub verify_text_drafted: usize,
+    pub verify_text_accepted: usize,
     /// Module top-1 agreement with the full model along the standard greedy text (`None`
     /// without a module); greedy verify emits about 1 + this many tokens per full forward.
     pub module_agreement: Option<f64>,
@@ -174,6 +181,7 @@ pub fn run(
     let mut batched: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
     let mut verify_tpf = Vec::new();
     let mut acceptance_by_position = Vec::new();
+    let mut text_drafts = (0, 0);
     let mut verify_emitted = 0usize;
     // Chat prompts end at the model's end of sequence, as served; random text never does.
     let eos_ids: Vec<u32> = if options.prompts.is_empty() { Vec::new() } else { options.eos_ids.clone() };
@@ -237,8 +245,15 @@ pub fn run(
             for (i, prompt) in prompts.iter().enumerate() {
                 let room = context.saturating_sub(prompt.len() + 1).max(1);
                 let stop = StopCriteria { max_tokens: generate_tokens.min(room), eos_ids: eos_ids.clone() };
-                let generation =
-                    generate_with_costs(model, prompt.clone(), mode, SamplingParams::greedy(), stop, costs.as_mut())?;
+                let generation = generate_with_costs(
+                    model,
+                    prompt.clone(),
+                    mode,
+                    SamplingParams::greedy(),
+                    stop,
+                    options.prompt_lookup,
+                    costs.as_mut(),
+                )?;
                 tokens += generation.decode_tokens;
                 seconds += generation.decode_seconds;
                 forwards += generation.stats.full_forwards;
@@ -246,6 +261,8 @@ pub fn run(
                     stats.drafted_at[j] += generation.stats.drafted_at[j];
                     stats.accepted_at[j] += generation.stats.accepted_at[j];
                 }
+                stats.text_drafted += generation.stats.text_drafted;
+                stats.text_accepted += generation.stats.text_accepted;
                 if mode == DecodeMode::Verify {
                     verify_emitted += generation.ids.len();
                 }
@@ -257,6 +274,7 @@ pub fn run(
             if mode == DecodeMode::Verify {
                 verify_tpf.push(verify_emitted as f64 / forwards.max(1) as f64);
                 verify_emitted = 0;
+                text_drafts = (stats.text_drafted, stats.text_accepted);
                 acceptance_by_position = (0..stats.drafted_at.len())
                     .filter(|&j| stats.drafted_at[j] > 0)
                     .map(|j| stats.accepted_at[j] as f64 / stats.drafted_at[j] as f64)
@@ -287,6 +305,8 @@ pub fn run(
         tokens_per_second: mode_rates.iter_mut().map(|(k, v)| (k.clone(), median(v))).collect(),
         verify_tokens_per_full_forward: median(&mut verify_tpf),
         verify_acceptance_by_position: acceptance_by_position,
+        verify_text_drafted: text_drafts.0,
+        verify_text_accepted: text_drafts.1,
         module_agreement,
         batched_tokens_per_second: batched
             .iter_mut()

@@ -25,6 +25,39 @@ impl NextForward {
     }
 }
 
+/// Drafts from the text for the sequences whose text repeats itself (`Sequence::draft_from_text`),
+/// before the module is asked: a sequence with such drafts makes no module draft this step.
+/// An `auto` one skips the module entirely (as when it does not draft); a `verify` one still
+/// has the module read its new pairs, as `verify` always does. `load` grows by what the drafts
+/// add to the next forward.
+pub(crate) fn draft_from_text(
+    costs: Option<&CostModel>,
+    seqs: &mut [&mut Sequence],
+    pairs: &mut Vec<Pairs>,
+    load: &mut NextForward,
+) -> Result<(), EngineError> {
+    let mut skipped = vec![false; pairs.len()];
+    for (k, pair) in pairs.iter_mut().enumerate().filter(|(_, p)| p.draft) {
+        let (tokens, expected) = (load.tokens, load.decoding);
+        let threshold = |j: usize| costs.map_or(0.0, |c| c.extra_token_threshold(tokens + j, expected));
+        let seq = &mut seqs[pair.seq];
+        let drafted = seq.draft_from_text(threshold);
+        if drafted == 0 {
+            continue;
+        }
+        pair.draft = false;
+        load.tokens += drafted;
+        load.decoding += seq.text_reach(drafted);
+        if seq.mode() == DecodeMode::Auto && !pair.prompt {
+            skipped[k] = true;
+            seq.module_cache()?.skip(pair.tokens.len());
+        }
+    }
+    let mut skipped = skipped.into_iter();
+    pairs.retain(|_| !skipped.next().unwrap_or(false));
+    Ok(())
+}
+
 /// `auto`'s decision for the coming step. The next forward feeds one token per decoding
 /// sequence (a prompt chunk per prefilling one) plus the drafts; `verify` and `alternate`
 /// sequences draft anyway, and the cost model picks which `auto` sequences add theirs. An `auto`

@@ -52,16 +52,18 @@ pub fn generate(
 /// [`generate`], deciding drafts with `costs` (measured for batch 1; `None`: `auto` always
 /// drafts), which learn from its steps: callers that generate many times keep one, so that
 /// what one generation timed serves the next (a 64-token generation is over before a fresh
-/// model has learned much).
+/// model has learned much). `prompt_lookup` lets `verify` and `auto` draft from the text
+/// where it repeats itself ([`generate`] always does).
 pub fn generate_with_costs(
     model: &RecycleGpt,
     prompt: Vec<u32>,
     mode: DecodeMode,
     params: SamplingParams,
     stop: StopCriteria,
+    prompt_lookup: bool,
     costs: Option<&mut CostModel>,
 ) -> Result<Generation, EngineError> {
-    let seq = Sequence::new(0, model, prompt, mode, params, stop)?;
+    let seq = Sequence::new(0, model, prompt, mode, params, stop)?.with_prompt_lookup(prompt_lookup);
     let costs = if needs_costs(&seq) { costs } else { None };
     run(model, seq, costs)
 }

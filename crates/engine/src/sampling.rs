@@ -317,4 +317,30 @@ mod tests {
             assert!((got - want).abs() < 0.01, "token {i}: {got} vs {want}");
         }
     }
+
+    /// A draft read from the text is one token for certain (q is a point mass): it is kept
+    /// with probability p(d), and a rejection draws from p without d, which again gives p.
+    #[test]
+    fn verification_of_a_certain_draft_reproduces_the_target_distribution() {
+        let want = [0.5f64, 0.3, 0.2];
+        let p = TokenDist::Probs(want.iter().map(|&w| w as f32).collect());
+        let mut rng = StdRng::seed_from_u64(11);
+        let n = 200_000;
+        for draft in 0..3u32 {
+            let q = TokenDist::Greedy(draft);
+            let mut counts = [0usize; 3];
+            let mut kept = 0;
+            for _ in 0..n {
+                let (token, accepted) = verify_draft(draft, &q, &p, &mut rng);
+                counts[token as usize] += 1;
+                kept += usize::from(accepted);
+            }
+            let kept = kept as f64 / n as f64;
+            assert!((kept - want[draft as usize]).abs() < 0.01, "draft {draft} kept {kept}");
+            for (i, &want) in want.iter().enumerate() {
+                let got = counts[i] as f64 / n as f64;
+                assert!((got - want).abs() < 0.01, "draft {draft}, token {i}: {got} vs {want}");
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! One engine step over any number of sequences, in any mix of modes: one ragged forward of
 //! the full model, acceptance, then one ragged forward of the recyclable module.
 use crate::cost::CostModel;
-use crate::drafting::{chain_drafts, decide_auto_drafts, NextForward};
+use crate::drafting::{chain_drafts, decide_auto_drafts, draft_from_text, NextForward};
 use crate::sequence::{FullPlan, Sequence};
 use crate::EngineError;
 use candle_core::Tensor;
@@ -77,7 +77,8 @@ pub fn step(
         }
         row_offset += plan.tokens.len() as u32;
     }
-    let load = NextForward::of(seqs, prefill_chunk);
+    let mut load = NextForward::of(seqs, prefill_chunk);
+    draft_from_text(costs.as_deref(), seqs, &mut pairs, &mut load)?;
     if let Some(costs) = costs.as_deref() {
         decide_auto_drafts(costs, seqs, &mut pairs, &load)?;
     }

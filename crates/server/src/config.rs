@@ -44,6 +44,9 @@ pub struct ServerConfig {
     /// Reuse the keys and values of earlier requests' shared prefixes (a system prompt, the
     /// earlier turns of a chat), in the part of the KV budget running sequences leave free.
     pub prefix_caching: bool,
+    /// `verify` and `auto` also draft from the text where it repeats itself (prompt lookup:
+    /// the tokens that followed the text's last few tokens where they occurred before).
+    pub prompt_lookup: bool,
     /// Sequences (prompts × n, all requests together) that may wait for a slot.
     pub queue_capacity: usize,
     /// Sequences one request may ask for (prompts × n; never more than `queue_capacity`); more
@@ -101,6 +104,7 @@ impl Default for ServerConfig {
             kv_budget_tokens: 16 * 1024,
             prefill_chunk: 128,
             prefix_caching: true,
+            prompt_lookup: true,
             queue_capacity: 64,
             max_sequences_per_request: 16,
             default_recycle: DecodeMode::Auto,

@@ -261,6 +261,7 @@ pub fn recycle_stats(plan: &Plan, choices: &[Choice]) -> RecycleStats {
         accepted: choices.iter().map(|c| c.stats.accepted).sum(),
         rejected: choices.iter().map(|c| c.stats.rejected).sum(),
         skipped_drafts: choices.iter().map(|c| c.stats.skipped_drafts).sum(),
+        accepted_from_text: choices.iter().map(|c| c.stats.text_accepted).sum(),
     }
 }
 

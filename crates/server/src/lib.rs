@@ -104,6 +104,11 @@ fn register_metrics() {
             "recyclegpt_recycle_rejected_total",
             "Verifications that rejected a draft (the drafts chained after it are dropped unchecked)",
         ),
+        (
+            "recyclegpt_prompt_lookup_draft_tokens_total",
+            "Draft tokens read from the text where it repeats itself (prompt lookup), of all draft tokens",
+        ),
+        ("recyclegpt_prompt_lookup_accepted_tokens_total", "Prompt-lookup draft tokens accepted"),
         ("recyclegpt_auto_decisions_total", "Decode steps on which `auto` drafted or skipped the module, by decision"),
         (
             "recyclegpt_connections_timed_out_total",
@@ -150,6 +155,7 @@ impl AppState {
                     budget: Budget { max_running: config.max_running_sequences, kv_tokens: config.kv_budget_tokens },
                     prefill_chunk: config.prefill_chunk,
                     prefix_caching: config.prefix_caching,
+                    prompt_lookup: config.prompt_lookup,
                 },
                 context_len: model.context_len,
                 queue_capacity: config.queue_capacity,

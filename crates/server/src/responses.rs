@@ -37,6 +37,9 @@ pub struct RecycleStats {
     pub rejected: usize,
     /// Decode steps on which `auto` judged that a draft would not pay.
     pub skipped_drafts: usize,
+    /// Of `accepted`, the drafted tokens read from the text where it repeats itself (prompt
+    /// lookup) rather than made by the module.
+    pub accepted_from_text: usize,
 }
 
 /// Completions `logprobs`: per token its text, log-probability, top alternatives and offset.

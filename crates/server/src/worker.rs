@@ -432,6 +432,9 @@ fn record_finish(link: &Link, finished: &Finished) {
                 .increment(accepted as u64);
         }
     }
+    // Prompt lookup's share of the drafts above (vLLM counts every drafter's tokens together).
+    metrics::counter!("recyclegpt_prompt_lookup_draft_tokens_total").increment(stats.text_drafted as u64);
+    metrics::counter!("recyclegpt_prompt_lookup_accepted_tokens_total").increment(stats.text_accepted as u64);
     if link.job.mode == DecodeMode::Auto {
         metrics::counter!("recyclegpt_auto_decisions_total", "decision" => "draft").increment(drafts);
         metrics::counter!("recyclegpt_auto_decisions_total", "decision" => "skip")

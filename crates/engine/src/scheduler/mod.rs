@@ -31,6 +31,8 @@ pub struct SchedulerConfig {
     /// Keep finished sequences' caches for later prompts that share their prefix, in the part
     /// of the KV budget running sequences leave free.
     pub prefix_caching: bool,
+    /// `verify` and `auto` also draft from the text where it repeats itself (prompt lookup).
+    pub prompt_lookup: bool,
 }
 
 /// A sequence to generate, as queued.
@@ -272,7 +274,10 @@ impl Scheduler {
         let admitted: Vec<SequenceRequest> = self.waiting.drain(..count).collect();
         for (request, reservation) in admitted.into_iter().zip(waiting) {
             let started = Sequence::new(request.id, model, request.prompt, request.mode, request.params, request.stop)
-                .and_then(|seq| self.reuse_prefix(seq.with_constraint(request.constraint)))
+                .and_then(|seq| {
+                    let seq = seq.with_constraint(request.constraint).with_prompt_lookup(self.config.prompt_lookup);
+                    self.reuse_prefix(seq)
+                })
                 .map(|mut seq| {
                     seq.start_acceptance_at(self.acceptance_prior.estimate());
                     seq

@@ -1,9 +1,10 @@
-//! A sequence's drafts: the module's proposals waiting for verification, how `auto` decides
-//! whether to draft (its acceptance estimate and probes), chains of drafts, and the grammar's
-//! tentative steps over them.
+//! A sequence's drafts: the module's proposals (and the text's, `lookup.rs`) waiting for
+//! verification, their verification, how `auto` decides whether to draft (its acceptance
+//! estimate and probes), chains of drafts, and the grammar's tentative steps over them.
 use super::{FinishReason, Sequence};
-use crate::sampling::{distribution, greedy_with_confidence, TokenDist};
+use crate::sampling::{distribution, greedy_with_confidence, verify_draft, TokenDist};
 use crate::DecodeMode;
+use crate::EngineError;
 
 /// Weight of the newest verification in a sequence's acceptance estimate (a moving average
 /// over roughly the last 1/weight drafts).
@@ -46,6 +47,8 @@ pub(super) struct Draft {
     pub(super) confidence: f64,
     /// It advanced the sequence's constraint (tentatively, until verification).
     pub(super) constrained: bool,
+    /// It was read from the text (prompt lookup), not made by the module.
+    pub(super) from_text: bool,
 }
 
 impl Sequence {
@@ -78,6 +81,67 @@ impl Sequence {
         self.record.idle += 1;
         self.stats.skipped_drafts += 1;
         false
+    }
+
+    /// Checks the drafts in order against the forward's rows (row j verifies draft j; the row
+    /// after the last draft gives a bonus token when all are accepted); returns how many of the
+    /// `fed` positions stay cached: those up to the first rejected draft.
+    pub(super) fn verify_drafts(&mut self, fed: usize, logits: Vec<Vec<f32>>) -> Result<usize, EngineError> {
+        let drafts = self.retract_drafts();
+        if logits.len() != drafts.len() + 1 {
+            return Err(EngineError::Internal("a verify step lost its drafts or logits".into()));
+        }
+        let mut rows = logits.into_iter();
+        let mut accepted = 0;
+        let from_text = drafts.first().is_some_and(|d| d.from_text);
+        let mut ended = false;
+        self.stats.drafts += 1;
+        for drafted in &mut self.stats.drafted_at[..drafts.len()] {
+            *drafted += 1;
+        }
+        for (j, draft) in drafts.iter().enumerate() {
+            let Some(mut row) = rows.next() else { break };
+            let raw = self.raw_for_logprobs(&row);
+            self.constrain(&mut row);
+            let p = distribution(row, &self.params, &self.history);
+            let (token, ok) = verify_draft(draft.token, &draft.dist, &p, &mut self.rng);
+            self.emit(token, raw.as_deref());
+            if j == 0 && !from_text {
+                self.record_verification(ok);
+            }
+            if !ok {
+                self.stats.rejected += 1;
+                break;
+            }
+            self.stats.accepted += 1;
+            self.stats.accepted_at[j] += 1;
+            accepted += 1;
+            if self.is_finished() {
+                // An accepted draft ended the sequence: what follows it is never read.
+                ended = true;
+                break;
+            }
+        }
+        if from_text {
+            self.record_text_verdicts(accepted, ended || accepted == drafts.len());
+        }
+        if ended {
+            return Ok(fed);
+        }
+        if accepted == drafts.len() {
+            if let Some(mut row) = rows.next() {
+                let raw = self.raw_for_logprobs(&row);
+                self.constrain(&mut row);
+                let token = distribution(row, &self.params, &self.history).sample(&mut self.rng);
+                self.emit(token, raw.as_deref());
+            }
+            return Ok(fed);
+        }
+        // The rejected draft's position and those after it hold tokens the model did not
+        // choose: forget them.
+        let dropped = drafts.len() - accepted;
+        self.full_cache.truncate(self.full_cache.len() - dropped);
+        Ok(fed - dropped)
     }
 
     pub(super) fn record_verification(&mut self, accepted: bool) {
@@ -139,7 +203,7 @@ impl Sequence {
             },
             _ => false,
         };
-        self.drafts.push(Draft { token, dist, confidence, constrained });
+        self.drafts.push(Draft { token, dist, confidence, constrained, from_text: false });
         true
     }
 

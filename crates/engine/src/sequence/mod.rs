@@ -1,13 +1,14 @@
 //! One request's decoding state: its caches, the tokens it has emitted, and where it is in the
 //! prefill → decode → finished life cycle.
 use crate::constraint::{Constraint, TokenConstraint};
-use crate::sampling::{distribution, verify_draft, SamplingParams, TokenHistory, TokenLogprob};
+use crate::sampling::{distribution, SamplingParams, TokenHistory, TokenLogprob};
 use crate::{DecodeMode, EngineError};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use recyclegpt_model::{KvCache, RecycleGpt};
 
 mod drafts;
+mod lookup;
 pub(crate) use drafts::INITIAL_ACCEPTANCE;
 use drafts::{Draft, DraftRecord, FIRST_PROBE_WAIT};
 
@@ -56,6 +57,9 @@ pub struct SequenceStats {
     /// in vLLM's metrics.
     pub drafted_at: [usize; MAX_DRAFTS],
     pub accepted_at: [usize; MAX_DRAFTS],
+    /// Of the drafted and accepted tokens, those read from the text (prompt lookup).
+    pub text_drafted: usize,
+    pub text_accepted: usize,
 }
 
 impl SequenceStats {
@@ -91,6 +95,10 @@ pub struct Sequence {
     /// Drafts waiting for verification, in order (at most `max_drafts`).
     drafts: Vec<Draft>,
     max_drafts: usize,
+    /// Drafts may be read from the text when it repeats itself (`lookup.rs`).
+    prompt_lookup: bool,
+    /// Estimated chance that a text draft's token is accepted (a moving average).
+    text_acceptance: f64,
     history: TokenHistory,
     /// The grammar every sampled token must fit (structured outputs), if any.
     constraint: Option<Box<dyn TokenConstraint>>,
@@ -162,6 +170,8 @@ impl Sequence {
                 &params,
                 model.config().recycle.as_ref().and_then(|r| r.max_draft_tokens).unwrap_or(1),
             ),
+            prompt_lookup: true,
+            text_acceptance: INITIAL_ACCEPTANCE,
             constraint: None,
             rng,
             params,
@@ -191,6 +201,13 @@ impl Sequence {
     /// sampling always drafts one at a time.
     pub fn with_max_drafts(mut self, k: usize) -> Self {
         self.max_drafts = draft_limit(&self.params, k);
+        self
+    }
+
+    /// Lets `verify` and `auto` read drafts from the text where it repeats itself (on by
+    /// default).
+    pub fn with_prompt_lookup(mut self, on: bool) -> Self {
+        self.prompt_lookup = on;
         self
     }
 
@@ -402,57 +419,6 @@ impl Sequence {
             }
         };
         Ok(kept)
-    }
-
-    /// Checks the drafts in order against the forward's rows (row j verifies draft j; the row
-    /// after the last draft gives a bonus token when all are accepted); returns how many of the
-    /// `fed` positions stay cached: those up to the first rejected draft.
-    fn verify_drafts(&mut self, fed: usize, logits: Vec<Vec<f32>>) -> Result<usize, EngineError> {
-        let drafts = self.retract_drafts();
-        if logits.len() != drafts.len() + 1 {
-            return Err(EngineError::Internal("a verify step lost its drafts or logits".into()));
-        }
-        let mut rows = logits.into_iter();
-        let mut accepted = 0;
-        self.stats.drafts += 1;
-        for drafted in &mut self.stats.drafted_at[..drafts.len()] {
-            *drafted += 1;
-        }
-        for (j, draft) in drafts.iter().enumerate() {
-            let Some(mut row) = rows.next() else { break };
-            let raw = self.raw_for_logprobs(&row);
-            self.constrain(&mut row);
-            let p = distribution(row, &self.params, &self.history);
-            let (token, ok) = verify_draft(draft.token, &draft.dist, &p, &mut self.rng);
-            self.emit(token, raw.as_deref());
-            if j == 0 {
-                self.record_verification(ok);
-            }
-            if !ok {
-                self.stats.rejected += 1;
-                break;
-            }
-            self.stats.accepted += 1;
-            self.stats.accepted_at[j] += 1;
-            accepted += 1;
-            if self.is_finished() {
-                return Ok(fed);
-            }
-        }
-        if accepted == drafts.len() {
-            if let Some(mut row) = rows.next() {
-                let raw = self.raw_for_logprobs(&row);
-                self.constrain(&mut row);
-                let token = distribution(row, &self.params, &self.history).sample(&mut self.rng);
-                self.emit(token, raw.as_deref());
-            }
-            return Ok(fed);
-        }
-        // The rejected draft's position and those after it hold tokens the model did not
-        // choose: forget them.
-        let dropped = drafts.len() - accepted;
-        self.full_cache.truncate(self.full_cache.len() - dropped);
-        Ok(fed - dropped)
     }
 
     /// The module's new (h_{t-1}, x_t) pairs are the positions just cached, each paired with
