@@ -68,6 +68,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             "skipped_drafts": stats.skipped_drafts,
             "drafted_at": stats.drafted_at,
             "accepted_at": stats.accepted_at,
+            "text_drafted": stats.text_drafted,
+            "text_accepted": stats.text_accepted,
         });
         println!("{report}");
     } else {

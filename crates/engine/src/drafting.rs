@@ -1,6 +1,7 @@
 //! Which sequences draft and how far: `auto`'s per-step decision, and chains of drafts, where
 //! the module is applied again to its own output.
 use crate::cost::CostModel;
+use crate::sequence::MAX_DRAFTS;
 use crate::step::Pairs;
 use crate::{DecodeMode, EngineError, Sequence};
 use candle_core::Tensor;
@@ -28,8 +29,8 @@ impl NextForward {
 /// Drafts from the text for the sequences whose text repeats itself (`Sequence::draft_from_text`),
 /// before the module is asked: a sequence with such drafts makes no module draft this step.
 /// An `auto` one skips the module entirely (as when it does not draft); a `verify` one still
-/// has the module read its new pairs, as `verify` always does. `load` grows by what the drafts
-/// add to the next forward.
+/// has the module read its new pairs, as `verify` always does. Without `costs`, every token a
+/// match offers is drafted. `load` grows by what the drafts add to the next forward.
 pub(crate) fn draft_from_text(
     costs: Option<&CostModel>,
     seqs: &mut [&mut Sequence],
@@ -38,9 +39,15 @@ pub(crate) fn draft_from_text(
 ) -> Result<(), EngineError> {
     let mut skipped = vec![false; pairs.len()];
     for (k, pair) in pairs.iter_mut().enumerate().filter(|(_, p)| p.draft) {
-        let (tokens, expected) = (load.tokens, load.decoding);
-        let threshold = |j: usize| costs.map_or(0.0, |c| c.extra_token_threshold(tokens + j, expected));
         let seq = &mut seqs[pair.seq];
+        let (tokens, expected) = (load.tokens, load.decoding);
+        // The j-th draft joins a forward that already holds the j before it, and is expected
+        // to emit what they add.
+        let reach: Vec<f64> = (0..MAX_DRAFTS).map(|j| seq.text_reach(j)).collect();
+        let threshold = |j: usize| {
+            let before = reach.get(j).copied().unwrap_or(0.0);
+            costs.map_or(0.0, |c| c.extra_token_threshold(tokens + j, expected + before))
+        };
         let drafted = seq.draft_from_text(threshold);
         if drafted == 0 {
             continue;

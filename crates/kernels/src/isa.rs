@@ -64,7 +64,8 @@ impl fmt::Debug for Isa {
 }
 
 /// Whether the CPU has every feature the `#[target_feature]` attributes of `kind`'s code enable
-/// (`avx512f` for the AVX-512 kernels, `avx2,fma` for the AVX2 ones). Checked per path rather
+/// (`avx512f` for the AVX-512 kernels, `avx2,fma` for the AVX2 ones; the quantized kernels check
+/// their further extensions themselves, in `quant::Path`). Checked per path rather
 /// than assumed from a bigger one, so a CPU (or VM) that reports AVX-512 without AVX2 is safe.
 fn cpu_runs(kind: Kind) -> bool {
     match kind {

@@ -58,6 +58,25 @@ fn every_path_gives_the_same_integers() {
     }
 }
 
+/// The largest block sums any path forms (every nibble 15, every activation ±127 after
+/// quantization) come out exact: the AVX2 path sums a block's products in 16 bits.
+#[test]
+fn the_largest_block_sums_do_not_overflow() {
+    let (m, n, k) = (2, 16, 64);
+    // Q4_1 blocks of 0 then 31 ones: nibbles 0 and 15, scale 1/15, minimum 0.
+    let row: Vec<f32> = (0..k).map(|c| if c % 32 == 0 { 0.0 } else { 1.0 }).collect();
+    let w = Q4Matrix::quantize(&row.repeat(n), n, k, Q4Format::Q4_1).unwrap();
+    let x: Vec<f32> = (0..m * k).map(|i| if i < k { 1.0 } else { -1.0 }).collect();
+    for isa in Isa::supported() {
+        let mut out = vec![0f32; m * n];
+        q4_linear(isa, &x, m, &w, &mut out);
+        for (i, got) in out.iter().enumerate() {
+            let want = if i < n { (k - 2) as f32 } else { -((k - 2) as f32) };
+            assert!((got - want).abs() <= 1e-3 * want.abs(), "{isa:?}: output {i} is {got}, not {want}");
+        }
+    }
+}
+
 /// The blocks equal llama.cpp's (candle's `QTensor::quantize` implements its reference
 /// quantizers), and quantizing their dequantized values again gives them back exactly: a GGUF
 /// file's Q4_0/Q4_1 weights survive the load unchanged.

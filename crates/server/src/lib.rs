@@ -99,7 +99,7 @@ fn register_metrics() {
         ("recyclegpt_generated_tokens_total", "Tokens generated"),
         ("recyclegpt_full_forwards_total", "Full-model forward passes"),
         ("recyclegpt_full_forward_tokens_total", "Tokens run through full-model forwards"),
-        ("recyclegpt_recycle_accepted_total", "Recycled drafts accepted by verification"),
+        ("recyclegpt_recycle_accepted_total", "Drafted tokens accepted by verification (the module's and the text's)"),
         (
             "recyclegpt_recycle_rejected_total",
             "Verifications that rejected a draft (the drafts chained after it are dropped unchecked)",
@@ -109,7 +109,10 @@ fn register_metrics() {
             "Draft tokens read from the text where it repeats itself (prompt lookup), of all draft tokens",
         ),
         ("recyclegpt_prompt_lookup_accepted_tokens_total", "Prompt-lookup draft tokens accepted"),
-        ("recyclegpt_auto_decisions_total", "Decode steps on which `auto` drafted or skipped the module, by decision"),
+        (
+            "recyclegpt_auto_decisions_total",
+            "Decode steps on which `auto` drafted (from the module or the text) or skipped drafting, by decision",
+        ),
         (
             "recyclegpt_connections_timed_out_total",
             "Connections cut off for stalling, by phase (header, body, idle, write)",

@@ -43,7 +43,7 @@ pub(super) struct Draft {
     pub(super) dist: TokenDist,
     /// The module's own probability for it (greedy: the softmax of its logits after bias and
     /// penalties; sampling: its probability in the distribution it was drawn from), which
-    /// decides whether it is verified and whether the chain goes on.
+    /// decides whether it is verified and whether the chain goes on; 1 for a text draft.
     pub(super) confidence: f64,
     /// It advanced the sequence's constraint (tentatively, until verification).
     pub(super) constrained: bool,
@@ -123,7 +123,7 @@ impl Sequence {
             }
         }
         if from_text {
-            self.record_text_verdicts(accepted, ended || accepted == drafts.len());
+            self.record_text_verdicts(drafts.len(), accepted, ended || accepted == drafts.len());
         }
         if ended {
             return Ok(fed);

@@ -45,7 +45,8 @@ pub struct SequenceStats {
     /// Full forwards that produced tokens (the last prefill chunk and every decode step).
     pub full_forwards: usize,
     pub recycle_steps: usize,
-    /// Recycled tokens verified and kept / replaced (`verify` and `auto`).
+    /// Drafted tokens verified and kept / replaced (`verify` and `auto`; the module's and the
+    /// text's).
     pub accepted: usize,
     pub rejected: usize,
     /// Decode steps on which `auto` chose not to draft.
@@ -92,7 +93,8 @@ pub struct Sequence {
     prefilled: usize,
     pub(crate) full_cache: KvCache,
     pub(crate) recycle_cache: Option<KvCache>,
-    /// Drafts waiting for verification, in order (at most `max_drafts`).
+    /// Drafts waiting for verification, in order: at most `max_drafts` from the module, at most
+    /// [`MAX_DRAFTS`] read from the text.
     drafts: Vec<Draft>,
     max_drafts: usize,
     /// Drafts may be read from the text when it repeats itself (`lookup.rs`).

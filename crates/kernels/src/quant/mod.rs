@@ -192,7 +192,8 @@ impl Path {
             {
                 Path::Vnni
             }
-            // F16C (the 4-bit scales' conversion) comes with every AVX2 CPU but is its own flag.
+            // F16C (the 4-bit scales' conversion) comes with every AVX2 CPU but is its own flag;
+            // a VM that hid it would run both formats on the scalar path, not fault.
             #[cfg(target_arch = "x86_64")]
             Kind::Avx512 | Kind::Avx2
                 if std::arch::is_x86_feature_detected!("avx2")

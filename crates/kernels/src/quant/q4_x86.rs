@@ -8,6 +8,9 @@ use std::arch::x86_64::*;
 /// Nibble-pair vectors per block.
 const VECTORS: usize = BLOCK / 2 / GROUP;
 
+// The AVX2 kernel's i16 block sums (see `tile_avx2`) cannot overflow.
+const _: () = assert!(VECTORS * 2 * 2 * 15 * 128 < 1 << 15);
+
 /// # Safety
 /// The CPU must have AVX-512F, BW and VNNI; otherwise as [`Q4Matrix::tile`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -104,8 +107,8 @@ unsafe fn pass_vnni<const M: usize, const C: usize>(
 
 /// Without VNNI: each 64-byte vector is two 8-row halves; nibbles (at most 15) times signed
 /// bytes fit `vpmaddubsw`'s i16 pairs. A block's products are summed in i16 and widened once
-/// per block: a pair is at most 15 · 127 · 2 = 3,810, the low and high nibbles' pairs 7,620,
-/// and the 4 groups 30,480 < 2^15. The scales and minimums are f16, converted 8 at a time
+/// per block: each i16 lane sums 16 products (4 groups, low and high nibbles, pairs), at most
+/// 16 · 15 · 128 = 30,720 < 2^15 in magnitude for any signed byte. The scales and minimums are f16, converted 8 at a time
 /// (F16C): converting them one by one cost more than the block's products. Two input rows per
 /// pass.
 ///
