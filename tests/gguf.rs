@@ -116,20 +116,18 @@ fn smollm2_tokenizes_as_llama_cpp_does() {
     }
 }
 
-/// llama.cpp rounds activations to 8 bits before its Q4_1 dot products (and keeps its KV cache
-/// in f16); this path computes in f32 on the dequantized weights, so near-ties can go either
-/// way. The prompts asserted here are the ones measured to agree over all 32 tokens; the others
-/// are printed with where they part.
-const AGREEING: [&str; 2] = ["What is 12 times 7?", "What does a CPU do?"];
-
+/// Greedy answers part from llama.cpp's only at near-ties, where the summation order decides:
+/// llama.cpp rounds activations to 8 bits before its Q4_1 dot products and keeps its KV cache in
+/// f16, this path computes in f32 on the dequantized weights, and the vector width (AVX2 or
+/// AVX-512, here and in llama.cpp) changes the order of every sum. Which prompts agree over all
+/// their tokens therefore depends on the CPU (each is printed); where one parts, llama.cpp's
+/// token must be within [`NEAR_TIE`] of our choice. A real fault (a wrong weight, scale or
+/// rounding) parts where the model is sure.
 #[test]
 fn smollm2_greedy_answers_match_llama_cpp() {
     let Some(path) = smollm2() else { return };
     let loaded = LoadedModel::load(&path, &LoadOptions::default()).expect("loads");
-    let agree = greedy_agreement(&loaded, "f32");
-    for prompt in AGREEING {
-        assert!(agree.contains(&prompt.to_string()), "{prompt:?} no longer matches llama.cpp");
-    }
+    assert_parting_only_at_near_ties(&loaded, "f32");
 }
 
 /// With `--quantize q8_0` the activations are rounded to 8 bits as llama.cpp rounds them; the
@@ -139,44 +137,55 @@ fn smollm2_q8_0_greedy_answers_beside_llama_cpp() {
     let Some(path) = smollm2() else { return };
     let options = LoadOptions { quantize: Some(recyclegpt_model::Quantization::Q8_0), ..LoadOptions::default() };
     let loaded = LoadedModel::load(&path, &options).expect("loads");
-    let agree = greedy_agreement(&loaded, "q8_0");
-    assert!(!agree.is_empty(), "no prompt matches llama.cpp over 32 tokens with q8_0");
+    assert_parting_only_at_near_ties(&loaded, "q8_0");
 }
 
 /// `--quantize q4_1` (what `auto` picks for this file) keeps the file's own Q4_1 blocks (and its
 /// Q8_0 embedding, the tied head, in Q8_0), so weights and activation rounding are llama.cpp's;
-/// what remains is summation order and llama.cpp's f16 KV cache. The prompts asserted are the
-/// ones measured to agree over all their tokens.
-const AGREEING_Q4_1: [&str; 3] = ["Name three primary colors.", "What is 12 times 7?", "Give me a synonym for happy."];
-
+/// what remains is summation order and llama.cpp's f16 KV cache.
 #[test]
 fn smollm2_q4_1_greedy_answers_match_llama_cpp() {
     let Some(path) = smollm2() else { return };
     let options = LoadOptions { quantize: Some(recyclegpt_model::Quantization::Q4_1), ..LoadOptions::default() };
     let loaded = LoadedModel::load(&path, &options).expect("loads");
-    let agree = greedy_agreement(&loaded, "q4_1");
-    for prompt in AGREEING_Q4_1 {
-        assert!(agree.contains(&prompt.to_string()), "{prompt:?} no longer matches llama.cpp with q4_1");
-    }
+    assert_parting_only_at_near_ties(&loaded, "q4_1");
 }
 
-/// The prompts whose greedy answer equals llama.cpp's over all its tokens (each printed).
-fn greedy_agreement(loaded: &LoadedModel, label: &str) -> Vec<String> {
+/// Logits between our choice and llama.cpp's where the greedy answers part. The 20 partings
+/// measured on an AVX2 machine (f32, q8_0 and q4_1 paths, 2026-11-30) were 0.02-0.30 logits; a
+/// token the model is sure of leads the next by several.
+const NEAR_TIE: f32 = 0.5;
+
+/// Every prompt's greedy answer equals llama.cpp's, or parts from it where llama.cpp's token is
+/// within [`NEAR_TIE`] of ours (logits at the parting, after the shared tokens); at least one
+/// agrees over all its tokens.
+fn assert_parting_only_at_near_ties(loaded: &LoadedModel, label: &str) {
     use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
-    let mut agreeing = Vec::new();
+    use recyclegpt_model::SeqInput;
+    let mut agreeing = 0;
     for case in llamacpp_reference("smollm2_llamacpp_greedy.json") {
         let prompt = case["prompt"].as_str().unwrap_or_default();
+        let prompt_ids = ids(&case["prompt_ids"]);
         let expected: Vec<u32> = ids(&case["ids"]);
         let stop = StopCriteria { max_tokens: expected.len(), eos_ids: loaded.tokenizer.eos_ids().to_vec() };
-        let ours = generate(&loaded.model, ids(&case["prompt_ids"]), DecodeMode::Off, SamplingParams::greedy(), stop)
+        let ours = generate(&loaded.model, prompt_ids.clone(), DecodeMode::Off, SamplingParams::greedy(), stop)
             .expect("generates");
         let same = ours.ids.iter().zip(&expected).take_while(|(a, b)| a == b).count();
-        eprintln!("{label}: {prompt:?}: the first {same} of {} tokens agree with llama.cpp", expected.len());
         if ours.ids == expected {
-            agreeing.push(prompt.to_string());
+            agreeing += 1;
+            eprintln!("{label}: {prompt:?}: all {same} tokens agree with llama.cpp");
+            continue;
         }
+        assert!(same < ours.ids.len().min(expected.len()), "{prompt:?}: one answer stops early: {ours:?}");
+        let context: Vec<u32> = prompt_ids.iter().chain(&expected[..same]).copied().collect();
+        let mut cache = loaded.model.new_cache(context.len()).expect("a cache");
+        let input = SeqInput { tokens: &context, cache: &mut cache, logits_rows: vec![context.len() - 1] };
+        let logits = loaded.model.forward(&mut [input]).expect("a forward").logits.remove(0);
+        let margin = logits[ours.ids[same] as usize] - logits[expected[same] as usize];
+        eprintln!("{label}: {prompt:?}: the first {same} of {} tokens agree; parted by {margin:.3}", expected.len());
+        assert!(margin <= NEAR_TIE, "{label}: {prompt:?} parts from llama.cpp after {same} tokens by {margin} logits");
     }
-    agreeing
+    assert!(agreeing >= 1, "{label}: no answer equals llama.cpp's");
 }
 
 /// The command line runs a GGUF file in its own Q4_1 blocks by default (`--quantize auto`): its
