@@ -230,7 +230,6 @@ fn verify_equals_standard_when_drafts_are_often_accepted() {
 #[test]
 fn chained_drafts_never_change_greedy_output_alone_or_batched() {
     let loaded = load(&embedded(), random_module(8));
-    let model = &loaded.model;
     let mut free = CostModel::from_points(vec![(1, 0.010), (256, 0.010)], vec![(1, 0.0), (256, 0.0)]);
     let common_ids: Vec<u32> =
         [",", " the", " and"].iter().map(|t| *loaded.tokenizer.encode(t).unwrap().last().unwrap()).collect();
@@ -241,25 +240,10 @@ fn chained_drafts_never_change_greedy_output_alone_or_batched() {
         let logit_bias = common_ids[..favoured].iter().map(|&id| (id, bias)).collect();
         let params = SamplingParams { logit_bias, ..SamplingParams::greedy() };
         let modes = [DecodeMode::Verify, DecodeMode::Auto, DecodeMode::Off, DecodeMode::Auto];
-        let stop = StopCriteria { max_tokens: 60, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
-        let mut seqs: Vec<Sequence> = PROMPTS
-            .iter()
-            .zip(modes)
-            .enumerate()
-            .map(|(i, (prompt, mode))| {
-                let ids = loaded.tokenizer.encode(prompt).unwrap();
-                // The module's chains alone (the favoured tokens make the text repeat itself,
-                // where drafts read from the text would stand in for them).
-                Sequence::new(i as u64, model, ids, mode, params.clone(), stop.clone())
-                    .unwrap()
-                    .with_max_drafts(3)
-                    .with_prompt_lookup(false)
-            })
-            .collect();
-        while seqs.iter().any(|s| !s.is_finished()) {
-            let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
-            step(model, &mut refs, 5, Some(&mut free)).unwrap();
-        }
+        // The module's chains alone (the favoured tokens make the text repeat itself, where
+        // drafts read from the text would stand in for them).
+        let chains = |seq: Sequence| seq.with_max_drafts(3).with_prompt_lookup(false);
+        let seqs = run_batch(&loaded, modes, &params, 60, chains, &mut free);
         for (seq, (prompt, mode)) in seqs.iter().zip(PROMPTS.iter().zip(modes)) {
             let alone = run(&loaded, prompt, DecodeMode::Off, params.clone(), 60);
             assert_eq!(seq.generated(), alone.ids.as_slice(), "{prompt:?} in {mode:?}, bias {bias}");
@@ -282,23 +266,9 @@ fn chained_drafts_never_change_greedy_output_alone_or_batched() {
 #[test]
 fn drafts_read_from_the_text_never_change_greedy_output() {
     let loaded = load(&embedded(), random_module(1));
-    let model = &loaded.model;
     let mut cheap = CostModel::from_points(vec![(1, 0.010), (2, 0.0105), (8, 0.012)], vec![(1, 0.001), (2, 0.0011)]);
     let modes = [DecodeMode::Verify, DecodeMode::Auto, DecodeMode::Off, DecodeMode::Verify];
-    let stop = StopCriteria { max_tokens: 100, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
-    let mut seqs: Vec<Sequence> = PROMPTS
-        .iter()
-        .zip(modes)
-        .enumerate()
-        .map(|(i, (prompt, mode))| {
-            let ids = loaded.tokenizer.encode(prompt).unwrap();
-            Sequence::new(i as u64, model, ids, mode, SamplingParams::greedy(), stop.clone()).unwrap()
-        })
-        .collect();
-    while seqs.iter().any(|s| !s.is_finished()) {
-        let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
-        step(model, &mut refs, 7, Some(&mut cheap)).unwrap();
-    }
+    let seqs = run_batch(&loaded, modes, &SamplingParams::greedy(), 100, |seq| seq, &mut cheap);
     let (mut from_text, mut chained) = (0, 0);
     for (seq, (prompt, mode)) in seqs.iter().zip(PROMPTS.iter().zip(modes)) {
         let alone = run(&loaded, prompt, DecodeMode::Off, SamplingParams::greedy(), 100);
@@ -319,6 +289,35 @@ fn drafts_read_from_the_text_never_change_greedy_output() {
             assert!(verify.stats.full_forwards < standard.stats.full_forwards, "{:?}", verify.stats);
         }
     }
+}
+
+/// The four prompts decoded together, one in each of `modes`, until all finish (prompts fed 5
+/// tokens a step, so prefill chunks share steps with decoding), each sequence shaped by
+/// `configure`.
+fn run_batch(
+    loaded: &recyclegpt_model::LoadedModel,
+    modes: [DecodeMode; 4],
+    params: &SamplingParams,
+    max_tokens: usize,
+    configure: impl Fn(Sequence) -> Sequence,
+    costs: &mut CostModel,
+) -> Vec<Sequence> {
+    let model = &loaded.model;
+    let stop = StopCriteria { max_tokens, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
+    let mut seqs: Vec<Sequence> = PROMPTS
+        .iter()
+        .zip(modes)
+        .enumerate()
+        .map(|(i, (prompt, mode))| {
+            let ids = loaded.tokenizer.encode(prompt).unwrap();
+            configure(Sequence::new(i as u64, model, ids, mode, params.clone(), stop.clone()).unwrap())
+        })
+        .collect();
+    while seqs.iter().any(|s| !s.is_finished()) {
+        let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
+        step(model, &mut refs, 5, Some(&mut *costs)).unwrap();
+    }
+    seqs
 }
 
 /// `auto` on a device where a draft costs a tenth of a forward, held fixed (measured costs would
