@@ -267,19 +267,23 @@ impl Sequence {
         trim
     }
 
+    /// Drafts the next forward has room for, from either drafter: they must fit the cache beside
+    /// the pending token, and be worth emitting (the forward emits at most drafts + 1 tokens,
+    /// and `max_tokens` caps them).
+    pub(super) fn draft_room(&self) -> usize {
+        let room = self.full_cache.capacity().saturating_sub(self.full_cache.len() + 1);
+        let left = self.stop.max_tokens.saturating_sub(self.generated().len());
+        room.min(left.saturating_sub(1))
+    }
+
     /// The last draft's token, when the chain may grow: `verify`/`auto`, below `max_drafts`,
     /// not ended by an end-of-sequence draft, and the chance that all drafts so far are
     /// accepted (an upper bound on what one more is worth) at least `threshold`, the
     /// acceptance at which one more draft token pays on this device.
     pub(crate) fn chain_from(&self, threshold: f64) -> Option<u32> {
         let last = self.drafts.last()?;
-        // One more draft must fit the cache beside the pending token, and be worth emitting:
-        // the forward emits at most drafts + 1 tokens.
-        let room = self.full_cache.capacity().saturating_sub(self.full_cache.len() + 1);
-        let left = self.stop.max_tokens.saturating_sub(self.generated().len());
         let chains = matches!(self.mode, DecodeMode::Verify | DecodeMode::Auto)
-            && self.drafts.len() < self.max_drafts.min(room)
-            && self.drafts.len() + 1 < left
+            && self.drafts.len() < self.max_drafts.min(self.draft_room())
             && !self.stop.eos_ids.contains(&last.token)
             && !self.constraint.as_ref().is_some_and(|c| c.is_complete())
             && self.chain_value() >= threshold;

@@ -65,11 +65,7 @@ impl Sequence {
         if !looks_up {
             return 0;
         }
-        // Like the module's chains: the drafts must fit the cache beside the pending token, and
-        // the forward emits at most drafts + 1 tokens.
-        let room = self.full_cache.capacity().saturating_sub(self.full_cache.len() + 1);
-        let left = self.stop.max_tokens.saturating_sub(self.generated().len()).saturating_sub(1);
-        let limit = draft_limit(&self.params, MAX_DRAFTS).min(room).min(left);
+        let limit = draft_limit(&self.params, MAX_DRAFTS).min(self.draft_room());
         let proposed = continuation(&self.tokens, limit);
         let gated = !is_seeded_sampling(&self.params);
         let mut reach = 1.0;
