@@ -57,3 +57,22 @@ fn the_generate_command_defaults_to_it() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8(out.stdout).unwrap().starts_with("HAMLET."));
 }
+
+/// `generate --prompt-lookup false` leaves drafting to the module; by default `verify` also
+/// drafts from the text, which the embedded model's greedy answers repeat.
+#[test]
+fn the_generate_command_turns_prompt_lookup_off() {
+    let text_drafts = |lookup: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recyclegpt"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["generate", "--prompt", "ROMEO.", "--max-tokens", "100", "--mode", "verify", "--json"])
+            .args(["--prompt-lookup", lookup])
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        report["text_drafted"].as_u64().expect("text_drafted")
+    };
+    assert!(text_drafts("true") > 0);
+    assert_eq!(text_drafts("false"), 0);
+}

@@ -2,7 +2,7 @@
 use super::model_args::{ModelArgs, RecycleInitArg};
 use anyhow::Context;
 use clap::Args;
-use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
+use recyclegpt_engine::{generate_with_costs, CostModel, DecodeMode, SamplingParams, StopCriteria};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -12,9 +12,13 @@ pub struct GenerateArgs {
     prompt: String,
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
-    /// off | alternate | verify
+    /// off | alternate | verify | auto
     #[arg(long, default_value = "off")]
     mode: DecodeMode,
+    /// Let `verify` and `auto` also draft from the text where it repeats itself (prompt
+    /// lookup); `false` leaves the drafts to the module
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    prompt_lookup: bool,
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -47,8 +51,22 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ..SamplingParams::default()
     };
     let stop = StopCriteria { max_tokens: args.max_tokens, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
-    let generation = generate(&loaded.model, prompt_ids.clone(), args.mode, params, stop)
-        .with_context(|| format!("generating in {} mode", args.mode.as_str()))?;
+    // `auto` decides, and `verify` chains, with costs measured on this device; the other modes
+    // need none.
+    let mut costs = match args.mode {
+        DecodeMode::Auto | DecodeMode::Verify => CostModel::measure(&loaded.model, 1)?,
+        DecodeMode::Off | DecodeMode::Alternate => None,
+    };
+    let generation = generate_with_costs(
+        &loaded.model,
+        prompt_ids.clone(),
+        args.mode,
+        params,
+        stop,
+        args.prompt_lookup,
+        costs.as_mut(),
+    )
+    .with_context(|| format!("generating in {} mode", args.mode.as_str()))?;
     let text = completion_text(&loaded.tokenizer, &prompt_ids, &generation.ids)?;
     if args.json {
         let stats = generation.stats;
