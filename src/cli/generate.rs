@@ -2,7 +2,7 @@
 use super::model_args::{ModelArgs, RecycleInitArg};
 use anyhow::Context;
 use clap::Args;
-use recyclegpt_engine::{generate_with_costs, CostModel, DecodeMode, SamplingParams, StopCriteria};
+use recyclegpt_engine::{generate_with_lookup, DecodeMode, SamplingParams, StopCriteria};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -51,22 +51,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ..SamplingParams::default()
     };
     let stop = StopCriteria { max_tokens: args.max_tokens, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
-    // `auto` decides, and `verify` chains, with costs measured on this device; the other modes
-    // need none.
-    let mut costs = match args.mode {
-        DecodeMode::Auto | DecodeMode::Verify => CostModel::measure(&loaded.model, 1)?,
-        DecodeMode::Off | DecodeMode::Alternate => None,
-    };
-    let generation = generate_with_costs(
-        &loaded.model,
-        prompt_ids.clone(),
-        args.mode,
-        params,
-        stop,
-        args.prompt_lookup,
-        costs.as_mut(),
-    )
-    .with_context(|| format!("generating in {} mode", args.mode.as_str()))?;
+    let generation =
+        generate_with_lookup(&loaded.model, prompt_ids.clone(), args.mode, params, stop, args.prompt_lookup)
+            .with_context(|| format!("generating in {} mode", args.mode.as_str()))?;
     let text = completion_text(&loaded.tokenizer, &prompt_ids, &generation.ids)?;
     if args.json {
         let stats = generation.stats;

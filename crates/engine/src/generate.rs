@@ -44,7 +44,20 @@ pub fn generate(
     params: SamplingParams,
     stop: StopCriteria,
 ) -> Result<Generation, EngineError> {
-    let seq = Sequence::new(0, model, prompt, mode, params, stop)?;
+    generate_with_lookup(model, prompt, mode, params, stop, true)
+}
+
+/// [`generate`], with prompt lookup (`verify` and `auto` also drafting from the text where it
+/// repeats itself) on or off.
+pub fn generate_with_lookup(
+    model: &RecycleGpt,
+    prompt: Vec<u32>,
+    mode: DecodeMode,
+    params: SamplingParams,
+    stop: StopCriteria,
+    prompt_lookup: bool,
+) -> Result<Generation, EngineError> {
+    let seq = Sequence::new(0, model, prompt, mode, params, stop)?.with_prompt_lookup(prompt_lookup);
     let mut costs = if needs_costs(&seq) { CostModel::measure(model, 1)? } else { None };
     run(model, seq, costs.as_mut())
 }

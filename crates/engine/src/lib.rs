@@ -12,7 +12,7 @@ mod step;
 
 pub use constraint::{Constraint, TokenConstraint};
 pub use cost::CostModel;
-pub use generate::{generate, generate_with_costs, Generation};
+pub use generate::{generate, generate_with_costs, generate_with_lookup, Generation};
 pub use sampling::{argmax, SamplingParams, TokenLogprob};
 pub use scheduler::{Scheduler, SchedulerConfig, SeqId, SequenceRequest, Update};
 pub use sequence::{FinishReason, Sequence, SequenceState, SequenceStats, StopCriteria};
