@@ -19,6 +19,8 @@ enum Script {
     EchoPrompt,
     /// Fails every job as an engine failure would.
     Fail,
+    /// Emits the prompt's first token, then the output's grammar fails.
+    GrammarFails,
 }
 
 struct Scripted {
@@ -34,6 +36,21 @@ impl Backend for Scripted {
             };
             match self.script {
                 Script::Fail => send(Event::Failed(Failure::Engine("the engine failed on this request".into()))),
+                Script::GrammarFails => {
+                    let tokens = vec![job.prompt[job.prompt.len() - 1]];
+                    send(Event::Tokens {
+                        tokens,
+                        logprobs: Vec::new(),
+                        prompt_logprobs: Vec::new(),
+                        cached_prompt_tokens: 0,
+                    });
+                    send(Event::Finished(Finished {
+                        reason: FinishReason::ConstraintFailed,
+                        prompt_tokens: job.prompt.len(),
+                        completion_tokens: 1,
+                        stats: SequenceStats::default(),
+                    }));
+                }
                 Script::EchoPrompt => {
                     let tokens: Vec<u32> = job.prompt.iter().copied().skip(1).take(job.max_tokens).collect();
                     for &token in &tokens {
@@ -140,6 +157,34 @@ async fn a_failed_job_is_a_500_or_an_error_event_never_a_finish() {
         .unwrap();
     assert!(raw.contains("\"error\""), "{raw}");
     assert!(!raw.contains("\"finish_reason\":\"stop\"") && !raw.contains("\"finish_reason\":\"length\""), "{raw}");
+    server.stop().await.unwrap();
+}
+
+/// A grammar that fails mid-generation is an error on every route, streamed or not, never a
+/// `stop` with half the output (the probe's finding 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grammar_that_fails_mid_generation_is_an_error_never_a_finish() {
+    let (server, base, _) = serve(Script::GrammarFails, true).await;
+    let client = reqwest::Client::new();
+    let format = json!({"type": "json_object"});
+    let post = |path: &str, body: Value| client.post(format!("{base}{path}")).json(&body).send();
+    let r = post("/v1/completions", json!({"prompt": "Hi", "max_tokens": 5, "response_format": format})).await.unwrap();
+    assert_eq!(r.status(), 500);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("grammar failed"), "{body}");
+    let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "response_format": format});
+    let r = post("/v1/chat/completions", chat.clone()).await.unwrap();
+    assert_eq!(r.status(), 500);
+    let mut streamed = chat;
+    streamed["stream"] = json!(true);
+    let raw = post("/v1/chat/completions", streamed).await.unwrap().text().await.unwrap();
+    assert!(raw.contains("\"error\"") && raw.contains("grammar failed"), "{raw}");
+    assert!(!raw.contains("\"finish_reason\":\"stop\""), "{raw}");
+    let responses = json!({"input": "Hi", "max_output_tokens": 5, "text": {"format": {"type": "json_object"}}});
+    let r = post("/v1/responses", responses).await.unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert!(status == 500 || body["status"] == "failed", "{status}: {body}");
     server.stop().await.unwrap();
 }
 

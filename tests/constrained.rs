@@ -6,7 +6,7 @@ mod common;
 
 use common::{load, random_module};
 use recyclegpt_engine::{
-    step, Constraint, CostModel, DecodeMode, SamplingParams, Sequence, StopCriteria, TokenConstraint,
+    step, Constraint, CostModel, DecodeMode, FinishReason, SamplingParams, Sequence, StopCriteria, TokenConstraint,
 };
 use std::path::PathBuf;
 
@@ -99,4 +99,57 @@ fn every_mode_emits_only_allowed_tokens_and_verify_equals_off() {
         }
     }
     assert!(drafts > 100, "drafts were made and checked: {drafts}");
+}
+
+/// Allows every token until it has taken `fail_after`, then fails as a grammar engine does
+/// past what it can follow (llguidance: "Current row has 2500 items; max is 2000").
+struct FailsAfter {
+    taken: usize,
+    fail_after: usize,
+}
+
+impl TokenConstraint for FailsAfter {
+    fn mask(&mut self, _logits: &mut [f32]) -> Result<(), String> {
+        if self.taken >= self.fail_after {
+            return Err("the grammar's row is too wide".into());
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, _token: u32) -> Result<(), String> {
+        self.taken += 1;
+        Ok(())
+    }
+
+    fn rollback(&mut self, tokens: usize) -> Result<(), String> {
+        self.taken -= tokens;
+        Ok(())
+    }
+
+    fn is_complete(&self) -> bool {
+        false
+    }
+}
+
+/// A grammar that fails mid-generation fails its sequence in every mode (the server turns that
+/// into an error), where it used to finish as an ordinary `stop`.
+#[test]
+fn a_grammar_that_fails_mid_generation_fails_the_sequence() {
+    let loaded = load(&embedded(), random_module(8));
+    let model = &loaded.model;
+    let mut free = CostModel::from_points(vec![(1, 0.010), (256, 0.010)], vec![(1, 0.0), (256, 0.0)]);
+    let stop = StopCriteria { max_tokens: 50, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
+    for mode in [DecodeMode::Off, DecodeMode::Verify, DecodeMode::Auto, DecodeMode::Alternate] {
+        let ids = loaded.tokenizer.encode(PROMPTS[0]).unwrap();
+        let constraint = Constraint(Box::new(FailsAfter { taken: 0, fail_after: 6 }));
+        let mut seq = Sequence::new(1, model, ids, mode, SamplingParams::greedy(), stop.clone())
+            .unwrap()
+            .with_max_drafts(3)
+            .with_constraint(Some(constraint));
+        while !seq.is_finished() {
+            step(model, &mut [&mut seq], 4, Some(&mut free)).unwrap();
+        }
+        assert_eq!(seq.finish_reason(), Some(FinishReason::ConstraintFailed), "{mode:?}");
+        assert!(seq.generated().len() <= 6, "{mode:?}: {:?}", seq.generated());
+    }
 }

@@ -264,3 +264,70 @@ fn a_module_trained_for_a_gguf_file_loads_beside_it() {
     let error = LoadedModel::load(&embedded, &options).err().expect("refused").to_string();
     assert!(error.contains("trained for another base model") && error.contains("hidden_size 576"), "{error}");
 }
+
+/// A small Llama GGUF file's metadata (no tensors), with `changes` written over it.
+fn llama_metadata_file(dir: &std::path::Path, name: &str, changes: &[(&str, gguf_file::Value)]) -> PathBuf {
+    use gguf_file::Value as V;
+    let tokens = ["<unk>", "<s>", "</s>", "a", "b", "c"];
+    let mut metadata: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("llama".into())),
+        ("llama.embedding_length", V::U32(64)),
+        ("llama.feed_forward_length", V::U32(128)),
+        ("llama.block_count", V::U32(1)),
+        ("llama.attention.head_count", V::U32(4)),
+        ("llama.attention.head_count_kv", V::U32(4)),
+        ("llama.context_length", V::U32(256)),
+        ("tokenizer.ggml.model", V::String("llama".into())),
+        ("tokenizer.ggml.tokens", V::Array(tokens.iter().map(|t| V::String(t.to_string())).collect())),
+        ("tokenizer.ggml.scores", V::Array(tokens.iter().map(|_| V::F32(0.0)).collect())),
+        ("tokenizer.ggml.token_type", V::Array([2, 3, 3, 1, 1, 1].into_iter().map(V::I32).collect())),
+        ("tokenizer.ggml.bos_token_id", V::U32(1)),
+        ("tokenizer.ggml.eos_token_id", V::U32(2)),
+    ];
+    for (key, value) in changes {
+        metadata.retain(|(k, _)| k != key);
+        metadata.push((key, value.clone()));
+    }
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&path).unwrap();
+    let refs: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    gguf_file::write(&mut file, &refs, &[]).unwrap();
+    path
+}
+
+/// Hostile metadata (the probe's findings 5-8) is refused at load with a message that names
+/// the key, where it used to panic, abort on an allocation, or load and fail every request.
+#[test]
+fn hostile_gguf_metadata_is_refused_at_load() {
+    use gguf_file::Value as V;
+    let dir = common::scratch("gguf-hostile");
+    let load = |changes: &[(&str, V)], name: &str| {
+        let path = llama_metadata_file(&dir, name, changes);
+        let started = std::time::Instant::now();
+        let error = LoadedModel::load(&path, &LoadOptions::default()).err().expect("refused").to_string();
+        assert!(started.elapsed().as_secs() < 5, "{name}: {:?} to refuse", started.elapsed());
+        error
+    };
+    // The untouched file gets as far as its (absent) tensors.
+    let error = load(&[], "plain.gguf");
+    assert!(error.contains("token_embd.weight") && error.contains("missing"), "{error}");
+    let error = load(&[("general.alignment", V::U32(0))], "alignment.gguf");
+    assert!(error.contains("general.alignment") && error.contains("power of two"), "{error}");
+    let error = load(&[("general.alignment", V::U32(24))], "alignment24.gguf");
+    assert!(error.contains("general.alignment"), "{error}");
+    let error = load(&[("llama.attention.head_count", V::U32(0))], "heads.gguf");
+    assert!(error.contains("head"), "{error}");
+    let error = load(
+        &[("llama.attention.head_count", V::U32(0)), ("llama.attention.key_length", V::U32(16))],
+        "heads-keylength.gguf",
+    );
+    assert!(error.contains("head counts must be positive"), "{error}");
+    for (context, name) in [(1u64 << 40, "ctx40.gguf"), (30_000_000, "ctx30m.gguf"), (1 << 59, "ctx59.gguf")] {
+        let error = load(&[("llama.context_length", V::U64(context))], name);
+        assert!(error.contains(&format!("context of {context} positions")), "{error}");
+    }
+    for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id"] {
+        let error = load(&[(key, V::U32(1_000_000_000))], "ids.gguf");
+        assert!(error.contains(key) && error.contains("outside the vocabulary of 6 tokens"), "{error}");
+    }
+}

@@ -202,3 +202,83 @@ async fn the_embedded_model_fills_a_schema_and_bad_schemas_are_refused() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// The probe's hostile schemas (findings 1-4): each gets a prompt 400 that says what is too
+/// much, or is served, and the server goes on answering. A chain of 300 `$ref`s overflowed the
+/// compiling thread's stack and aborted the process; 420 `patternProperties` took 11 s of CPU;
+/// 2,500 alternatives and nested counted repetitions failed mid-generation as a `stop`;
+/// `a{100000}` cost 70 ms of every worker step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_schemas_are_refused_or_served_and_the_server_lives_on() {
+    let dir = root().join("models/shakespeare");
+    let server = TestServer::start(&dir, |_| {}).await;
+    let chain = |links: usize| {
+        let mut defs: serde_json::Map<String, Value> =
+            (0..links).map(|i| (format!("d{i}"), json!({"$ref": format!("#/$defs/d{}", i + 1)}))).collect();
+        defs.insert(format!("d{links}"), json!({"type": "integer"}));
+        json!({"$ref": "#/$defs/d0", "$defs": defs})
+    };
+    let complete = |schema: &Value| json!({"prompt": "ROMEO:", "max_tokens": 24, "temperature": 0, "response_format": schema_format("x", schema)});
+    let body: Value = server.post("/v1/completions", complete(&chain(300))).await.json().await.unwrap();
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+    validate(&json!({"type": "integer"}), body["choices"][0]["text"].as_str().unwrap());
+    let patterns: serde_json::Map<String, Value> =
+        (0..420).map(|i| (format!("^p{i}_[a-z]+$"), json!({"type": "integer"}))).collect();
+    let refused = [
+        (json!({"type": "object", "patternProperties": patterns}), "patternProperties"),
+        (json!({"anyOf": (0..2500).map(|i| json!({"const": i})).collect::<Vec<_>>()}), "alternatives"),
+        (json!({"type": "string", "pattern": "^((x{1,100}){1,100}){1,100}$"}), "repeats up to 1000000"),
+        (json!({"type": "string", "pattern": "^a{100000}$"}), "repeats up to 100000"),
+        (json!({"description": "x".repeat(70_000)}), "bytes of JSON"),
+    ];
+    for (schema, says) in refused {
+        let started = std::time::Instant::now();
+        let response = server.post("/v1/completions", complete(&schema)).await;
+        assert_eq!(response.status(), 400, "{says}");
+        assert!(started.elapsed().as_secs_f64() < 2.0, "{says}: {:?}", started.elapsed());
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{says}: {message}");
+    }
+    // A tool whose parameters refer to their own definitions, recursively: forced, the call is
+    // made (the refs used to point nowhere once the tools were combined).
+    let node = json!({"type": "object", "properties": {"v": {"type": "integer"},
+        "next": {"anyOf": [{"$ref": "#/$defs/node"}, {"type": "null"}]}}, "required": ["v", "next"]});
+    let parameters = json!({"type": "object", "properties": {"n": {"$ref": "#/$defs/node"}}, "required": ["n"],
+        "$defs": {"node": node}});
+    let tools = json!([{"type": "function", "function": {"name": "walk", "parameters": parameters}}]);
+    let response = server
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Walk."}], "max_tokens": 8, "temperature": 0,
+                   "tools": tools, "tool_choice": "required"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = server.post("/v1/completions", complete(&json!({"type": "integer"}))).await.json().await.unwrap();
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "the server still serves: {body}");
+    server.shutdown().await.unwrap();
+}
+
+/// A schema that takes longer than `grammar_compile_timeout_seconds` to compile is a 400 that
+/// says so; the compile slot it holds makes others wait, not the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_that_compiles_too_long_is_a_400() {
+    let dir = root().join("models/shakespeare");
+    let server = TestServer::start(&dir, |c| c.grammar_compile_timeout_seconds = 0.01).await;
+    // 60 patterns: 1,770 pairs checked for overlap, within the budget but far past 10 ms.
+    let patterns: serde_json::Map<String, Value> =
+        (0..60).map(|i| (format!("^p{i}_[a-z]+$"), json!({"type": "integer"}))).collect();
+    let schema = json!({"type": "object", "patternProperties": patterns});
+    let response = server
+        .post(
+            "/v1/completions",
+            json!({"prompt": "ROMEO:", "max_tokens": 4, "response_format": schema_format("x", &schema)}),
+        )
+        .await;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(status == 400 && message.contains("did not compile within") || status == 429, "{status}: {body}");
+    server.shutdown().await.unwrap();
+}

@@ -54,6 +54,12 @@ pub struct ServeArgs {
     body_limit_bytes: Option<usize>,
     #[arg(long, env = "RECYCLEGPT_MAX_STOP_BYTES")]
     max_stop_bytes: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_GRAMMAR_CONCURRENCY")]
+    grammar_concurrency: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_GRAMMAR_COMPILE_TIMEOUT_SECONDS")]
+    grammar_compile_timeout_seconds: Option<f64>,
+    #[arg(long, env = "RECYCLEGPT_MAX_SCHEMA_BYTES")]
+    max_schema_bytes: Option<usize>,
     /// Require the API key on /metrics too (true or false).
     #[arg(long, env = "RECYCLEGPT_METRICS_REQUIRE_API_KEY")]
     metrics_require_api_key: Option<bool>,
@@ -118,6 +124,9 @@ impl ServeArgs {
             cors_origins,
             body_limit_bytes,
             max_stop_bytes,
+            grammar_concurrency,
+            grammar_compile_timeout_seconds,
+            max_schema_bytes,
             metrics_require_api_key,
             shutdown_delay_seconds,
             shutdown_grace_seconds,

@@ -4,9 +4,11 @@
 //! [`Grammars`] is built once per tokenizer (llguidance's token trie over every token's bytes)
 //! and compiles a request's [`GrammarSpec`] into a [`Grammar`]; each sequence then gets its own
 //! matcher from it ([`Grammar::constraint`]), which the engine advances token by token.
+mod budget;
 mod digits;
 mod vocabulary;
 
+pub use budget::SchemaBudget;
 use digits::DigitRuns;
 use llguidance::api::TopLevelGrammar;
 use llguidance::{Matcher, ParserFactory, TokenParser};
@@ -24,6 +26,9 @@ pub enum GrammarError {
     /// The schema or grammar is invalid, or beyond what the compiler supports.
     #[error("{0}")]
     Invalid(String),
+    /// The schema or grammar is beyond its [`SchemaBudget`].
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// What a request constrains its output to.
@@ -33,8 +38,11 @@ pub enum GrammarSpec {
     JsonObject,
     /// JSON that validates against this schema.
     JsonSchema(Value),
-    /// A Lark grammar (llguidance's dialect), for tool calls and other non-JSON formats.
+    /// A Lark grammar (llguidance's dialect), for non-JSON formats.
     Lark(String),
+    /// Hermes-style tool calls, `<tool_call>\n{json}\n</tool_call>\n`, whose JSON validates
+    /// against `schema`; one call, or one or more when `repeated`.
+    ToolCalls { schema: Value, repeated: bool },
 }
 
 /// The compiler for one tokenizer.
@@ -48,28 +56,43 @@ impl Grammars {
     pub fn new(tokenizer: &TextTokenizer) -> Result<Self, GrammarError> {
         let env = vocabulary::token_env(tokenizer)?;
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| GrammarError::Tokenizer(e.to_string()))?;
-        // Errors come back to the caller as values; llguidance's own log would print them twice.
+        // Errors come back to the caller as values; llguidance's own log would print them twice,
+        // and its verbose errors would hand the parser's internal state to the client.
         factory.quiet();
+        factory.limits_mut().verbose_errors = false;
         Ok(Self { factory: Arc::new(factory), env, eos_ids: tokenizer.eos_ids().into() })
     }
 
-    /// Compiles `spec`; an invalid schema or grammar is an error that says what is wrong.
-    pub fn compile(&self, spec: &GrammarSpec) -> Result<Grammar, GrammarError> {
+    /// Checks `spec` against `budget`, then compiles it; an invalid schema or grammar is an
+    /// error that says what is wrong.
+    pub fn compile(&self, spec: &GrammarSpec, budget: &SchemaBudget) -> Result<Grammar, GrammarError> {
         let grammar = match spec {
             GrammarSpec::JsonObject => TopLevelGrammar::from_json_schema(with_layout(json!({"type": "object"}))),
             GrammarSpec::JsonSchema(schema) => {
                 if !schema.is_object() && !schema.is_boolean() {
                     return Err(GrammarError::Invalid("a JSON schema must be an object".into()));
                 }
+                budget.check(schema)?;
                 TopLevelGrammar::from_json_schema(with_layout(schema.clone()))
             }
-            GrammarSpec::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
+            GrammarSpec::Lark(lark) => {
+                budget.check_lark(lark)?;
+                TopLevelGrammar::from_lark(lark.clone())
+            }
+            GrammarSpec::ToolCalls { schema, repeated } => {
+                budget.check(schema)?;
+                let schema = with_layout(schema.clone());
+                let repeat = if *repeated { "+" } else { "" };
+                TopLevelGrammar::from_lark(format!(
+                    "start: call{repeat}\ncall: \"<tool_call>\\n\" %json {schema} \"\\n</tool_call>\\n\"\n"
+                ))
+            }
         };
         let parser = self.factory.create_parser(grammar).map_err(|e| GrammarError::Invalid(e.to_string()))?;
         // Some errors only show once the parser starts: catch them here, not mid-generation.
         let mut probe = Matcher::new(Ok(parser.deep_clone()));
         probe.compute_mask().map_err(|e| GrammarError::Invalid(e.to_string()))?;
-        let json = !matches!(spec, GrammarSpec::Lark(_));
+        let json = !matches!(spec, GrammarSpec::Lark(_) | GrammarSpec::ToolCalls { .. });
         Ok(Grammar { parser, env: self.env.clone(), json, eos_ids: self.eos_ids.clone() })
     }
 }
@@ -166,6 +189,8 @@ impl TokenConstraint for Matching {
     }
 
     fn is_complete(&self) -> bool {
-        self.matcher.is_stopped()
+        // A matcher in error is stopped too, but its text is not complete: the next mask or
+        // advance reports the error, and the sequence fails.
+        self.matcher.is_stopped() && !self.matcher.is_error()
     }
 }

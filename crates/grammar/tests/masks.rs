@@ -1,10 +1,12 @@
 //! Grammar masks over the in-repo model's sentencepiece vocabulary (byte fallback, `▁` spaces):
 //! what the mask allows is what the matcher accepts, text that fits is taken to the end, and a
 //! rollback restores the state before the drafts.
-use recyclegpt_grammar::{GrammarSpec, Grammars};
+use recyclegpt_grammar::{GrammarSpec, Grammars, SchemaBudget};
 use recyclegpt_model::{LoadOptions, LoadedModel, TextTokenizer};
 use serde_json::json;
 use std::path::PathBuf;
+
+const BUDGET: SchemaBudget = SchemaBudget { max_bytes: 64 * 1024 };
 
 fn tokenizer() -> TextTokenizer {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/shakespeare");
@@ -24,7 +26,7 @@ fn a_schema_allows_exactly_the_text_that_fits_it() {
     let grammars = Grammars::new(&tokenizer).expect("the vocabulary becomes a trie");
     let schema = json!({"type": "object", "properties": {"act": {"type": "integer", "minimum": 1, "maximum": 5}},
         "required": ["act"], "additionalProperties": false});
-    let grammar = grammars.compile(&GrammarSpec::JsonSchema(schema)).expect("compiles");
+    let grammar = grammars.compile(&GrammarSpec::JsonSchema(schema), &BUDGET).expect("compiles");
     let mut constraint = grammar.constraint();
     // The text starts with `{`: every allowed token spells something that starts so.
     let first = allowed(&mut constraint, vocab);
@@ -76,7 +78,7 @@ fn invalid_schemas_and_grammars_are_errors() {
     let tokenizer = tokenizer();
     let grammars = Grammars::new(&tokenizer).unwrap();
     for bad in [json!({"type": "objekt"}), json!([1, 2]), json!({"type": "integer", "minimum": 5, "maximum": 1})] {
-        assert!(grammars.compile(&GrammarSpec::JsonSchema(bad.clone())).is_err(), "{bad}");
+        assert!(grammars.compile(&GrammarSpec::JsonSchema(bad.clone()), &BUDGET).is_err(), "{bad}");
     }
-    assert!(grammars.compile(&GrammarSpec::Lark("start: missing_rule".into())).is_err());
+    assert!(grammars.compile(&GrammarSpec::Lark("start: missing_rule".into()), &BUDGET).is_err());
 }

@@ -3,6 +3,12 @@ use crate::error::{ModelError, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The longest context a model may declare. The RoPE tables are built for the whole declared
+/// context (a quarter of a GiB at this length and head size 128), so a file that declares 2^40
+/// positions must be refused, not allocated; 2^20 is above every Llama-family context (Llama 3.1
+/// 128k, the 1M-token long-context variants).
+pub const MAX_POSITIONS: usize = 1 << 20;
+
 /// `eos_token_id` may be a single id or a list of ids.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -160,6 +166,19 @@ impl LlamaConfig {
         }
         if self.vocab_size == 0 || self.max_position_embeddings == 0 {
             return Err(ModelError::Config("vocab_size and max_position_embeddings must be positive".into()));
+        }
+        if self.max_position_embeddings > MAX_POSITIONS {
+            return Err(ModelError::Config(format!(
+                "a context of {} positions is beyond the {MAX_POSITIONS} this server supports",
+                self.max_position_embeddings
+            )));
+        }
+        let eos = self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default();
+        if let Some(id) = self.bos_token_id.into_iter().chain(eos).find(|&id| id as usize >= self.vocab_size) {
+            return Err(ModelError::Config(format!(
+                "special token id {id} is outside the vocabulary of {} tokens",
+                self.vocab_size
+            )));
         }
         if let Some(scaling) = &self.rope_scaling {
             if scaling.rope_type != "llama3" {

@@ -61,6 +61,17 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// The longest stop string, in bytes: matching costs grow with it on every token.
     pub max_stop_bytes: usize,
+    /// Structured-output schemas and grammars compiled at once. A compile cannot be stopped
+    /// once it runs, so this is how many cores hostile schemas can ever take from decoding: 1
+    /// of the 2 this server is sized for.
+    pub grammar_concurrency: usize,
+    /// A schema that has not compiled by then gets a 400 (and one that waited this long for a
+    /// compile slot, a 429). Real schemas, large ones included, compile in milliseconds; 5 s
+    /// is far past them and short of a client's patience.
+    pub grammar_compile_timeout_seconds: f64,
+    /// The largest schema or grammar, as compact JSON: 64 KiB is many times the largest
+    /// OpenAI accepts, and bounds the compiler's work on `$ref` chains and wide objects.
+    pub max_schema_bytes: usize,
     pub log_format: LogFormat,
     /// After SIGTERM, how long the listener still accepts (answering 503) so that load
     /// balancers see the drain before connections are refused.
@@ -114,6 +125,9 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             body_limit_bytes: 2 * 1024 * 1024,
             max_stop_bytes: 256,
+            grammar_concurrency: 1,
+            grammar_compile_timeout_seconds: 5.0,
+            max_schema_bytes: 64 * 1024,
             log_format: LogFormat::Text,
             shutdown_delay_seconds: 2.0,
             shutdown_grace_seconds: 30.0,
@@ -145,6 +159,8 @@ impl ServerConfig {
             ("default_max_tokens", self.default_max_tokens),
             ("body_limit_bytes", self.body_limit_bytes),
             ("max_stop_bytes", self.max_stop_bytes),
+            ("grammar_concurrency", self.grammar_concurrency),
+            ("max_schema_bytes", self.max_schema_bytes),
             ("max_connections", self.max_connections),
         ];
         for (key, value) in positive {
@@ -159,6 +175,7 @@ impl ServerConfig {
             ("body_read_timeout_seconds", self.body_read_timeout_seconds),
             ("idle_timeout_seconds", self.idle_timeout_seconds),
             ("write_timeout_seconds", self.write_timeout_seconds),
+            ("grammar_compile_timeout_seconds", self.grammar_compile_timeout_seconds),
         ];
         for (key, value) in seconds {
             if !(value.is_finite() && (0.0..=86_400.0).contains(&value)) {

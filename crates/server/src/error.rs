@@ -20,6 +20,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("The server is busy: the request queue is full, retry later")]
     QueueFull,
+    #[error("The server is busy compiling other requests' schemas, retry later")]
+    CompilerBusy,
     #[error("The server is shutting down: retry on another replica")]
     Draining,
     #[error("The server shut down before this request could finish")]
@@ -48,7 +50,7 @@ impl ApiError {
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull | ApiError::CompilerBusy => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Draining | ApiError::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -69,6 +71,7 @@ impl ApiError {
             ApiError::UnknownModel(_) => ("invalid_request_error", "model_not_found", Some("model".into())),
             ApiError::Unauthorized => ("authentication_error", "invalid_api_key", None),
             ApiError::QueueFull => ("rate_limit_error", "queue_full", None),
+            ApiError::CompilerBusy => ("rate_limit_error", "grammar_compiler_busy", None),
             ApiError::Draining => ("server_error", "shutting_down", None),
             ApiError::Interrupted => ("server_error", "interrupted", None),
             ApiError::BodyTimeout => ("invalid_request_error", "body_timeout", None),
@@ -91,7 +94,7 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), Json(self.body())).into_response();
         let headers = response.headers_mut();
         match self {
-            ApiError::QueueFull | ApiError::Draining => {
+            ApiError::QueueFull | ApiError::CompilerBusy | ApiError::Draining => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
             }
             ApiError::Unauthorized => {

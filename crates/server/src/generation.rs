@@ -159,6 +159,14 @@ impl Generation {
                     let reason = match (chunk.stopped_after, finished.reason) {
                         (Some(_), _) | (None, FinishReason::Stop) => ApiFinish::Stop,
                         (None, FinishReason::Length) => ApiFinish::Length,
+                        (None, FinishReason::ConstraintFailed) => {
+                            self.cancel_all();
+                            return Err(ApiError::Internal(
+                                "the output's grammar failed during generation (the schema or grammar is beyond \
+                                 what the grammar engine can follow); no valid output was produced"
+                                    .into(),
+                            ));
+                        }
                     };
                     return Ok(self.end(index, chunk.text, Vec::new(), reason, finished.stats));
                 }

@@ -49,8 +49,8 @@ pub struct AppState {
     pub config: ServerConfig,
     pub limits: Limits,
     pub tokenizer: Arc<TextTokenizer>,
-    /// Structured outputs' compiler for this tokenizer, or why there is none.
-    pub grammars: Result<Arc<Grammars>, String>,
+    /// Structured outputs' compiler for this tokenizer (or why there is none), with its limits.
+    pub(crate) grammars: structured::GrammarCompiler,
     pub(crate) prompts: PromptBuilder,
     pub backend: Arc<dyn Backend>,
     pub recycle_source: RecycleSource,
@@ -192,6 +192,7 @@ impl AppState {
             tracing::warn!(error = %e, "structured outputs are off for this model");
             format!("structured outputs are not available for this model: {e}")
         });
+        let grammars = structured::GrammarCompiler::new(grammars, &config);
         let template = ChatTemplate::new(tokenizer.chat_template(), tokenizer.bos_token(), tokenizer.eos_token())?;
         let prompts = PromptBuilder::new(tokenizer.clone(), template, model.context_len);
         Ok(Arc::new(Self {

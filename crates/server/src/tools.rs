@@ -109,19 +109,23 @@ impl ToolPlan {
             Choice::Required => self.tools.iter().collect(),
             Choice::Named(name) => self.tools.iter().filter(|t| t.function.name == *name).collect(),
         };
+        // Each tool's parameters become a definition of the combined schema, so that their own
+        // `$ref`s (to `#/$defs/…`, or `#` itself) resolve within them there.
+        let mut definitions = serde_json::Map::new();
         let calls: Vec<Value> = allowed
             .iter()
-            .map(|t| {
-                let arguments = t.function.parameters.clone().unwrap_or_else(|| json!({"type": "object"}));
-                json!({"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": arguments},
+            .enumerate()
+            .map(|(i, t)| {
+                let mut arguments = t.function.parameters.clone().unwrap_or_else(|| json!({"type": "object"}));
+                rebase_refs(&mut arguments, &format!("#/$defs/tool{i}"));
+                definitions.insert(format!("tool{i}"), arguments);
+                json!({"type": "object",
+                       "properties": {"name": {"const": t.function.name}, "arguments": {"$ref": format!("#/$defs/tool{i}")}},
                        "required": ["name", "arguments"], "additionalProperties": false})
             })
             .collect();
-        let schema = recyclegpt_grammar::with_layout(json!({"anyOf": calls}));
-        let repeat = if self.parallel && self.choice == Choice::Required { "+" } else { "" };
-        Some(GrammarSpec::Lark(format!(
-            "start: call{repeat}\ncall: \"<tool_call>\\n\" %json {schema} \"\\n</tool_call>\\n\"\n"
-        )))
+        let repeated = self.parallel && self.choice == Choice::Required;
+        Some(GrammarSpec::ToolCalls { schema: json!({"anyOf": calls, "$defs": definitions}), repeated })
     }
 
     /// The calls in `text`, and the text around them (`None` when there is none).
@@ -190,6 +194,28 @@ impl ToolPlan {
             kind: "function".into(),
             function: FunctionCall { name: name.to_string(), arguments },
         })
+    }
+}
+
+/// Moves a schema's local references (`#…`) under `base`, where the schema now lives.
+fn rebase_refs(schema: &mut Value, base: &str) {
+    // An explicit stack: the schema is the client's, and its nesting is not ours to recurse on.
+    let mut stack = vec![schema];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(object) => {
+                for (key, child) in object.iter_mut() {
+                    match child {
+                        Value::String(target) if key == "$ref" && target.starts_with('#') => {
+                            *target = format!("{base}{}", &target[1..]);
+                        }
+                        _ => stack.push(child),
+                    }
+                }
+            }
+            Value::Array(items) => stack.extend(items.iter_mut()),
+            _ => {}
+        }
     }
 }
 

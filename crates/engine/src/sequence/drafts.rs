@@ -208,12 +208,12 @@ impl Sequence {
     }
 
     /// Masks `logits` with the constraint, if any; returns whether there is one. A grammar
-    /// that fails ends the sequence (what it emitted so far stands).
+    /// that fails fails the sequence.
     pub(super) fn constrain(&mut self, logits: &mut [f32]) -> bool {
         let Some(constraint) = &mut self.constraint else { return false };
         if let Err(error) = constraint.mask(logits) {
-            tracing::warn!(%error, "the grammar failed: the sequence stops");
-            self.finish.get_or_insert(FinishReason::Stop);
+            tracing::warn!(%error, "the grammar failed: the sequence fails");
+            self.finish.get_or_insert(FinishReason::ConstraintFailed);
         }
         true
     }
@@ -228,8 +228,8 @@ impl Sequence {
     pub(super) fn unconstrain(&mut self, tokens: usize) {
         if let (Some(constraint), 1..) = (&mut self.constraint, tokens) {
             if let Err(error) = constraint.rollback(tokens) {
-                tracing::warn!(%error, "the grammar could not take back drafts: the sequence stops");
-                self.finish.get_or_insert(FinishReason::Stop);
+                tracing::warn!(%error, "the grammar could not take back drafts: the sequence fails");
+                self.finish.get_or_insert(FinishReason::ConstraintFailed);
             }
         }
     }

@@ -19,6 +19,9 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context limit.
     Length,
+    /// The output's grammar failed (a state beyond what its engine follows): the text is not
+    /// what was asked for, so the request fails rather than finishing.
+    ConstraintFailed,
 }
 
 /// Where a sequence is in its life cycle.
@@ -455,8 +458,8 @@ impl Sequence {
             // Checked before the token is kept: a token the grammar refuses (only possible when
             // it allowed none) never reaches the output.
             if let Err(error) = constraint.advance(token) {
-                tracing::warn!(%error, "the grammar refused a token: the sequence stops");
-                self.finish = Some(FinishReason::Stop);
+                tracing::warn!(%error, "the grammar refused a token: the sequence fails");
+                self.finish = Some(FinishReason::ConstraintFailed);
                 return;
             }
         }

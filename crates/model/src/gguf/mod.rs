@@ -3,6 +3,7 @@
 //! through candle's GGUF reader and dequantized as the model asks for them, under the names of
 //! the HuggingFace layout. llama.cpp stores the Q and K rows of each head interleaved for its
 //! pair-wise RoPE; they are put back in the rotate-half order this model uses.
+mod alignment;
 mod tokenizer;
 
 use crate::config::{LlamaConfig, TokenIds};
@@ -30,6 +31,7 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| ModelError::file(path, e))?;
         let mut reader = BufReader::new(file);
+        alignment::check(&mut reader).map_err(|e| ModelError::file(path, e))?;
         let content = Content::read(&mut reader)
             .map_err(|e| ModelError::file(path, format!("not a readable GGUF file (truncated or corrupt?): {e}")))?;
         let gguf = Self { path: path.to_path_buf(), content, reader: RefCell::new(reader) };
@@ -102,7 +104,8 @@ impl GgufFile {
             num_hidden_layers: self.usize("llama.block_count")?,
             num_attention_heads: heads,
             num_key_value_heads: self.optional_usize("llama.attention.head_count_kv")?,
-            head_dim: head_dim.filter(|&d| d != hidden / heads),
+            // No head count is refused by `validate`; it must not divide by zero before.
+            head_dim: head_dim.filter(|&d| Some(d) != hidden.checked_div(heads)),
             max_position_embeddings: self.optional_usize("llama.context_length")?.unwrap_or(2048),
             rms_norm_eps: self.optional_f64("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
             rope_theta: self.optional_f64("llama.rope.freq_base")?.unwrap_or(10_000.0),

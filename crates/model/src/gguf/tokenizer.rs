@@ -59,7 +59,15 @@ pub(super) fn load(gguf: &GgufFile) -> Result<TextTokenizer> {
         .to_string()
         .parse()
         .map_err(|e| ModelError::file(gguf.path(), format!("the tokenizer in the metadata does not load: {e}")))?;
-    let id = |key: &str| -> Result<Option<u32>> { Ok(gguf.optional_usize(key)?.map(|v| v as u32)) };
+    // An id past the vocabulary would load and then fail every request that uses it.
+    let id = |key: &str| -> Result<Option<u32>> {
+        match gguf.optional_usize(key)? {
+            Some(id) if id >= tokens.len() => {
+                Err(gguf.bad(key, format!("token id {id} is outside the vocabulary of {} tokens", tokens.len())))
+            }
+            id => Ok(id.map(|v| v as u32)),
+        }
+    };
     let bos = id("tokenizer.ggml.bos_token_id")?;
     let eos = id("tokenizer.ggml.eos_token_id")?;
     let add_bos = match gguf.content.metadata.get("tokenizer.ggml.add_bos_token") {
