@@ -197,3 +197,37 @@ async fn a_dead_worker_makes_health_say_so() {
     assert_eq!(body["status"], "worker stopped");
     server.stop().await.unwrap();
 }
+
+/// A gzip body is a 415 that says so (it was parsed as JSON and failed as garbage), and
+/// Responses' `metadata` must be an object of strings (a list was echoed back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_bodies_and_bad_metadata_get_clear_errors() {
+    let (server, base, _) = serve(Script::EchoPrompt, true).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{base}/v1/completions"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0x08, 0x00])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("Content-Encoding `gzip`"), "{body}");
+    for (metadata, says) in
+        [(json!([1, 2]), "an object"), (json!({"a": 1}), "strings"), (json!({"k": "x".repeat(600)}), "512")]
+    {
+        let r = client
+            .post(format!("{base}/v1/responses"))
+            .json(&json!({"input": "Hi", "max_output_tokens": 3, "metadata": metadata}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{metadata}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["param"], "metadata");
+        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{body}");
+    }
+    server.stop().await.unwrap();
+}

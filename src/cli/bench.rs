@@ -134,9 +134,10 @@ pub struct DecodeArgs {
     batch_sizes: Vec<usize>,
     /// With --model: compare the decode modes on answers to these user messages (rendered with
     /// the model's chat template, each answered up to --generate-tokens) instead of on a
-    /// continuation of random tokens. Repeat for several.
-    #[arg(long, requires = "model")]
-    chat: Vec<String>,
+    /// continuation of random tokens. Repeat for several; `--chat` alone asks the twelve
+    /// default questions (crates/bench/data/chat-questions.txt).
+    #[arg(long, requires = "model", num_args = 0..=1)]
+    chat: Option<Vec<String>>,
     /// One JSON object per shape instead of a table.
     #[arg(long)]
     json: bool,
@@ -366,7 +367,13 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
             placement: args.placement.clone(),
         };
         let loaded = model_args.load()?;
-        options.prompts = chat_prompts(&loaded, &args.chat)?;
+        options.prompts = match &args.chat {
+            Some(messages) if messages.is_empty() => {
+                chat_prompts(&loaded, &recyclegpt_bench::default_chat_questions())?
+            }
+            Some(messages) => chat_prompts(&loaded, messages)?,
+            None => Vec::new(),
+        };
         options.eos_ids = loaded.tokenizer.eos_ids().to_vec();
         targets.push((dir.display().to_string(), loaded.model));
     }

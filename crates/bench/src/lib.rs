@@ -28,3 +28,12 @@ pub fn time<T>(f: impl FnOnce() -> T) -> (T, f64) {
     let out = f();
     (out, start.elapsed().as_secs_f64())
 }
+
+/// The default chat questions of the decode and serving benchmarks.
+pub fn default_chat_questions() -> Vec<String> {
+    include_str!("../data/chat-questions.txt")
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}

@@ -30,6 +30,8 @@ pub enum ApiError {
     BodyTimeout,
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    #[error("Content-Encoding `{0}` is not supported: send the body uncompressed")]
+    UnsupportedEncoding(String),
     #[error("No route for {0}")]
     NotFound(String),
     #[error("Method {method} is not allowed on {path}")]
@@ -53,7 +55,7 @@ impl ApiError {
             ApiError::QueueFull | ApiError::CompilerBusy => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Draining | ApiError::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -76,6 +78,7 @@ impl ApiError {
             ApiError::Interrupted => ("server_error", "interrupted", None),
             ApiError::BodyTimeout => ("invalid_request_error", "body_timeout", None),
             ApiError::UnsupportedMediaType => ("invalid_request_error", "unsupported_media_type", None),
+            ApiError::UnsupportedEncoding(_) => ("invalid_request_error", "unsupported_encoding", None),
             ApiError::NotFound(_) => ("invalid_request_error", "not_found", None),
             ApiError::MethodNotAllowed { .. } => ("invalid_request_error", "method_not_allowed", None),
             ApiError::Internal(_) => ("server_error", "internal_error", None),

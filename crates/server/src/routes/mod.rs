@@ -33,7 +33,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     } else {
         open = open.route("/metrics", with_405(get(system::metrics)));
     }
-    let guarded = guarded.layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
+    let guarded = guarded
+        .layer(axum::middleware::from_fn(refuse_encoded_bodies))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
     let origins: Vec<_> = state.config.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
     let cors = if state.config.cors_origins.iter().any(|o| o == "*") {
         CorsLayer::permissive()
@@ -80,6 +82,18 @@ async fn require_api_key(
         }
     }
     Ok(next.run(request).await)
+}
+
+/// A compressed body would be read as JSON and fail as garbage: say what is wrong instead. No
+/// OpenAI client compresses requests, and decompressing them would put a bomb's expansion
+/// ahead of the body limit.
+async fn refuse_encoded_bodies(request: Request, next: Next) -> Result<Response, ApiError> {
+    let encoding = request.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim());
+    match encoding {
+        None | Some("") => Ok(next.run(request).await),
+        Some(e) if e.eq_ignore_ascii_case("identity") => Ok(next.run(request).await),
+        Some(other) => Err(ApiError::UnsupportedEncoding(other.to_string())),
+    }
 }
 
 /// The credentials of a `Bearer` authorization header, whatever the case of the scheme.

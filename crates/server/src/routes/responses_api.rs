@@ -21,7 +21,7 @@ use crate::validation::plan;
 use crate::{structured, AppState};
 use axum::extract::State;
 use axum::response::Response;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// The chat the input stands for: `instructions` first, then the input's messages.
@@ -228,6 +228,9 @@ pub async fn create(
             "this server stores no responses: send the whole conversation in `input`",
         ));
     }
+    if let Some(metadata) = &request.metadata {
+        check_metadata(metadata)?;
+    }
     if let Some(m) = request.max_output_tokens.filter(|&m| m < 1) {
         return Err(ApiError::invalid("max_output_tokens", format!("`max_output_tokens` must be at least 1, got {m}")));
     }
@@ -276,4 +279,24 @@ pub async fn create(
     let mut body = shape.object(status, output, Some(usage));
     body.recycle = Some(recycle_stats(&plan, &choices));
     Ok(ok_json(&body))
+}
+
+/// OpenAI's bounds on `metadata`: an object of at most 16 string values, keys up to 64
+/// characters and values up to 512; it is echoed back, so anything else is refused.
+fn check_metadata(metadata: &Value) -> Result<(), ApiError> {
+    let bad = |message: &str| Err(ApiError::invalid("metadata", message));
+    let Some(pairs) = metadata.as_object() else {
+        return bad("`metadata` must be an object of string values");
+    };
+    if pairs.len() > 16 {
+        return bad("`metadata` holds at most 16 keys");
+    }
+    for (key, value) in pairs {
+        match value.as_str() {
+            Some(text) if key.chars().count() <= 64 && text.chars().count() <= 512 => {}
+            Some(_) => return bad("`metadata` keys have at most 64 characters and values at most 512"),
+            None => return bad("`metadata` values must be strings"),
+        }
+    }
+    Ok(())
 }
