@@ -270,6 +270,8 @@ async fn a_failing_step_fails_its_sequences_and_the_worker_goes_on() {
         constraint: None,
         events,
         cancel: Arc::new(AtomicBool::new(false)),
+        arrived: std::time::Instant::now(),
+        span: tracing::Span::none(),
     };
     server.state.backend.submit(vec![job]).unwrap();
     match tokio::time::timeout(Duration::from_secs(10), received.recv()).await.unwrap() {

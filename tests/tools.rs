@@ -131,6 +131,8 @@ async fn bad_tool_requests_are_refused_with_the_field_named() {
             json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}], "tool_choice": "required"}),
             "tools",
         ),
+        // Under `auto` too, though no grammar constrains the answer (it used to pass).
+        (json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}]}), "tools"),
         (
             json!({"tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]}),
             "tools",

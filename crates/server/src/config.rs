@@ -38,6 +38,10 @@ pub struct ServerConfig {
     pub recycle: Option<PathBuf>,
     /// The `model` name clients send; defaults to the model directory's name.
     pub served_model_name: Option<String>,
+    /// Sequences decoded together; the KV budget admits fewer when their prompts and
+    /// `max_tokens` need more. 64, not 16: batched decode keeps gaining past 16, and with 64
+    /// streaming chat clients on SmolLM2 a cap of 16 left the rest waiting (time to first
+    /// token p50 13.7 s, p99 15.7 s; with 64, 0.33 s and 5.3 s, 7% fewer tokens/s in all).
     pub max_running_sequences: usize,
     pub kv_budget_tokens: usize,
     pub prefill_chunk: usize,
@@ -111,7 +115,7 @@ impl Default for ServerConfig {
             model: PathBuf::from("models/shakespeare"),
             recycle: None,
             served_model_name: None,
-            max_running_sequences: 16,
+            max_running_sequences: 64,
             kv_budget_tokens: 16 * 1024,
             prefill_chunk: 128,
             prefix_caching: true,

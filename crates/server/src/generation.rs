@@ -60,10 +60,18 @@ pub struct ChoiceEnd {
 }
 
 /// Queues one job per (prompt, sample), all or none; choice `index = prompt * n + sample`.
-pub fn submit(state: &AppState, plan: &Plan, request_id: &str) -> Result<Generation, ApiError> {
+/// `arrived`: when the request reached its route. The request's span (its id, route and
+/// sequences) follows its jobs into the worker.
+pub fn submit(
+    state: &AppState,
+    plan: &Plan,
+    request_id: &str,
+    arrived: std::time::Instant,
+) -> Result<Generation, ApiError> {
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::Draining);
     }
+    let span = tracing::info_span!("request", id = %request_id, sequences = plan.prompts.len() * plan.n);
     let (events, receiver) = mpsc::unbounded_channel();
     let mut jobs = Vec::new();
     let mut choices = Vec::new();
@@ -84,6 +92,8 @@ pub fn submit(state: &AppState, plan: &Plan, request_id: &str) -> Result<Generat
                 constraint: plan.grammar.as_ref().map(|g| g.constraint()),
                 events: events.clone(),
                 cancel: cancel.clone(),
+                arrived,
+                span: span.clone(),
             });
             choices.push(ChoiceState {
                 text: TextStream::new(&state.tokenizer, plan.stop.clone()),

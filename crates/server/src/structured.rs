@@ -48,7 +48,14 @@ pub async fn request_grammar(
             format!("`{format_param}` cannot be combined with a `tool_choice` that forces a call"),
         )),
         Some(spec) => compile(state, spec, "tools", "the tools' parameters").await.map(Some),
-        None => grammar(state, format).await,
+        None => {
+            if let Some(tools) = tools {
+                // Checked though not used: a tool whose parameters are no schema is a 400
+                // whatever `tool_choice` says.
+                compile(state, tools.any_call_grammar(), "tools", "the tools' parameters").await?;
+            }
+            grammar(state, format).await
+        }
     }
 }
 

@@ -104,11 +104,22 @@ impl ToolPlan {
 
     /// The grammar that makes every answer a valid call, for `required` or a named function.
     pub fn grammar(&self) -> Option<GrammarSpec> {
-        let allowed: Vec<&Tool> = match &self.choice {
-            Choice::Auto => return None,
-            Choice::Required => self.tools.iter().collect(),
-            Choice::Named(name) => self.tools.iter().filter(|t| t.function.name == *name).collect(),
-        };
+        match &self.choice {
+            Choice::Auto => None,
+            Choice::Required => Some(self.calls_grammar(self.tools.iter().collect())),
+            Choice::Named(name) => {
+                Some(self.calls_grammar(self.tools.iter().filter(|t| t.function.name == *name).collect()))
+            }
+        }
+    }
+
+    /// The grammar of a call to any of the tools: under `auto` it constrains nothing, but
+    /// compiling it checks the tools' parameters as a forced call would.
+    pub fn any_call_grammar(&self) -> GrammarSpec {
+        self.calls_grammar(self.tools.iter().collect())
+    }
+
+    fn calls_grammar(&self, allowed: Vec<&Tool>) -> GrammarSpec {
         // Each tool's parameters become a definition of the combined schema, so that their own
         // `$ref`s (to `#/$defs/…`, or `#` itself) resolve within them there.
         let mut definitions = serde_json::Map::new();
@@ -125,7 +136,7 @@ impl ToolPlan {
             })
             .collect();
         let repeated = self.parallel && self.choice == Choice::Required;
-        Some(GrammarSpec::ToolCalls { schema: json!({"anyOf": calls, "$defs": definitions}), repeated })
+        GrammarSpec::ToolCalls { schema: json!({"anyOf": calls, "$defs": definitions}), repeated }
     }
 
     /// The calls in `text`, and the text around them (`None` when there is none).

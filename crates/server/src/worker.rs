@@ -43,6 +43,11 @@ pub struct Job {
     pub events: mpsc::UnboundedSender<(usize, Event)>,
     /// Set by the request when it needs no more tokens (a stop string matched).
     pub cancel: Arc<AtomicBool>,
+    /// When the request reached its route: time to first token counts from here, so it
+    /// includes validation, the grammar, the template and tokenization.
+    pub arrived: Instant,
+    /// The request's span: the worker logs the sequence's life inside it.
+    pub span: tracing::Span,
 }
 
 impl Job {
@@ -183,6 +188,8 @@ impl Queued {
                 constraint: None,
                 events,
                 cancel: Arc::new(AtomicBool::new(true)),
+                arrived: Instant::now(),
+                span: tracing::Span::none(),
             },
             _slot: QueueSlot(semaphore),
         }
@@ -202,11 +209,13 @@ impl Drop for AliveGuard {
     }
 }
 
-/// A job inside the worker, with what its metrics need.
+/// A job inside the worker, with what its metrics and its span need.
 struct Link {
     job: Job,
     slot: Option<QueueSlot>,
-    arrived: Instant,
+    /// When the scheduler admitted it (its queue time ends, its prefill begins).
+    started: Option<Instant>,
+    first_token: Option<Instant>,
     last_token: Option<Instant>,
 }
 
@@ -307,7 +316,7 @@ impl Worker {
             stop: StopCriteria { max_tokens: job.max_tokens, eos_ids: std::mem::take(&mut job.eos_ids) },
             constraint: job.constraint.take(),
         });
-        self.links.insert(id, Link { job, slot: Some(slot), arrived: Instant::now(), last_token: None });
+        self.links.insert(id, Link { job, slot: Some(slot), started: None, first_token: None, last_token: None });
     }
 
     /// Frees the sequences (and KV caches) of requests that need no more tokens.
@@ -335,9 +344,10 @@ impl Worker {
     }
 
     fn step(&mut self) {
+        let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| self.scheduler.step(&self.model)));
         match result {
-            Ok(Ok(outcome)) => self.deliver(outcome),
+            Ok(Ok(outcome)) => self.deliver(outcome, started),
             Ok(Err(failed)) => {
                 tracing::error!("engine step failed: {}", failed.error);
                 metrics::counter!("recyclegpt_step_failures_total").increment(1);
@@ -361,12 +371,14 @@ impl Worker {
         }
     }
 
-    fn deliver(&mut self, outcome: StepOutcome) {
+    /// `started`: when the step began, which is when the sequences it admitted left the queue.
+    fn deliver(&mut self, outcome: StepOutcome, started: Instant) {
         metrics::counter!("recyclegpt_full_forwards_total").increment(1);
         metrics::counter!("recyclegpt_full_forward_tokens_total").increment(outcome.report.full_tokens as u64);
         for id in outcome.started {
             if let Some(link) = self.links.get_mut(&id) {
                 link.slot = None;
+                link.started = Some(started);
             }
         }
         for (id, error) in outcome.refused {
@@ -377,8 +389,11 @@ impl Worker {
             if !update.tokens.is_empty() {
                 let now = Instant::now();
                 match link.last_token {
-                    None => metrics::histogram!("recyclegpt_time_to_first_token_seconds")
-                        .record((now - link.arrived).as_secs_f64()),
+                    None => {
+                        metrics::histogram!("recyclegpt_time_to_first_token_seconds")
+                            .record((now - link.job.arrived).as_secs_f64());
+                        link.first_token = Some(now);
+                    }
                     Some(t) => metrics::histogram!("recyclegpt_inter_token_seconds")
                         .record((now - t).as_secs_f64() / update.tokens.len() as f64),
                 }
@@ -444,17 +459,29 @@ fn record_finish(link: &Link, finished: &Finished) {
     // vLLM's prefix-cache counters, in tokens: looked up, and found.
     metrics::counter!("vllm:prefix_cache_queries_total").increment(finished.prompt_tokens as u64);
     metrics::counter!("vllm:prefix_cache_hits_total").increment(stats.cached_prompt_tokens as u64);
-    tracing::info!(
-        request = %link.job.request_id,
-        index = link.job.index,
-        mode = link.job.mode.as_str(),
-        prompt_tokens = finished.prompt_tokens,
-        completion_tokens = finished.completion_tokens,
-        full_forwards = stats.full_forwards,
-        accepted = stats.accepted,
-        rejected = stats.rejected,
-        seconds = link.arrived.elapsed().as_secs_f64(),
-        finish_reason = ?finished.reason,
-        "sequence finished"
-    );
+    let now = Instant::now();
+    let arrived = link.job.arrived;
+    let seconds =
+        |from: Instant, to: Option<Instant>| to.map_or(0.0, |t| t.saturating_duration_since(from).as_secs_f64());
+    let started = link.started.unwrap_or(now);
+    link.job.span.in_scope(|| {
+        tracing::info!(
+            index = link.job.index,
+            mode = link.job.mode.as_str(),
+            queue_s = seconds(arrived, Some(started)),
+            prefill_s = seconds(started, link.first_token),
+            ttft_s = seconds(arrived, link.first_token),
+            decode_s = link.first_token.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()),
+            total_s = now.saturating_duration_since(arrived).as_secs_f64(),
+            prompt_tokens = finished.prompt_tokens,
+            cached_prompt_tokens = stats.cached_prompt_tokens,
+            completion_tokens = finished.completion_tokens,
+            full_forwards = stats.full_forwards,
+            accepted = stats.accepted,
+            rejected = stats.rejected,
+            accepted_from_text = stats.text_accepted,
+            finish_reason = ?finished.reason,
+            "sequence finished"
+        )
+    });
 }

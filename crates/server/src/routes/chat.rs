@@ -74,6 +74,7 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
+    let arrived = std::time::Instant::now();
     let logprobs = match (request.logprobs, request.top_logprobs) {
         (true, top) => Some(top_logprobs("top_logprobs", top.unwrap_or(0), 20)?),
         (false, None) => None,
@@ -96,7 +97,7 @@ pub async fn create(
     let mut plan = plan(&request.sampling, max_tokens, logprobs, vec![prompt], &state.limits)?;
     plan.grammar = grammar;
     let id = format!("chatcmpl-{}", state.next_request_id());
-    let generation = submit(&state, &plan, &id)?;
+    let generation = submit(&state, &plan, &id, arrived)?;
     let (model, created) = shared(&state);
     let call_ids = {
         let state = state.clone();

@@ -150,6 +150,7 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let arrived = std::time::Instant::now();
     if request.best_of.is_some_and(|b| b != 1) {
         return Err(ApiError::invalid("best_of", "`best_of` is not supported"));
     }
@@ -177,7 +178,7 @@ pub async fn create(
         Vec::new()
     };
     let id = format!("cmpl-{}", state.next_request_id());
-    let generation = submit(&state, &plan, &id)?;
+    let generation = submit(&state, &plan, &id, arrived)?;
     let (model, created) = shared(&state);
     if plan.stream {
         let shape = CompletionChunks {

@@ -219,6 +219,7 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<ResponsesRequest>,
 ) -> Result<Response, ApiError> {
+    let arrived = std::time::Instant::now();
     if request.store == Some(true) {
         return Err(ApiError::invalid("store", "this server stores no responses: `store` must be false or absent"));
     }
@@ -256,7 +257,7 @@ pub async fn create(
     let mut plan = plan(&fields, request.max_output_tokens, None, vec![prompt], &state.limits)?;
     plan.grammar = grammar;
     let id = format!("resp_{}", state.next_request_id());
-    let generation = submit(&state, &plan, &id)?;
+    let generation = submit(&state, &plan, &id, arrived)?;
     let (model, created_at) = shared(&state);
     let message_id = format!("msg_{}", state.next_request_id());
     let shape = Shape { message_id, id, model, created_at, request, tools, state: state.clone() };
