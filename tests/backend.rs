@@ -157,6 +157,8 @@ async fn a_failed_job_is_a_500_or_an_error_event_never_a_finish() {
         .unwrap();
     assert!(raw.contains("\"error\""), "{raw}");
     assert!(!raw.contains("\"finish_reason\":\"stop\"") && !raw.contains("\"finish_reason\":\"length\""), "{raw}");
+    // The error event ends the stream: no `[DONE]` a client could take for a whole answer.
+    assert!(!raw.contains("[DONE]"), "{raw}");
     server.stop().await.unwrap();
 }
 

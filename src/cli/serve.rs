@@ -54,6 +54,12 @@ pub struct ServeArgs {
     body_limit_bytes: Option<usize>,
     #[arg(long, env = "RECYCLEGPT_MAX_STOP_BYTES")]
     max_stop_bytes: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_TOKENIZE_CONCURRENCY")]
+    tokenize_concurrency: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_MAX_N")]
+    max_n: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_MAX_TOP_LOGPROBS")]
+    max_top_logprobs: Option<usize>,
     #[arg(long, env = "RECYCLEGPT_GRAMMAR_CONCURRENCY")]
     grammar_concurrency: Option<usize>,
     #[arg(long, env = "RECYCLEGPT_GRAMMAR_COMPILE_TIMEOUT_SECONDS")]
@@ -124,6 +130,9 @@ impl ServeArgs {
             cors_origins,
             body_limit_bytes,
             max_stop_bytes,
+            tokenize_concurrency,
+            max_n,
+            max_top_logprobs,
             grammar_concurrency,
             grammar_compile_timeout_seconds,
             max_schema_bytes,

@@ -65,6 +65,15 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// The longest stop string, in bytes: matching costs grow with it on every token.
     pub max_stop_bytes: usize,
+    /// Prompts tokenized (and chat templates rendered) at once, off the async threads: more
+    /// would only queue on the two cores this server is sized for, holding their memory.
+    pub tokenize_concurrency: usize,
+    /// The largest `n` (choices per prompt): OpenAI's own limit is 128, but every choice is a
+    /// running sequence, and 16 keeps one request from taking a whole batch.
+    pub max_n: usize,
+    /// The most alternatives per token in chat's `top_logprobs`: OpenAI's limit, 20 (the
+    /// completions endpoint's `logprobs` keeps OpenAI's 5). Each costs a sort of the row.
+    pub max_top_logprobs: usize,
     /// Structured-output schemas and grammars compiled at once. A compile cannot be stopped
     /// once it runs, so this is how many cores hostile schemas can ever take from decoding: 1
     /// of the 2 this server is sized for.
@@ -129,6 +138,9 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             body_limit_bytes: 2 * 1024 * 1024,
             max_stop_bytes: 256,
+            tokenize_concurrency: 2,
+            max_n: 16,
+            max_top_logprobs: 20,
             grammar_concurrency: 1,
             grammar_compile_timeout_seconds: 5.0,
             max_schema_bytes: 64 * 1024,
@@ -164,6 +176,8 @@ impl ServerConfig {
             ("body_limit_bytes", self.body_limit_bytes),
             ("max_stop_bytes", self.max_stop_bytes),
             ("grammar_concurrency", self.grammar_concurrency),
+            ("tokenize_concurrency", self.tokenize_concurrency),
+            ("max_n", self.max_n),
             ("max_schema_bytes", self.max_schema_bytes),
             ("max_connections", self.max_connections),
         ];

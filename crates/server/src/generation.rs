@@ -342,12 +342,19 @@ pub fn sse(mut shape: impl ChunkShape, mut generation: Generation, plan: Plan) -
                 }
             }
         }
-        if plan.include_usage && !failed {
-            yield json_event(&shape.usage(generation.usage()));
+        // Counted when the stream ends, not when it opens: a stream that fails is no success,
+        // though its status line said 200. A failed stream ends at its error event, with no
+        // `[DONE]` that a client could take for a complete answer.
+        if failed {
+            metrics::counter!("recyclegpt_requests_total", "status" => "stream_error").increment(1);
+        } else {
+            if plan.include_usage {
+                yield json_event(&shape.usage(generation.usage()));
+            }
+            yield Ok::<_, Infallible>(SseEvent::default().data("[DONE]"));
+            metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
         }
-        yield Ok::<_, Infallible>(SseEvent::default().data("[DONE]"));
     };
-    metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
     sse_response(stream)
 }
 

@@ -183,7 +183,8 @@ impl AppState {
             default_max_tokens: config.default_max_tokens,
             default_mode: if model.has_recycle { config.default_recycle } else { DecodeMode::Off },
             has_recycle: model.has_recycle,
-            max_n: 16,
+            max_n: config.max_n,
+            max_top_logprobs: config.max_top_logprobs,
             max_sequences: config.max_sequences_per_request.min(config.queue_capacity),
             max_stop_bytes: config.max_stop_bytes,
         };
@@ -194,7 +195,7 @@ impl AppState {
         });
         let grammars = structured::GrammarCompiler::new(grammars, &config);
         let template = ChatTemplate::new(tokenizer.chat_template(), tokenizer.bos_token(), tokenizer.eos_token())?;
-        let prompts = PromptBuilder::new(tokenizer.clone(), template, model.context_len);
+        let prompts = PromptBuilder::new(tokenizer.clone(), template, model.context_len, config.tokenize_concurrency);
         Ok(Arc::new(Self {
             config,
             limits,

@@ -1,15 +1,12 @@
 //! Prompts become token ids here, off the async threads and within bounds: a prompt whose text
 //! is longer than the context could hold in any tokenization is refused before it is tokenized,
-//! at most `TOKENIZE_CONCURRENCY` prompts are tokenized at once (on tokio's blocking pool), and
+//! at most `tokenize_concurrency` prompts are tokenized at once (on tokio's blocking pool), and
 //! chat content is tokenized so that it can never produce control tokens.
 use crate::chat_template::{ChatMessage, ChatTemplate, Rendered};
 use crate::error::ApiError;
 use recyclegpt_model::TextTokenizer;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-
-/// Tokenizations running at once: more would only queue on the two cores and hold memory.
-const TOKENIZE_CONCURRENCY: usize = 2;
 
 pub struct PromptBuilder {
     tokenizer: Arc<TextTokenizer>,
@@ -24,7 +21,7 @@ pub struct PromptBuilder {
 }
 
 impl PromptBuilder {
-    pub fn new(tokenizer: Arc<TextTokenizer>, template: ChatTemplate, context_len: usize) -> Self {
+    pub fn new(tokenizer: Arc<TextTokenizer>, template: ChatTemplate, context_len: usize, concurrency: usize) -> Self {
         let mut literal = tokenizer.inner().clone();
         literal.set_encode_special_tokens(true);
         let specials = tokenizer
@@ -41,7 +38,7 @@ impl PromptBuilder {
             specials,
             template: Arc::new(template),
             max_prompt_bytes,
-            slots: Arc::new(Semaphore::new(TOKENIZE_CONCURRENCY)),
+            slots: Arc::new(Semaphore::new(concurrency)),
         }
     }
 

@@ -16,6 +16,8 @@ pub struct Limits {
     pub default_mode: DecodeMode,
     pub has_recycle: bool,
     pub max_n: usize,
+    /// The most alternatives per token in chat's `top_logprobs`.
+    pub max_top_logprobs: usize,
     /// Sequences (prompts × n) one request may ask for.
     pub max_sequences: usize,
     /// The longest stop string, in bytes.

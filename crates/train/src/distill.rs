@@ -203,6 +203,14 @@ pub fn train_recycle(
     if train.is_empty() {
         return Err(TrainError::Data("the corpus has no training sequences".into()));
     }
+    // Checked before the teacher pass, which is the slow part.
+    if options.chain_steps == 0 || options.chain_steps >= corpus.shortest() || options.chain_weight < 0.0 {
+        return Err(TrainError::Data(format!(
+            "chain steps must be at least 1 and below the shortest sequence's {} tokens, and the chain weight \
+             not negative",
+            corpus.shortest()
+        )));
+    }
     let started = std::time::Instant::now();
     let bar = teacher::progress_bar(train.len() + held_out.len(), options.progress);
     let view = |sequences| match &options.teacher_cache {
@@ -217,13 +225,6 @@ pub fn train_recycle(
     let mut recycle = config.default_recycle(options.layers);
     let (embedding, head) = model.embedding_and_head()?;
     let mut head = head.clone();
-    if options.chain_steps == 0 || options.chain_steps >= corpus.shortest() || options.chain_weight < 0.0 {
-        return Err(TrainError::Data(format!(
-            "chain steps must be at least 1 and below the shortest sequence's {} tokens, and the chain weight \
-             not negative",
-            corpus.shortest()
-        )));
-    }
     let init = match &options.init {
         Some(dir) => {
             let (layers, ids) = init_module(dir, config.vocab_size)?;

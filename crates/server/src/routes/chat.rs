@@ -76,11 +76,11 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let arrived = std::time::Instant::now();
     let logprobs = match (request.logprobs, request.top_logprobs) {
-        (true, top) => Some(top_logprobs("top_logprobs", top.unwrap_or(0), 20)?),
+        (true, top) => Some(top_logprobs("top_logprobs", top.unwrap_or(0), state.limits.max_top_logprobs as i64)?),
         (false, None) => None,
         // Without `logprobs: true` nothing is reported; the count is still checked.
         (false, Some(top)) => {
-            top_logprobs("top_logprobs", top, 20)?;
+            top_logprobs("top_logprobs", top, state.limits.max_top_logprobs as i64)?;
             None
         }
     };

@@ -138,6 +138,10 @@ impl ChunkShape for CompletionChunks {
     }
 }
 
+/// The most alternatives per token in completions' `logprobs`: OpenAI's limit for the legacy
+/// endpoint.
+const COMPLETION_LOGPROBS: i64 = 5;
+
 /// Completions; `stream: true` answers with server-sent events ending in `data: [DONE]`.
 /// Control tokens written in the prompt (such as `</s>`) are parsed as control tokens here, as in
 /// OpenAI's and vLLM's completions; chat content never is.
@@ -163,7 +167,7 @@ pub async fn create(
         Prompt::Ids(ids) => vec![ids],
         Prompt::IdLists(lists) => lists,
     };
-    let logprobs = request.logprobs.map(|n| top_logprobs("logprobs", n, 5)).transpose()?;
+    let logprobs = request.logprobs.map(|n| top_logprobs("logprobs", n, COMPLETION_LOGPROBS)).transpose()?;
     let mut plan = plan(&request.sampling, request.sampling.max_tokens, logprobs, prompts, &state.limits)?;
     if request.echo {
         plan.params.prompt_logprobs = plan.params.logprobs;

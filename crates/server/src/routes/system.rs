@@ -114,6 +114,13 @@ fn document(limits: &Limits) -> Value {
             }));
         }
     }
+    // The configured limits, in place of the defaults the types declare.
+    if let Some(n) = property(&mut schemas["SamplingFields"], "n") {
+        n["maximum"] = json!(limits.max_n);
+    }
+    if let Some(top) = property(&mut schemas["ChatRequest"], "top_logprobs") {
+        top["maximum"] = json!(limits.max_top_logprobs);
+    }
     for (schema, field) in [("SamplingFields", "max_tokens"), ("ChatRequest", "max_completion_tokens")] {
         if let Some(property) = property(&mut schemas[schema], field) {
             property["maximum"] = json!(max_new);
