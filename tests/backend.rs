@@ -4,9 +4,8 @@
 use recyclegpt_engine::scheduler::Finished;
 use recyclegpt_engine::{FinishReason, SequenceStats};
 use recyclegpt_model::{LlamaConfig, RecycleSource, TextTokenizer};
-use recyclegpt_server::error::ApiError;
-use recyclegpt_server::worker::{Event, Failure, Job};
 use recyclegpt_server::{AppState, Backend, LoopbackServer, ModelInfo, ServerConfig};
+use recyclegpt_server::{Event, Failure, Job, SubmitError};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +28,7 @@ struct Scripted {
 }
 
 impl Backend for Scripted {
-    fn submit(&self, jobs: Vec<Job>) -> Result<(), ApiError> {
+    fn submit(&self, jobs: Vec<Job>) -> Result<(), SubmitError> {
         for job in jobs {
             let send = |event| {
                 let _ = job.events.send((job.index, event));

@@ -2,10 +2,20 @@
 //! the module is applied again to its own output.
 use crate::cost::CostModel;
 use crate::sequence::MAX_DRAFTS;
-use crate::step::Pairs;
 use crate::{DecodeMode, EngineError, Sequence};
 use candle_core::Tensor;
 use recyclegpt_model::{RecycleGpt, SeqInput};
+
+/// A sequence's new (h_{t-1}, x_t) pairs for the module: `tokens` with the hidden rows from
+/// `first_row` on, and whether the module drafts for it after them.
+pub(crate) struct Pairs {
+    pub seq: usize,
+    pub tokens: Vec<u32>,
+    pub first_row: u32,
+    pub draft: bool,
+    /// The tokens are the prompt's last chunk (the module still reads them when not drafting).
+    pub prompt: bool,
+}
 
 /// What the next full forward holds before any draft.
 pub(crate) struct NextForward {

@@ -1,7 +1,7 @@
 //! One engine step over any number of sequences, in any mix of modes: one ragged forward of
 //! the full model, acceptance, then one ragged forward of the recyclable module.
 use crate::cost::CostModel;
-use crate::drafting::{chain_drafts, decide_auto_drafts, draft_from_text, NextForward};
+use crate::drafting::{chain_drafts, decide_auto_drafts, draft_from_text, NextForward, Pairs};
 use crate::sequence::{FullPlan, Sequence};
 use crate::EngineError;
 use candle_core::Tensor;
@@ -13,17 +13,6 @@ use std::time::Instant;
 pub struct StepReport {
     pub full_tokens: usize,
     pub recycle_tokens: usize,
-}
-
-/// A sequence's new (h_{t-1}, x_t) pairs for the module: `tokens` with the hidden rows from
-/// `first_row` on, and whether the module drafts for it after them.
-pub(crate) struct Pairs {
-    pub seq: usize,
-    pub tokens: Vec<u32>,
-    pub first_row: u32,
-    pub draft: bool,
-    /// The tokens are the prompt's last chunk (the module still reads them when not drafting).
-    pub prompt: bool,
 }
 
 /// Advances every unfinished sequence by one step; prompts are fed `prefill_chunk` tokens at a

@@ -1,4 +1,5 @@
 //! Every error a client can see, mapped to a status code and OpenAI's error shape in one place.
+use crate::backend::{Failure, SubmitError};
 use crate::responses::{ErrorDetail, ErrorResponse};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -84,6 +85,26 @@ impl ApiError {
             ApiError::Internal(_) => ("server_error", "internal_error", None),
         };
         ErrorResponse { error: ErrorDetail { message: self.to_string(), kind, param, code } }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::QueueFull => ApiError::QueueFull,
+            SubmitError::Draining => ApiError::Draining,
+            SubmitError::Stopped => ApiError::Internal(error.to_string()),
+        }
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::NotStarted => ApiError::Draining,
+            Failure::Interrupted => ApiError::Interrupted,
+            Failure::Engine(message) => ApiError::Internal(message),
+        }
     }
 }
 

@@ -1,12 +1,12 @@
 //! Turning a validated plan into worker jobs, and the jobs' events into text, OpenAI responses
 //! and stream chunks. Detokenization and stop strings run here, on the request's own task, so the
 //! worker thread only ever handles token ids.
+use crate::backend::{Event, Job};
 use crate::error::ApiError;
 use crate::openai::{PromptTokensDetails, Usage};
 use crate::responses::{FinishReason as ApiFinish, RecycleStats};
 use crate::text::TextStream;
 use crate::validation::Plan;
-use crate::worker::{Event, Job};
 use crate::AppState;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -182,7 +182,7 @@ impl Generation {
                 }
                 Event::Failed(failure) => {
                     self.cancel_all();
-                    return Err(failure.into_error());
+                    return Err(failure.into());
                 }
             }
         }

@@ -17,10 +17,9 @@ mod tools;
 pub mod validation;
 pub mod worker;
 
-pub use backend::Backend;
+pub use backend::{Backend, Event, Failure, Job, SubmitError};
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{LogFormat, ServerConfig};
-pub use worker::{Event, Failure, Job};
 
 use config::seconds;
 use connections::{ConnectionLimits, Phase};

@@ -14,12 +14,10 @@
 //!   with `Failure::Interrupted`.
 //! - A panic inside a step fails that step's sequences and the worker goes on; if the thread
 //!   itself dies, `AliveGuard` makes `/health` say so.
-use crate::backend::Backend;
-use crate::error::ApiError;
+use crate::backend::{Backend, Event, Failure, Job, SubmitError};
 use recyclegpt_engine::scheduler::{Finished, StepOutcome};
 use recyclegpt_engine::{
-    Constraint, CostModel, DecodeMode, SamplingParams, Scheduler, SchedulerConfig, SeqId, SequenceRequest,
-    StopCriteria, TokenLogprob,
+    CostModel, DecodeMode, SamplingParams, Scheduler, SchedulerConfig, SeqId, SequenceRequest, StopCriteria,
 };
 use recyclegpt_model::RecycleGpt;
 use std::collections::HashMap;
@@ -28,69 +26,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, Semaphore};
-
-/// One sequence to generate; its events go to `events` tagged with `index`.
-pub struct Job {
-    pub request_id: String,
-    pub index: usize,
-    pub prompt: Vec<u32>,
-    pub params: SamplingParams,
-    pub max_tokens: usize,
-    pub eos_ids: Vec<u32>,
-    pub mode: DecodeMode,
-    /// The grammar its tokens must fit, if any.
-    pub constraint: Option<Constraint>,
-    pub events: mpsc::UnboundedSender<(usize, Event)>,
-    /// Set by the request when it needs no more tokens (a stop string matched).
-    pub cancel: Arc<AtomicBool>,
-    /// When the request reached its route: time to first token counts from here, so it
-    /// includes validation, the grammar, the template and tokenization.
-    pub arrived: Instant,
-    /// The request's span: the worker logs the sequence's life inside it.
-    pub span: tracing::Span,
-}
-
-impl Job {
-    fn abandoned(&self) -> bool {
-        self.events.is_closed()
-    }
-}
-
-#[derive(Debug)]
-pub enum Event {
-    /// New tokens, and their log-probabilities when asked for.
-    Tokens {
-        tokens: Vec<u32>,
-        logprobs: Vec<TokenLogprob>,
-        /// The prompt's log-probabilities, on the first event, when asked for.
-        prompt_logprobs: Vec<TokenLogprob>,
-        /// Prompt tokens that came from the prefix cache.
-        cached_prompt_tokens: usize,
-    },
-    Finished(Finished),
-    Failed(Failure),
-}
-
-/// Why a job ended without finishing.
-#[derive(Debug, Clone)]
-pub enum Failure {
-    /// The server began shutting down before the job started: safe to retry elsewhere.
-    NotStarted,
-    /// The shutdown grace period ended while the job was running.
-    Interrupted,
-    /// The engine failed (or panicked) in a step that included this job.
-    Engine(String),
-}
-
-impl Failure {
-    pub fn into_error(self) -> ApiError {
-        match self {
-            Failure::NotStarted => ApiError::Draining,
-            Failure::Interrupted => ApiError::Interrupted,
-            Failure::Engine(message) => ApiError::Internal(message),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -131,25 +66,22 @@ pub struct WorkerHandle {
 }
 
 impl Backend for WorkerHandle {
-    fn submit(&self, jobs: Vec<Job>) -> Result<(), ApiError> {
+    fn submit(&self, jobs: Vec<Job>) -> Result<(), SubmitError> {
         if self.shared.draining.load(Ordering::Relaxed) {
-            return Err(ApiError::Draining);
+            return Err(SubmitError::Draining);
         }
+        // More jobs than the queue holds can never be queued: the routes' limit on sequences per
+        // request (never above `queue_capacity`) keeps this from happening; it is a full queue
+        // then, not a hang.
         let count = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
-        if jobs.len() > self.shared.queue_capacity {
-            return Err(ApiError::invalid(
-                "n",
-                format!("the request asks for {count} sequences but the queue holds {}", self.shared.queue_capacity),
-            ));
-        }
-        let permits = self.shared.queue.try_acquire_many(count).map_err(|_| ApiError::QueueFull)?;
+        let permits = self.shared.queue.try_acquire_many(count).map_err(|_| SubmitError::QueueFull)?;
         // Each job carries its own permit from here on.
         permits.forget();
         let queued: Vec<Queued> =
             jobs.into_iter().map(|job| Queued { job, _slot: QueueSlot(self.shared.queue.clone()) }).collect();
         for queued in queued {
             if self.sender.send(queued).is_err() {
-                return Err(ApiError::Internal("the model worker has stopped".into()));
+                return Err(SubmitError::Stopped);
             }
         }
         Ok(())

@@ -3,6 +3,7 @@ mod chat;
 mod chat_stream;
 mod completions;
 mod responses_api;
+mod responses_shape;
 mod responses_stream;
 mod system;
 mod tokens;

@@ -3,25 +3,23 @@
 //! turns) and runs as a chat completion does, tools included; the answer comes back as output
 //! items (the assistant's message, function calls), whole or as the API's typed stream events
 //! (`responses_stream.rs`).
+use super::responses_shape::{status_of, Shape};
 use crate::chat_template::ChatMessage;
 use crate::error::{ApiError, ApiJson};
 use crate::generation::{collect, ok_json, recycle_stats, shared, submit};
 use crate::openai::{
     Content, FunctionCall, FunctionDef, FunctionName, JsonSchemaFormat, Message, ResponseFormat, Role, SamplingFields,
-    Tool, ToolCall, ToolChoice, Usage,
+    Tool, ToolCall, ToolChoice,
 };
 use crate::openai_responses::{
-    FunctionCallItem, IncompleteDetails, InputTokensDetails, OutputItem, OutputMessage, OutputText,
-    OutputTokensDetails, ResponseInput, ResponseObject, ResponseToolChoice, ResponseUsage, ResponsesRequest,
-    TextConfig, TextFormat,
+    OutputItem, ResponseInput, ResponseObject, ResponseToolChoice, ResponsesRequest, TextConfig, TextFormat,
 };
-use crate::responses::FinishReason;
 use crate::tools::{self, ToolPlan};
 use crate::validation::plan;
 use crate::{structured, AppState};
 use axum::extract::State;
 use axum::response::Response;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
 /// The chat the input stands for: `instructions` first, then the input's messages.
@@ -119,94 +117,6 @@ fn response_format(text: Option<&TextConfig>) -> Option<ResponseFormat> {
             },
         },
     })
-}
-
-/// What the stream and the whole response share.
-pub(super) struct Shape {
-    pub id: String,
-    pub message_id: String,
-    pub model: String,
-    pub created_at: u64,
-    pub request: ResponsesRequest,
-    pub tools: Option<ToolPlan>,
-    pub state: Arc<AppState>,
-}
-
-impl Shape {
-    pub fn object(&self, status: &'static str, output: Vec<OutputItem>, usage: Option<Usage>) -> ResponseObject {
-        let request = &self.request;
-        ResponseObject {
-            id: self.id.clone(),
-            object: "response",
-            created_at: self.created_at,
-            status,
-            incomplete_details: (status == "incomplete").then_some(IncompleteDetails { reason: "max_output_tokens" }),
-            error: None,
-            model: self.model.clone(),
-            output,
-            instructions: request.instructions.clone(),
-            max_output_tokens: request.max_output_tokens,
-            temperature: request.temperature.unwrap_or(1.0),
-            top_p: request.top_p.unwrap_or(1.0),
-            text: request.text.clone().unwrap_or(TextConfig { format: TextFormat::Text }),
-            tool_choice: request.tool_choice.clone().unwrap_or(ResponseToolChoice::Mode("auto".into())),
-            tools: request.tools.clone().unwrap_or_default(),
-            parallel_tool_calls: request.parallel_tool_calls.unwrap_or(true),
-            store: false,
-            previous_response_id: None,
-            metadata: request.metadata.clone().unwrap_or_else(|| json!({})),
-            truncation: "disabled",
-            usage: usage.map(|u| ResponseUsage {
-                input_tokens: u.prompt_tokens,
-                input_tokens_details: InputTokensDetails { cached_tokens: u.prompt_tokens_details.cached_tokens },
-                output_tokens: u.completion_tokens,
-                output_tokens_details: OutputTokensDetails { reasoning_tokens: 0 },
-                total_tokens: u.total_tokens,
-            }),
-            recycle: None,
-        }
-    }
-
-    pub fn message(&self, status: &'static str, text: Option<String>) -> OutputMessage {
-        OutputMessage {
-            kind: "message",
-            id: self.message_id.clone(),
-            status,
-            role: "assistant",
-            content: text.map(OutputText::new).into_iter().collect(),
-        }
-    }
-}
-
-impl Shape {
-    /// The text's function calls (with tools) and what remains of it.
-    pub fn split(&self, text: &str) -> (Option<String>, Vec<ToolCall>) {
-        match &self.tools {
-            Some(tools) => {
-                let state = self.state.clone();
-                tools.parse(text, &mut move || state.next_call_id())
-            }
-            None => (Some(text.to_string()), Vec::new()),
-        }
-    }
-
-    pub fn call_item(&self, call: &ToolCall, status: &'static str, arguments: String) -> FunctionCallItem {
-        FunctionCallItem {
-            kind: "function_call",
-            id: format!("fc_{}", call.id.trim_start_matches("call_")),
-            call_id: call.id.clone(),
-            name: call.function.name.clone(),
-            arguments,
-            status,
-        }
-    }
-}
-
-pub(super) fn status_of(reason: Option<FinishReason>) -> &'static str {
-    match reason {
-        Some(FinishReason::Length) => "incomplete",
-        _ => "completed",
-    }
 }
 
 /// Creates a model response (stateless: nothing is stored, nothing continued).

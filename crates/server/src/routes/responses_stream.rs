@@ -3,7 +3,7 @@
 //! text is sent; with tools, text that may be a function call is held back until the answer
 //! ends, then sent as `function_call` items (`response.function_call_arguments.delta` pieces,
 //! then `.done`), so no argument text is lost and no call leaks into the message.
-use super::responses_api::{status_of, Shape};
+use super::responses_shape::{status_of, Shape};
 use crate::generation::{recycle_stats, Choice, Generation, Progress};
 use crate::openai_responses::{OutputItem, OutputText};
 use crate::tools::{argument_pieces, CallHolder};
