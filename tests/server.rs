@@ -3,7 +3,7 @@
 //! `recyclegpt generate`, batching, errors.
 mod common;
 
-use common::server::{sse_chunks, TestServer};
+use common::server::{sse_chunks, sse_data, TestServer};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
@@ -521,7 +521,10 @@ async fn shutdown_lets_streams_finish_then_ends_them_after_the_grace_period() {
     // Grace 0: the running streams are ended at once with an error event, never a normal finish.
     let server = TestServer::start(&embedded(), |c| c.shutdown_grace_seconds = 0.0).await;
     for text in streams_across_shutdown(server, &body, streams).await {
-        let chunks = sse_chunks(&text);
+        // The error event ends the stream: no `[DONE]` after it.
+        let data = sse_data(&text);
+        assert!(data.iter().all(|d| d != "[DONE]"), "{text}");
+        let chunks: Vec<Value> = data.iter().map(|d| serde_json::from_str(d).unwrap()).collect();
         assert_eq!(chunks.last().unwrap()["error"]["code"], "interrupted", "{text}");
         assert!(
             chunks.iter().all(|c| c["choices"][0]["finish_reason"].is_null()),

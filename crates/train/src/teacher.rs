@@ -119,7 +119,10 @@ pub fn compute(model: &RecycleGpt, sequences: &[Vec<u32>], bar: &ProgressBar) ->
             let device = model.device();
             let target: Vec<u32> = ids.iter().step_by(TOP_K).copied().collect();
             examples.push(Example {
-                hidden: out.hidden.narrow(0, row, n - 1)?.copy()?,
+                // Its own rows only: `copy()` would clone the whole batch's storage behind the
+                // view, eight sequences' states kept for each (the teacher pass over 9,000
+                // windows grew to 24 GB and was killed).
+                hidden: out.hidden.narrow(0, row, n - 1)?.force_contiguous()?,
                 tokens: Tensor::new(&sequence[1..], device)?,
                 top_ids: Tensor::from_vec(ids, (n - 1, TOP_K), device)?,
                 top_probs: Tensor::from_vec(probs, (n - 1, TOP_K), device)?,
@@ -171,5 +174,24 @@ mod tests {
         assert_eq!(logits[ids[0] as usize], max);
         let total: f32 = logits.iter().map(|l| (l - max).exp()).sum();
         assert!((probs[0] - 1.0 / total).abs() < 1e-6);
+    }
+
+    /// Each example keeps only its own hidden rows, not the batch's storage behind them: a
+    /// teacher pass over thousands of windows must hold what it keeps and no more.
+    #[test]
+    fn examples_own_only_their_hidden_rows() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/shakespeare");
+        let loaded = recyclegpt_model::LoadedModel::load(&dir, &recyclegpt_model::LoadOptions::default()).unwrap();
+        let sequences: Vec<Vec<u32>> = (0..3u32).map(|s| (0..20).map(|t| 5 + s + t).collect()).collect();
+        let examples = compute(&loaded.model, &sequences, &ProgressBar::hidden()).unwrap();
+        let width = loaded.model.config().hidden_size;
+        for example in &examples {
+            let (storage, _) = example.hidden.storage_and_layout();
+            let held = match &*storage {
+                candle_core::Storage::Cpu(cpu) => cpu.as_slice::<f32>().unwrap().len(),
+                _ => unreachable!("the test runs on the CPU"),
+            };
+            assert_eq!(held, 19 * width, "one sequence's 19 rows, not the batch's");
+        }
     }
 }
