@@ -232,3 +232,34 @@ async fn compressed_bodies_and_bad_metadata_get_clear_errors() {
     }
     server.stop().await.unwrap();
 }
+
+/// A context overflow names the field at fault in each dialect: the token limit by its own
+/// name, the prompt when it alone is too long, the tools when only they make it so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_overflows_name_the_field_at_fault() {
+    let (server, base, _) = serve(Script::EchoPrompt, true).await;
+    let client = reqwest::Client::new();
+    let param = |path: &'static str, body: Value| {
+        let request = client.post(format!("{base}{path}")).json(&body).send();
+        async move {
+            let response = request.await.unwrap();
+            assert_eq!(response.status(), 400, "{path}: {body}");
+            let error: Value = response.json().await.unwrap();
+            assert_eq!(error["error"]["code"], "context_length_exceeded", "{error}");
+            error["error"]["param"].as_str().unwrap().to_string()
+        }
+    };
+    let hi = json!([{"role": "user", "content": "Hi"}]);
+    let huge = "word ".repeat(5_000);
+    assert_eq!(param("/v1/completions", json!({"prompt": "Hi", "max_tokens": 100_000})).await, "max_tokens");
+    assert_eq!(param("/v1/completions", json!({"prompt": huge.clone(), "max_tokens": 1})).await, "prompt");
+    let chat = json!({"messages": hi, "max_completion_tokens": 100_000});
+    assert_eq!(param("/v1/chat/completions", chat).await, "max_completion_tokens");
+    let responses = json!({"input": "Hi", "max_output_tokens": 100_000});
+    assert_eq!(param("/v1/responses", responses).await, "max_output_tokens");
+    assert_eq!(param("/v1/responses", json!({"input": huge.clone()})).await, "input");
+    let parameters = json!({"type": "object", "description": "x".repeat(20_000)});
+    let tools = json!([{"type": "function", "function": {"name": "f", "parameters": parameters}}]);
+    assert_eq!(param("/v1/chat/completions", json!({"messages": hi, "tools": tools})).await, "tools");
+    server.stop().await.unwrap();
+}

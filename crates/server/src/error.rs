@@ -9,8 +9,10 @@ use axum::Json;
 pub enum ApiError {
     #[error("{message}")]
     InvalidParameter { param: Option<String>, message: String },
-    #[error("{0}")]
-    ContextLength(String),
+    /// Prompt + `max_tokens` over the context; `param` is the field at fault (the prompt's when
+    /// it alone is too long, the token limit's otherwise).
+    #[error("{message}")]
+    ContextLength { param: String, message: String },
     #[error("Malformed request body: {0}")]
     Malformed(String),
     #[error("The request body is larger than the server accepts")]
@@ -48,7 +50,7 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidParameter { .. } | ApiError::ContextLength(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidParameter { .. } | ApiError::ContextLength { .. } => StatusCode::BAD_REQUEST,
             ApiError::Malformed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -66,8 +68,8 @@ impl ApiError {
     pub fn body(&self) -> ErrorResponse {
         let (kind, code, param) = match self {
             ApiError::InvalidParameter { param, .. } => ("invalid_request_error", "invalid_parameter", param.clone()),
-            ApiError::ContextLength(_) => {
-                ("invalid_request_error", "context_length_exceeded", Some("max_tokens".into()))
+            ApiError::ContextLength { param, .. } => {
+                ("invalid_request_error", "context_length_exceeded", Some(param.clone()))
             }
             ApiError::Malformed(_) => ("invalid_request_error", "malformed_json", None),
             ApiError::TooLarge => ("invalid_request_error", "body_too_large", None),

@@ -44,12 +44,21 @@ impl PromptBuilder {
 
     fn check_bytes(&self, param: &str, bytes: usize) -> Result<(), ApiError> {
         if bytes > self.max_prompt_bytes {
-            return Err(ApiError::ContextLength(format!(
-                "`{param}` has {bytes} bytes of text, more than this model's context could hold ({} bytes at most)",
-                self.max_prompt_bytes
-            )));
+            return Err(ApiError::ContextLength {
+                param: param.to_string(),
+                message: format!(
+                    "`{param}` has {bytes} bytes of text, more than this model's context could hold ({} bytes at most)",
+                    self.max_prompt_bytes
+                ),
+            });
         }
         Ok(())
+    }
+
+    /// Checks a chat's messages alone (the request's `param`), before tool instructions are
+    /// added to them: a chat that overflows only with its tools is then the tools' fault.
+    pub fn check_chat(&self, param: &str, messages: &[ChatMessage]) -> Result<(), ApiError> {
+        self.check_bytes(param, messages.iter().map(|m| m.content.len()).sum())
     }
 
     /// Completions prompts: special tokens written in them are parsed (documented), as in
@@ -67,8 +76,9 @@ impl PromptBuilder {
 
     /// A chat prompt: the template rendered, its own markup tokenized with control tokens and
     /// the messages' content as plain text.
-    pub async fn chat(&self, messages: Vec<ChatMessage>) -> Result<Vec<u32>, ApiError> {
-        self.check_bytes("messages", messages.iter().map(|m| m.content.len()).sum())?;
+    /// `param` names what an overflow is blamed on.
+    pub async fn chat(&self, messages: Vec<ChatMessage>, param: &str) -> Result<Vec<u32>, ApiError> {
+        self.check_chat(param, &messages)?;
         let (tokenizer, literal, template) = (self.tokenizer.clone(), self.literal.clone(), self.template.clone());
         let specials = self.specials.clone();
         self.blocking(move || {

@@ -79,6 +79,13 @@ pub fn check_token_ids(param: &str, ids: &[u32], limits: &Limits) -> Result<(), 
     }
 }
 
+/// What a dialect calls the prompt and the token limit, for the errors that name them.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldNames {
+    pub prompt: &'static str,
+    pub max_tokens: &'static str,
+}
+
 /// Checks the shared fields; `prompts` are already tokenized.
 /// `logprobs`: how many top alternatives to report per token, if log-probabilities are wanted.
 pub fn plan(
@@ -87,6 +94,7 @@ pub fn plan(
     logprobs: Option<usize>,
     prompts: Vec<Vec<u32>>,
     limits: &Limits,
+    names: FieldNames,
 ) -> Result<Plan, ApiError> {
     check_model(fields.model.as_ref(), limits)?;
     let n = fields.n.unwrap_or(1);
@@ -97,7 +105,8 @@ pub fn plan(
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let max_tokens = match max_tokens {
         Some(m) if m < 1 => {
-            return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at least 1, got {m}")))
+            let param = names.max_tokens;
+            return Err(ApiError::invalid(param, format!("`{param}` must be at least 1, got {m}")));
         }
         Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
         None => limits.default_max_tokens.min(limits.context_len.saturating_sub(longest)).max(1),
@@ -121,12 +130,18 @@ pub fn plan(
         }
         check_token_ids("prompt", prompt, limits)?;
         if prompt.len().saturating_add(max_tokens) > limits.context_len {
-            return Err(ApiError::ContextLength(format!(
-                "This model's maximum context length is {} tokens; the prompt has {} tokens and max_tokens is {max_tokens} ({} in all)",
-                limits.context_len,
-                prompt.len(),
-                prompt.len().saturating_add(max_tokens)
-            )));
+            let param = if prompt.len() >= limits.context_len { names.prompt } else { names.max_tokens };
+            return Err(ApiError::ContextLength {
+                param: param.to_string(),
+                message: format!(
+                    "This model's maximum context length is {} tokens; the prompt has {} tokens and `{}` is \
+                     {max_tokens} ({} in all)",
+                    limits.context_len,
+                    prompt.len(),
+                    names.max_tokens,
+                    prompt.len().saturating_add(max_tokens)
+                ),
+            });
         }
     }
     let mut logit_bias = Vec::new();

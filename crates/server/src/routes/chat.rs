@@ -6,7 +6,7 @@ use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit};
 use crate::openai::{ChatRequest, Content, Message, Role};
 use crate::responses::{AssistantMessage, ChatChoice, ChatCompletionResponse, FinishReason};
 use crate::tools::{self, ToolPlan};
-use crate::validation::{plan, top_logprobs};
+use crate::validation::{plan, top_logprobs, FieldNames};
 use crate::{structured, AppState};
 use axum::extract::State;
 use axum::response::Response;
@@ -86,15 +86,18 @@ pub async fn create(
     };
     let tools = ToolPlan::new(request.tools.as_deref(), request.tool_choice.as_ref(), request.parallel_tool_calls)?;
     let mut messages = template_messages(&request.messages)?;
+    state.prompts.check_chat("messages", &messages)?;
     if let Some(tools) = &tools {
         tools::add_instructions(&mut messages, tools.instructions());
     }
     // Checked before the prompt is tokenized: a bad schema is the cheaper error to find.
     let format = request.sampling.response_format.as_ref();
     let grammar = structured::request_grammar(&state, tools.as_ref(), format, "response_format").await?;
-    let prompt = state.prompts.chat(messages).await?;
+    let prompt = state.prompts.chat(messages, if tools.is_some() { "tools" } else { "messages" }).await?;
     let max_tokens = request.max_completion_tokens.or(request.sampling.max_tokens);
-    let mut plan = plan(&request.sampling, max_tokens, logprobs, vec![prompt], &state.limits)?;
+    let max_tokens_param = if request.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+    let names = FieldNames { prompt: "messages", max_tokens: max_tokens_param };
+    let mut plan = plan(&request.sampling, max_tokens, logprobs, vec![prompt], &state.limits, names)?;
     plan.grammar = grammar;
     let id = format!("chatcmpl-{}", state.next_request_id());
     let generation = submit(&state, &plan, &id, arrived)?;

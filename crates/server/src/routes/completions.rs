@@ -3,7 +3,7 @@ use crate::error::{ApiError, ApiJson};
 use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, ChunkShape};
 use crate::openai::{CompletionRequest, Prompt, Usage};
 use crate::responses::{CompletionChoice, CompletionLogprobs, CompletionResponse, FinishReason};
-use crate::validation::{plan, top_logprobs};
+use crate::validation::{plan, top_logprobs, FieldNames};
 use crate::{structured, AppState};
 use axum::extract::State;
 use axum::response::Response;
@@ -168,7 +168,8 @@ pub async fn create(
         Prompt::IdLists(lists) => lists,
     };
     let logprobs = request.logprobs.map(|n| top_logprobs("logprobs", n, COMPLETION_LOGPROBS)).transpose()?;
-    let mut plan = plan(&request.sampling, request.sampling.max_tokens, logprobs, prompts, &state.limits)?;
+    let names = FieldNames { prompt: "prompt", max_tokens: "max_tokens" };
+    let mut plan = plan(&request.sampling, request.sampling.max_tokens, logprobs, prompts, &state.limits, names)?;
     if request.echo {
         plan.params.prompt_logprobs = plan.params.logprobs;
     }

@@ -15,7 +15,7 @@ use crate::openai_responses::{
     OutputItem, ResponseInput, ResponseObject, ResponseToolChoice, ResponsesRequest, TextConfig, TextFormat,
 };
 use crate::tools::{self, ToolPlan};
-use crate::validation::plan;
+use crate::validation::{plan, FieldNames};
 use crate::{structured, AppState};
 use axum::extract::State;
 use axum::response::Response;
@@ -160,11 +160,13 @@ pub async fn create(
     let format = fields.response_format.as_ref();
     let grammar = structured::request_grammar(&state, tools.as_ref(), format, "text").await?;
     let mut messages = chat_messages(&request)?;
+    state.prompts.check_chat("input", &messages)?;
     if let Some(tools) = &tools {
         tools::add_instructions(&mut messages, tools.instructions());
     }
-    let prompt = state.prompts.chat(messages).await?;
-    let mut plan = plan(&fields, request.max_output_tokens, None, vec![prompt], &state.limits)?;
+    let prompt = state.prompts.chat(messages, if tools.is_some() { "tools" } else { "input" }).await?;
+    let names = FieldNames { prompt: "input", max_tokens: "max_output_tokens" };
+    let mut plan = plan(&fields, request.max_output_tokens, None, vec![prompt], &state.limits, names)?;
     plan.grammar = grammar;
     let id = format!("resp_{}", state.next_request_id());
     let generation = submit(&state, &plan, &id, arrived)?;

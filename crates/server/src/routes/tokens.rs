@@ -62,7 +62,7 @@ pub async fn tokenize(
             }
             ids
         }
-        (None, Some(messages)) => state.prompts.chat(super::chat::template_messages(messages)?).await?,
+        (None, Some(messages)) => state.prompts.chat(super::chat::template_messages(messages)?, "messages").await?,
         _ => return Err(ApiError::invalid("prompt", "give either `prompt` or `messages`")),
     };
     let token_strs = request.return_token_strs.then(|| tokens.iter().map(|&t| state.tokenizer.token_text(t)).collect());
