@@ -73,6 +73,8 @@ fn the_generate_command_turns_prompt_lookup_off() {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
         report["text_drafted"].as_u64().expect("text_drafted")
     };
-    assert!(text_drafts("true") > 0);
+    // How many text drafts pay depends on the costs the command measures at start-up, which a
+    // loaded machine (the other tests' processes) can make look dear: some run of three drafts.
+    assert!((0..3).any(|_| text_drafts("true") > 0), "prompt lookup never drafted from the text");
     assert_eq!(text_drafts("false"), 0);
 }
