@@ -230,6 +230,17 @@ async fn compressed_bodies_and_bad_metadata_get_clear_errors() {
         assert_eq!(body["error"]["param"], "metadata");
         assert!(body["error"]["message"].as_str().unwrap().contains(says), "{body}");
     }
+    // An unknown role is named with the item it is in (it was "did not match any variant").
+    let r = client
+        .post(format!("{base}/v1/responses"))
+        .json(&json!({"input": [{"role": "user", "content": "Hi"}, {"role": "wizard", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("input[1]") && message.contains("unknown variant `wizard`"), "{body}");
     server.stop().await.unwrap();
 }
 

@@ -7,10 +7,29 @@ use utoipa::ToSchema;
 
 /// `input`: a string (one user message), or message items.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(untagged)]
+#[serde(untagged, try_from = "Value")]
 pub enum ResponseInput {
     Text(String),
     Items(Vec<InputItem>),
+}
+
+/// Read by hand so that a bad item is named with what is wrong with it (an unknown role, a
+/// missing field), where an untagged enum says only that no variant matched.
+impl TryFrom<Value> for ResponseInput {
+    type Error = String;
+
+    fn try_from(value: Value) -> Result<Self, String> {
+        match value {
+            Value::String(text) => Ok(ResponseInput::Text(text)),
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| serde_json::from_value(item).map_err(|e| format!("input[{i}]: {e}")))
+                .collect::<Result<_, _>>()
+                .map(ResponseInput::Items),
+            _ => Err("`input` must be a string or a list of items".into()),
+        }
+    }
 }
 
 /// An input item: a message (`type` absent or `message`; content parts `input_text`, or
