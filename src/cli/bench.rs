@@ -417,8 +417,10 @@ fn print_table(r: &DecodeReport) {
         r.params as f64 / 1e6,
         r.weight_bytes as f64 / 1e6
     );
-    println!("full forward, 1 token      {:8.2} ms", r.forward_1_ms);
-    println!("full forward, 2 tokens     {:8.2} ms   ratio {:.2}", r.forward_2_ms, r.forward_2_ms / r.forward_1_ms);
+    for (&tokens, &ms) in &r.forward_ms {
+        let label = format!("full forward, {tokens} token{}", if tokens == 1 { "" } else { "s" });
+        println!("{label:<27}{ms:8.2} ms   ratio {:.2}", ms / r.forward_1_ms);
+    }
     println!("recycle step (2 pairs)     {:8.2} ms", r.recycle_step_ms);
     println!("output head (1 row)        {:8.2} ms", r.head_ms);
     println!(

@@ -57,7 +57,9 @@ pub struct DecodeReport {
     /// Bytes of weights one single-token forward reads (layers, final norm and output head).
     pub weight_bytes: usize,
     pub forward_1_ms: f64,
-    pub forward_2_ms: f64,
+    /// A forward over that many tokens of one sequence (a chain's verification), logits for
+    /// each: what drafting more tokens per step costs.
+    pub forward_ms: BTreeMap<usize, f64>,
     pub recycle_step_ms: f64,
     pub head_ms: f64,
     pub tokens_per_second: BTreeMap<String, f64>,
@@ -109,6 +111,9 @@ pub fn parameter_count(c: &LlamaConfig) -> usize {
     let head = if c.tie_word_embeddings { 0 } else { embed };
     embed + s.layers * layer + s.hidden + head
 }
+
+/// Tokens per forward whose cost is reported (one sequence, as a chain's verification).
+const FORWARD_SIZES: [usize; 5] = [1, 2, 4, 8, 16];
 
 /// Prompt lengths whose prefill speed is reported.
 const PREFILL_LENGTHS: [usize; 2] = [128, 512];
@@ -174,7 +179,8 @@ pub fn run(
         batch_caches.push(cache.duplicate()?);
     }
 
-    let next = random_tokens(2, vocab, 2);
+    let next = random_tokens(FORWARD_SIZES[FORWARD_SIZES.len() - 1], vocab, 2);
+    let mut forwards: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut record = |key: &'static str, seconds: f64| samples.entry(key).or_default().push(seconds);
     let mut mode_rates: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -196,13 +202,13 @@ pub fn run(
     let base = cached;
     for round in 0..options.rounds {
         tracing::info!(shape = name, round, "round");
-        let (hidden, t) = time(|| full(model, &mut cache, &next[..1], vec![0]));
-        hidden?;
-        record("forward_1", t);
-        cache.truncate(base);
-        let (hidden, t) = time(|| full(model, &mut cache, &next, vec![0, 1]));
-        let hidden = hidden?;
-        record("forward_2", t);
+        for &size in &FORWARD_SIZES {
+            let (hidden, t) = time(|| full(model, &mut cache, &next[..size], (0..size).collect()));
+            hidden?;
+            forwards.entry(size).or_default().push(t);
+            cache.truncate(base);
+        }
+        let hidden = full(model, &mut cache, &next[..2], vec![0, 1])?;
         cache.truncate(base);
         let (_, t) = time(|| model.head_logits(&hidden.narrow(0, 1, 1)?));
         record("head", t);
@@ -210,7 +216,7 @@ pub fn run(
             let (out, t) = time(|| {
                 model.recycle_forward(
                     &hidden,
-                    &mut [SeqInput { tokens: &next, cache: module_cache, logits_rows: vec![1] }],
+                    &mut [SeqInput { tokens: &next[..2], cache: module_cache, logits_rows: vec![1] }],
                 )
             });
             out?;
@@ -288,8 +294,9 @@ pub fn run(
     let text: Vec<u32> = first.iter().chain(&standard_text).copied().collect();
     let module_agreement = agreement_rate(model, &text, first.len())?;
     let mut ms = |key: &str| median_ms(samples.get_mut(key).map(Vec::as_mut_slice).unwrap_or(&mut []));
-    let forward_1_ms = ms("forward_1");
     let median = |v: &mut Vec<f64>| median_ms(v) / 1e3;
+    let forward_ms: BTreeMap<usize, f64> = forwards.iter_mut().map(|(&n, v)| (n, median_ms(v))).collect();
+    let forward_1_ms = forward_ms.get(&1).copied().unwrap_or(f64::NAN);
     Ok(DecodeReport {
         shape: name.to_string(),
         device: recyclegpt_model::device_name(model.device()),
@@ -299,7 +306,7 @@ pub fn run(
         params,
         weight_bytes,
         forward_1_ms,
-        forward_2_ms: ms("forward_2"),
+        forward_ms,
         recycle_step_ms: ms("recycle_step"),
         head_ms: ms("head"),
         tokens_per_second: mode_rates.iter_mut().map(|(k, v)| (k.clone(), median(v))).collect(),

@@ -9,8 +9,9 @@
 //! all input rows (a forward over 2 tokens reads the weights once, as one over 1 token does).
 use crate::isa::{Isa, Kind};
 use crate::pool::{self, OutPtr};
-use std::cell::RefCell;
+use activations::{Activations, ACTIVATIONS};
 
+mod activations;
 mod q4;
 #[cfg(target_arch = "x86_64")]
 mod q4_x86;
@@ -102,7 +103,7 @@ fn run(isa: Isa, x: &[f32], m: usize, w: Matrix, out: &mut [f32]) {
     let out = OutPtr(out.as_mut_ptr());
     ACTIVATIONS.with(|cell| {
         let mut a = cell.borrow_mut();
-        a.fill(x, m, k);
+        a.fill(path, x, m, k);
         let a = &*a;
         pool::split(n.div_ceil(TILE), m * n * k, |tiles| {
             for tile in tiles {
@@ -135,38 +136,6 @@ fn quantize_block(block: &[f32]) -> ([i8; BLOCK], f32) {
 /// Half away from zero, as `f32::round`, but without a libm call (`as` truncates and saturates).
 fn round(v: f32) -> f32 {
     ((v + 0.5f32.copysign(v)) as i32) as f32
-}
-
-/// `x` quantized for one call, `[input row][block]`; reused across calls.
-#[derive(Default)]
-struct Activations {
-    m: usize,
-    quants: Vec<i8>,
-    scales: Vec<f32>,
-    /// `Σx` of each block's int8 values.
-    sums: Vec<i32>,
-}
-
-impl Activations {
-    fn fill(&mut self, x: &[f32], m: usize, cols: usize) {
-        let blocks = m * cols / BLOCK;
-        self.m = m;
-        self.quants.resize(blocks * BLOCK, 0);
-        self.scales.resize(blocks, 0.0);
-        self.sums.resize(blocks, 0);
-        for (at, block) in x[..m * cols].chunks(BLOCK).enumerate() {
-            let (q, scale) = quantize_block(block);
-            self.quants[at * BLOCK..(at + 1) * BLOCK].copy_from_slice(&q);
-            self.scales[at] = scale;
-            self.sums[at] = q.iter().map(|&v| i32::from(v)).sum();
-        }
-    }
-}
-
-thread_local! {
-    /// The calling thread's quantized activations, kept between calls so that a decode step
-    /// does not allocate for them.
-    static ACTIVATIONS: RefCell<Activations> = RefCell::new(Activations::default());
 }
 
 /// The integer dot-product path, chosen once per call from what the CPU has.
