@@ -455,6 +455,13 @@ fn print_table(r: &DecodeReport) {
             100.0 * r.verify_text_accepted as f64 / r.verify_text_drafted as f64
         );
     }
+    if r.tokens_per_second.contains_key("auto") {
+        println!(
+            "auto: {:.2} tokens per full forward, no draft on {:.1}% of decode steps",
+            r.auto_tokens_per_full_forward,
+            100.0 * r.auto_skipped_share
+        );
+    }
     if let Some(agreement) = r.module_agreement {
         println!("module agreement with the full model along the greedy text: {:.1}%", 100.0 * agreement);
     }

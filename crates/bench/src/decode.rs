@@ -72,6 +72,10 @@ pub struct DecodeReport {
     /// rather than made by the module, and how many of them were accepted.
     pub verify_text_drafted: usize,
     pub verify_text_accepted: usize,
+    /// In `auto`, over the last round: tokens per full forward, and the share of decode steps
+    /// on which it chose not to draft.
+    pub auto_tokens_per_full_forward: f64,
+    pub auto_skipped_share: f64,
     /// Module top-1 agreement with the full model along the standard greedy text (`None`
     /// without a module); greedy verify emits about 1 + this many tokens per full forward.
     pub module_agreement: Option<f64>,
@@ -189,6 +193,7 @@ pub fn run(
     let mut acceptance_by_position = Vec::new();
     let mut text_drafts = (0, 0);
     let mut verify_emitted = 0usize;
+    let mut auto_figures = (0.0, 0.0);
     // Chat prompts end at the model's end of sequence, as served; random text never does.
     let eos_ids: Vec<u32> = if options.prompts.is_empty() { Vec::new() } else { options.eos_ids.clone() };
     let prefill_lengths: Vec<usize> = PREFILL_LENGTHS.iter().copied().filter(|&n| n < context).collect();
@@ -248,6 +253,7 @@ pub fn run(
         for &mode in &modes {
             let (mut tokens, mut seconds, mut forwards) = (0usize, 0f64, 0usize);
             let mut stats = SequenceStats::default();
+            let mut emitted = 0usize;
             for (i, prompt) in prompts.iter().enumerate() {
                 let room = context.saturating_sub(prompt.len() + 1).max(1);
                 let stop = StopCriteria { max_tokens: generate_tokens.min(room), eos_ids: eos_ids.clone() };
@@ -269,6 +275,8 @@ pub fn run(
                 }
                 stats.text_drafted += generation.stats.text_drafted;
                 stats.text_accepted += generation.stats.text_accepted;
+                stats.skipped_drafts += generation.stats.skipped_drafts;
+                emitted += generation.ids.len();
                 if mode == DecodeMode::Verify {
                     verify_emitted += generation.ids.len();
                 }
@@ -277,6 +285,10 @@ pub fn run(
                 }
             }
             mode_rates.entry(mode.as_str().to_string()).or_default().push(tokens as f64 / seconds.max(1e-9));
+            if mode == DecodeMode::Auto {
+                let steps = (forwards.saturating_sub(prompts.len())).max(1) as f64;
+                auto_figures = (emitted as f64 / forwards.max(1) as f64, stats.skipped_drafts as f64 / steps);
+            }
             if mode == DecodeMode::Verify {
                 verify_tpf.push(verify_emitted as f64 / forwards.max(1) as f64);
                 verify_emitted = 0;
@@ -314,6 +326,8 @@ pub fn run(
         verify_acceptance_by_position: acceptance_by_position,
         verify_text_drafted: text_drafts.0,
         verify_text_accepted: text_drafts.1,
+        auto_tokens_per_full_forward: auto_figures.0,
+        auto_skipped_share: auto_figures.1,
         module_agreement,
         batched_tokens_per_second: batched
             .iter_mut()

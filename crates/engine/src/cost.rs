@@ -119,8 +119,9 @@ impl CostModel {
 
     /// Which candidates draft. The next forward feeds `base_tokens` tokens before any draft,
     /// `fixed_drafts` of them drafts that other modes make anyway, and the step is expected to
-    /// emit `expected` tokens without the candidates' drafts. `acceptance` holds each candidate's
-    /// estimated acceptance probability; the likeliest are considered first, and each is added
+    /// emit `expected` tokens without the candidates' drafts. `acceptance` holds the tokens each
+    /// candidate's draft is expected to have accepted (its acceptance probability, or more
+    /// where its chains add tokens); the likeliest are considered first, and each is added
     /// only while it raises the expected tokens per second by a clear margin
     /// ([`DRAFT_MARGIN`]).
     pub fn choose(&self, base_tokens: usize, fixed_drafts: usize, expected: f64, acceptance: &[f64]) -> Vec<bool> {

@@ -14,6 +14,16 @@ const ACCEPTANCE_WEIGHT: f64 = 0.15;
 /// is judged. The scheduler starts later sequences from what earlier ones learned.
 pub(crate) const INITIAL_ACCEPTANCE: f64 = 0.5;
 
+/// How far each step without a draft pulls an `auto` sequence's moving averages back toward
+/// its verdicts over the whole answer: a run of rejections must not keep a module that is
+/// usually right off for the rest of the answer (the averages only learn from drafts made),
+/// while a module that is never right has nothing to drift back to. About 25 steps undo half
+/// of a drop.
+const RECOVERY: f64 = 0.03;
+
+/// Verdicts the start value is worth in the whole-answer figures.
+const START_WEIGHT: f64 = 4.0;
+
 /// An `auto` sequence that does not draft still drafts after this many steps, to notice when
 /// its module starts to agree again; each probe doubles the wait, up to the maximum, so a
 /// module that never agrees, or one that agrees but not often enough to pay at this load,
@@ -24,8 +34,14 @@ const LONGEST_PROBE_WAIT: usize = 256;
 /// How an `auto` sequence has fared with its drafts.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct DraftRecord {
-    /// Moving average of the verifications (1 accepted, 0 rejected).
+    /// Moving average of the verifications of first drafts (1 accepted, 0 rejected).
     pub(super) acceptance: f64,
+    /// Moving average of the module's drafts accepted per step that drafted, its chain
+    /// included (0 for a trimmed draft): what a decision to draft yields, which is more than
+    /// the first draft's acceptance wherever chains pay.
+    pub(super) yield_per_draft: f64,
+    /// Where both averages started.
+    pub(super) start: f64,
     /// Decode steps since its last draft.
     pub(super) idle: usize,
     /// Steps to wait before probing.
@@ -35,6 +51,54 @@ pub(super) struct DraftRecord {
     /// Verdicts on first drafts so far: accepted, and all (rejected and trimmed included).
     pub(super) accepted: usize,
     pub(super) judged: usize,
+    /// The module's drafts accepted over those verdicts, chains included.
+    pub(super) tokens: usize,
+}
+
+impl DraftRecord {
+    pub(super) fn new(start: f64) -> Self {
+        Self {
+            acceptance: start,
+            yield_per_draft: start,
+            start,
+            idle: 0,
+            probe_wait: FIRST_PROBE_WAIT,
+            probing: false,
+            accepted: 0,
+            judged: 0,
+            tokens: 0,
+        }
+    }
+
+    /// The verdict on a step's module drafts: `tokens` of them accepted in a row (0: the first
+    /// was rejected or trimmed).
+    fn record_verification(&mut self, tokens: usize) {
+        let (record, accepted) = (self, tokens > 0);
+        record.acceptance += ACCEPTANCE_WEIGHT * (f64::from(u8::from(accepted)) - record.acceptance);
+        record.yield_per_draft += ACCEPTANCE_WEIGHT * (tokens as f64 - record.yield_per_draft);
+        record.accepted += usize::from(accepted);
+        record.tokens += tokens;
+        record.judged += 1;
+        // Any probe doubles the wait: an accepted one moves the estimate up, and once that is
+        // enough the cost model says "pays" without a probe. (Resetting the wait on accepted
+        // probes kept a module that agrees half the time probing every few steps under load,
+        // where no draft pays: about 4% of throughput at 4-64 clients.) An accepted draft that
+        // was judged to pay restarts the probe schedule for when drafting stops paying.
+        if record.probing {
+            record.probe_wait = (record.probe_wait * 2).min(LONGEST_PROBE_WAIT);
+        } else if accepted {
+            record.probe_wait = FIRST_PROBE_WAIT;
+        }
+        record.probing = false;
+    }
+
+    /// A step without a draft: the moving averages drift toward the whole answer's figures.
+    fn recover(&mut self) {
+        let (judged, start) = (self.judged as f64 + START_WEIGHT, START_WEIGHT * self.start);
+        let (acceptance, yields) = ((self.accepted as f64 + start) / judged, (self.tokens as f64 + start) / judged);
+        self.acceptance += RECOVERY * (acceptance - self.acceptance);
+        self.yield_per_draft += RECOVERY * (yields - self.yield_per_draft);
+    }
 }
 
 /// A recycled token waiting to be checked by the next full forward.
@@ -60,7 +124,13 @@ impl Sequence {
     /// Starts the acceptance estimate at `estimate` (what earlier sequences of this server
     /// found) instead of [`INITIAL_ACCEPTANCE`].
     pub(crate) fn start_acceptance_at(&mut self, estimate: f64) {
-        self.record.acceptance = estimate.clamp(0.0, 1.0);
+        self.record = DraftRecord::new(estimate.clamp(0.0, 1.0));
+    }
+
+    /// The module's drafts a decision to draft is expected to see accepted (chains included):
+    /// what `auto` weighs against a draft's cost.
+    pub(crate) fn draft_yield(&self) -> f64 {
+        self.record.yield_per_draft
     }
 
     /// (accepted, judged): the verdicts on this sequence's first drafts, a draft dropped as
@@ -79,6 +149,7 @@ impl Sequence {
             return true;
         }
         self.record.idle += 1;
+        self.record.recover();
         self.stats.skipped_drafts += 1;
         false
     }
@@ -106,9 +177,6 @@ impl Sequence {
             let p = distribution(row, &self.params, &self.history);
             let (token, ok) = verify_draft(draft.token, &draft.dist, &p, &mut self.rng);
             self.emit(token, raw.as_deref());
-            if j == 0 && !from_text {
-                self.record_verification(ok);
-            }
             if !ok {
                 self.stats.rejected += 1;
                 break;
@@ -121,6 +189,9 @@ impl Sequence {
                 ended = true;
                 break;
             }
+        }
+        if !from_text && !drafts.is_empty() {
+            self.record_verification(accepted);
         }
         if from_text {
             self.record_text_verdicts(drafts.len(), accepted, ended || accepted == drafts.len());
@@ -144,22 +215,10 @@ impl Sequence {
         Ok(fed - dropped)
     }
 
-    pub(super) fn record_verification(&mut self, accepted: bool) {
-        let record = &mut self.record;
-        record.acceptance += ACCEPTANCE_WEIGHT * (f64::from(u8::from(accepted)) - record.acceptance);
-        record.accepted += usize::from(accepted);
-        record.judged += 1;
-        // Any probe doubles the wait: an accepted one moves the estimate up, and once that is
-        // enough the cost model says "pays" without a probe. (Resetting the wait on accepted
-        // probes kept a module that agrees half the time probing every few steps under load,
-        // where no draft pays: about 4% of throughput at 4-64 clients.) An accepted draft that
-        // was judged to pay restarts the probe schedule for when drafting stops paying.
-        if record.probing {
-            record.probe_wait = (record.probe_wait * 2).min(LONGEST_PROBE_WAIT);
-        } else if accepted {
-            record.probe_wait = FIRST_PROBE_WAIT;
-        }
-        record.probing = false;
+    /// The verdict on a step's module drafts: `tokens` of them accepted in a row (0: the first
+    /// was rejected or trimmed).
+    pub(super) fn record_verification(&mut self, tokens: usize) {
+        self.record.record_verification(tokens);
     }
 
     /// Takes the module's logits for the next token: `alternate` emits its token, the other
@@ -251,7 +310,7 @@ impl Sequence {
             && self.drafts.first().is_some_and(|d| d.confidence < threshold);
         if unsure {
             self.retract_drafts();
-            self.record_verification(false);
+            self.record_verification(0);
         }
         unsure
     }
@@ -288,5 +347,57 @@ impl Sequence {
             && !self.constraint.as_ref().is_some_and(|c| c.is_complete())
             && self.chain_value() >= threshold;
         chains.then_some(last.token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cost::CostModel;
+
+    /// A device where one more token in the forward and a module step cost 30% of a 1-token
+    /// forward: a draft pays above 0.33 tokens expected (with the margin).
+    fn costs() -> CostModel {
+        CostModel::from_points(vec![(1, 0.010), (2, 0.012), (4, 0.016)], vec![(1, 0.001), (2, 0.0012)])
+    }
+
+    fn pays(record: &DraftRecord) -> bool {
+        costs().choose(1, 0, 1.0, &[record.yield_per_draft])[0]
+    }
+
+    #[test]
+    fn chains_count_in_what_a_draft_yields() {
+        // First drafts accepted a third of the time, but each accepted one led a chain of three:
+        // the first draft's acceptance says no, the yield says yes, as verify's speed does.
+        let mut record = DraftRecord::new(0.5);
+        for tokens in [3, 0, 0].repeat(10) {
+            record.record_verification(tokens);
+        }
+        assert!(record.acceptance < 0.33 && !costs().choose(1, 0, 1.0, &[record.acceptance])[0]);
+        assert!(pays(&record), "{record:?}");
+    }
+
+    #[test]
+    fn a_run_of_rejections_is_forgiven_and_a_module_never_right_is_not() {
+        let mut usual = DraftRecord::new(0.5);
+        for tokens in [1, 2, 0, 1].repeat(5).into_iter().chain([0; 10]) {
+            usual.record_verification(tokens);
+        }
+        assert!(!pays(&usual), "ten rejections in a row stop the drafts: {usual:?}");
+        let mut never = DraftRecord::new(0.5);
+        for _ in 0..12 {
+            never.record_verification(0);
+        }
+        let mut steps = 0;
+        while !pays(&usual) {
+            usual.recover();
+            never.recover();
+            steps += 1;
+        }
+        assert!(steps <= 40, "the usually right module drafts again after {steps} steps");
+        for _ in 0..200 {
+            never.recover();
+        }
+        assert!(!pays(&never), "a module never right stays off (probes aside): {never:?}");
     }
 }

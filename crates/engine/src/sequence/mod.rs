@@ -10,7 +10,7 @@ use recyclegpt_model::{KvCache, RecycleGpt};
 mod drafts;
 mod lookup;
 pub(crate) use drafts::INITIAL_ACCEPTANCE;
-use drafts::{Draft, DraftRecord, FIRST_PROBE_WAIT};
+use drafts::{Draft, DraftRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -184,14 +184,7 @@ impl Sequence {
             fresh_logprobs: Vec::new(),
             prompt_logprobs: Vec::new(),
             stats: SequenceStats::default(),
-            record: DraftRecord {
-                acceptance: INITIAL_ACCEPTANCE,
-                idle: 0,
-                probe_wait: FIRST_PROBE_WAIT,
-                probing: false,
-                accepted: 0,
-                judged: 0,
-            },
+            record: DraftRecord::new(INITIAL_ACCEPTANCE),
             finish: None,
         };
         if seq.stop.max_tokens == 0 {
