@@ -176,6 +176,27 @@ impl Path {
     }
 }
 
+/// How far ahead of the block being multiplied the tile kernels ask for weights: the
+/// hardware prefetcher alone left a 4-row product waiting on memory (a 4-token SmolLM2 forward
+/// took 8.0 ms without, 7.0 ms with; medians of interleaved runs).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_BYTES: usize = 2048;
+
+/// Asks for the cache lines `PREFETCH_BYTES` past the `bytes` at `at`: a hint, which never
+/// faults, so the addresses may run past the matrix's end (hence `wrapping_add`).
+///
+/// # Safety
+/// The CPU must have SSE (every x86-64 CPU does).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_ahead(at: *const u8, bytes: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch is a hint; it reads nothing and faults on no address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_BYTES + line) as *const i8) };
+    }
+}
+
 /// The real rows of `tile` in a matrix of `rows` (the last tile may be partly padding).
 fn tile_rows(rows: usize, tile: usize) -> usize {
     (rows - tile * TILE).min(TILE)

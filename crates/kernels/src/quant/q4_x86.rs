@@ -1,7 +1,7 @@
 //! The 4-bit tile kernels in AVX-512 VNNI and in AVX2. A 64-byte group vector holds two groups
 //! of nibbles: the low ones (columns `4g..4g + 4`) and the high ones (`16 + 4g..`).
 use super::q4::TILE_BLOCK_BYTES;
-use super::{tile_rows, Activations, Q4Matrix, BLOCK, GROUP, TILE};
+use super::{prefetch_ahead, tile_rows, Activations, Q4Matrix, BLOCK, GROUP, TILE};
 use crate::pool::OutPtr;
 use std::arch::x86_64::*;
 
@@ -65,6 +65,7 @@ unsafe fn pass_vnni<const M: usize, const C: usize>(
         for b in 0..blocks {
             let mut sums_lo = [[_mm512_setzero_si512(); C]; M];
             let mut sums_hi = [[_mm512_setzero_si512(); C]; M];
+            prefetch_ahead(weights, TILE_BLOCK_BYTES);
             for g in 0..VECTORS {
                 let v = _mm512_loadu_si512(weights.add(g * TILE * GROUP) as *const _);
                 let lo = _mm512_and_si512(v, low);

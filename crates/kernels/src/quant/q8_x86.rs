@@ -1,6 +1,6 @@
 //! The Q8_0 tile kernels in AVX-512 VNNI and in AVX2.
 use super::q8::{OFFSET, TILE_BLOCK_BYTES};
-use super::{tile_rows, Activations, Q8Matrix, BLOCK, GROUP, TILE};
+use super::{prefetch_ahead, tile_rows, Activations, Q8Matrix, BLOCK, GROUP, TILE};
 use crate::pool::OutPtr;
 use std::arch::x86_64::*;
 
@@ -13,17 +13,22 @@ const GROUPS: usize = BLOCK / GROUP;
 pub(super) unsafe fn tile_vnni(w: &Q8Matrix, a: &Activations, tile: usize, out: OutPtr) {
     let mut first = 0;
     while first < a.m {
-        // Up to 4 input rows per pass (their accumulators stay in registers). A block's 8 groups
-        // are spread over `C` chains per input row, so that at least 4 independent chains hide
+        // Up to 8 input rows per pass (their accumulators stay in registers: each pass streams
+        // the matrix again, and the output head is the largest one). A block's 8 groups are
+        // spread over `C` chains per input row, so that at least 4 independent chains hide
         // `vpdpbusd`'s latency.
-        let inputs = (a.m - first).min(4);
+        let inputs = (a.m - first).min(8);
         // SAFETY: inputs `first..first + inputs` exist; the rest is the caller's contract.
         unsafe {
             match inputs {
                 1 => pass_vnni::<1, 4>(w, a, tile, first, out),
                 2 => pass_vnni::<2, 2>(w, a, tile, first, out),
                 3 => pass_vnni::<3, 1>(w, a, tile, first, out),
-                _ => pass_vnni::<4, 1>(w, a, tile, first, out),
+                4 => pass_vnni::<4, 1>(w, a, tile, first, out),
+                5 => pass_vnni::<5, 1>(w, a, tile, first, out),
+                6 => pass_vnni::<6, 1>(w, a, tile, first, out),
+                7 => pass_vnni::<7, 1>(w, a, tile, first, out),
+                _ => pass_vnni::<8, 1>(w, a, tile, first, out),
             }
         }
         first += inputs;
@@ -55,6 +60,7 @@ unsafe fn pass_vnni<const M: usize, const C: usize>(
         let mut weights = w.quants.as_ptr().add(tile * blocks * TILE_BLOCK_BYTES);
         for b in 0..blocks {
             let mut sums = [[_mm512_setzero_si512(); C]; M];
+            prefetch_ahead(weights, TILE_BLOCK_BYTES);
             for g in 0..GROUPS {
                 let at = weights.add(g * TILE * GROUP);
                 let wv = _mm512_loadu_si512(at as *const _);
