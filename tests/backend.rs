@@ -89,7 +89,9 @@ async fn serve(script: Script, alive: bool) -> (LoopbackServer, String, Arc<Text
         recycle_source: RecycleSource::None,
     };
     let backend = Arc::new(Scripted { script, alive: AtomicBool::new(alive) });
-    let server_config = ServerConfig { port: 0, shutdown_delay_seconds: 0.0, ..ServerConfig::default() };
+    let server_config = ServerConfig { port: 0, shutdown_delay_seconds: 0.0, ..ServerConfig::default() }
+        .validated()
+        .expect("a valid configuration");
     let state = AppState::with_backend(server_config, tokenizer, model, backend).expect("state");
     let tokenizer = state.tokenizer.clone();
     let server = LoopbackServer::start(state).await.expect("bind");

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use recyclegpt_engine::DecodeMode;
 use recyclegpt_model::{DTypeSpec, DeviceSpec, LoadOptions, LoadedModel, QuantizeSpec, RecycleInit};
-use recyclegpt_server::{AppState, LogFormat, ServerConfig};
+use recyclegpt_server::{AppState, LogFormat, ServerConfig, ValidConfig};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -103,7 +103,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// Defaults, then the file, then environment variables and flags; validated before anything
     /// is loaded.
-    fn config(&self) -> anyhow::Result<ServerConfig> {
+    fn config(&self) -> anyhow::Result<ValidConfig> {
         let mut c = match &self.config {
             Some(path) => ServerConfig::from_toml_file(path).map_err(anyhow::Error::msg)?,
             None => ServerConfig::default(),
@@ -154,8 +154,7 @@ impl ServeArgs {
         if self.api_key.is_some() {
             c.api_key = self.api_key.clone();
         }
-        c.validate().map_err(anyhow::Error::msg)?;
-        Ok(c)
+        c.validated().map_err(anyhow::Error::msg)
     }
 }
 

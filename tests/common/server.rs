@@ -30,7 +30,7 @@ impl TestServer {
             ..ServerConfig::default()
         };
         tweak(&mut config);
-        let state = AppState::start(config, loaded).expect("server state");
+        let state = AppState::start(config.validated().expect("a valid configuration"), loaded).expect("server state");
         let server = LoopbackServer::start(state.clone()).await.expect("bind 127.0.0.1");
         Self { base: format!("http://{}", server.address), state, server }
     }

@@ -128,6 +128,7 @@ fn serve_all(options: &ReportOptions, loaded: LoadedModel) -> Result<Vec<ServeRe
         max_running_sequences: options.clients.iter().copied().max().unwrap_or(1).max(16),
         ..ServerConfig::default()
     };
+    let config = config.validated().map_err(ReportError::Server)?;
     let state = AppState::start(config, loaded).map_err(ReportError::Server)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

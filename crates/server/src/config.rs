@@ -164,6 +164,12 @@ impl ServerConfig {
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// The configuration as the server takes it, once [`ServerConfig::validate`] passed.
+    pub fn validated(self) -> Result<ValidConfig, String> {
+        self.validate()?;
+        Ok(ValidConfig(self))
+    }
+
     /// Checks what types cannot: ranges and relations between keys.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -225,6 +231,19 @@ impl ServerConfig {
 /// Seconds from configuration as a `Duration` (validated finite and non-negative).
 pub fn seconds(value: f64) -> std::time::Duration {
     std::time::Duration::from_secs_f64(value.max(0.0))
+}
+
+/// A configuration that passed [`ServerConfig::validate`]: the only kind the server starts
+/// from, so it is checked once, where it is made (`serve` checks it before the model loads).
+#[derive(Debug, Clone)]
+pub struct ValidConfig(ServerConfig);
+
+impl std::ops::Deref for ValidConfig {
+    type Target = ServerConfig;
+
+    fn deref(&self) -> &ServerConfig {
+        &self.0
+    }
 }
 
 #[cfg(test)]

@@ -71,13 +71,13 @@ pub fn submit(
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::Draining);
     }
-    let span = tracing::info_span!("request", id = %request_id, sequences = plan.prompts.len() * plan.n);
+    let span = tracing::info_span!("request", id = %request_id, sequences = plan.prompts().len() * plan.n());
     let (events, receiver) = mpsc::unbounded_channel();
     let mut jobs = Vec::new();
     let mut choices = Vec::new();
-    for prompt in &plan.prompts {
-        for sample in 0..plan.n {
-            let mut params = plan.params.clone();
+    for prompt in plan.prompts() {
+        for sample in 0..plan.n() {
+            let mut params = plan.params().clone();
             // Samples of one request differ, yet a seeded request stays reproducible.
             params.seed = params.seed.map(|s| s.wrapping_add(sample as u64));
             let cancel = Arc::new(AtomicBool::new(false));
@@ -86,17 +86,17 @@ pub fn submit(
                 index: jobs.len(),
                 prompt: prompt.clone(),
                 params,
-                max_tokens: plan.max_tokens,
+                max_tokens: plan.max_tokens(),
                 eos_ids: state.tokenizer.eos_ids().to_vec(),
-                mode: plan.mode,
-                constraint: plan.grammar.as_ref().map(|g| g.constraint()),
+                mode: plan.mode(),
+                constraint: plan.grammar().map(|g| g.constraint()),
                 events: events.clone(),
                 cancel: cancel.clone(),
                 arrived,
                 span: span.clone(),
             });
             choices.push(ChoiceState {
-                text: TextStream::new(&state.tokenizer, plan.stop.clone()),
+                text: TextStream::new(&state.tokenizer, plan.stop().to_vec()),
                 cached_prompt_tokens: 0,
                 prompt_logprobs: Vec::new(),
                 cancel,
@@ -109,8 +109,8 @@ pub fn submit(
     Ok(Generation {
         events: receiver,
         choices,
-        prompt_tokens: plan.prompts.iter().map(Vec::len).sum(),
-        n: plan.n.max(1),
+        prompt_tokens: plan.prompts().iter().map(Vec::len).sum(),
+        n: plan.n().max(1),
         done: 0,
     })
 }
@@ -273,7 +273,7 @@ pub fn recycle_stats(plan: &Plan, choices: &[Choice]) -> RecycleStats {
     let tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
     let forwards: usize = choices.iter().map(|c| c.stats.full_forwards).sum();
     RecycleStats {
-        mode: plan.mode.as_str().to_string(),
+        mode: plan.mode().as_str().to_string(),
         full_forwards: forwards,
         tokens_per_full_forward: if forwards > 0 { tokens as f64 / forwards as f64 } else { 0.0 },
         accepted: choices.iter().map(|c| c.stats.accepted).sum(),
@@ -348,7 +348,7 @@ pub fn sse(mut shape: impl ChunkShape, mut generation: Generation, plan: Plan) -
         if failed {
             metrics::counter!("recyclegpt_requests_total", "status" => "stream_error").increment(1);
         } else {
-            if plan.include_usage {
+            if plan.include_usage() {
                 yield json_event(&shape.usage(generation.usage()));
             }
             yield Ok::<_, Infallible>(SseEvent::default().data("[DONE]"));

@@ -19,7 +19,7 @@ pub mod worker;
 
 pub use backend::{Backend, Event, Failure, Job, SubmitError};
 pub use chat_template::{ChatMessage, ChatTemplate};
-pub use config::{LogFormat, ServerConfig};
+pub use config::{LogFormat, ServerConfig, ValidConfig};
 
 use config::seconds;
 use connections::{ConnectionLimits, Phase};
@@ -45,7 +45,7 @@ pub struct ModelInfo {
 }
 
 pub struct AppState {
-    pub config: ServerConfig,
+    pub config: ValidConfig,
     pub limits: Limits,
     pub tokenizer: Arc<TextTokenizer>,
     /// Structured outputs' compiler for this tokenizer (or why there is none), with its limits.
@@ -142,8 +142,7 @@ pub fn now_seconds() -> u64 {
 
 impl AppState {
     /// Starts the worker on `loaded` and builds everything the routes share.
-    pub fn start(config: ServerConfig, loaded: LoadedModel) -> Result<Arc<Self>, String> {
-        config.validate()?;
+    pub fn start(config: ValidConfig, loaded: LoadedModel) -> Result<Arc<Self>, String> {
         let model = ModelInfo {
             context_len: loaded.model.context_len(),
             vocab_size: loaded.model.config().vocab_size,
@@ -169,12 +168,11 @@ impl AppState {
     /// Everything the routes share, over any backend (the worker, or one a test supplies to
     /// exercise the routes without a model).
     pub fn with_backend(
-        config: ServerConfig,
+        config: ValidConfig,
         tokenizer: TextTokenizer,
         model: ModelInfo,
         backend: Arc<dyn Backend>,
     ) -> Result<Arc<Self>, String> {
-        config.validate()?;
         let limits = Limits {
             served_model_name: config.served_name(),
             context_len: model.context_len,

@@ -1,5 +1,7 @@
-//! One typed validation pass: an OpenAI request becomes a `Plan` the worker can run, or an
-//! error that names the parameter at fault.
+//! One typed validation pass: a request becomes a `Plan` the worker can run, or an error that
+//! names the parameter at fault. The cheap checks come first ([`check`]: model, n, sampling,
+//! stop, mode); the route then compiles the grammar, renders and tokenizes the prompt, and
+//! [`Checked::plan`] checks what only the tokens can tell (lengths, ids, context).
 use crate::error::ApiError;
 use crate::openai::{SamplingFields, Stop};
 use recyclegpt_engine::{DecodeMode, SamplingParams};
@@ -25,24 +27,78 @@ pub struct Limits {
 }
 
 /// A validated request: one or more prompts, each generated `n` times with these settings.
+/// Only [`Checked::plan`] makes one, after every check has passed; nothing changes it after.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub prompts: Vec<Vec<u32>>,
-    pub n: usize,
-    pub params: SamplingParams,
-    pub max_tokens: usize,
-    pub stop: Vec<String>,
-    pub mode: DecodeMode,
-    pub stream: bool,
-    pub include_usage: bool,
+    prompts: Vec<Vec<u32>>,
+    n: usize,
+    params: SamplingParams,
+    max_tokens: usize,
+    stop: Vec<String>,
+    mode: DecodeMode,
+    stream: bool,
+    include_usage: bool,
     /// The grammar every choice's tokens must fit (structured outputs), if any.
-    pub grammar: Option<Arc<Grammar>>,
+    grammar: Option<Arc<Grammar>>,
 }
 
 impl Plan {
+    pub fn prompts(&self) -> &[Vec<u32>] {
+        &self.prompts
+    }
+
+    /// Choices per prompt.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn stop(&self) -> &[String] {
+        &self.stop
+    }
+
+    /// The decode mode, resolved once (the server's default, and `off` without a module).
+    pub fn mode(&self) -> DecodeMode {
+        self.mode
+    }
+
+    pub fn stream(&self) -> bool {
+        self.stream
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.include_usage
+    }
+
+    pub fn grammar(&self) -> Option<&Arc<Grammar>> {
+        self.grammar.as_ref()
+    }
+
     pub fn wants_logprobs(&self) -> bool {
         self.params.logprobs.is_some()
     }
+}
+
+/// A request's own fields checked, before anything costly (compiling its grammar, rendering
+/// and tokenizing its prompt) is spent on it: the first half of a [`Plan`].
+#[derive(Debug, Clone)]
+pub struct Checked {
+    n: usize,
+    params: SamplingParams,
+    /// As asked; without it, the default or what the context leaves is settled by the prompt.
+    max_tokens: Option<usize>,
+    stop: Vec<String>,
+    mode: DecodeMode,
+    stream: bool,
+    include_usage: bool,
+    names: FieldNames,
 }
 
 /// Checks a requested number of top alternatives.
@@ -86,64 +142,28 @@ pub struct FieldNames {
     pub max_tokens: &'static str,
 }
 
-/// Checks the shared fields; `prompts` are already tokenized.
+/// Checks the fields every dialect shares (model, n, sampling, stop, mode), before the prompt.
 /// `logprobs`: how many top alternatives to report per token, if log-probabilities are wanted.
-pub fn plan(
+pub fn check(
     fields: &SamplingFields,
     max_tokens: Option<i64>,
     logprobs: Option<usize>,
-    prompts: Vec<Vec<u32>>,
     limits: &Limits,
     names: FieldNames,
-) -> Result<Plan, ApiError> {
+) -> Result<Checked, ApiError> {
     check_model(fields.model.as_ref(), limits)?;
     let n = fields.n.unwrap_or(1);
     if n < 1 || n as usize > limits.max_n {
         return Err(ApiError::invalid("n", format!("`n` must be between 1 and {}, got {n}", limits.max_n)));
     }
-    // Without max_tokens, generate up to the default or to the end of the context.
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let max_tokens = match max_tokens {
         Some(m) if m < 1 => {
             let param = names.max_tokens;
             return Err(ApiError::invalid(param, format!("`{param}` must be at least 1, got {m}")));
         }
-        Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
-        None => limits.default_max_tokens.min(limits.context_len.saturating_sub(longest)).max(1),
+        Some(m) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
+        None => None,
     };
-    if prompts.is_empty() {
-        return Err(ApiError::invalid("prompt", "the prompt is empty"));
-    }
-    let sequences = prompts.len().saturating_mul(n as usize);
-    if sequences > limits.max_sequences {
-        return Err(ApiError::invalid(
-            "n",
-            format!(
-                "the request asks for {sequences} sequences (prompts × n); at most {} are served per request",
-                limits.max_sequences
-            ),
-        ));
-    }
-    for prompt in &prompts {
-        if prompt.is_empty() {
-            return Err(ApiError::invalid("prompt", "a prompt has no tokens"));
-        }
-        check_token_ids("prompt", prompt, limits)?;
-        if prompt.len().saturating_add(max_tokens) > limits.context_len {
-            let param = if prompt.len() >= limits.context_len { names.prompt } else { names.max_tokens };
-            return Err(ApiError::ContextLength {
-                param: param.to_string(),
-                message: format!(
-                    "This model's maximum context length is {} tokens; the prompt has {} tokens and `{}` is \
-                     {max_tokens} ({} in all)",
-                    limits.context_len,
-                    prompt.len(),
-                    names.max_tokens,
-                    prompt.len().saturating_add(max_tokens)
-                ),
-            });
-        }
-    }
     let mut logit_bias = Vec::new();
     for (token, bias) in fields.logit_bias.iter().flatten() {
         // Exactly the decimal form the OpenAPI document declares: no sign, space or leading zero.
@@ -213,8 +233,7 @@ pub fn plan(
             "this model has no recyclable module: only `off` and `auto` are served",
         ));
     }
-    Ok(Plan {
-        prompts,
+    Ok(Checked {
         n: n as usize,
         params,
         max_tokens,
@@ -222,6 +241,74 @@ pub fn plan(
         mode,
         stream: fields.stream,
         include_usage: fields.stream_options.as_ref().is_some_and(|o| o.include_usage),
-        grammar: None,
+        names,
     })
+}
+
+impl Checked {
+    /// Completions' `echo`: the prompt's tokens are reported with log-probabilities too.
+    pub fn echo_prompt_logprobs(mut self) -> Self {
+        self.params.prompt_logprobs = self.params.logprobs;
+        self
+    }
+
+    /// The last checks, on the tokenized prompts (they exist, fit the vocabulary and, with the
+    /// tokens to generate, the context), and the plan the worker runs.
+    pub fn plan(
+        self,
+        prompts: Vec<Vec<u32>>,
+        grammar: Option<Arc<Grammar>>,
+        limits: &Limits,
+    ) -> Result<Plan, ApiError> {
+        let names = self.names;
+        if prompts.is_empty() {
+            return Err(ApiError::invalid("prompt", "the prompt is empty"));
+        }
+        let sequences = prompts.len().saturating_mul(self.n);
+        if sequences > limits.max_sequences {
+            return Err(ApiError::invalid(
+                "n",
+                format!(
+                    "the request asks for {sequences} sequences (prompts × n); at most {} are served per request",
+                    limits.max_sequences
+                ),
+            ));
+        }
+        // Without max_tokens, generate up to the default or to the end of the context.
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let max_tokens = self
+            .max_tokens
+            .unwrap_or_else(|| limits.default_max_tokens.min(limits.context_len.saturating_sub(longest)).max(1));
+        for prompt in &prompts {
+            if prompt.is_empty() {
+                return Err(ApiError::invalid("prompt", "a prompt has no tokens"));
+            }
+            check_token_ids("prompt", prompt, limits)?;
+            if prompt.len().saturating_add(max_tokens) > limits.context_len {
+                let param = if prompt.len() >= limits.context_len { names.prompt } else { names.max_tokens };
+                return Err(ApiError::ContextLength {
+                    param: param.to_string(),
+                    message: format!(
+                        "This model's maximum context length is {} tokens; the prompt has {} tokens and `{}` is \
+                         {max_tokens} ({} in all)",
+                        limits.context_len,
+                        prompt.len(),
+                        names.max_tokens,
+                        prompt.len().saturating_add(max_tokens)
+                    ),
+                });
+            }
+        }
+        Ok(Plan {
+            prompts,
+            n: self.n,
+            params: self.params,
+            max_tokens,
+            stop: self.stop,
+            mode: self.mode,
+            stream: self.stream,
+            include_usage: self.include_usage,
+            grammar,
+        })
+    }
 }

@@ -6,7 +6,7 @@ use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit};
 use crate::openai::{ChatRequest, Content, Message, Role};
 use crate::responses::{AssistantMessage, ChatChoice, ChatCompletionResponse, FinishReason};
 use crate::tools::{self, ToolPlan};
-use crate::validation::{plan, top_logprobs, FieldNames};
+use crate::validation::{check, top_logprobs, FieldNames};
 use crate::{structured, AppState};
 use axum::extract::State;
 use axum::response::Response;
@@ -84,6 +84,10 @@ pub async fn create(
             None
         }
     };
+    let max_tokens = request.max_completion_tokens.or(request.sampling.max_tokens);
+    let max_tokens_param = if request.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+    let names = FieldNames { prompt: "messages", max_tokens: max_tokens_param };
+    let checked = check(&request.sampling, max_tokens, logprobs, &state.limits, names)?;
     let tools = ToolPlan::new(request.tools.as_deref(), request.tool_choice.as_ref(), request.parallel_tool_calls)?;
     let mut messages = template_messages(&request.messages)?;
     state.prompts.check_chat("messages", &messages)?;
@@ -94,11 +98,7 @@ pub async fn create(
     let format = request.sampling.response_format.as_ref();
     let grammar = structured::request_grammar(&state, tools.as_ref(), format, "response_format").await?;
     let prompt = state.prompts.chat(messages, if tools.is_some() { "tools" } else { "messages" }).await?;
-    let max_tokens = request.max_completion_tokens.or(request.sampling.max_tokens);
-    let max_tokens_param = if request.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
-    let names = FieldNames { prompt: "messages", max_tokens: max_tokens_param };
-    let mut plan = plan(&request.sampling, max_tokens, logprobs, vec![prompt], &state.limits, names)?;
-    plan.grammar = grammar;
+    let plan = checked.plan(vec![prompt], grammar, &state.limits)?;
     let id = format!("chatcmpl-{}", state.next_request_id());
     let generation = submit(&state, &plan, &id, arrived)?;
     let (model, created) = shared(&state);
@@ -106,7 +106,7 @@ pub async fn create(
         let state = state.clone();
         move || state.next_call_id()
     };
-    if plan.stream {
+    if plan.stream() {
         let shape = ChatChunks::new(
             state.tokenizer.clone(),
             plan.wants_logprobs(),

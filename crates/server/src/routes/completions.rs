@@ -3,7 +3,7 @@ use crate::error::{ApiError, ApiJson};
 use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, ChunkShape};
 use crate::openai::{CompletionRequest, Prompt, Usage};
 use crate::responses::{CompletionChoice, CompletionLogprobs, CompletionResponse, FinishReason};
-use crate::validation::{plan, top_logprobs, FieldNames};
+use crate::validation::{check, top_logprobs, FieldNames};
 use crate::{structured, AppState};
 use axum::extract::State;
 use axum::response::Response;
@@ -161,21 +161,20 @@ pub async fn create(
     if request.suffix.is_some() {
         return Err(ApiError::invalid("suffix", "`suffix` is not supported"));
     }
+    let logprobs = request.logprobs.map(|n| top_logprobs("logprobs", n, COMPLETION_LOGPROBS)).transpose()?;
+    let names = FieldNames { prompt: "prompt", max_tokens: "max_tokens" };
+    let checked = check(&request.sampling, request.sampling.max_tokens, logprobs, &state.limits, names)?;
+    let checked = if request.echo { checked.echo_prompt_logprobs() } else { checked };
+    let grammar = structured::grammar(&state, request.sampling.response_format.as_ref()).await?;
     let prompts: Vec<Vec<u32>> = match request.prompt {
         Prompt::Text(text) => state.prompts.completion(vec![text]).await?,
         Prompt::Texts(texts) => state.prompts.completion(texts).await?,
         Prompt::Ids(ids) => vec![ids],
         Prompt::IdLists(lists) => lists,
     };
-    let logprobs = request.logprobs.map(|n| top_logprobs("logprobs", n, COMPLETION_LOGPROBS)).transpose()?;
-    let names = FieldNames { prompt: "prompt", max_tokens: "max_tokens" };
-    let mut plan = plan(&request.sampling, request.sampling.max_tokens, logprobs, prompts, &state.limits, names)?;
-    if request.echo {
-        plan.params.prompt_logprobs = plan.params.logprobs;
-    }
-    plan.grammar = structured::grammar(&state, request.sampling.response_format.as_ref()).await?;
+    let plan = checked.plan(prompts, grammar, &state.limits)?;
     let echo: Vec<String> = if request.echo {
-        plan.prompts
+        plan.prompts()
             .iter()
             .map(|p| state.tokenizer.decode(p).map_err(|e| ApiError::Internal(e.to_string())))
             .collect::<Result<_, _>>()?
@@ -185,17 +184,17 @@ pub async fn create(
     let id = format!("cmpl-{}", state.next_request_id());
     let generation = submit(&state, &plan, &id, arrived)?;
     let (model, created) = shared(&state);
-    if plan.stream {
+    if plan.stream() {
         let shape = CompletionChunks {
             tokenizer: state.tokenizer.clone(),
             logprobs: plan.wants_logprobs(),
             id,
             model,
             created,
-            offsets: vec![0; plan.prompts.len() * plan.n],
+            offsets: vec![0; plan.prompts().len() * plan.n()],
             echo,
-            prompts: if request.echo { plan.prompts.clone() } else { Vec::new() },
-            n: plan.n,
+            prompts: if request.echo { plan.prompts().to_vec() } else { Vec::new() },
+            n: plan.n(),
         };
         return Ok(sse(shape, generation, plan));
     }
@@ -204,12 +203,12 @@ pub async fn create(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let prefix = echo.get(i / plan.n).map(String::as_str).unwrap_or("");
+            let prefix = echo.get(i / plan.n()).map(String::as_str).unwrap_or("");
             let logprobs = plan.wants_logprobs().then(|| {
                 let generated = logprobs_of(&state.tokenizer, &c.logprobs, prefix.len());
                 match request.echo {
                     true => joined(
-                        prompt_logprobs_of(&state.tokenizer, &plan.prompts[i / plan.n], &c.prompt_logprobs, prefix),
+                        prompt_logprobs_of(&state.tokenizer, &plan.prompts()[i / plan.n()], &c.prompt_logprobs, prefix),
                         generated,
                     ),
                     false => generated,

@@ -15,7 +15,7 @@ use crate::openai_responses::{
     OutputItem, ResponseInput, ResponseObject, ResponseToolChoice, ResponsesRequest, TextConfig, TextFormat,
 };
 use crate::tools::{self, ToolPlan};
-use crate::validation::{plan, FieldNames};
+use crate::validation::{check, FieldNames};
 use crate::{structured, AppState};
 use axum::extract::State;
 use axum::response::Response;
@@ -156,6 +156,8 @@ pub async fn create(
         response_format: response_format(request.text.as_ref()),
         ..SamplingFields::default()
     };
+    let names = FieldNames { prompt: "input", max_tokens: "max_output_tokens" };
+    let checked = check(&fields, request.max_output_tokens, None, &state.limits, names)?;
     let tools = tool_plan(&request)?;
     let format = fields.response_format.as_ref();
     let grammar = structured::request_grammar(&state, tools.as_ref(), format, "text").await?;
@@ -165,15 +167,13 @@ pub async fn create(
         tools::add_instructions(&mut messages, tools.instructions());
     }
     let prompt = state.prompts.chat(messages, if tools.is_some() { "tools" } else { "input" }).await?;
-    let names = FieldNames { prompt: "input", max_tokens: "max_output_tokens" };
-    let mut plan = plan(&fields, request.max_output_tokens, None, vec![prompt], &state.limits, names)?;
-    plan.grammar = grammar;
+    let plan = checked.plan(vec![prompt], grammar, &state.limits)?;
     let id = format!("resp_{}", state.next_request_id());
     let generation = submit(&state, &plan, &id, arrived)?;
     let (model, created_at) = shared(&state);
     let message_id = format!("msg_{}", state.next_request_id());
     let shape = Shape { message_id, id, model, created_at, request, tools, state: state.clone() };
-    if plan.stream {
+    if plan.stream() {
         metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
         return Ok(super::responses_stream::stream(shape, generation, plan));
     }
