@@ -41,8 +41,33 @@ pub struct ReportArgs {
     max_tokens: usize,
     #[arg(long, default_value = "ROMEO:\nWhat light")]
     prompt: String,
+    /// A trained module in its own directory, for a model without one beside it (a GGUF file).
+    #[arg(long)]
+    recycle: Option<std::path::PathBuf>,
+    /// Decode-benchmark the model on the twelve default chat questions, and serve the prompt as
+    /// a chat message.
+    #[arg(long)]
+    chat: bool,
+    /// Tokens the model generates per mode per round (per question with --chat).
+    #[arg(long, default_value_t = 32)]
+    generate_tokens: usize,
+    /// Another server of the same model, already running, benchmarked beside ours: NAME=URL
+    /// (e.g. llama-server=http://127.0.0.1:8080). Repeat for several.
+    #[arg(long = "peer", value_parser = name_and::<String>)]
+    peers: Vec<(String, String)>,
+    /// A peer's batch-1 decode tokens/s of the same model, measured the same hour (llama-bench's
+    /// tg128): NAME=TOKENS_PER_S, drawn beside the model's modes. Repeat for several.
+    #[arg(long = "peer-decode", value_parser = name_and::<f64>)]
+    peer_decode: Vec<(String, f64)>,
     #[command(flatten)]
     placement: super::model_args::PlacementArgs,
+}
+
+/// `NAME=VALUE`, for the report's peers.
+fn name_and<T: std::str::FromStr>(arg: &str) -> Result<(String, T), String> {
+    let (name, value) = arg.split_once('=').ok_or_else(|| format!("`{arg}` is not NAME=VALUE"))?;
+    let value = value.parse().map_err(|_| format!("`{value}` is not a valid value for {name}"))?;
+    Ok((name.to_string(), value))
 }
 
 #[derive(Args)]
@@ -161,27 +186,51 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 
 fn run_report(args: ReportArgs) -> anyhow::Result<()> {
     let (device, dtype) = args.placement.resolve()?;
+    let loaded = ModelArgs {
+        model: args.model.clone(),
+        recycle_init: super::model_args::RecycleInitArg::File,
+        recycle: args.recycle.clone(),
+        recycle_layers: 1,
+        recycle_seed: 0,
+        placement: args.placement.clone(),
+    }
+    .load()?;
+    let prompts =
+        if args.chat { chat_prompts(&loaded, &recyclegpt_bench::default_chat_questions())? } else { Vec::new() };
+    let decode = DecodeOptions {
+        rounds: args.rounds,
+        generate_tokens: args.generate_tokens,
+        eos_ids: if args.chat { loaded.tokenizer.eos_ids().to_vec() } else { Vec::new() },
+        prompts,
+        ..DecodeOptions::default()
+    };
     let options = recyclegpt_bench::report::ReportOptions {
         out: args.out.clone(),
         model: args.model,
         shapes: args.shapes,
-        decode: DecodeOptions { rounds: args.rounds, ..DecodeOptions::default() },
+        decode,
         clients: args.clients,
         requests_per_client: args.requests_per_client,
         max_tokens: args.max_tokens,
         prompt: args.prompt.replace("\\n", "\n"),
+        chat: args.chat,
         device,
         dtype,
+        peers: args.peers,
+        peer_decode: args.peer_decode,
     };
-    let report = recyclegpt_bench::report::run(&options)?;
+    let report = recyclegpt_bench::report::run(&options, loaded)?;
     for r in &report.decode {
         print_table(r);
     }
-    println!("{:>9} {:>7} {:>9} {:>10} {:>9}", "mode", "clients", "tokens/s", "ttft p50", "itl p50");
+    for (name, rate) in &report.peer_decode {
+        println!("{name}: {rate:.1} tokens/s (given)");
+    }
+    println!("{:>14} {:>9} {:>7} {:>9} {:>10} {:>9}", "server", "mode", "clients", "tokens/s", "ttft p50", "itl p50");
     for r in &report.serve {
         println!(
-            "{:>9} {:>7} {:>9.1} {:>8.1}ms {:>7.2}ms",
-            r.mode, r.clients, r.tokens_per_second, r.ttft_p50_ms, r.itl_p50_ms
+            "{:>14} {:>9} {:>7} {:>9.1} {:>8.1}ms {:>7.2}ms",
+            r.server, r.mode, r.clients, r.tokens_per_second, r.ttft_p50_ms, r.itl_p50_ms
         );
     }
     println!("wrote {} and {}", args.out.join("report.json").display(), report.charts.join(", "));

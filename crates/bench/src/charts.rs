@@ -13,7 +13,13 @@ const MODES: [(&str, RGBColor); 4] = [
     ("verify", RGBColor(40, 110, 200)),
     ("alternate", RGBColor(230, 140, 30)),
 ];
+/// Peers' bars and lines, in the order they were given.
+const PEERS: [RGBColor; 3] = [RGBColor(170, 60, 160), RGBColor(200, 60, 60), RGBColor(120, 90, 40)];
 const SIZE: (u32, u32) = (760, 440);
+
+fn peer_color(i: usize) -> RGBColor {
+    PEERS[i % PEERS.len()]
+}
 
 type Drawn = Result<(), Box<dyn std::error::Error>>;
 type Chart<'a> = &'a dyn Fn(&Path) -> Drawn;
@@ -23,9 +29,14 @@ fn chart_error(name: &str) -> impl Fn(Box<dyn std::error::Error>) -> ReportError
 }
 
 /// Draws every chart into `out` and returns their file names.
-pub fn draw_all(out: &Path, decode: &[DecodeReport], serve: &[ServeReport]) -> Result<Vec<String>, ReportError> {
+pub fn draw_all(
+    out: &Path,
+    decode: &[DecodeReport],
+    peer_decode: &[(String, f64)],
+    serve: &[ServeReport],
+) -> Result<Vec<String>, ReportError> {
     let charts: [(&str, Chart); 4] = [
-        ("decode_tokens_per_second.svg", &|p| decode_modes(p, decode)),
+        ("decode_tokens_per_second.svg", &|p| decode_modes(p, decode, peer_decode)),
         ("serve_throughput.svg", &|p| {
             serve_metric(p, serve, "Aggregate generated tokens/s", "tokens/s", |r| r.tokens_per_second)
         }),
@@ -41,13 +52,15 @@ pub fn draw_all(out: &Path, decode: &[DecodeReport], serve: &[ServeReport]) -> R
 }
 
 /// Grouped bars: one group per shape, one bar per mode, log scale (shapes differ 100-fold);
-/// each recycled bar is labelled with its speed-up over standard.
-fn decode_modes(path: &Path, reports: &[DecodeReport]) -> Drawn {
+/// each recycled bar is labelled with its speed-up over `off`. Peers' figures for the model
+/// (the last group) stand beside its modes, labelled with `off`'s speed-up over them.
+fn decode_modes(path: &Path, reports: &[DecodeReport], peers: &[(String, f64)]) -> Drawn {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let rate = |r: &DecodeReport, m: &str| r.tokens_per_second.get(m).copied().unwrap_or(0.0);
-    let max = reports.iter().flat_map(|r| r.tokens_per_second.values().copied()).fold(10.0, f64::max);
-    let min = reports.iter().flat_map(|r| r.tokens_per_second.values().copied()).fold(max, f64::min).max(1.0);
+    let rates = || reports.iter().flat_map(|r| r.tokens_per_second.values().copied()).chain(peers.iter().map(|p| p.1));
+    let max = rates().fold(10.0, f64::max);
+    let min = rates().fold(max, f64::min).max(1.0);
     let mut chart = ChartBuilder::on(&root)
         .caption("Decode tokens/s by mode, one sequence", ("sans-serif", 20))
         .margin(12)
@@ -55,7 +68,7 @@ fn decode_modes(path: &Path, reports: &[DecodeReport]) -> Drawn {
         .y_label_area_size(64)
         .build_cartesian_2d(0f64..reports.len() as f64, (min / 2.0..max * 8.0).log_scale())?;
     chart.configure_mesh().disable_x_mesh().x_labels(0).y_desc("tokens/s (log)").draw()?;
-    let width = 0.8 / MODES.len() as f64;
+    let width = 0.8 / (MODES.len() + peers.len()) as f64;
     for (m, (mode, color)) in MODES.iter().enumerate() {
         let bars = reports.iter().enumerate().filter(|(_, r)| rate(r, mode) > 0.0).map(|(i, r)| {
             let x0 = i as f64 + 0.1 + m as f64 * width;
@@ -76,6 +89,21 @@ fn decode_modes(path: &Path, reports: &[DecodeReport]) -> Drawn {
                 )
             });
             chart.draw_series(labels)?;
+        }
+    }
+    if let Some(model) = reports.last() {
+        let last = (reports.len() - 1) as f64;
+        for (k, (name, value)) in peers.iter().enumerate() {
+            let (x0, color) = (last + 0.1 + (MODES.len() + k) as f64 * width, peer_color(k));
+            chart
+                .draw_series([Rectangle::new([(x0, min / 2.0), (x0 + width * 0.9, *value)], color.filled())])?
+                .label(name.as_str())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+            chart.draw_series([Text::new(
+                format!("off {:.2}x", rate(model, "off") / value.max(f64::MIN_POSITIVE)),
+                (x0 + width * 0.45, value * 1.15),
+                ("sans-serif", 12).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom)),
+            )])?;
         }
     }
     for (i, r) in reports.iter().enumerate() {
@@ -128,10 +156,15 @@ fn serve_metric(
             _ => String::new(),
         })
         .draw()?;
-    for (mode, color) in MODES {
+    let mut peers: Vec<&str> = reports.iter().filter(|r| r.server != "recyclegpt").map(|r| r.server.as_str()).collect();
+    peers.dedup();
+    // Ours in each mode, then each peer (in its plain decoding).
+    let ours = MODES.iter().map(|&(mode, color)| (mode, color, "recyclegpt", mode));
+    let theirs = peers.iter().enumerate().map(|(k, &peer)| (peer, peer_color(k), peer, "off"));
+    for (label, color, server, mode) in ours.chain(theirs) {
         let points: Vec<(SegmentValue<i32>, f64)> = reports
             .iter()
-            .filter(|r| r.mode == mode)
+            .filter(|r| r.server == server && r.mode == mode)
             .filter_map(|r| {
                 clients.iter().position(|&c| c == r.clients).map(|i| (SegmentValue::CenterOf(i as i32), value(r)))
             })
@@ -141,7 +174,7 @@ fn serve_metric(
         }
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(mode)
+            .label(label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], color.stroke_width(2)));
         chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
     }

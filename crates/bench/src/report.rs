@@ -4,24 +4,34 @@
 use crate::decode::{self, Bandwidth, DecodeOptions, DecodeReport};
 use crate::serve::{self, ServeOptions, ServeReport};
 use crate::shapes::Shape;
-use recyclegpt_model::{LoadOptions, LoadedModel, RecycleGpt};
+use recyclegpt_model::{LoadedModel, RecycleGpt};
 use recyclegpt_server::{AppState, LoopbackServer, ServerConfig};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
 pub struct ReportOptions {
     pub out: PathBuf,
-    /// A model directory with a trained module: decode-benchmarked and served.
+    /// The model (with a trained module) that is decode-benchmarked and served, as the caller
+    /// loaded it: its path names it in the report.
     pub model: PathBuf,
     pub shapes: Vec<Shape>,
+    /// For the model; the random shapes always continue random text.
     pub decode: DecodeOptions,
     pub clients: Vec<usize>,
     pub requests_per_client: usize,
     pub max_tokens: usize,
     pub prompt: String,
+    /// Serve the prompt as a chat message (the model's template applies).
+    pub chat: bool,
     pub device: candle_core::Device,
     pub dtype: candle_core::DType,
+    /// Other servers of the same model, already running: (name, base URL). Each gets the same
+    /// serving runs as ours (in plain decoding), drawn beside ours.
+    pub peers: Vec<(String, String)>,
+    /// Peers' batch-1 decode tokens/s of the same model, measured by the caller the same hour
+    /// (llama-bench's tg128): (name, tokens/s), drawn beside the model's bars.
+    pub peer_decode: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,6 +50,7 @@ pub struct Report {
     pub served_model: String,
     pub max_tokens: usize,
     pub decode: Vec<DecodeReport>,
+    pub peer_decode: Vec<(String, f64)>,
     pub serve: Vec<ServeReport>,
     pub charts: Vec<String>,
 }
@@ -70,12 +81,8 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-fn load(dir: &Path, options: &ReportOptions) -> Result<LoadedModel, ReportError> {
-    let load_options = LoadOptions { device: options.device.clone(), dtype: options.dtype, ..LoadOptions::default() };
-    LoadedModel::load(dir, &load_options).map_err(|e| ReportError::Model(dir.to_path_buf(), e))
-}
-
-pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
+/// Runs every benchmark: the random shapes, then `loaded` (the model `options.model` names).
+pub fn run(options: &ReportOptions, loaded: LoadedModel) -> Result<Report, ReportError> {
     std::fs::create_dir_all(&options.out).map_err(|e| ReportError::Io(options.out.clone(), e))?;
     let bandwidth = Bandwidth::measure();
     let machine = Machine {
@@ -92,15 +99,15 @@ pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
         .unwrap_or_else(|| options.model.display().to_string());
 
     let mut decode_reports = Vec::new();
+    let random_text = DecodeOptions { prompts: Vec::new(), ..options.decode.clone() };
     for &shape in &options.shapes {
         let (config, recycle) = shape.config();
         tracing::info!(shape = shape.name(), "decode benchmark (random weights and module)");
         let model = RecycleGpt::random(config, Some(recycle), 42, &options.device, options.dtype, None)
             .map_err(|e| ReportError::Model(PathBuf::from(shape.name()), e))?;
-        decode_reports.push(decode::run(shape.name(), &model, &options.decode, bandwidth)?);
+        decode_reports.push(decode::run(shape.name(), &model, &random_text, bandwidth)?);
     }
     tracing::info!(model = %options.model.display(), "decode benchmark (trained module)");
-    let loaded = load(&options.model, options)?;
     decode_reports.push(decode::run(&served_model, &loaded.model, &options.decode, bandwidth)?);
 
     let serve_reports = serve_all(options, loaded)?;
@@ -109,8 +116,9 @@ pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
         machine,
         served_model,
         max_tokens: options.max_tokens,
-        charts: crate::charts::draw_all(&options.out, &decode_reports, &serve_reports)?,
+        charts: crate::charts::draw_all(&options.out, &decode_reports, &options.peer_decode, &serve_reports)?,
         decode: decode_reports,
+        peer_decode: options.peer_decode.clone(),
         serve: serve_reports,
     };
     let json = serde_json::to_string_pretty(&report).map_err(|e| ReportError::Io(options.out.clone(), e.into()))?;
@@ -119,7 +127,8 @@ pub fn run(options: &ReportOptions) -> Result<Report, ReportError> {
     Ok(report)
 }
 
-/// Serves `loaded` on 127.0.0.1 (a free port) and runs every client count in every mode.
+/// Serves `loaded` on 127.0.0.1 (a free port) and runs every client count in every mode, then
+/// the same client counts against each peer.
 fn serve_all(options: &ReportOptions, loaded: LoadedModel) -> Result<Vec<ServeReport>, ReportError> {
     let modes: &[&str] = if loaded.model.has_recycle() { &["off", "auto", "verify", "alternate"] } else { &["off"] };
     let config = ServerConfig {
@@ -140,21 +149,33 @@ fn serve_all(options: &ReportOptions, loaded: LoadedModel) -> Result<Vec<ServeRe
         for &clients in &options.clients {
             for mode in modes {
                 tracing::info!(clients, mode, "serving benchmark");
-                let serve_options = ServeOptions {
-                    url: format!("http://{}", server.address),
-                    clients,
-                    requests: clients * options.requests_per_client,
-                    max_tokens: options.max_tokens,
-                    prompt: options.prompt.clone(),
-                    chat: false,
-                    api_key: None,
-                    response_format: None,
-                    multi_turn: false,
-                };
-                reports.push(serve::run(&serve_options, mode).await);
+                let url = format!("http://{}", server.address);
+                reports.push(serve::run(&serve_options(options, url, clients), mode).await);
             }
         }
         server.stop().await.map_err(|e| ReportError::Server(e.to_string()))?;
+        for (name, url) in &options.peers {
+            for &clients in &options.clients {
+                tracing::info!(clients, peer = %name, "serving benchmark");
+                let mut report = serve::run(&serve_options(options, url.clone(), clients), "off").await;
+                report.server = name.clone();
+                reports.push(report);
+            }
+        }
         Ok(reports)
     })
+}
+
+fn serve_options(options: &ReportOptions, url: String, clients: usize) -> ServeOptions {
+    ServeOptions {
+        url,
+        clients,
+        requests: clients * options.requests_per_client,
+        max_tokens: options.max_tokens,
+        prompt: options.prompt.clone(),
+        chat: options.chat,
+        api_key: None,
+        response_format: None,
+        multi_turn: false,
+    }
 }

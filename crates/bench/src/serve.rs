@@ -44,6 +44,9 @@ fn system_prompt() -> String {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServeReport {
+    /// Whose server answered: `recyclegpt`, or the name a peer was given (`bench report
+    /// --peer`).
+    pub server: String,
     pub mode: String,
     pub clients: usize,
     pub requests: usize,
@@ -216,6 +219,7 @@ pub async fn run(options: &ServeOptions, mode: &str) -> ServeReport {
     }
     let seconds = start.elapsed().as_secs_f64();
     ServeReport {
+        server: "recyclegpt".to_string(),
         mode: mode.to_string(),
         clients,
         requests: options.requests,
