@@ -7,6 +7,7 @@ mod common;
 use common::{load, random_module};
 use recyclegpt_engine::{
     step, Constraint, CostModel, DecodeMode, FinishReason, SamplingParams, Sequence, StopCriteria, TokenConstraint,
+    MASK_BUDGET, MASK_BUDGET_STREAK,
 };
 use std::path::PathBuf;
 
@@ -151,5 +152,60 @@ fn a_grammar_that_fails_mid_generation_fails_the_sequence() {
         }
         assert_eq!(seq.finish_reason(), Some(FinishReason::ConstraintFailed), "{mode:?}");
         assert!(seq.generated().len() <= 6, "{mode:?}: {:?}", seq.generated());
+    }
+}
+
+/// Allows every token, and takes longer than the mask budget for its first `dear` masks.
+struct Dear {
+    masks: usize,
+    dear: usize,
+}
+
+impl TokenConstraint for Dear {
+    fn mask(&mut self, _logits: &mut [f32]) -> Result<(), String> {
+        self.masks += 1;
+        if self.masks <= self.dear {
+            std::thread::sleep(MASK_BUDGET + std::time::Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, _token: u32) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn rollback(&mut self, _tokens: usize) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn is_complete(&self) -> bool {
+        false
+    }
+}
+
+/// A grammar whose masks stay dearer than the budget fails its sequence within a few tokens
+/// (the worker steps every client's sequences, so its cost is everyone's); one whose first
+/// masks are dear and the rest cheap, as a large schema's, runs to the end.
+#[test]
+fn a_grammar_whose_masks_stay_dear_fails_the_sequence() {
+    let loaded = load(&embedded(), random_module(8));
+    let model = &loaded.model;
+    let stop = StopCriteria { max_tokens: 12, eos_ids: Vec::new() };
+    for (dear, fails) in [(usize::MAX, true), (MASK_BUDGET_STREAK - 1, false)] {
+        let ids = loaded.tokenizer.encode(PROMPTS[0]).unwrap();
+        let constraint = Constraint(Box::new(Dear { masks: 0, dear }));
+        let mut seq = Sequence::new(1, model, ids, DecodeMode::Off, SamplingParams::greedy(), stop.clone())
+            .unwrap()
+            .with_constraint(Some(constraint));
+        while !seq.is_finished() {
+            step(model, &mut [&mut seq], 64, None).unwrap();
+        }
+        if fails {
+            assert_eq!(seq.finish_reason(), Some(FinishReason::ConstraintFailed));
+            assert!(seq.generated().len() < MASK_BUDGET_STREAK, "{:?}", seq.generated());
+        } else {
+            assert_eq!(seq.finish_reason(), Some(FinishReason::Length));
+            assert_eq!(seq.generated().len(), 12);
+        }
     }
 }

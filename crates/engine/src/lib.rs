@@ -10,7 +10,7 @@ pub mod scheduler;
 mod sequence;
 mod step;
 
-pub use constraint::{Constraint, TokenConstraint};
+pub use constraint::{Constraint, TokenConstraint, MASK_BUDGET, MASK_BUDGET_STREAK};
 pub use cost::CostModel;
 pub use generate::{generate, generate_with_costs, generate_with_lookup, Generation};
 pub use sampling::{argmax, SamplingParams, TokenLogprob};

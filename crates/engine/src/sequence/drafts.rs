@@ -2,6 +2,7 @@
 //! verification, their verification, how `auto` decides whether to draft (its acceptance
 //! estimate and probes), chains of drafts, and the grammar's tentative steps over them.
 use super::{FinishReason, Sequence};
+use crate::constraint::MASK_BUDGET;
 use crate::sampling::{distribution, greedy_with_confidence, verify_draft, TokenDist};
 use crate::DecodeMode;
 use crate::EngineError;
@@ -268,10 +269,21 @@ impl Sequence {
 
     /// Masks `logits` with the constraint, if any; returns whether there is one. A grammar
     /// that fails fails the sequence.
+    /// A grammar whose masks stay dearer than [`MASK_BUDGET`] fails it too.
     pub(super) fn constrain(&mut self, logits: &mut [f32]) -> bool {
         let Some(constraint) = &mut self.constraint else { return false };
-        if let Err(error) = constraint.mask(logits) {
+        let started = std::time::Instant::now();
+        let masked = constraint.mask(logits);
+        let took = started.elapsed();
+        if let Err(error) = masked {
             tracing::warn!(%error, "the grammar failed: the sequence fails");
+            self.finish.get_or_insert(FinishReason::ConstraintFailed);
+        } else if self.mask_cost.over_budget(took) {
+            tracing::warn!(
+                mask_ms = took.as_secs_f64() * 1e3,
+                budget_ms = MASK_BUDGET.as_secs_f64() * 1e3,
+                "the grammar's masks stay dearer than the budget: the sequence fails"
+            );
             self.finish.get_or_insert(FinishReason::ConstraintFailed);
         }
         true

@@ -1,6 +1,6 @@
 //! One request's decoding state: its caches, the tokens it has emitted, and where it is in the
 //! prefill → decode → finished life cycle.
-use crate::constraint::{Constraint, TokenConstraint};
+use crate::constraint::{Constraint, MaskCost, TokenConstraint};
 use crate::sampling::{distribution, SamplingParams, TokenHistory, TokenLogprob};
 use crate::{DecodeMode, EngineError};
 use rand::rngs::StdRng;
@@ -107,6 +107,7 @@ pub struct Sequence {
     history: TokenHistory,
     /// The grammar every sampled token must fit (structured outputs), if any.
     constraint: Option<Box<dyn TokenConstraint>>,
+    mask_cost: MaskCost,
     rng: StdRng,
     fresh: Vec<u32>,
     fresh_logprobs: Vec<TokenLogprob>,
@@ -178,6 +179,7 @@ impl Sequence {
             prompt_lookup: true,
             text_acceptance: INITIAL_ACCEPTANCE,
             constraint: None,
+            mask_cost: MaskCost::default(),
             rng,
             params,
             fresh: Vec::new(),
