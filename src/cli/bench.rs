@@ -186,24 +186,11 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 
 fn run_report(args: ReportArgs) -> anyhow::Result<()> {
     let (device, dtype) = args.placement.resolve()?;
-    let loaded = ModelArgs {
-        model: args.model.clone(),
-        recycle_init: super::model_args::RecycleInitArg::File,
-        recycle: args.recycle.clone(),
-        recycle_layers: 1,
-        recycle_seed: 0,
-        placement: args.placement.clone(),
-    }
-    .load()?;
-    let prompts =
-        if args.chat { chat_prompts(&loaded, &recyclegpt_bench::default_chat_questions())? } else { Vec::new() };
-    let decode = DecodeOptions {
-        rounds: args.rounds,
-        generate_tokens: args.generate_tokens,
-        eos_ids: if args.chat { loaded.tokenizer.eos_ids().to_vec() } else { Vec::new() },
-        prompts,
-        ..DecodeOptions::default()
-    };
+    let chat = args.chat.then(Vec::new);
+    let mut decode =
+        DecodeOptions { rounds: args.rounds, generate_tokens: args.generate_tokens, ..DecodeOptions::default() };
+    let recycle_init = super::model_args::RecycleInitArg::File;
+    let loaded = load_for_decode(&args.model, recycle_init, &args.recycle, &args.placement, &chat, &mut decode)?;
     let options = recyclegpt_bench::report::ReportOptions {
         out: args.out.clone(),
         model: args.model,
@@ -395,6 +382,34 @@ fn chat_prompts(loaded: &recyclegpt_model::LoadedModel, messages: &[String]) -> 
         .collect()
 }
 
+/// Loads `model` (with its module) for the decode benchmark; with `chat` (the questions, or
+/// none for the default ones), `options` compares the modes on the model's answers to them.
+fn load_for_decode(
+    model: &std::path::Path,
+    recycle_init: super::model_args::RecycleInitArg,
+    recycle: &Option<std::path::PathBuf>,
+    placement: &super::model_args::PlacementArgs,
+    chat: &Option<Vec<String>>,
+    options: &mut DecodeOptions,
+) -> anyhow::Result<recyclegpt_model::LoadedModel> {
+    let model_args = ModelArgs {
+        model: model.to_path_buf(),
+        recycle_init,
+        recycle: recycle.clone(),
+        recycle_layers: 1,
+        recycle_seed: 0,
+        placement: placement.clone(),
+    };
+    let loaded = model_args.load()?;
+    options.prompts = match chat {
+        Some(messages) if messages.is_empty() => chat_prompts(&loaded, &recyclegpt_bench::default_chat_questions())?,
+        Some(messages) => chat_prompts(&loaded, messages)?,
+        None => Vec::new(),
+    };
+    options.eos_ids = loaded.tokenizer.eos_ids().to_vec();
+    Ok(loaded)
+}
+
 fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
     let mut options = DecodeOptions {
         rounds: args.rounds,
@@ -407,23 +422,7 @@ fn run_decode(args: DecodeArgs) -> anyhow::Result<()> {
     let (device, dtype) = args.placement.resolve()?;
     let mut targets: Vec<(String, RecycleGpt)> = Vec::new();
     if let Some(dir) = &args.model {
-        let model_args = ModelArgs {
-            model: dir.clone(),
-            recycle_init: args.recycle_init,
-            recycle: args.recycle.clone(),
-            recycle_layers: 1,
-            recycle_seed: 0,
-            placement: args.placement.clone(),
-        };
-        let loaded = model_args.load()?;
-        options.prompts = match &args.chat {
-            Some(messages) if messages.is_empty() => {
-                chat_prompts(&loaded, &recyclegpt_bench::default_chat_questions())?
-            }
-            Some(messages) => chat_prompts(&loaded, messages)?,
-            None => Vec::new(),
-        };
-        options.eos_ids = loaded.tokenizer.eos_ids().to_vec();
+        let loaded = load_for_decode(dir, args.recycle_init, &args.recycle, &args.placement, &args.chat, &mut options)?;
         targets.push((dir.display().to_string(), loaded.model));
     }
     let shapes =

@@ -30,14 +30,10 @@ pub struct Limits {
 /// Only [`Checked::plan`] makes one, after every check has passed; nothing changes it after.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    fields: Checked,
     prompts: Vec<Vec<u32>>,
-    n: usize,
-    params: SamplingParams,
+    /// The tokens to generate at most: as asked, or the default the prompts leave room for.
     max_tokens: usize,
-    stop: Vec<String>,
-    mode: DecodeMode,
-    stream: bool,
-    include_usage: bool,
     /// The grammar every choice's tokens must fit (structured outputs), if any.
     grammar: Option<Arc<Grammar>>,
 }
@@ -49,11 +45,11 @@ impl Plan {
 
     /// Choices per prompt.
     pub fn n(&self) -> usize {
-        self.n
+        self.fields.n
     }
 
     pub fn params(&self) -> &SamplingParams {
-        &self.params
+        &self.fields.params
     }
 
     pub fn max_tokens(&self) -> usize {
@@ -61,20 +57,20 @@ impl Plan {
     }
 
     pub fn stop(&self) -> &[String] {
-        &self.stop
+        &self.fields.stop
     }
 
     /// The decode mode, resolved once (the server's default, and `off` without a module).
     pub fn mode(&self) -> DecodeMode {
-        self.mode
+        self.fields.mode
     }
 
     pub fn stream(&self) -> bool {
-        self.stream
+        self.fields.stream
     }
 
     pub fn include_usage(&self) -> bool {
-        self.include_usage
+        self.fields.include_usage
     }
 
     pub fn grammar(&self) -> Option<&Arc<Grammar>> {
@@ -82,7 +78,7 @@ impl Plan {
     }
 
     pub fn wants_logprobs(&self) -> bool {
-        self.params.logprobs.is_some()
+        self.fields.params.logprobs.is_some()
     }
 }
 
@@ -299,16 +295,6 @@ impl Checked {
                 });
             }
         }
-        Ok(Plan {
-            prompts,
-            n: self.n,
-            params: self.params,
-            max_tokens,
-            stop: self.stop,
-            mode: self.mode,
-            stream: self.stream,
-            include_usage: self.include_usage,
-            grammar,
-        })
+        Ok(Plan { fields: self, prompts, max_tokens, grammar })
     }
 }

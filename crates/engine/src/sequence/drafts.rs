@@ -74,23 +74,23 @@ impl DraftRecord {
     /// The verdict on a step's module drafts: `tokens` of them accepted in a row (0: the first
     /// was rejected or trimmed).
     fn record_verification(&mut self, tokens: usize) {
-        let (record, accepted) = (self, tokens > 0);
-        record.acceptance += ACCEPTANCE_WEIGHT * (f64::from(u8::from(accepted)) - record.acceptance);
-        record.yield_per_draft += ACCEPTANCE_WEIGHT * (tokens as f64 - record.yield_per_draft);
-        record.accepted += usize::from(accepted);
-        record.tokens += tokens;
-        record.judged += 1;
+        let accepted = tokens > 0;
+        self.acceptance += ACCEPTANCE_WEIGHT * (f64::from(u8::from(accepted)) - self.acceptance);
+        self.yield_per_draft += ACCEPTANCE_WEIGHT * (tokens as f64 - self.yield_per_draft);
+        self.accepted += usize::from(accepted);
+        self.tokens += tokens;
+        self.judged += 1;
         // Any probe doubles the wait: an accepted one moves the estimate up, and once that is
         // enough the cost model says "pays" without a probe. (Resetting the wait on accepted
         // probes kept a module that agrees half the time probing every few steps under load,
         // where no draft pays: about 4% of throughput at 4-64 clients.) An accepted draft that
         // was judged to pay restarts the probe schedule for when drafting stops paying.
-        if record.probing {
-            record.probe_wait = (record.probe_wait * 2).min(LONGEST_PROBE_WAIT);
+        if self.probing {
+            self.probe_wait = (self.probe_wait * 2).min(LONGEST_PROBE_WAIT);
         } else if accepted {
-            record.probe_wait = FIRST_PROBE_WAIT;
+            self.probe_wait = FIRST_PROBE_WAIT;
         }
-        record.probing = false;
+        self.probing = false;
     }
 
     /// A step without a draft: the moving averages drift toward the whole answer's figures.
@@ -268,8 +268,8 @@ impl Sequence {
     }
 
     /// Masks `logits` with the constraint, if any; returns whether there is one. A grammar
-    /// that fails fails the sequence.
-    /// A grammar whose masks stay dearer than [`MASK_BUDGET`] fails it too.
+    /// that fails fails the sequence, and so does one whose masks stay dearer than
+    /// [`MASK_BUDGET`].
     pub(super) fn constrain(&mut self, logits: &mut [f32]) -> bool {
         let Some(constraint) = &mut self.constraint else { return false };
         let started = std::time::Instant::now();
