@@ -1,11 +1,13 @@
 //! Joint training from scratch on a tiny corpus: the loss falls, an interrupted and resumed run
 //! (across a context curriculum's change of window) ends with exactly the parameters of an
-//! uninterrupted one, the result serves in every mode, and bad input is a clear error.
+//! uninterrupted one, the result serves in every mode, a module of either form trains on it and
+//! serves, and bad input is a clear error.
 mod common;
 
 use common::scratch;
+use recyclegpt_engine::agreement::module_agreement;
 use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
-use recyclegpt_model::{LoadOptions, LoadedModel};
+use recyclegpt_model::{LoadOptions, LoadedModel, SeqInput};
 use recyclegpt_train::{train, ShortContext, TrainOptions, TrainSpec};
 use std::path::PathBuf;
 
@@ -148,6 +150,63 @@ fn a_module_trains_from_files_of_any_length() {
     let too_long = recyclegpt_train::DistillOptions { chain_steps: 32, ..further };
     let e = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("y"), &too_long).unwrap_err();
     assert!(e.to_string().contains("chain steps"), "{e}");
+}
+
+/// EAGLE-3's form: a module reading two base layers starts from a module of the paper's form
+/// (agreeing exactly as it did), trains, round-trips through the files into serving (where it
+/// agrees with the base as training measured) and keeps greedy `verify` equal to `off`.
+#[test]
+fn a_module_of_fused_layers_starts_from_the_papers_trains_and_serves() {
+    let dir = scratch("train-recycle-fused");
+    let data = corpus(&dir);
+    let out = dir.join("model");
+    train(std::slice::from_ref(&data), &out, &tiny(10), &quiet()).unwrap();
+    let loaded = LoadedModel::load(&out, &LoadOptions::default()).unwrap();
+    let corpus = recyclegpt_train::Corpus::from_files(&[data], &loaded.tokenizer, 32).unwrap();
+    let paper = recyclegpt_train::DistillOptions { steps: 12, batch: 16, progress: false, ..Default::default() };
+    let before = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("paper"), &paper).unwrap();
+    let fused = recyclegpt_train::DistillOptions {
+        init: Some(dir.join("paper")),
+        feature_layers: Some(vec![1, 2]),
+        steps: 0,
+        ..paper.clone()
+    };
+    let start = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("start"), &fused).unwrap();
+    assert!((start.agreement - before.agreement).abs() < 1e-9, "{start:?} from {before:?}");
+    let trained = dir.join("fused");
+    let report = recyclegpt_train::train_recycle(
+        &loaded.model,
+        &out,
+        &corpus,
+        &trained,
+        &recyclegpt_train::DistillOptions { steps: 12, learning_rate: 1e-3, ..fused },
+    )
+    .unwrap();
+    assert!(report.last_loss.is_finite(), "{report:?}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(trained.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["recycle"]["feature_layers"], serde_json::json!([1, 2]), "{config}");
+
+    let served = LoadedModel::load(&trained, &LoadOptions::default()).unwrap();
+    let model = &served.model;
+    let (mut same, mut compared) = (0, 0);
+    for window in corpus.split(0.1).1 {
+        let mut cache = model.new_cache(window.len()).unwrap();
+        let rows = (1..window.len() - 1).collect();
+        let out = model.forward(&mut [SeqInput { tokens: window, cache: &mut cache, logits_rows: rows }]).unwrap();
+        let counts = module_agreement(model, window, &out.features, &out.logits, 1).unwrap().unwrap();
+        (same, compared) = (same + counts.0, compared + counts.1);
+    }
+    let agreement = same as f64 / compared as f64;
+    assert!((agreement - report.agreement).abs() < 0.05, "serving {agreement}, training {report:?}");
+    let prompt = served.tokenizer.encode("The king doth").unwrap();
+    let run = |mode| {
+        let stop = StopCriteria { max_tokens: 24, eos_ids: served.tokenizer.eos_ids().to_vec() };
+        generate(model, prompt.clone(), mode, SamplingParams::greedy(), stop).unwrap()
+    };
+    let verified = run(DecodeMode::Verify);
+    assert_eq!(verified.ids, run(DecodeMode::Off).ids);
+    assert!(verified.stats.accepted > 0, "{:?}", verified.stats);
 }
 
 #[test]

@@ -55,6 +55,12 @@ pub struct TrainRecycleArgs {
     /// random weights: the same layers and draft vocabulary, trained further.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// EAGLE-3's form: the module reads the outputs of these base layers (counted from 1,
+    /// rising; e.g. a low, a middle and the last: `2,15,30` on SmolLM2's 30), each normalised
+    /// and fused into one vector, instead of the last hidden state alone. `--init` from a
+    /// module of the paper's form starts from what it agrees on.
+    #[arg(long, value_delimiter = ',')]
+    feature_layers: Option<Vec<usize>>,
     /// Keep the base model's view of the corpus (its hidden states and top-K next tokens, the
     /// slow part on a CPU) in this directory, and read it back on the next run over the same
     /// corpus, model and `--quantize`.
@@ -107,6 +113,7 @@ pub fn run(args: TrainRecycleArgs) -> anyhow::Result<()> {
         chain_steps: args.chain_steps,
         chain_weight: args.chain_weight,
         init: args.init.clone(),
+        feature_layers: args.feature_layers.clone(),
         ..DistillOptions::default()
     };
     let report = train_recycle(&loaded.model, &args.model, &corpus, &out, &options)?;
@@ -122,21 +129,35 @@ pub fn run(args: TrainRecycleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What names the base model for the teacher cache: its path, each of its files' name, size
-/// and modification time (a directory's every file: weights may be sharded), and how it
-/// computes.
+/// What names the base model for the teacher cache: how it computes, and each of its files'
+/// name and a hash of its contents (a directory's every file: weights may be sharded). Not its
+/// path or modification time: a model mounted afresh, or copied, is the same model, and hashing
+/// even a few GB costs seconds beside the teacher pass's hours.
 fn model_key(model: &std::path::Path, quantize: &str) -> anyhow::Result<String> {
+    use std::hash::Hasher;
+    use std::io::Read;
     let path = model.canonicalize().with_context(|| format!("reading {}", model.display()))?;
     let mut files = if path.is_dir() {
         std::fs::read_dir(&path)?.map(|entry| Ok(entry?.path())).collect::<std::io::Result<Vec<_>>>()?
     } else {
         vec![path.clone()]
     };
+    files.retain(|file| file.is_file());
     files.sort();
-    let mut key = format!("{}|{quantize}", path.display());
+    let mut key = quantize.to_string();
+    let mut buffer = vec![0u8; 1 << 20];
     for file in files {
-        let meta = std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?;
-        key.push_str(&format!("|{}:{}:{:?}", file.display(), meta.len(), meta.modified()?));
+        let mut reader = std::fs::File::open(&file).with_context(|| format!("reading {}", file.display()))?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        loop {
+            let read = reader.read(&mut buffer).with_context(|| format!("reading {}", file.display()))?;
+            if read == 0 {
+                break;
+            }
+            hasher.write(&buffer[..read]);
+        }
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        key.push_str(&format!("|{name}:{:016x}", hasher.finish()));
     }
     Ok(key)
 }

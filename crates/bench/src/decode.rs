@@ -2,13 +2,12 @@
 //! how throughput grows with the batch, all in one process.
 use crate::bandwidth::{copy_bandwidth_gb_per_s, read_bandwidth_gb_per_s};
 use crate::{median_ms, time};
-use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use recyclegpt_engine::agreement::module_agreement;
 use recyclegpt_engine::{
     generate_with_costs, CostModel, DecodeMode, EngineError, SamplingParams, SequenceStats, StopCriteria,
 };
-use recyclegpt_model::{KvCache, LlamaConfig, RecycleGpt, SeqInput};
+use recyclegpt_model::{ForwardOutput, KvCache, LlamaConfig, RecycleGpt, SeqInput};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -128,9 +127,13 @@ fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 /// Runs `tokens` through the full model on `cache`, asking for logits at `rows`.
-fn full(model: &RecycleGpt, cache: &mut KvCache, tokens: &[u32], rows: Vec<usize>) -> Result<Tensor, EngineError> {
-    let out = model.forward(&mut [SeqInput { tokens, cache, logits_rows: rows }])?;
-    Ok(out.hidden)
+fn full(
+    model: &RecycleGpt,
+    cache: &mut KvCache,
+    tokens: &[u32],
+    rows: Vec<usize>,
+) -> Result<ForwardOutput, EngineError> {
+    Ok(model.forward(&mut [SeqInput { tokens, cache, logits_rows: rows }])?)
 }
 
 /// The module's agreement rate along `text` from position `from` (>= 1) on.
@@ -141,7 +144,7 @@ fn agreement_rate(model: &RecycleGpt, text: &[u32], from: usize) -> Result<Optio
     let mut cache = model.new_cache(text.len())?;
     let logits_rows = (from..text.len() - 1).collect();
     let out = model.forward(&mut [SeqInput { tokens: text, cache: &mut cache, logits_rows }])?;
-    let counts = module_agreement(model, text, &out.hidden, &out.logits, from)?;
+    let counts = module_agreement(model, text, &out.features, &out.logits, from)?;
     Ok(counts.map(|(same, compared)| same as f64 / compared as f64))
 }
 
@@ -164,11 +167,11 @@ pub fn run(
     tracing::info!(shape = name, params, "prefilling {cached} tokens");
 
     let mut cache = model.new_cache(capacity)?;
-    let prompt_hidden = full(model, &mut cache, &prompt, vec![])?;
+    let prompt_features = full(model, &mut cache, &prompt, vec![])?.features;
     let mut module_cache = model.new_recycle_cache(capacity)?;
     if let Some(module_cache) = module_cache.as_mut() {
         // The module's cache holds the same positions (pairs h_{t-1}, x_t for t = 1..).
-        let pairs = prompt_hidden.narrow(0, 0, cached - 1)?;
+        let pairs = prompt_features.narrow(0, 0, cached - 1)?;
         model.recycle_forward(
             &pairs,
             &mut [SeqInput { tokens: &prompt[1..], cache: module_cache, logits_rows: vec![] }],
@@ -207,24 +210,24 @@ pub fn run(
     let base = cached;
     for round in 0..options.rounds {
         tracing::info!(shape = name, round, "round");
-        // The 2-token forward's hidden rows feed the head and module timings below.
-        let mut hidden = None;
+        // The 2-token forward's rows feed the head and module timings below.
+        let mut two = None;
         for &size in &FORWARD_SIZES {
             let (out, t) = time(|| full(model, &mut cache, &next[..size], (0..size).collect()));
             let out = out?;
             forwards.entry(size).or_default().push(t);
             cache.truncate(base);
             if size == 2 {
-                hidden = Some(out);
+                two = Some(out);
             }
         }
-        let hidden = hidden.ok_or_else(|| EngineError::Internal("FORWARD_SIZES lacks 2".into()))?;
-        let (_, t) = time(|| model.head_logits(&hidden.narrow(0, 1, 1)?));
+        let two = two.ok_or_else(|| EngineError::Internal("FORWARD_SIZES lacks 2".into()))?;
+        let (_, t) = time(|| model.head_logits(&two.hidden.narrow(0, 1, 1)?));
         record("head", t);
         if let Some(module_cache) = module_cache.as_mut() {
             let (out, t) = time(|| {
                 model.recycle_forward(
-                    &hidden,
+                    &two.features,
                     &mut [SeqInput { tokens: &next[..2], cache: module_cache, logits_rows: vec![1] }],
                 )
             });

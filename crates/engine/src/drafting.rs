@@ -168,7 +168,7 @@ pub(crate) fn chain_drafts(
         }
         forward.tokens += rows.len();
         drafts += rows.len();
-        features = output.hidden;
+        features = output.features;
     }
     for (i, len) in stored {
         seqs[i].module_cache()?.truncate(len);

@@ -76,7 +76,7 @@ pub fn step(
     }
     let started = Instant::now();
     let hidden_rows: Vec<u32> = pairs.iter().flat_map(|p| p.first_row..p.first_row + p.tokens.len() as u32).collect();
-    let hidden = output.hidden.index_select(&Tensor::new(hidden_rows.as_slice(), output.hidden.device())?, 0)?;
+    let hidden = output.features.index_select(&Tensor::new(hidden_rows.as_slice(), output.features.device())?, 0)?;
     let output = {
         let mut inputs: Vec<SeqInput> = Vec::with_capacity(pairs.len());
         let mut wanted = pairs.iter().peekable();
@@ -120,7 +120,7 @@ pub fn step(
         let drafted = feature_rows.len();
         let expected = load.decoding + feature_rows.iter().map(|&(i, _)| seqs[i].acceptance()).sum::<f64>();
         let forward = NextForward { tokens: load.tokens + drafted, decoding: expected };
-        chain_drafts(model, costs, seqs, &output.hidden, feature_rows, forward)?;
+        chain_drafts(model, costs, seqs, &output.features, feature_rows, forward)?;
     }
     Ok(StepReport { full_tokens, recycle_tokens: hidden_rows.len() })
 }

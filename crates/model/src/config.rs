@@ -81,6 +81,19 @@ pub struct RecycleConfig {
     /// --feature-weight`). Absent: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_draft_tokens: Option<usize>,
+    /// The module's form. Absent: the paper's, reading the base's last hidden state. Present:
+    /// EAGLE-3's, reading the outputs of these base layers (counted from 1, rising; e.g. a low,
+    /// a middle and the last), each normalised and fused by `fc` into one vector of the
+    /// model's width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_layers: Option<Vec<usize>>,
+}
+
+impl RecycleConfig {
+    /// The base layers whose outputs the module reads: the last alone in the paper's form.
+    pub fn taps(&self, base_layers: usize) -> Vec<usize> {
+        self.feature_layers.clone().unwrap_or_else(|| vec![base_layers])
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,6 +214,15 @@ impl LlamaConfig {
         if let Some(shape) = self.recycle_shape() {
             shape.validate("recycle")?;
         }
+        if let Some(layers) = self.recycle.as_ref().and_then(|r| r.feature_layers.as_ref()) {
+            let rising = layers.windows(2).all(|w| w[0] < w[1]);
+            if layers.is_empty() || !rising || layers[0] == 0 || layers[layers.len() - 1] > self.num_hidden_layers {
+                return Err(ModelError::Config(format!(
+                    "recycle.feature_layers must rise strictly between 1 and the model's {} layers, not {layers:?}",
+                    self.num_hidden_layers
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -243,6 +265,7 @@ impl LlamaConfig {
             head_dim: self.head_dim,
             draft_vocab_size: None,
             max_draft_tokens: None,
+            feature_layers: None,
         }
     }
 }
@@ -264,5 +287,30 @@ mod tests {
             config.recycle = Some(recycle.clone());
             assert_eq!(config.validate().is_ok(), valid, "draft_vocab_size {size}");
         }
+    }
+
+    #[test]
+    fn feature_layers_must_rise_within_the_base() {
+        let mut config: LlamaConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 4, "num_attention_heads": 4
+        }))
+        .unwrap();
+        let mut recycle = config.default_recycle(1);
+        for (layers, valid) in [
+            (vec![1, 2, 4], true),
+            (vec![4], true),
+            (vec![], false),
+            (vec![0, 2], false),
+            (vec![2, 2], false),
+            (vec![1, 5], false),
+        ] {
+            recycle.feature_layers = Some(layers.clone());
+            config.recycle = Some(recycle.clone());
+            assert_eq!(config.validate().is_ok(), valid, "feature_layers {layers:?}");
+        }
+        assert_eq!(recycle.taps(4), [1, 5]);
+        recycle.feature_layers = None;
+        assert_eq!(recycle.taps(4), [4]);
     }
 }

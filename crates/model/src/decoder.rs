@@ -41,7 +41,13 @@ impl DecoderStack {
 
     /// Runs `x` (`[T, d]`, the seqs' new tokens in order) through every layer, appending to each
     /// sequence's cache; returns the last layer's output `[T, d]`.
-    pub fn forward(&self, mut x: Tensor, seqs: &mut [SeqSlot]) -> Result<Tensor> {
+    pub fn forward(&self, x: Tensor, seqs: &mut [SeqSlot]) -> Result<Tensor> {
+        Ok(self.forward_tapped(x, seqs, &[])?.0)
+    }
+
+    /// [`Self::forward`], also returning the output of each layer in `taps` (counted from 1,
+    /// rising), `[T, d]` each.
+    pub fn forward_tapped(&self, mut x: Tensor, seqs: &mut [SeqSlot], taps: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
         let total: usize = seqs.iter().map(|s| s.new_tokens).sum();
         if x.dim(0)? != total {
             return Err(ModelError::Input(format!("{} rows for {total} new tokens", x.dim(0)?)));
@@ -62,12 +68,19 @@ impl DecoderStack {
         }
         let positions = Tensor::from_vec(positions, total, x.device())?;
         let (cos, sin) = self.rope.tables(&positions)?;
+        let mut tapped = Vec::with_capacity(taps.len());
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &cos, &sin, i, seqs)?;
+            if taps.contains(&(i + 1)) {
+                tapped.push(x.clone());
+            }
+        }
+        if tapped.len() != taps.len() {
+            return Err(ModelError::Input(format!("layers {taps:?} asked of a stack of {}", self.layers.len())));
         }
         for seq in seqs.iter_mut() {
             seq.cache.commit(seq.new_tokens);
         }
-        Ok(x)
+        Ok((x, tapped))
     }
 }

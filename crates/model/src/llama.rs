@@ -19,6 +19,10 @@ pub struct SeqInput<'a> {
 pub struct ForwardOutput {
     /// The last decoder layer's output for every new token, before the final norm: `[T, d]`.
     pub hidden: Tensor,
+    /// What the recyclable module reads for every new token, `[T, d]`: of the base model, its
+    /// last hidden state (the paper's form) or its fused feature layers (EAGLE-3's form); of
+    /// the module, its own output (what a chained draft feeds back).
+    pub features: Tensor,
     /// One row of logits per requested position, in input order.
     pub logits: Vec<Vec<f32>>,
 }
@@ -123,14 +127,16 @@ impl Llama {
         logits_to_vec(&self.head.forward(normed)?)
     }
 
-    pub fn forward(&self, inputs: &mut [SeqInput]) -> Result<ForwardOutput> {
+    /// One ragged forward; `features` is the last hidden state, and `taps` the output of each
+    /// layer it names (counted from 1), `[T, d]` each.
+    pub fn forward_tapped(&self, inputs: &mut [SeqInput], taps: &[usize]) -> Result<(ForwardOutput, Vec<Tensor>)> {
         let tokens: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let rows = gather_logit_rows(inputs);
         let mut slots: Vec<SeqSlot> =
             inputs.iter_mut().map(|s| SeqSlot { new_tokens: s.tokens.len(), cache: &mut *s.cache }).collect();
-        let hidden = self.stack.forward(self.embed(&tokens)?, &mut slots)?;
+        let (hidden, tapped) = self.stack.forward_tapped(self.embed(&tokens)?, &mut slots, taps)?;
         let logits = self.logits(&hidden, &rows)?;
-        Ok(ForwardOutput { hidden, logits })
+        Ok((ForwardOutput { features: hidden.clone(), hidden, logits }, tapped))
     }
 }
 

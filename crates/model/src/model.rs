@@ -302,9 +302,22 @@ impl RecycleGpt {
         self.recycle.as_ref().map(|m| m.stack().new_cache(capacity, self.dtype, &self.device)).transpose()
     }
 
-    /// One ragged forward of the full model.
+    /// One ragged forward of the full model; its `features` are what this model's module reads.
     pub fn forward(&self, inputs: &mut [SeqInput]) -> Result<ForwardOutput> {
-        self.llama.forward(inputs)
+        match self.recycle.as_ref().and_then(|m| m.feature_layers().map(|layers| (m, layers))) {
+            Some((module, layers)) => {
+                let (mut output, taps) = self.llama.forward_tapped(inputs, layers)?;
+                output.features = module.fuse(&taps)?;
+                Ok(output)
+            }
+            None => Ok(self.llama.forward_tapped(inputs, &[])?.0),
+        }
+    }
+
+    /// One ragged forward of the base model, also returning the output of each layer in `taps`
+    /// (counted from 1), `[T, d]` each: what training a module reads.
+    pub fn forward_tapped(&self, inputs: &mut [SeqInput], taps: &[usize]) -> Result<(ForwardOutput, Vec<Tensor>)> {
+        self.llama.forward_tapped(inputs, taps)
     }
 
     /// The token embedding and output head, shared with the recyclable module.
@@ -318,7 +331,8 @@ impl RecycleGpt {
         self.llama.logits(hidden, &rows)
     }
 
-    /// One ragged forward of the recyclable module; `hidden` holds h_{t-1} for each x_t.
+    /// One ragged forward of the recyclable module; `hidden` holds the feature at t-1 for each
+    /// x_t (see [`ForwardOutput::features`]).
     pub fn recycle_forward(&self, hidden: &Tensor, inputs: &mut [SeqInput]) -> Result<Vec<Vec<f32>>> {
         Ok(self.recycle_forward_features(hidden, inputs)?.logits)
     }

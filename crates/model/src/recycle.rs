@@ -8,7 +8,16 @@ use crate::llama::{gather_logit_rows, ForwardOutput, Llama, SeqInput};
 use crate::weights::Weights;
 use candle_core::{DType, Tensor};
 
+/// EAGLE-3's form: the outputs of several base layers, each normalised, fused into one vector.
+struct Fusion {
+    layers: Vec<usize>,
+    norms: Vec<RmsNorm>,
+    fc: Linear,
+}
+
 pub struct RecycleModule {
+    /// `None`: the paper's form, which reads the base's last hidden state as it is.
+    fusion: Option<Fusion>,
     hidden_norm: RmsNorm,
     embed_norm: RmsNorm,
     projection: Linear,
@@ -22,12 +31,24 @@ pub struct RecycleModule {
 
 impl RecycleModule {
     /// Tensor names (in `recycle.safetensors`): `hnorm`, `enorm`, `eh_proj`, `layers.N.*`, `norm`,
-    /// and `draft_vocab` (token ids, stored as f32 values) with a reduced draft vocabulary.
+    /// `draft_vocab` (token ids, stored as f32 values) with a reduced draft vocabulary, and
+    /// `taps.N` (one norm per feature layer) and `fc` (`[d, layers × d]`) in EAGLE-3's form.
     pub fn load(w: &Weights, config: &LlamaConfig) -> Result<Self> {
         let shape =
             config.recycle_shape().ok_or_else(|| ModelError::Config("no `recycle` block in config.json".into()))?;
         let d = config.hidden_size;
+        let fusion = match config.recycle.as_ref().and_then(|r| r.feature_layers.clone()) {
+            Some(layers) => Some(Fusion {
+                norms: (0..layers.len())
+                    .map(|i| RmsNorm::load(&w.pp("taps"), &i.to_string(), d, config.rms_norm_eps))
+                    .collect::<Result<_>>()?,
+                fc: Linear::load(w, "fc", d, layers.len() * d)?,
+                layers,
+            }),
+            None => None,
+        };
         Ok(Self {
+            fusion,
             hidden_norm: RmsNorm::load(w, "hnorm", d, config.rms_norm_eps)?,
             embed_norm: RmsNorm::load(w, "enorm", d, config.rms_norm_eps)?,
             projection: Linear::load(w, "eh_proj", d, 2 * d)?,
@@ -59,10 +80,26 @@ impl RecycleModule {
         &self.stack
     }
 
-    /// `hidden` holds h_{t-1} for every token x_t in `inputs` (flattened in order); each
-    /// sequence's module cache holds positions 1.. so the pair for x_t lands at position t.
-    /// Returns the logits of the requested rows and, as `hidden`, the last layer's output for
-    /// every new token (what a chained draft feeds back as the next h).
+    /// The base layers this module reads, `None` in the paper's form (the last hidden state).
+    pub fn feature_layers(&self) -> Option<&[usize]> {
+        self.fusion.as_ref().map(|f| f.layers.as_slice())
+    }
+
+    /// The module's input feature `[T, d]` from the outputs of its feature layers (`[T, d]`
+    /// each, in order).
+    pub fn fuse(&self, taps: &[Tensor]) -> Result<Tensor> {
+        let Some(fusion) = &self.fusion else {
+            return Err(ModelError::Input("the paper's form of the module fuses no layers".into()));
+        };
+        let normed = fusion.norms.iter().zip(taps).map(|(norm, tap)| norm.forward(tap)).collect::<Result<Vec<_>>>()?;
+        fusion.fc.forward(&Tensor::cat(&normed, 1)?)
+    }
+
+    /// `hidden` holds the feature at t-1 (the base's `features`, or the module's own output when
+    /// chaining) for every token x_t in `inputs` (flattened in order); each sequence's module
+    /// cache holds positions 1.. so the pair for x_t lands at position t. Returns the logits of
+    /// the requested rows and, as `features`, the last layer's output for every new token (what a
+    /// chained draft feeds back).
     pub fn forward(&self, llama: &Llama, hidden: &Tensor, inputs: &mut [SeqInput]) -> Result<ForwardOutput> {
         let tokens: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let rows = gather_logit_rows(inputs);
@@ -72,7 +109,7 @@ impl RecycleModule {
         let mut slots: Vec<SeqSlot> =
             inputs.iter_mut().map(|s| SeqSlot { new_tokens: s.tokens.len(), cache: &mut *s.cache }).collect();
         let out = self.stack.forward(x, &mut slots)?;
-        Ok(ForwardOutput { logits: self.logits(llama, &out, &rows)?, hidden: out })
+        Ok(ForwardOutput { logits: self.logits(llama, &out, &rows)?, features: out.clone(), hidden: out })
     }
 
     fn logits(&self, llama: &Llama, out: &Tensor, rows: &[u32]) -> Result<Vec<Vec<f32>>> {

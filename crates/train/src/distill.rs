@@ -11,7 +11,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use recyclegpt_model::{LlamaConfig, RecycleGpt};
+use recyclegpt_model::{LlamaConfig, RecycleConfig, RecycleGpt};
 use std::path::{Path, PathBuf};
 
 /// Drafts a module trained with the feature loss may chain (the config's `max_draft_tokens`);
@@ -49,8 +49,13 @@ pub struct DistillOptions {
     pub chain_weight: f64,
     /// Start from the module in this directory (what `--out` wrote) instead of random weights.
     /// It must have `layers` and a draft vocabulary of `draft_vocab` tokens; its own ids are
-    /// kept rather than chosen again from the corpus.
+    /// kept rather than chosen again from the corpus. A module of the paper's form may start
+    /// one of EAGLE-3's form: `fc` then passes the last feature layer through, as the paper's
+    /// form reads it, and learns to use the others.
     pub init: Option<PathBuf>,
+    /// EAGLE-3's form: the module reads the outputs of these base layers (counted from 1,
+    /// rising), fused; `None`: the paper's form, the last hidden state.
+    pub feature_layers: Option<Vec<usize>>,
 }
 
 impl Default for DistillOptions {
@@ -71,6 +76,7 @@ impl Default for DistillOptions {
             chain_steps: 1,
             chain_weight: 0.5,
             init: None,
+            feature_layers: None,
         }
     }
 }
@@ -160,18 +166,15 @@ fn text_is_choice(e: &Example, draft_vocab: Option<&[u32]>) -> Result<Tensor, Tr
     Ok(Tensor::from_vec(values, (tokens.len(), rows), e.tokens.device())?)
 }
 
-/// The module of `dir`'s `recycle.safetensors`: its layer count (from `config.json`) and its
+/// The module of `dir`'s `recycle.safetensors`: its `recycle` block (from `config.json`) and its
 /// draft vocabulary, if it has one (checked: sorted ids within `vocab`).
-fn init_module(dir: &Path, vocab: usize) -> Result<(usize, Option<Vec<u32>>), TrainError> {
+fn init_module(dir: &Path, vocab: usize) -> Result<(RecycleConfig, Option<Vec<u32>>), TrainError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
     let config: LlamaConfig =
         serde_json::from_str(&text).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
-    let layers = config
-        .recycle
-        .as_ref()
-        .map(|r| r.num_layers)
-        .ok_or_else(|| TrainError::Data(format!("{} has no `recycle` block", path.display())))?;
+    let recycle =
+        config.recycle.ok_or_else(|| TrainError::Data(format!("{} has no `recycle` block", path.display())))?;
     let path = dir.join("recycle.safetensors");
     let weights = candle_core::safetensors::load(&path, &Device::Cpu)
         .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
@@ -187,7 +190,75 @@ fn init_module(dir: &Path, vocab: usize) -> Result<(usize, Option<Vec<u32>>), Tr
             )));
         }
     }
-    Ok((layers, ids))
+    Ok((recycle, ids))
+}
+
+/// Sets `varmap`'s variables from the module file at `path`. Fusion weights the file lacks (a
+/// module of the paper's form starting one of EAGLE-3's) start as the paper's form: the norms
+/// at one and `fc` passing the last feature layer through (a norm before `hnorm` changes
+/// nothing, as RMSNorm is scale-free), so training starts from the module's own agreement.
+fn load_init(varmap: &VarMap, path: &Path) -> Result<(), TrainError> {
+    let saved = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+    let data = varmap.data().lock().map_err(|_| TrainError::Data("the variable map is poisoned".into()))?;
+    for (name, var) in data.iter() {
+        let value = match saved.get(name) {
+            Some(value) => value.to_device(var.device())?.to_dtype(var.dtype())?,
+            None if name.starts_with("taps.") => var.ones_like()?,
+            None if name == "fc.weight" => {
+                let (d, wide) = var.dims2()?;
+                let zeros = Tensor::zeros((d, wide - d), var.dtype(), var.device())?;
+                Tensor::cat(&[zeros, Tensor::eye(d, var.dtype(), var.device())?], 1)?
+            }
+            None => return Err(TrainError::Data(format!("{}: no `{name}` tensor", path.display()))),
+        };
+        var.set(&value)?;
+    }
+    Ok(())
+}
+
+/// The loss of one batch: the first draft's cross-entropy against the base's top K, each
+/// chained step's where serving's chain reaches, and the feature loss.
+fn batch_loss(
+    module: &TrainableModule,
+    e: &Example,
+    options: &DistillOptions,
+    ids: Option<&[u32]>,
+    noise_rng: &mut impl Rng,
+) -> Result<Tensor, TrainError> {
+    let input = noisy(&e.hidden, options.feature_noise, noise_rng)?;
+    let passes = module.forward_chain(&input, &e.tokens, options.chain_steps)?;
+    let (logits, features) =
+        passes.first().ok_or_else(|| TrainError::Data("a training window has no positions".into()))?;
+    let mut loss = crate::layers::top_k_cross_entropy(logits, &e.top_ids, &e.top_probs)?;
+    // Where the text's next token is the base's choice: only there does a chain in serving
+    // (which feeds its drafts, the base's choices when accepted) see what training feeds.
+    let reached = if passes.len() > 1 { Some(text_is_choice(e, ids)?) } else { None };
+    let mut alive: Option<Tensor> = None;
+    for (ahead, (logits, _)) in passes.iter().enumerate().skip(1) {
+        // Chain step i's row r drafts what the first step's row r + i does, and is reached
+        // where the text took the base's choice at rows r..r + i - 1.
+        let rows = logits.dim(1)?;
+        let choice = reached.as_ref().map(|c| c.narrow(1, ahead - 1, rows)).transpose()?;
+        let mask = match (alive.take(), choice) {
+            (Some(before), Some(choice)) => (before.narrow(1, 0, rows)? * choice)?,
+            (None, Some(choice)) => choice,
+            (_, None) => return Err(TrainError::Data("a chained step without its mask".into())),
+        };
+        let (top, probs) = (e.top_ids.narrow(1, ahead, rows)?, e.top_probs.narrow(1, ahead, rows)?);
+        let chained = crate::layers::masked_top_k_cross_entropy(logits, &top, &probs, &mask)?;
+        loss = (loss + (chained * options.chain_weight)?)?;
+        alive = Some(mask);
+    }
+    let positions = features.dim(1)?;
+    if options.feature_weight > 0.0 && positions > 1 {
+        // The module's output at x_t should read like what it reads at t (the base's next
+        // feature, held fixed), so that it can stand in for it when drafts are chained.
+        let predicted = features.narrow(1, 0, positions - 1)?;
+        let wanted = module.input_features(&e.hidden)?.detach().narrow(1, 1, positions - 1)?;
+        loss = (loss + (crate::layers::feature_loss(&predicted, &wanted)? * options.feature_weight)?)?;
+    }
+    Ok(loss)
 }
 
 /// Trains a module for `model` on `corpus` and writes it into `out` (`recycle.safetensors`
@@ -211,29 +282,39 @@ pub fn train_recycle(
             corpus.shortest()
         )));
     }
+    let mut config: LlamaConfig = model.config().clone();
+    let mut recycle = config.default_recycle(options.layers);
+    recycle.feature_layers = options.feature_layers.clone();
+    let taps = recycle.taps(config.num_hidden_layers);
+    config.recycle = Some(recycle.clone());
+    config.validate()?;
     let started = std::time::Instant::now();
     let bar = teacher::progress_bar(train.len() + held_out.len(), options.progress);
     let view = |sequences| match &options.teacher_cache {
-        Some(cache) => cache.examples(model, sequences, &bar),
-        None => teacher::compute(model, sequences, &bar),
+        Some(cache) => cache.examples(model, sequences, &taps, &bar),
+        None => teacher::compute(model, sequences, &taps, &bar),
     };
     let mut train = view(train)?;
     let mut held_out = view(held_out)?;
     bar.finish_and_clear();
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "the base model's view of the corpus computed");
-    let mut config: LlamaConfig = model.config().clone();
-    let mut recycle = config.default_recycle(options.layers);
     let (embedding, head) = model.embedding_and_head()?;
     let mut head = head.clone();
     let init = match &options.init {
         Some(dir) => {
-            let (layers, ids) = init_module(dir, config.vocab_size)?;
+            let (init, ids) = init_module(dir, config.vocab_size)?;
             let wanted = options.draft_vocab.filter(|&size| size < config.vocab_size);
-            if layers != options.layers || ids.as_ref().map(Vec::len) != wanted {
+            let fused = init.feature_layers.is_some();
+            if init.num_layers != options.layers
+                || ids.as_ref().map(Vec::len) != wanted
+                || (fused && init.feature_layers != options.feature_layers)
+            {
                 let vocab = ids.as_ref().map_or(String::new(), |ids| format!(" --draft-vocab {}", ids.len()));
+                let taps = init.feature_layers.map_or(String::new(), |l| format!(" --feature-layers {l:?}"));
                 return Err(TrainError::Data(format!(
-                    "the module in {} was trained with --layers {layers}{vocab}: give the same with --init",
-                    dir.display()
+                    "the module in {} was trained with --layers {}{vocab}{taps}: give the same with --init",
+                    dir.display(),
+                    init.num_layers
                 )));
             }
             Some(ids)
@@ -259,12 +340,11 @@ pub fn train_recycle(
     recycle.max_draft_tokens = (chainable > 1).then_some(chainable);
     config.recycle = Some(recycle);
     config.validate()?;
-    let mut varmap = VarMap::new();
+    let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, model.device());
     let module = TrainableModule::new(vb, &config, embedding.clone(), head)?;
     if let Some(dir) = &options.init {
-        let path = dir.join("recycle.safetensors");
-        varmap.load(&path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+        load_init(&varmap, &dir.join("recycle.safetensors"))?;
     }
     let params = ParamsAdamW { lr: options.learning_rate, weight_decay: 0.0, ..ParamsAdamW::default() };
     let mut optimizer = AdamW::new(varmap.all_vars(), params)?;
@@ -292,40 +372,7 @@ pub fn train_recycle(
             cursor += 1;
         }
         let e = Example::stack(&picked)?;
-        let input = noisy(&e.hidden, options.feature_noise, &mut noise_rng)?;
-        let passes = module.forward_chain(&input, &e.tokens, chain_steps)?;
-        let (logits, features) =
-            passes.first().ok_or_else(|| TrainError::Data("a training window has no positions".into()))?;
-        let mut loss = crate::layers::top_k_cross_entropy(logits, &e.top_ids, &e.top_probs)?;
-        // Where the text's next token is the base's choice: only there does a chain in serving
-        // (which feeds its drafts, the base's choices when accepted) see what training feeds.
-        let reached = if passes.len() > 1 { Some(text_is_choice(&e, ids)?) } else { None };
-        let mut alive: Option<Tensor> = None;
-        for (ahead, (logits, _)) in passes.iter().enumerate().skip(1) {
-            // Chain step i's row r drafts what the first step's row r + i does, and is reached
-            // where the text took the base's choice at rows r..r + i - 1.
-            let rows = logits.dim(1)?;
-            let choice = reached.as_ref().map(|c| c.narrow(1, ahead - 1, rows)).transpose()?;
-            let mask = match (alive.take(), choice) {
-                (Some(before), Some(choice)) => (before.narrow(1, 0, rows)? * choice)?,
-                (None, Some(choice)) => choice,
-                (_, None) => return Err(TrainError::Data("a chained step without its mask".into())),
-            };
-            let (top, probs) = (e.top_ids.narrow(1, ahead, rows)?, e.top_probs.narrow(1, ahead, rows)?);
-            let chained = crate::layers::masked_top_k_cross_entropy(logits, &top, &probs, &mask)?;
-            loss = (loss + (chained * options.chain_weight)?)?;
-            alive = Some(mask);
-        }
-        if options.feature_weight > 0.0 {
-            // The module's output at x_t should read like the base's h_t (the next row of
-            // `hidden`), so that it can stand in for it when drafts are chained.
-            let positions = features.dim(1)?;
-            if positions > 1 {
-                let predicted = features.narrow(1, 0, positions - 1)?;
-                let wanted = e.hidden.narrow(1, 1, positions - 1)?;
-                loss = (loss + (crate::layers::feature_loss(&predicted, &wanted)? * options.feature_weight)?)?;
-            }
-        }
+        let loss = batch_loss(&module, &e, options, ids, &mut noise_rng)?;
         let mut grads = loss.backward()?;
         clip_gradients(&varmap, &mut grads, options.max_grad_norm)?;
         optimizer.set_learning_rate(learning_rate(step, options.steps, options.warmup, options.learning_rate));

@@ -72,7 +72,7 @@ pub fn evaluate(
         let (n, c) = nll(&out, w, 1);
         total_nll += n;
         count += c;
-        if let Some((s, p)) = module_agreement(model, w, &out.hidden, &out.logits[1..], 1)? {
+        if let Some((s, p)) = module_agreement(model, w, &out.features, &out.logits[1..], 1)? {
             same += s;
             compared += p;
         }

@@ -6,6 +6,9 @@ use candle_nn::VarBuilder;
 use recyclegpt_model::LlamaConfig;
 
 pub struct TrainableModule {
+    /// EAGLE-3's form: one norm per base feature layer and `fc` fusing them (`None`: the
+    /// paper's form, which reads the base's last hidden state as it is).
+    fusion: Option<(Vec<RmsNorm>, Linear)>,
     hidden_norm: RmsNorm,
     embed_norm: RmsNorm,
     projection: Linear,
@@ -26,7 +29,17 @@ impl TrainableModule {
         let d = config.hidden_size;
         let layers =
             (0..shape.layers).map(|i| DecoderLayer::new(vb.pp("layers").pp(i), shape)).collect::<Result<Vec<_>>>()?;
+        let fusion = match config.recycle.as_ref().and_then(|r| r.feature_layers.as_ref()) {
+            Some(taps) => Some((
+                (0..taps.len())
+                    .map(|i| RmsNorm::new(vb.pp("taps").pp(i), d, config.rms_norm_eps))
+                    .collect::<Result<Vec<_>>>()?,
+                Linear::new(vb.pp("fc"), d, taps.len() * d)?,
+            )),
+            None => None,
+        };
         Ok(Self {
+            fusion,
             hidden_norm: RmsNorm::new(vb.pp("hnorm"), d, config.rms_norm_eps)?,
             embed_norm: RmsNorm::new(vb.pp("enorm"), d, config.rms_norm_eps)?,
             projection: Linear::new(vb.pp("eh_proj"), d, 2 * d)?,
@@ -43,8 +56,23 @@ impl TrainableModule {
         })
     }
 
-    /// Logits `[B, T, V]` for x_{t+1} from `hidden [B, T, d]` (h_{t-1}) and `tokens [B, T]` (x_t),
-    /// the first pair at position 1 as in inference.
+    /// What the module reads from the base, `[B, T, d]`, from the base's feature layers
+    /// `[B, T, layers × d]` (in the paper's form, the last hidden state as it is).
+    pub fn input_features(&self, hidden: &Tensor) -> Result<Tensor> {
+        let Some((norms, fc)) = &self.fusion else {
+            return Ok(hidden.clone());
+        };
+        let d = hidden.dim(2)? / norms.len();
+        let normed = norms
+            .iter()
+            .enumerate()
+            .map(|(i, norm)| norm.forward(&hidden.narrow(2, i * d, d)?))
+            .collect::<Result<Vec<_>>>()?;
+        fc.forward(&Tensor::cat(&normed, 2)?)
+    }
+
+    /// Logits `[B, T, V]` for x_{t+1} from `hidden [B, T, layers × d]` (the base's feature
+    /// layers at t-1) and `tokens [B, T]` (x_t), the first pair at position 1 as in inference.
     pub fn forward(&self, hidden: &Tensor, tokens: &Tensor) -> Result<Tensor> {
         Ok(self.forward_with_features(hidden, tokens)?.0)
     }
@@ -70,7 +98,7 @@ impl TrainableModule {
             let rows = t - step;
             let h = match passes.last() {
                 Some((_, features)) => features.narrow(1, 0, rows)?,
-                None => hidden.clone(),
+                None => self.input_features(hidden)?,
             };
             let mut x = self.fuse(&h, &tokens.narrow(1, step, rows)?)?;
             for (layer, kv) in self.layers.iter().zip(&mut kv) {

@@ -1,5 +1,6 @@
 //! The frozen base model's view of a corpus, computed once before training: for every position
-//! t, the hidden state h_{t-1}, the token x_t, and the top of the base distribution for x_{t+1}.
+//! t, the states at t-1 of the base layers the module reads, the token x_t, and the top of the
+//! base distribution for x_{t+1}.
 //! Training steps then run the module alone, instead of a base forward and a full-vocabulary
 //! softmax per step (on SmolLM2 that was most of a step's time and 200 MB of targets per batch).
 use crate::TrainError;
@@ -16,7 +17,8 @@ const FORWARD_BATCH: usize = 8;
 
 /// One sequence of `n` tokens as the module sees it: `n - 1` positions.
 pub struct Example {
-    /// `[n - 1, d]`: h_{t-1}.
+    /// `[n - 1, layers × d]`: the outputs at t-1 of the base layers the module reads (in the
+    /// paper's form the last alone: h_{t-1}).
     pub hidden: Tensor,
     /// `[n - 1]`: x_t.
     pub tokens: Tensor,
@@ -95,19 +97,26 @@ pub fn progress_bar(sequences: usize, progress: bool) -> ProgressBar {
     bar
 }
 
-/// Every sequence of `sequences` (each at least 2 tokens) through the base model once.
-pub fn compute(model: &RecycleGpt, sequences: &[Vec<u32>], bar: &ProgressBar) -> Result<Vec<Example>, TrainError> {
+/// Every sequence of `sequences` (each at least 2 tokens) through the base model once, keeping
+/// the outputs of the base layers `taps` (counted from 1).
+pub fn compute(
+    model: &RecycleGpt,
+    sequences: &[Vec<u32>],
+    taps: &[usize],
+    bar: &ProgressBar,
+) -> Result<Vec<Example>, TrainError> {
     let mut examples = Vec::with_capacity(sequences.len());
     for chunk in sequences.chunks(FORWARD_BATCH) {
         let mut caches = chunk.iter().map(|s| model.new_cache(s.len())).collect::<Result<Vec<_>, _>>()?;
-        let out = {
+        let (out, tapped) = {
             let mut inputs: Vec<SeqInput> = chunk
                 .iter()
                 .zip(caches.iter_mut())
                 .map(|(s, cache)| SeqInput { tokens: s, cache, logits_rows: (1..s.len()).collect() })
                 .collect();
-            model.forward(&mut inputs)?
+            model.forward_tapped(&mut inputs, taps)?
         };
+        let hidden = Tensor::cat(&tapped, 1)?;
         let mut logits = out.logits.into_iter();
         let mut row = 0;
         for sequence in chunk {
@@ -122,7 +131,7 @@ pub fn compute(model: &RecycleGpt, sequences: &[Vec<u32>], bar: &ProgressBar) ->
                 // Its own rows only: `copy()` would clone the whole batch's storage behind the
                 // view, eight sequences' states kept for each (the teacher pass over 9,000
                 // windows grew to 24 GB and was killed).
-                hidden: out.hidden.narrow(0, row, n - 1)?.force_contiguous()?,
+                hidden: hidden.narrow(0, row, n - 1)?.force_contiguous()?,
                 tokens: Tensor::new(&sequence[1..], device)?,
                 top_ids: Tensor::from_vec(ids, (n - 1, TOP_K), device)?,
                 top_probs: Tensor::from_vec(probs, (n - 1, TOP_K), device)?,
@@ -183,8 +192,9 @@ mod tests {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/shakespeare");
         let loaded = recyclegpt_model::LoadedModel::load(&dir, &recyclegpt_model::LoadOptions::default()).unwrap();
         let sequences: Vec<Vec<u32>> = (0..3u32).map(|s| (0..20).map(|t| 5 + s + t).collect()).collect();
-        let examples = compute(&loaded.model, &sequences, &ProgressBar::hidden()).unwrap();
-        let width = loaded.model.config().hidden_size;
+        let layers = loaded.model.config().num_hidden_layers;
+        let examples = compute(&loaded.model, &sequences, &[1, layers], &ProgressBar::hidden()).unwrap();
+        let width = 2 * loaded.model.config().hidden_size;
         for example in &examples {
             let (storage, _) = example.hidden.storage_and_layout();
             let held = match &*storage {

@@ -4,7 +4,7 @@
 //!
 //! A file holds the examples of [`FILE_SEQUENCES`] consecutive sequences, stacked (they share
 //! one length), and is named by a hash of what they depend on: the base model (its file and how
-//! it computes, `model_key`), the teacher's K and every token. A file with another name is
+//! it computes, `model_key`), the base layers kept, the teacher's K and every token. A file with another name is
 //! never read, so a changed corpus or model recomputes rather than trains on stale targets,
 //! while a corpus that grows by another text file reuses the files of the windows it keeps.
 use crate::teacher::{self, Example, TOP_K};
@@ -22,7 +22,7 @@ const FILE_SEQUENCES: usize = 256;
 /// Part of every file's name: raise it when what the teacher pass computes changes, so that no
 /// file from before is read. (The name's hash is std's, which may change with the toolchain;
 /// that costs a recomputation, never a stale read.)
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// The tensors of a file, each the examples' own stacked on a first dimension.
 const NAMES: [&str; 5] = ["hidden", "tokens", "top_ids", "top_probs", "target"];
@@ -39,17 +39,18 @@ impl TeacherCache {
         Self { dir: dir.into(), model_key: model_key.into() }
     }
 
-    /// The examples of `sequences`: read back where this cache holds them, otherwise computed
-    /// and saved.
+    /// The examples of `sequences` with the outputs of base layers `taps`: read back where
+    /// this cache holds them, otherwise computed and saved.
     pub fn examples(
         &self,
         model: &RecycleGpt,
         sequences: &[Vec<u32>],
+        taps: &[usize],
         bar: &ProgressBar,
     ) -> Result<Vec<Example>, TrainError> {
         let mut examples = Vec::with_capacity(sequences.len());
         for part in sequences.chunks(FILE_SEQUENCES) {
-            let path = self.path(part);
+            let path = self.path(part, taps);
             if path.is_file() {
                 match load(&path, model.device()).and_then(|read| matches(read, part)) {
                     Ok(read) => {
@@ -60,16 +61,16 @@ impl TeacherCache {
                     Err(error) => tracing::warn!(path = %path.display(), %error, "recomputing a cached teacher pass"),
                 }
             }
-            let computed = teacher::compute(model, part, bar)?;
+            let computed = teacher::compute(model, part, taps, bar)?;
             save(&path, &computed)?;
             examples.extend(computed);
         }
         Ok(examples)
     }
 
-    fn path(&self, sequences: &[Vec<u32>]) -> PathBuf {
+    fn path(&self, sequences: &[Vec<u32>], taps: &[usize]) -> PathBuf {
         let mut hasher = DefaultHasher::new();
-        (FORMAT, &self.model_key, TOP_K, sequences).hash(&mut hasher);
+        (FORMAT, &self.model_key, taps, TOP_K, sequences).hash(&mut hasher);
         self.dir.join(format!("teacher-{:016x}.safetensors", hasher.finish()))
     }
 }
@@ -168,8 +169,9 @@ mod tests {
         let corpus = vec![vec![1, 2, 3], vec![4, 5, 6]];
         let mut changed = corpus.clone();
         changed[1][2] = 7;
-        assert_eq!(cache.path(&corpus), cache.path(&corpus.clone()));
-        assert_ne!(cache.path(&corpus), cache.path(&changed));
-        assert_ne!(cache.path(&corpus), TeacherCache::new("/cache", "model B").path(&corpus));
+        assert_eq!(cache.path(&corpus, &[30]), cache.path(&corpus.clone(), &[30]));
+        assert_ne!(cache.path(&corpus, &[30]), cache.path(&changed, &[30]));
+        assert_ne!(cache.path(&corpus, &[30]), cache.path(&corpus, &[2, 15, 30]));
+        assert_ne!(cache.path(&corpus, &[30]), TeacherCache::new("/cache", "model B").path(&corpus, &[30]));
     }
 }
