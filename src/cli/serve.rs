@@ -66,6 +66,12 @@ pub struct ServeArgs {
     grammar_compile_timeout_seconds: Option<f64>,
     #[arg(long, env = "RECYCLEGPT_MAX_SCHEMA_BYTES")]
     max_schema_bytes: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_RESPONSE_STORE_MAX_RESPONSES")]
+    response_store_max_responses: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_RESPONSE_STORE_MAX_BYTES")]
+    response_store_max_bytes: Option<usize>,
+    #[arg(long, env = "RECYCLEGPT_RESPONSE_STORE_TTL_SECONDS")]
+    response_store_ttl_seconds: Option<f64>,
     /// Require the API key on /metrics too (true or false).
     #[arg(long, env = "RECYCLEGPT_METRICS_REQUIRE_API_KEY")]
     metrics_require_api_key: Option<bool>,
@@ -136,6 +142,9 @@ impl ServeArgs {
             grammar_concurrency,
             grammar_compile_timeout_seconds,
             max_schema_bytes,
+            response_store_max_responses,
+            response_store_max_bytes,
+            response_store_ttl_seconds,
             metrics_require_api_key,
             shutdown_delay_seconds,
             shutdown_grace_seconds,

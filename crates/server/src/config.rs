@@ -85,6 +85,14 @@ pub struct ServerConfig {
     /// The largest schema or grammar, as compact JSON: 64 KiB is many times the largest
     /// OpenAI accepts, and bounds the compiler's work on `$ref` chains and wide objects.
     pub max_schema_bytes: usize,
+    /// Responses kept for `previous_response_id` and `GET /v1/responses/{id}` (`store`, true
+    /// by default as in OpenAI's API), at most this many ...
+    pub response_store_max_responses: usize,
+    /// ... and this many bytes (their objects and conversations), the least recently used
+    /// going first ...
+    pub response_store_max_bytes: usize,
+    /// ... each for this long after it was stored.
+    pub response_store_ttl_seconds: f64,
     pub log_format: LogFormat,
     /// After SIGTERM, how long the listener still accepts (answering 503) so that load
     /// balancers see the drain before connections are refused.
@@ -144,6 +152,9 @@ impl Default for ServerConfig {
             grammar_concurrency: 1,
             grammar_compile_timeout_seconds: 5.0,
             max_schema_bytes: 64 * 1024,
+            response_store_max_responses: 1024,
+            response_store_max_bytes: 64 * 1024 * 1024,
+            response_store_ttl_seconds: 3600.0,
             log_format: LogFormat::Text,
             shutdown_delay_seconds: 2.0,
             shutdown_grace_seconds: 30.0,
@@ -186,6 +197,8 @@ impl ServerConfig {
             ("max_n", self.max_n),
             ("max_schema_bytes", self.max_schema_bytes),
             ("max_connections", self.max_connections),
+            ("response_store_max_responses", self.response_store_max_responses),
+            ("response_store_max_bytes", self.response_store_max_bytes),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -200,6 +213,7 @@ impl ServerConfig {
             ("idle_timeout_seconds", self.idle_timeout_seconds),
             ("write_timeout_seconds", self.write_timeout_seconds),
             ("grammar_compile_timeout_seconds", self.grammar_compile_timeout_seconds),
+            ("response_store_ttl_seconds", self.response_store_ttl_seconds),
         ];
         for (key, value) in seconds {
             if !(value.is_finite() && (0.0..=86_400.0).contains(&value)) {

@@ -37,6 +37,10 @@ pub enum ApiError {
     UnsupportedEncoding(String),
     #[error("No route for {0}")]
     NotFound(String),
+    /// A stored response that is not held (never stored, expired, evicted or deleted); `param`
+    /// names the field that asked for it, if a field did.
+    #[error("Response with id `{id}` not found: never stored, expired or deleted")]
+    NoSuchResponse { id: String, param: Option<String> },
     #[error("Method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
     #[error("{0}")]
@@ -53,7 +57,9 @@ impl ApiError {
             ApiError::InvalidParameter { .. } | ApiError::ContextLength { .. } => StatusCode::BAD_REQUEST,
             ApiError::Malformed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnknownModel(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownModel(_) | ApiError::NotFound(_) | ApiError::NoSuchResponse { .. } => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::QueueFull | ApiError::CompilerBusy => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Draining | ApiError::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,6 +89,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => ("invalid_request_error", "unsupported_media_type", None),
             ApiError::UnsupportedEncoding(_) => ("invalid_request_error", "unsupported_encoding", None),
             ApiError::NotFound(_) => ("invalid_request_error", "not_found", None),
+            ApiError::NoSuchResponse { param, .. } => ("invalid_request_error", "response_not_found", param.clone()),
             ApiError::MethodNotAllowed { .. } => ("invalid_request_error", "method_not_allowed", None),
             ApiError::Internal(_) => ("server_error", "internal_error", None),
         };

@@ -9,6 +9,7 @@ mod generation;
 pub mod openai;
 mod openai_responses;
 mod prompt;
+mod response_store;
 mod responses;
 mod routes;
 mod structured;
@@ -29,6 +30,7 @@ use recyclegpt_engine::scheduler::Budget;
 use recyclegpt_engine::{DecodeMode, SchedulerConfig};
 use recyclegpt_grammar::Grammars;
 use recyclegpt_model::{LoadedModel, RecycleSource, TextTokenizer};
+use response_store::{ResponseStore, StoreLimits};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -51,6 +53,8 @@ pub struct AppState {
     /// Structured outputs' compiler for this tokenizer (or why there is none), with its limits.
     pub(crate) grammars: structured::GrammarCompiler,
     pub(crate) prompts: PromptBuilder,
+    /// Responses kept for `previous_response_id` and `GET /v1/responses/{id}`.
+    pub(crate) responses: ResponseStore,
     pub backend: Arc<dyn Backend>,
     pub recycle_source: RecycleSource,
     pub draining: AtomicBool,
@@ -193,12 +197,18 @@ impl AppState {
         let grammars = structured::GrammarCompiler::new(grammars, &config);
         let template = ChatTemplate::new(tokenizer.chat_template(), tokenizer.bos_token(), tokenizer.eos_token())?;
         let prompts = PromptBuilder::new(tokenizer.clone(), template, model.context_len, config.tokenize_concurrency);
+        let responses = ResponseStore::new(StoreLimits {
+            max_responses: config.response_store_max_responses,
+            max_bytes: config.response_store_max_bytes,
+            ttl: config::seconds(config.response_store_ttl_seconds),
+        });
         Ok(Arc::new(Self {
             config,
             limits,
             tokenizer,
             grammars,
             prompts,
+            responses,
             backend,
             recycle_source: model.recycle_source,
             draining: AtomicBool::new(false),

@@ -135,9 +135,11 @@ pub struct ResponsesRequest {
     pub text: Option<TextConfig>,
     #[serde(default)]
     pub stream: bool,
-    /// Nothing is stored here: `true` is refused.
+    /// Keep the response (default true, as in OpenAI's API) for `previous_response_id` and
+    /// `GET /v1/responses/{id}`, in memory, bounded and expiring (`response_store_*`).
     pub store: Option<bool>,
-    /// Refused: this server keeps no responses to continue from.
+    /// Continue from a stored response: its conversation (input and output, and those it
+    /// continued) comes before this input; its `instructions` are not carried over.
     pub previous_response_id: Option<String>,
     pub tools: Option<Vec<ResponseTool>>,
     pub tool_choice: Option<ResponseToolChoice>,
@@ -232,4 +234,13 @@ pub struct ResponseObject {
     pub usage: Option<ResponseUsage>,
     /// How recycling went (an extension, as on the other endpoints).
     pub recycle: Option<crate::responses::RecycleStats>,
+}
+
+/// What `DELETE /v1/responses/{id}` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedResponse {
+    pub id: String,
+    /// Always `response.deleted`.
+    pub object: &'static str,
+    pub deleted: bool,
 }

@@ -24,6 +24,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", with_405(post(completions::create)))
         .route("/v1/chat/completions", with_405(post(chat::create)))
         .route("/v1/responses", with_405(post(responses_api::create)))
+        .route("/v1/responses/{response_id}", with_405(get(responses_api::retrieve).delete(responses_api::delete)))
         .route("/v1/models", with_405(get(system::models)))
         .route("/tokenize", with_405(post(tokens::tokenize)))
         .route("/detokenize", with_405(post(tokens::detokenize)))

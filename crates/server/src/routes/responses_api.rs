@@ -1,8 +1,9 @@
-//! `POST /v1/responses`: OpenAI's Responses API, stateless. The input becomes a chat (with
-//! `instructions` as its system message, earlier function calls and their outputs as chat tool
-//! turns) and runs as a chat completion does, tools included; the answer comes back as output
-//! items (the assistant's message, function calls), whole or as the API's typed stream events
-//! (`responses_stream.rs`).
+//! OpenAI's Responses API. `POST /v1/responses`: the input becomes a chat (with `instructions`
+//! as its system message, earlier function calls and their outputs as chat tool turns, after
+//! the stored conversation of `previous_response_id`) and runs as a chat completion does, tools
+//! included; the answer comes back as output items (the assistant's message, function calls),
+//! whole or as the API's typed stream events (`responses_stream.rs`), and is kept (`store`) for
+//! `GET` and `DELETE /v1/responses/{id}` and later turns.
 use super::responses_shape::{status_of, Shape};
 use crate::chat_template::ChatMessage;
 use crate::error::{ApiError, ApiJson};
@@ -12,22 +13,30 @@ use crate::openai::{
     Tool, ToolCall, ToolChoice,
 };
 use crate::openai_responses::{
-    OutputItem, ResponseInput, ResponseObject, ResponseToolChoice, ResponsesRequest, TextConfig, TextFormat,
+    DeletedResponse, OutputItem, ResponseInput, ResponseObject, ResponseToolChoice, ResponsesRequest, TextConfig,
+    TextFormat,
 };
 use crate::tools::{self, ToolPlan};
 use crate::validation::{check, FieldNames};
 use crate::{structured, AppState};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::Response;
 use serde_json::Value;
 use std::sync::Arc;
 
-/// The chat the input stands for: `instructions` first, then the input's messages.
-fn chat_messages(request: &ResponsesRequest) -> Result<Vec<ChatMessage>, ApiError> {
-    let mut messages = Vec::new();
-    if let Some(instructions) = &request.instructions {
-        messages.push(ChatMessage { role: "system".into(), content: instructions.clone() });
+/// The conversation the input continues: the stored one of `previous_response_id`, if any.
+fn history(state: &AppState, request: &ResponsesRequest) -> Result<Vec<ChatMessage>, ApiError> {
+    match &request.previous_response_id {
+        Some(id) => state
+            .responses
+            .conversation(id)
+            .ok_or_else(|| ApiError::NoSuchResponse { id: id.clone(), param: Some("previous_response_id".into()) }),
+        None => Ok(Vec::new()),
     }
+}
+
+/// The input's messages after `history` (the conversation they continue).
+fn conversation(request: &ResponsesRequest, mut messages: Vec<ChatMessage>) -> Result<Vec<ChatMessage>, ApiError> {
     match &request.input {
         ResponseInput::Text(text) => messages.push(ChatMessage { role: "user".into(), content: text.clone() }),
         ResponseInput::Items(items) => {
@@ -42,6 +51,14 @@ fn chat_messages(request: &ResponsesRequest) -> Result<Vec<ChatMessage>, ApiErro
         return Err(ApiError::invalid("input", "`input` must not be empty"));
     }
     Ok(messages)
+}
+
+/// The chat to render: `instructions` first (never carried over from a stored response), then
+/// the conversation.
+fn chat_messages(request: &ResponsesRequest, conversation: &[ChatMessage]) -> Vec<ChatMessage> {
+    let instructions =
+        request.instructions.iter().map(|text| ChatMessage { role: "system".into(), content: text.clone() });
+    instructions.chain(conversation.iter().cloned()).collect()
 }
 
 /// One input item as a chat message: a function call is an assistant turn that made it, its
@@ -130,15 +147,6 @@ pub async fn create(
     ApiJson(request): ApiJson<ResponsesRequest>,
 ) -> Result<Response, ApiError> {
     let arrived = std::time::Instant::now();
-    if request.store == Some(true) {
-        return Err(ApiError::invalid("store", "this server stores no responses: `store` must be false or absent"));
-    }
-    if request.previous_response_id.is_some() {
-        return Err(ApiError::invalid(
-            "previous_response_id",
-            "this server stores no responses: send the whole conversation in `input`",
-        ));
-    }
     if let Some(metadata) = &request.metadata {
         check_metadata(metadata)?;
     }
@@ -161,7 +169,8 @@ pub async fn create(
     let tools = tool_plan(&request)?;
     let format = fields.response_format.as_ref();
     let grammar = structured::request_grammar(&state, tools.as_ref(), format, "text").await?;
-    let mut messages = chat_messages(&request)?;
+    let conversation = conversation(&request, history(&state, &request)?)?;
+    let mut messages = chat_messages(&request, &conversation);
     state.prompts.check_chat("input", &messages)?;
     if let Some(tools) = &tools {
         tools::add_instructions(&mut messages, tools.instructions());
@@ -172,7 +181,8 @@ pub async fn create(
     let generation = submit(&state, &plan, &id, arrived)?;
     let (model, created_at) = shared(&state);
     let message_id = format!("msg_{}", state.next_request_id());
-    let shape = Shape { message_id, id, model, created_at, request, tools, state: state.clone() };
+    let store = request.store != Some(false);
+    let shape = Shape { message_id, id, model, created_at, request, tools, state: state.clone(), store, conversation };
     if plan.stream() {
         metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
         return Ok(super::responses_stream::stream(shape, generation, plan));
@@ -182,16 +192,45 @@ pub async fn create(
     let status = status_of(choice.finish_reason);
     let (content, calls) = shape.split(&choice.text);
     let mut output = Vec::new();
-    if calls.is_empty() || content.is_some() {
-        let text = if calls.is_empty() { Some(choice.text.clone()) } else { content };
-        output.push(OutputItem::Message(shape.message(status, text)));
+    let text = if calls.is_empty() { Some(choice.text.clone()) } else { content };
+    if calls.is_empty() || text.is_some() {
+        output.push(OutputItem::Message(shape.message(status, text.clone())));
     }
     for call in &calls {
         output.push(OutputItem::FunctionCall(shape.call_item(call, "completed", call.function.arguments.clone())));
     }
     let mut body = shape.object(status, output, Some(usage));
     body.recycle = Some(recycle_stats(&plan, &choices));
+    shape.keep(&body, text, &calls);
     Ok(ok_json(&body))
+}
+
+/// A stored response, as it was returned.
+#[utoipa::path(get, path = "/v1/responses/{response_id}", operation_id = "getResponse", tag = "responses",
+    params(("response_id" = String, Path, description = "The id of a response created with `store` (the default)")),
+    responses(
+        (status = 200, description = "The `response` object", body = ResponseObject),
+        crate::error::ErrorResponses
+))]
+pub async fn retrieve(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match state.responses.response(&id) {
+        Some(body) => Ok(ok_json(&body)),
+        None => Err(ApiError::NoSuchResponse { id, param: None }),
+    }
+}
+
+/// Forgets a stored response.
+#[utoipa::path(delete, path = "/v1/responses/{response_id}", operation_id = "deleteResponse", tag = "responses",
+    params(("response_id" = String, Path, description = "The id of a stored response")),
+    responses(
+        (status = 200, description = "The response was forgotten", body = DeletedResponse),
+        crate::error::ErrorResponses
+))]
+pub async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    if !state.responses.delete(&id) {
+        return Err(ApiError::NoSuchResponse { id, param: None });
+    }
+    Ok(ok_json(&DeletedResponse { id, object: "response.deleted", deleted: true }))
 }
 
 /// OpenAI's bounds on `metadata`: an object of at most 16 string values, keys up to 64

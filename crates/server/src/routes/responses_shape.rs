@@ -1,6 +1,7 @@
 //! The `response` object's shape, shared by the whole answer (`responses_api`) and the stream
 //! (`responses_stream`).
-use crate::openai::{ToolCall, Usage};
+use crate::chat_template::ChatMessage;
+use crate::openai::{Content, Message, Role, ToolCall, Usage};
 use crate::openai_responses::{
     FunctionCallItem, IncompleteDetails, InputTokensDetails, OutputItem, OutputMessage, OutputText,
     OutputTokensDetails, ResponseObject, ResponseToolChoice, ResponseUsage, ResponsesRequest, TextConfig, TextFormat,
@@ -20,6 +21,10 @@ pub(crate) struct Shape {
     pub request: ResponsesRequest,
     pub tools: Option<ToolPlan>,
     pub state: Arc<AppState>,
+    /// Whether the response is kept (`store`), and the conversation its output continues: the
+    /// stored one it follows (`previous_response_id`), then this input (not `instructions`).
+    pub store: bool,
+    pub conversation: Vec<ChatMessage>,
 }
 
 impl Shape {
@@ -42,8 +47,8 @@ impl Shape {
             tool_choice: request.tool_choice.clone().unwrap_or(ResponseToolChoice::Mode("auto".into())),
             tools: request.tools.clone().unwrap_or_default(),
             parallel_tool_calls: request.parallel_tool_calls.unwrap_or(true),
-            store: false,
-            previous_response_id: None,
+            store: self.store,
+            previous_response_id: request.previous_response_id.clone(),
             metadata: request.metadata.clone().unwrap_or_else(|| json!({})),
             truncation: "disabled",
             usage: usage.map(|u| ResponseUsage {
@@ -54,6 +59,29 @@ impl Shape {
                 total_tokens: u.total_tokens,
             }),
             recycle: None,
+        }
+    }
+
+    /// Keeps `response` (with `store`), and the conversation it ends, its output as the
+    /// assistant's turn (`text` and `calls`, as a chat would hold them), for a later
+    /// `previous_response_id`.
+    pub fn keep(&self, response: &ResponseObject, text: Option<String>, calls: &[ToolCall]) {
+        if !self.store {
+            return;
+        }
+        let answer = Message {
+            role: Role::Assistant,
+            content: text.map(Content::Text),
+            tool_calls: (!calls.is_empty()).then(|| calls.to_vec()),
+            tool_call_id: None,
+        };
+        match (super::chat::template_messages_of("output", &[answer]), serde_json::to_value(response)) {
+            (Ok(output), Ok(value)) => {
+                let conversation = self.conversation.iter().cloned().chain(output).collect();
+                self.state.responses.insert(&self.id, value, conversation);
+            }
+            (Err(error), _) => tracing::warn!(id = self.id, %error, "a response not stored"),
+            (_, Err(error)) => tracing::warn!(id = self.id, %error, "a response not stored"),
         }
     }
 

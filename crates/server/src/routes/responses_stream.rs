@@ -102,6 +102,7 @@ pub(super) fn stream(shape: Shape, mut generation: Generation, plan: Plan) -> Re
             let mut response = shape.object(status, output, Some(generation.usage()));
             let choice = Choice { completion_tokens: end.completion_tokens, stats: end.stats, ..Choice::default() };
             response.recycle = Some(recycle_stats(&plan, &[choice]));
+            shape.keep(&response, text.clone(), &calls);
             let kind = if status == "completed" { "response.completed" } else { "response.incomplete" };
             yield event(kind, json!({"response": response}));
             break;
