@@ -19,7 +19,7 @@ pub enum ApiError {
     TooLarge,
     #[error("The model `{0}` does not exist")]
     UnknownModel(String),
-    #[error("Incorrect or missing API key: send `Authorization: Bearer <key>`")]
+    #[error("Incorrect or missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`")]
     Unauthorized,
     #[error("The server is busy: the request queue is full, retry later")]
     QueueFull,

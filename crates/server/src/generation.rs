@@ -54,6 +54,8 @@ pub struct ChoiceEnd {
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
     pub reason: ApiFinish,
+    /// The stop string that ended the choice, if one did.
+    pub stop_sequence: Option<String>,
     pub completion_tokens: usize,
     /// Recycling counters (zero for a choice a stop string ended: the worker drops it).
     pub stats: SequenceStats,
@@ -158,7 +160,7 @@ impl Generation {
                                 index,
                                 chunk.text,
                                 logprobs,
-                                ApiFinish::Stop,
+                                (ApiFinish::Stop, chunk.matched),
                                 SequenceStats::default(),
                             ));
                         }
@@ -178,7 +180,7 @@ impl Generation {
                             ));
                         }
                     };
-                    return Ok(self.end(index, chunk.text, Vec::new(), reason, finished.stats));
+                    return Ok(self.end(index, chunk.text, Vec::new(), (reason, chunk.matched), finished.stats));
                 }
                 Event::Failed(failure) => {
                     self.cancel_all();
@@ -193,7 +195,7 @@ impl Generation {
         index: usize,
         text: String,
         logprobs: Vec<TokenLogprob>,
-        reason: ApiFinish,
+        (reason, stop_sequence): (ApiFinish, Option<String>),
         stats: SequenceStats,
     ) -> Progress {
         let choice = &mut self.choices[index];
@@ -204,6 +206,7 @@ impl Generation {
             text,
             logprobs,
             reason,
+            stop_sequence,
             completion_tokens: choice.completion_tokens,
             stats,
         })
@@ -237,6 +240,8 @@ pub struct Choice {
     /// The prompt's, when asked for (`echo` with `logprobs`).
     pub prompt_logprobs: Vec<TokenLogprob>,
     pub finish_reason: Option<ApiFinish>,
+    /// The stop string that ended it, if one did.
+    pub stop_sequence: Option<String>,
     pub completion_tokens: usize,
     /// Recycling counters (zero for a choice a stop string ended: the worker drops it).
     pub stats: SequenceStats,
@@ -256,6 +261,7 @@ pub async fn collect(mut generation: Generation) -> Result<(Vec<Choice>, Usage),
                 choice.text.push_str(&end.text);
                 choice.logprobs.extend(end.logprobs);
                 choice.finish_reason = Some(end.reason);
+                choice.stop_sequence = end.stop_sequence;
                 choice.completion_tokens = end.completion_tokens;
                 choice.stats = end.stats;
             }

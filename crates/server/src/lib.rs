@@ -1,5 +1,6 @@
 //! The OpenAI-compatible front end: axum routes → one validation pass → a bounded queue →
 //! the model worker (one thread, continuous batching) → per-request SSE streams.
+mod anthropic;
 pub mod backend;
 mod chat_template;
 pub mod config;

@@ -20,6 +20,8 @@ pub struct Chunk {
     /// Set when a stop string matched: the number of the pushed tokens that were used (the
     /// rest, and everything after, is discarded).
     pub stopped_after: Option<usize>,
+    /// The stop string that matched (the first in the text, if several did).
+    pub matched: Option<String>,
 }
 
 impl TextStream {
@@ -31,16 +33,16 @@ impl TextStream {
         let mut text = String::new();
         for (i, &token) in tokens.iter().enumerate() {
             self.held.push_str(&self.decoder.push(token));
-            if let Some(at) = self.stop_match() {
+            if let Some((at, stop)) = self.stop_match_in(&self.held) {
                 text.push_str(&self.held[..at]);
                 self.held.clear();
-                return Chunk { text, stopped_after: Some(i + 1) };
+                return Chunk { text, stopped_after: Some(i + 1), matched: Some(stop) };
             }
         }
         let keep = self.longest_stop_prefix();
         text.push_str(&self.held[..self.held.len() - keep]);
         self.held.drain(..self.held.len() - keep);
-        Chunk { text, stopped_after: None }
+        Chunk { text, stopped_after: None, matched: None }
     }
 
     /// The rest of the text at the end of generation (an incomplete character becomes U+FFFD).
@@ -48,20 +50,17 @@ impl TextStream {
         self.held.push_str(&self.decoder.finish());
         let mut held = std::mem::take(&mut self.held);
         match self.stop_match_in(&held) {
-            Some(at) => {
+            Some((at, stop)) => {
                 held.truncate(at);
-                Chunk { text: held, stopped_after: Some(0) }
+                Chunk { text: held, stopped_after: Some(0), matched: Some(stop) }
             }
-            None => Chunk { text: held, stopped_after: None },
+            None => Chunk { text: held, stopped_after: None, matched: None },
         }
     }
 
-    fn stop_match(&self) -> Option<usize> {
-        self.stop_match_in(&self.held)
-    }
-
-    fn stop_match_in(&self, text: &str) -> Option<usize> {
-        self.stop.iter().filter_map(|s| text.find(s.as_str())).min()
+    /// Where the first stop string in `text` begins, and which it is.
+    fn stop_match_in(&self, text: &str) -> Option<(usize, String)> {
+        self.stop.iter().filter_map(|s| text.find(s.as_str()).map(|at| (at, s))).min().map(|(at, s)| (at, s.clone()))
     }
 
     /// Length of the longest suffix of the held text that some stop string starts with.

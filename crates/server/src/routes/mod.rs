@@ -2,6 +2,8 @@
 mod chat;
 mod chat_stream;
 mod completions;
+mod messages;
+mod messages_stream;
 mod responses_api;
 mod responses_shape;
 mod responses_stream;
@@ -25,6 +27,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", with_405(post(chat::create)))
         .route("/v1/responses", with_405(post(responses_api::create)))
         .route("/v1/responses/{response_id}", with_405(get(responses_api::retrieve).delete(responses_api::delete)))
+        .route("/v1/messages", with_405(post(messages::create)))
+        .route("/v1/messages/count_tokens", with_405(post(messages::count_tokens)))
         .route("/v1/models", with_405(get(system::models)))
         .route("/tokenize", with_405(post(tokens::tokenize)))
         .route("/detokenize", with_405(post(tokens::detokenize)))
@@ -49,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(open)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(axum::middleware::from_fn(messages::anthropic_errors))
         .layer(cors)
         .with_state(state)
 }
@@ -65,19 +70,21 @@ async fn not_found(uri: Uri) -> ApiError {
 }
 
 /// With an API key configured, every route but `/health` (and `/metrics` when so configured)
-/// needs `Authorization: Bearer <key>`; the scheme is case-insensitive (RFC 9110) and the key is
-/// compared in constant time, so response timing does not reveal how much of a guess was right.
+/// needs `Authorization: Bearer <key>` or, as Anthropic's clients send it, `x-api-key: <key>`;
+/// the scheme is case-insensitive (RFC 9110) and the key is compared in constant time, so
+/// response timing does not reveal how much of a guess was right.
 async fn require_api_key(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(key) = &state.config.api_key {
-        let given = request
-            .headers()
+        let headers = request.headers();
+        let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_token)
+            .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim))
             .unwrap_or("");
         if !constant_time_eq::constant_time_eq(given.as_bytes(), key.as_bytes()) {
             return Err(ApiError::Unauthorized);

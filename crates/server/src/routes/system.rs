@@ -55,7 +55,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "recyclegpt", description = "OpenAI-compatible inference for RecycleGPT models"),
-    paths(super::completions::create, super::chat::create, super::responses_api::create, super::responses_api::retrieve, super::responses_api::delete, super::tokens::tokenize, super::tokens::detokenize, models, health, metrics, openapi),
+    paths(super::completions::create, super::chat::create, super::responses_api::create, super::responses_api::retrieve, super::responses_api::delete, super::messages::create, super::messages::count_tokens, super::tokens::tokenize, super::tokens::detokenize, models, health, metrics, openapi),
     components(schemas(
         crate::openai::CompletionRequest,
         crate::openai::ChatRequest,
@@ -67,6 +67,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         (name = "completions", description = "Text completions"),
         (name = "chat", description = "Chat completions"),
         (name = "responses", description = "The Responses API, with stored responses"),
+        (name = "messages", description = "Anthropic's Messages API"),
         (name = "models", description = "The served model"),
         (name = "tokens", description = "Tokenization, in vLLM's shape"),
         (name = "system", description = "Health, metrics and this document")
