@@ -2,7 +2,7 @@
 """Drives a running recyclegpt server with the official `openai` Python client, unmodified:
 structured outputs parsed into Pydantic models in each decode mode, a tool-call round trip (call,
 result, answer) streamed and not, the Responses API whole and streamed (with function calls too),
-and plain chat streams. Prints one line per check and exits non-zero on a failure.
+stored responses (`previous_response_id`, `retrieve`, `delete`), and plain chat streams. Prints one line per check and exits non-zero on a failure.
 
     python3 -m venv /tmp/oai && /tmp/oai/bin/pip install openai pydantic
     /tmp/oai/bin/python scripts/openai-client-check.py http://127.0.0.1:8080/v1 [MODES]
@@ -145,6 +145,22 @@ def responses_tools():
     return f"{call.name}({call.arguments}), streamed {streamed[0].arguments}, then {answer.output_text[:40]!r}"
 
 
+def stored_responses():
+    first = client.responses.create(model=model, input="My name is Hamlet.", store=True, temperature=0,
+                                    max_output_tokens=20)
+    second = client.responses.create(model=model, input="What is my name?", previous_response_id=first.id,
+                                     temperature=0, max_output_tokens=20)
+    assert second.previous_response_id == first.id and second.usage.input_tokens > first.usage.input_tokens
+    read = client.responses.retrieve(first.id)
+    assert read.output_text == first.output_text, (read, first)
+    client.responses.delete(first.id)
+    try:
+        client.responses.retrieve(first.id)
+    except openai.NotFoundError:
+        return f"continued ({second.usage.input_tokens} input tokens), retrieved, deleted: 404 after"
+    raise AssertionError("a deleted response was still found")
+
+
 check("tool round trip", lambda: tool_round_trip(False))
 check("responses tools round trip", responses_tools)
 check("tool round trip (stream)", lambda: tool_round_trip(True))
@@ -153,4 +169,5 @@ check("responses.stream", responses_streamed)
 check("responses.create(stream=True)", responses_raw_stream)
 check("responses.parse", responses_parse)
 check("chat.completions.create(stream=True)", chat_stream)
+check("stored responses", stored_responses)
 sys.exit(1 if failures else 0)
