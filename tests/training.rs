@@ -171,6 +171,10 @@ fn a_module_of_fused_layers_starts_from_the_papers_trains_and_serves() {
         steps: 0,
         ..paper.clone()
     };
+    // fc starts passing the last feature layer through: only the model's last continues the module.
+    let lower = recyclegpt_train::DistillOptions { feature_layers: Some(vec![1]), ..fused.clone() };
+    let e = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("lower"), &lower).unwrap_err();
+    assert!(e.to_string().contains("last feature layer"), "{e}");
     let start = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("start"), &fused).unwrap();
     assert!((start.agreement - before.agreement).abs() < 1e-9, "{start:?} from {before:?}");
     let trained = dir.join("fused");

@@ -7,6 +7,9 @@ use serde::{Deserialize, Deserializer};
 use std::path::PathBuf;
 use std::str::FromStr;
 
+/// The most responses the store may be configured to keep.
+const MAX_STORED_RESPONSES: usize = 100_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -227,6 +230,15 @@ impl ServerConfig {
         {
             return Err(format!("`cors_origins`: `{bad}` is not a valid origin"));
         }
+        // Every store and read scans the store (see response_store.rs): keep it to what a scan
+        // does in well under a millisecond. A store that expires at once would answer `store:
+        // true` and then 404.
+        if self.response_store_max_responses > MAX_STORED_RESPONSES {
+            return Err(format!("`response_store_max_responses` must be at most {MAX_STORED_RESPONSES}"));
+        }
+        if self.response_store_ttl_seconds <= 0.0 {
+            return Err("`response_store_ttl_seconds` must be above 0".into());
+        }
         if self.shutdown_delay_seconds > self.shutdown_grace_seconds {
             return Err("`shutdown_delay_seconds` must not exceed `shutdown_grace_seconds`".into());
         }
@@ -278,6 +290,10 @@ mod tests {
         assert!(no_queue.validate().unwrap_err().contains("queue_capacity"));
         let late_delay = ServerConfig { shutdown_delay_seconds: 40.0, ..ServerConfig::default() };
         assert!(late_delay.validate().is_err());
+        let no_time = ServerConfig { response_store_ttl_seconds: 0.0, ..ServerConfig::default() };
+        assert!(no_time.validate().unwrap_err().contains("response_store_ttl_seconds"));
+        let huge = ServerConfig { response_store_max_responses: 1_000_000, ..ServerConfig::default() };
+        assert!(huge.validate().unwrap_err().contains("response_store_max_responses"));
     }
 
     #[test]

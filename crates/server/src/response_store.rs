@@ -21,7 +21,9 @@ pub struct StoreLimits {
 }
 
 struct Entry {
-    response: Value,
+    /// The response object as serialized: its length is what it holds (a `Value` tree would
+    /// take several times its text in memory, uncounted).
+    response: String,
     conversation: Vec<ChatMessage>,
     bytes: usize,
     stored: Instant,
@@ -50,9 +52,9 @@ impl ResponseStore {
     /// then least recent use. One larger than the whole byte budget is not kept (a warning);
     /// reading it back is then a 404, as after any eviction.
     pub fn insert(&self, id: &str, response: Value, conversation: Vec<ChatMessage>) {
-        let bytes = id.len()
-            + response.to_string().len()
-            + conversation.iter().map(|m| m.role.len() + m.content.len()).sum::<usize>();
+        let response = response.to_string();
+        let bytes =
+            id.len() + response.len() + conversation.iter().map(|m| m.role.len() + m.content.len()).sum::<usize>();
         if bytes > self.limits.max_bytes {
             tracing::warn!(id, bytes, max_bytes = self.limits.max_bytes, "a response too large to store");
             return;
@@ -74,7 +76,7 @@ impl ResponseStore {
 
     /// The stored response object, if `id` is held and not expired.
     pub fn response(&self, id: &str) -> Option<Value> {
-        self.read(id, |e| e.response.clone())
+        self.read(id, |e| serde_json::from_str(&e.response).ok()).flatten()
     }
 
     /// The conversation response `id` ended (its input and its output, after the responses

@@ -305,12 +305,24 @@ pub fn train_recycle(
             let (init, ids) = init_module(dir, config.vocab_size)?;
             let wanted = options.draft_vocab.filter(|&size| size < config.vocab_size);
             let fused = init.feature_layers.is_some();
+            let last = config.num_hidden_layers;
+            if !fused && options.feature_layers.as_ref().is_some_and(|layers| layers.last() != Some(&last)) {
+                // `fc` starts passing the last feature layer through, as the paper's form reads
+                // the last hidden state: only the same layer continues that module.
+                return Err(TrainError::Data(format!(
+                    "a module of the paper's form starts one of EAGLE-3's only when the last feature layer is the \
+                     model's last ({last})"
+                )));
+            }
             if init.num_layers != options.layers
                 || ids.as_ref().map(Vec::len) != wanted
                 || (fused && init.feature_layers != options.feature_layers)
             {
                 let vocab = ids.as_ref().map_or(String::new(), |ids| format!(" --draft-vocab {}", ids.len()));
-                let taps = init.feature_layers.map_or(String::new(), |l| format!(" --feature-layers {l:?}"));
+                let taps = init.feature_layers.map_or(String::new(), |layers| {
+                    let layers: Vec<String> = layers.iter().map(usize::to_string).collect();
+                    format!(" --feature-layers {}", layers.join(","))
+                });
                 return Err(TrainError::Data(format!(
                     "the module in {} was trained with --layers {}{vocab}{taps}: give the same with --init",
                     dir.display(),

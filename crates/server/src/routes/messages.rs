@@ -165,7 +165,14 @@ struct Prepared {
     prompt: Vec<u32>,
 }
 
-async fn prepare(state: &AppState, request: &MessagesRequest, max_tokens: Option<i64>) -> Result<Prepared, ApiError> {
+/// `generating`: the grammar of forced tool calls is compiled only for a request that generates
+/// (counting tokens needs none, and must not wait for the compiler).
+async fn prepare(
+    state: &AppState,
+    request: &MessagesRequest,
+    max_tokens: Option<i64>,
+    generating: bool,
+) -> Result<Prepared, ApiError> {
     let fields = SamplingFields {
         model: request.model.clone(),
         temperature: request.temperature,
@@ -183,7 +190,10 @@ async fn prepare(state: &AppState, request: &MessagesRequest, max_tokens: Option
     let names = FieldNames { prompt: "messages", max_tokens: "max_tokens" };
     let checked = check(&fields, max_tokens, None, &state.limits, names)?;
     let tools = tool_plan(request)?;
-    let grammar = structured::request_grammar(state, tools.as_ref(), None, "tools").await?;
+    let grammar = match generating {
+        true => structured::request_grammar(state, tools.as_ref(), None, "tools").await?,
+        false => None,
+    };
     let mut messages = super::chat::template_messages(&chat(request)?)?;
     state.prompts.check_chat("messages", &messages)?;
     if let Some(tools) = &tools {
@@ -217,7 +227,7 @@ pub async fn create(
     let Some(max_tokens) = request.max_tokens else {
         return Err(ApiError::invalid("max_tokens", "`max_tokens` is required"));
     };
-    let Prepared { checked, tools, grammar, prompt } = prepare(&state, &request, Some(max_tokens)).await?;
+    let Prepared { checked, tools, grammar, prompt } = prepare(&state, &request, Some(max_tokens), true).await?;
     let input_tokens = prompt.len();
     let plan = checked.plan(vec![prompt], grammar, &state.limits)?;
     let id = format!("msg_{}", state.next_request_id());
@@ -264,7 +274,7 @@ pub async fn count_tokens(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<MessagesRequest>,
 ) -> Result<Response, ApiError> {
-    let prepared = prepare(&state, &request, Some(1)).await?;
+    let prepared = prepare(&state, &request, Some(1), false).await?;
     Ok(ok_json(&TokenCount { input_tokens: prepared.prompt.len() }))
 }
 
