@@ -20,11 +20,14 @@ enum Script {
     Fail,
     /// Emits the prompt's first token, then the output's grammar fails.
     GrammarFails,
+    /// Says this text, a token per event.
+    Say(&'static str),
 }
 
 struct Scripted {
     script: Script,
     alive: AtomicBool,
+    tokenizer: Arc<TextTokenizer>,
 }
 
 impl Backend for Scripted {
@@ -50,8 +53,12 @@ impl Backend for Scripted {
                         stats: SequenceStats::default(),
                     }));
                 }
-                Script::EchoPrompt => {
-                    let tokens: Vec<u32> = job.prompt.iter().copied().skip(1).take(job.max_tokens).collect();
+                Script::EchoPrompt | Script::Say(_) => {
+                    let tokens: Vec<u32> = match self.script {
+                        Script::Say(text) => self.tokenizer.encode(text).unwrap_or_default(),
+                        _ => job.prompt.clone(),
+                    };
+                    let tokens: Vec<u32> = tokens.into_iter().skip(1).take(job.max_tokens).collect();
                     for &token in &tokens {
                         send(Event::Tokens {
                             tokens: vec![token],
@@ -79,6 +86,10 @@ impl Backend for Scripted {
 }
 
 async fn serve(script: Script, alive: bool) -> (LoopbackServer, String, Arc<TextTokenizer>) {
+    serve_with(script, alive, ServerConfig::default()).await
+}
+
+async fn serve_with(script: Script, alive: bool, server: ServerConfig) -> (LoopbackServer, String, Arc<TextTokenizer>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/shakespeare");
     let config = LlamaConfig::from_file(&dir.join("config.json")).expect("config");
     let tokenizer = TextTokenizer::load(&dir, &config).expect("tokenizer");
@@ -88,10 +99,11 @@ async fn serve(script: Script, alive: bool) -> (LoopbackServer, String, Arc<Text
         has_recycle: false,
         recycle_source: RecycleSource::None,
     };
-    let backend = Arc::new(Scripted { script, alive: AtomicBool::new(alive) });
-    let server_config = ServerConfig { port: 0, shutdown_delay_seconds: 0.0, ..ServerConfig::default() }
-        .validated()
-        .expect("a valid configuration");
+    // The backend's own copy, for `Say`.
+    let spoken = Arc::new(TextTokenizer::load(&dir, &config).expect("tokenizer"));
+    let backend = Arc::new(Scripted { script, alive: AtomicBool::new(alive), tokenizer: spoken });
+    let server_config =
+        ServerConfig { port: 0, shutdown_delay_seconds: 0.0, ..server }.validated().expect("a valid configuration");
     let state = AppState::with_backend(server_config, tokenizer, model, backend).expect("state");
     let tokenizer = state.tokenizer.clone();
     let server = LoopbackServer::start(state).await.expect("bind");
@@ -275,4 +287,134 @@ async fn context_overflows_name_the_field_at_fault() {
     let tools = json!([{"type": "function", "function": {"name": "f", "parameters": parameters}}]);
     assert_eq!(param("/v1/chat/completions", json!({"messages": hi, "tools": tools})).await, "tools");
     server.stop().await.unwrap();
+}
+
+/// A reasoning model's template in small: with thinking on (the default) the prompt opens the
+/// reasoning itself, as DeepSeek-R1 distills' templates do; off, it writes an empty one.
+const THINKING_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}<think></think>{% else %}<think>\n{% endif %}";
+
+/// What the scripted model says: its reasoning, the tag that ends it, then the answer.
+const THOUGHTFUL: &str = "Plan: greet them, é 😀.\n</think>\n\nHello there.";
+
+async fn post(client: &reqwest::Client, url: String, body: Value) -> reqwest::Response {
+    client.post(url).json(&body).send().await.expect("request")
+}
+
+/// The `data:` objects of an SSE body (`[DONE]` left out).
+fn sse_data(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("JSON event"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_comes_apart_from_the_answer_in_every_dialect() {
+    let template = std::env::temp_dir().join(format!("recyclegpt-thinking-{}.jinja", std::process::id()));
+    std::fs::write(&template, THINKING_TEMPLATE).unwrap();
+    let config = ServerConfig { chat_template_file: Some(template.clone()), ..ServerConfig::default() };
+    let (server, base, _) = serve_with(Script::Say(THOUGHTFUL), true, config).await;
+    let client = reqwest::Client::new();
+    let (reasoning, answer) = ("Plan: greet them, é 😀.\n", "Hello there.");
+    let hi = json!([{"role": "user", "content": "Hi"}]);
+
+    // Chat completions, whole and streamed.
+    let body: Value =
+        post(&client, format!("{base}/v1/chat/completions"), json!({"messages": hi})).await.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["reasoning_content"], reasoning);
+    assert_eq!(body["choices"][0]["message"]["content"], answer);
+    let text = post(&client, format!("{base}/v1/chat/completions"), json!({"messages": hi, "stream": true}))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let deltas: Vec<Value> = sse_data(&text).into_iter().filter_map(|c| c["choices"].get(0).cloned()).collect();
+    let joined = |field: &str| -> String { deltas.iter().filter_map(|c| c["delta"][field].as_str()).collect() };
+    assert_eq!((joined("reasoning_content").as_str(), joined("content").as_str()), (reasoning, answer));
+    assert!(deltas.iter().all(|c| c["delta"]["content"].as_str().is_none_or(|t| !t.contains("</think>"))));
+
+    // The effort reaches the template: with none, the prompt closes an empty reasoning, so what
+    // the model says is all answer.
+    let body: Value =
+        post(&client, format!("{base}/v1/chat/completions"), json!({"messages": hi, "reasoning_effort": "none"}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert!(body["choices"][0]["message"].get("reasoning_content").is_none());
+    // (The tokenizer puts a space before a text it starts, as sentencepiece does.)
+    assert_eq!(body["choices"][0]["message"]["content"].as_str().map(str::trim_start), Some(THOUGHTFUL));
+    let bad =
+        post(&client, format!("{base}/v1/chat/completions"), json!({"messages": hi, "reasoning_effort": "max"})).await;
+    assert_eq!(bad.status(), 400);
+    let bad = post(
+        &client,
+        format!("{base}/v1/chat/completions"),
+        json!({"messages": hi, "chat_template_kwargs": {"add_generation_prompt": false}}),
+    )
+    .await;
+    assert_eq!(bad.status(), 400);
+
+    // Responses: a reasoning item before the message, whole and streamed.
+    let body: Value = post(&client, format!("{base}/v1/responses"), json!({"input": "Hi", "store": false}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["output"][0]["type"], "reasoning");
+    assert_eq!(body["output"][0]["content"][0]["text"], reasoning);
+    assert_eq!(body["output"][1]["content"][0]["text"], answer);
+    let text = post(&client, format!("{base}/v1/responses"), json!({"input": "Hi", "stream": true, "store": false}))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let events = sse_data(&text);
+    let of = |kind: &str| -> String {
+        events.iter().filter(|e| e["type"] == kind).filter_map(|e| e["delta"].as_str()).collect()
+    };
+    assert_eq!(
+        (of("response.reasoning_text.delta").as_str(), of("response.output_text.delta").as_str()),
+        (reasoning, answer)
+    );
+    // (The script ends its answers as if out of tokens: `incomplete`.)
+    let done = &events.iter().find(|e| e["type"] == "response.incomplete").expect("the last event")["response"];
+    let kinds =
+        |output: &Value| -> Vec<Value> { output.as_array().unwrap().iter().map(|i| i["type"].clone()).collect() };
+    assert_eq!(kinds(&done["output"]), kinds(&body["output"]));
+    assert_eq!(done["output"][0]["content"], body["output"][0]["content"]);
+    assert_eq!(done["output"][1]["content"], body["output"][1]["content"]);
+
+    // Anthropic's Messages: a thinking block before the text, whole and streamed.
+    let request = json!({"model": "any", "max_tokens": 64, "messages": hi});
+    let body: Value = post(&client, format!("{base}/v1/messages"), request.clone()).await.json().await.unwrap();
+    assert_eq!(body["content"][0], json!({"type": "thinking", "thinking": reasoning, "signature": ""}));
+    assert_eq!(body["content"][1], json!({"type": "text", "text": answer}));
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let text = post(&client, format!("{base}/v1/messages"), streamed).await.text().await.unwrap();
+    let events = sse_data(&text);
+    let deltas = |kind: &str, field: &str| -> String {
+        events.iter().filter(|e| e["delta"]["type"] == kind).filter_map(|e| e["delta"][field].as_str()).collect()
+    };
+    assert_eq!(
+        (deltas("thinking_delta", "thinking").as_str(), deltas("text_delta", "text").as_str()),
+        (reasoning, answer)
+    );
+    let starts: Vec<&Value> = events.iter().filter(|e| e["type"] == "content_block_start").collect();
+    assert_eq!((starts[0]["index"].clone(), starts[0]["content_block"]["type"].clone()), (json!(0), json!("thinking")));
+    assert_eq!((starts[1]["index"].clone(), starts[1]["content_block"]["type"].clone()), (json!(1), json!("text")));
+    // `thinking: disabled` turns it off through the template; an earlier turn's thinking block is dropped.
+    let mut off = request.clone();
+    off["thinking"] = json!({"type": "disabled"});
+    off["messages"] = json!([{"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": ""}, {"type": "text", "text": "Yo."}]},
+        {"role": "user", "content": "Again"}]);
+    let body: Value = post(&client, format!("{base}/v1/messages"), off).await.json().await.unwrap();
+    assert_eq!(body["content"].as_array().map(Vec::len), Some(1));
+    assert_eq!(body["content"][0]["text"].as_str().map(str::trim_start), Some(THOUGHTFUL));
+    server.stop().await.unwrap();
+    let _ = std::fs::remove_file(template);
 }

@@ -376,7 +376,9 @@ fn chat_prompts(loaded: &recyclegpt_model::LoadedModel, messages: &[String]) -> 
         .iter()
         .map(|content| {
             let message = recyclegpt_server::ChatMessage { role: "user".into(), content: content.clone() };
-            let text = template.render(&[message]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let text = template
+                .render(&[message], &recyclegpt_server::TemplateArgs::new())
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
             Ok(tokenizer.encode(&text)?)
         })
         .collect()

@@ -26,6 +26,15 @@ pub struct ServeArgs {
     served_model_name: Option<String>,
     #[arg(long, env = "RECYCLEGPT_API_KEY")]
     api_key: Option<String>,
+    /// A Jinja chat template file in place of the model's own.
+    #[arg(long, env = "RECYCLEGPT_CHAT_TEMPLATE_FILE")]
+    chat_template_file: Option<PathBuf>,
+    /// Carry `<think>` reasoning apart from the answer where the model marks it (true or false).
+    #[arg(long, env = "RECYCLEGPT_SPLIT_REASONING")]
+    split_reasoning: Option<bool>,
+    /// Serve no chat page at `/`.
+    #[arg(long, env = "RECYCLEGPT_NO_WEBUI")]
+    no_webui: bool,
     #[arg(long, env = "RECYCLEGPT_MAX_RUNNING_SEQUENCES")]
     max_running_sequences: Option<usize>,
     #[arg(long, env = "RECYCLEGPT_KV_BUDGET_TOKENS")]
@@ -129,6 +138,7 @@ impl ServeArgs {
             prefill_chunk,
             prefix_caching,
             prompt_lookup,
+            split_reasoning,
             queue_capacity,
             max_sequences_per_request,
             default_recycle,
@@ -162,6 +172,12 @@ impl ServeArgs {
         }
         if self.api_key.is_some() {
             c.api_key = self.api_key.clone();
+        }
+        if self.chat_template_file.is_some() {
+            c.chat_template_file = self.chat_template_file.clone();
+        }
+        if self.no_webui {
+            c.webui = false;
         }
         c.validated().map_err(anyhow::Error::msg)
     }

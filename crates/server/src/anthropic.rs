@@ -31,6 +31,16 @@ pub struct MessagesRequest {
     pub metadata: Option<Value>,
     /// `auto` | `off` | `alternate` | `verify` (this server's extension, as on the other routes).
     pub recycle: Option<String>,
+    /// `{"type": "enabled" | "disabled"}`: the template's `enable_thinking` (a budget is not
+    /// enforced apart from `max_tokens`).
+    #[schema(value_type = Object)]
+    pub thinking: Option<ThinkingConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ThinkingConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,8 +66,8 @@ pub enum MessageContent {
     Blocks(Vec<ContentBlock>),
 }
 
-/// A content block in a request; kinds this server cannot take (images, documents, thinking)
-/// are refused by name.
+/// A content block in a request; kinds this server cannot take (images, documents) are
+/// refused by name; an assistant's earlier `thinking` is dropped, as templates drop it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ContentBlock {
     #[serde(rename = "type")]
@@ -115,6 +125,11 @@ pub struct MessageResponse {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutputBlock {
+    /// The model's reasoning; `signature` is empty (nothing is signed here).
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
     Text {
         text: String,
     },

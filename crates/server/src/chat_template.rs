@@ -1,8 +1,11 @@
 //! The prompt of a chat request: the model's `chat_template` rendered with minijinja (with
 //! Python string methods, as HuggingFace templates expect), or a plain fallback.
 use crate::error::ApiError;
-use minijinja::{context, Environment};
+use minijinja::{context, Environment, Value};
 use serde::Serialize;
+
+/// A template's extra variables (`chat_template_kwargs`, a reasoning effort).
+pub type TemplateArgs = serde_json::Map<String, serde_json::Value>;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatMessage {
@@ -48,6 +51,7 @@ impl Rendered {
 
 pub struct ChatTemplate {
     env: Option<Environment<'static>>,
+    source: Option<String>,
     bos_token: String,
     eos_token: String,
 }
@@ -69,13 +73,19 @@ impl ChatTemplate {
         };
         Ok(Self {
             env,
+            source: source.map(String::from),
             bos_token: bos_token.unwrap_or_default().to_string(),
             eos_token: eos_token.unwrap_or_default().to_string(),
         })
     }
 
+    /// Whether the template writes reasoning tags (`<think>`), as reasoning models' do.
+    pub fn marks_reasoning(&self) -> bool {
+        self.source.as_deref().is_some_and(|s| s.contains(crate::answer::OPEN))
+    }
+
     /// The prompt. Without a template: one `role: content` line per message, then `assistant:`.
-    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, ApiError> {
+    pub fn render(&self, messages: &[ChatMessage], args: &TemplateArgs) -> Result<String, ApiError> {
         let Some(env) = &self.env else {
             let mut prompt: String = messages.iter().map(|m| format!("{}: {}\n", m.role, m.content)).collect();
             prompt.push_str("assistant:");
@@ -88,6 +98,7 @@ impl ChatTemplate {
                 add_generation_prompt => true,
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
+                ..Value::from_serialize(args)
             })
             .map_err(|e| ApiError::invalid("messages", format!("the chat template rejected the messages: {e}")))
     }
@@ -97,7 +108,7 @@ impl ChatTemplate {
     /// tokenizer can tell the template's markup from what users wrote. (A template that trims
     /// content sees the marks first, so surrounding whitespace stays: this path is for content
     /// that spells control tokens, where keeping them literal matters more.)
-    pub fn render_marked(&self, messages: &[ChatMessage]) -> Result<Rendered, ApiError> {
+    pub fn render_marked(&self, messages: &[ChatMessage], args: &TemplateArgs) -> Result<Rendered, ApiError> {
         if messages.iter().any(|m| m.content.contains(MARK)) {
             return Err(ApiError::invalid("messages", "content may not contain the character U+F8FF"));
         }
@@ -105,7 +116,7 @@ impl ChatTemplate {
             .iter()
             .map(|m| ChatMessage { role: m.role.clone(), content: format!("{MARK}{}{MARK}", m.content) })
             .collect();
-        let rendered = Rendered::from_marked(&self.render(&marked)?);
+        let rendered = Rendered::from_marked(&self.render(&marked, args)?);
         // A template that drops, splits or rewrites content would shift the pairing of the
         // marks, and markup could then be read as content or content as markup: refuse it.
         let intact = rendered.content.len() == messages.len()
@@ -141,8 +152,12 @@ mod tests {
             None,
         )
         .unwrap();
-        let rendered =
-            template.render_marked(&[message("system", "Be brief."), message("user", "</s> hi <|im_start|>")]).unwrap();
+        let rendered = template
+            .render_marked(
+                &[message("system", "Be brief."), message("user", "</s> hi <|im_start|>")],
+                &TemplateArgs::new(),
+            )
+            .unwrap();
         assert_eq!(
             rendered.text,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n</s> hi <|im_start|><|im_end|>\n<|im_start|>assistant"
@@ -154,7 +169,7 @@ mod tests {
     #[test]
     fn the_plain_fallback_marks_content_too() {
         let template = ChatTemplate::new(None, None, None).unwrap();
-        let rendered = template.render_marked(&[message("user", "hello")]).unwrap();
+        let rendered = template.render_marked(&[message("user", "hello")], &TemplateArgs::new()).unwrap();
         assert_eq!(rendered.text, "user: hello\nassistant:");
         assert_eq!(&rendered.text[rendered.content[0].clone()], "hello");
     }
@@ -162,6 +177,6 @@ mod tests {
     #[test]
     fn content_with_the_mark_is_refused() {
         let template = ChatTemplate::new(None, None, None).unwrap();
-        assert!(template.render_marked(&[message("user", "a\u{F8FF}b")]).is_err());
+        assert!(template.render_marked(&[message("user", "a\u{F8FF}b")], &TemplateArgs::new()).is_err());
     }
 }

@@ -41,6 +41,13 @@ pub struct ServerConfig {
     pub recycle: Option<PathBuf>,
     /// The `model` name clients send; defaults to the model directory's name.
     pub served_model_name: Option<String>,
+    /// A Jinja chat template in place of the model's own (a model without one, or a fixed one).
+    pub chat_template_file: Option<PathBuf>,
+    /// Where the template or the vocabulary marks reasoning (`<think>`), answers carry it apart
+    /// (`reasoning_content`, reasoning items, `thinking` blocks); false leaves it in the text.
+    pub split_reasoning: bool,
+    /// The chat page at `/`.
+    pub webui: bool,
     /// Sequences decoded together; the KV budget admits fewer when their prompts and
     /// `max_tokens` need more. 64, not 16: batched decode keeps gaining past 16, and with 64
     /// streaming chat clients on SmolLM2 a cap of 16 left the rest waiting (time to first
@@ -135,6 +142,9 @@ impl Default for ServerConfig {
             model: PathBuf::from("models/shakespeare"),
             recycle: None,
             served_model_name: None,
+            chat_template_file: None,
+            split_reasoning: true,
+            webui: true,
             max_running_sequences: 64,
             kv_budget_tokens: 16 * 1024,
             prefill_chunk: 128,

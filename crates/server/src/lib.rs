@@ -1,5 +1,6 @@
 //! The OpenAI-compatible front end: axum routes → one validation pass → a bounded queue →
 //! the model worker (one thread, continuous batching) → per-request SSE streams.
+mod answer;
 mod anthropic;
 pub mod backend;
 mod chat_template;
@@ -20,7 +21,7 @@ pub mod validation;
 pub mod worker;
 
 pub use backend::{Backend, Event, Failure, Job, SubmitError};
-pub use chat_template::{ChatMessage, ChatTemplate};
+pub use chat_template::{ChatMessage, ChatTemplate, TemplateArgs};
 pub use config::{LogFormat, ServerConfig, ValidConfig};
 
 use config::seconds;
@@ -196,8 +197,22 @@ impl AppState {
             format!("structured outputs are not available for this model: {e}")
         });
         let grammars = structured::GrammarCompiler::new(grammars, &config);
-        let template = ChatTemplate::new(tokenizer.chat_template(), tokenizer.bos_token(), tokenizer.eos_token())?;
-        let prompts = PromptBuilder::new(tokenizer.clone(), template, model.context_len, config.tokenize_concurrency);
+        let source = match &config.chat_template_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read the chat template {}: {e}", path.display()))?,
+            ),
+            None => tokenizer.chat_template().map(String::from),
+        };
+        let template = ChatTemplate::new(source.as_deref(), tokenizer.bos_token(), tokenizer.eos_token())?;
+        let reasoning = config.split_reasoning
+            && (template.marks_reasoning() || tokenizer.inner().token_to_id(answer::OPEN).is_some());
+        let prompts = PromptBuilder::new(
+            tokenizer.clone(),
+            (template, reasoning),
+            model.context_len,
+            config.tokenize_concurrency,
+        );
         let responses = ResponseStore::new(StoreLimits {
             max_responses: config.response_store_max_responses,
             max_bytes: config.response_store_max_bytes,
@@ -227,6 +242,12 @@ impl AppState {
     /// A tool call's id (`call_…`), made the same way.
     pub fn next_call_id(&self) -> String {
         format!("call_{}", self.next_request_id())
+    }
+
+    /// Fresh call ids, for the answers' splitters.
+    pub(crate) fn call_ids(self: &Arc<Self>) -> answer::CallIds {
+        let state = self.clone();
+        Arc::new(move || state.next_call_id())
     }
 
     fn connection_limits(&self) -> ConnectionLimits {

@@ -280,6 +280,12 @@ pub struct ChatRequest {
     pub tool_choice: Option<ToolChoice>,
     /// With `tool_choice: "required"`, whether several calls may come at once (default true).
     pub parallel_tool_calls: Option<bool>,
+    /// Extra variables for the chat template (vLLM's field), e.g. `{"enable_thinking": false}`.
+    #[schema(value_type = Object)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// none | minimal | low | medium | high | xhigh: given to the template as
+    /// `reasoning_effort`, and as `enable_thinking` (false for none and minimal).
+    pub reasoning_effort: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, ToSchema)]

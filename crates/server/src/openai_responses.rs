@@ -90,10 +90,33 @@ pub struct FunctionCallItem {
     pub status: &'static str,
 }
 
-/// An output item: the assistant's message or a function call.
+/// The model's reasoning, as an output item: its text in `content` (`reasoning_text`), no
+/// summary.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReasoningItem {
+    /// Always `reasoning`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    #[schema(value_type = Vec<Object>)]
+    pub summary: Vec<Value>,
+    pub content: Vec<ReasoningText>,
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReasoningText {
+    /// Always `reasoning_text`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub text: String,
+}
+
+/// An output item: the model's reasoning, the assistant's message or a function call.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum OutputItem {
+    Reasoning(ReasoningItem),
     Message(OutputMessage),
     FunctionCall(FunctionCallItem),
 }
@@ -152,6 +175,13 @@ pub struct ResponsesRequest {
     pub recycle: Option<String>,
     #[serde(default)]
     pub seed: Option<i64>,
+    /// `{"effort": …}`: given to the chat template as chat's `reasoning_effort` is.
+    pub reasoning: Option<ReasoningParams>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ReasoningParams {
+    pub effort: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -2,11 +2,18 @@
 //! is longer than the context could hold in any tokenization is refused before it is tokenized,
 //! at most `tokenize_concurrency` prompts are tokenized at once (on tokio's blocking pool), and
 //! chat content is tokenized so that it can never produce control tokens.
-use crate::chat_template::{ChatMessage, ChatTemplate, Rendered};
+use crate::answer::{Thinking, OPEN};
+use crate::chat_template::{ChatMessage, ChatTemplate, Rendered, TemplateArgs};
 use crate::error::ApiError;
 use recyclegpt_model::TextTokenizer;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
+
+/// A chat's prompt, and how its answer begins.
+pub struct ChatPrompt {
+    pub ids: Vec<u32>,
+    pub thinking: Thinking,
+}
 
 pub struct PromptBuilder {
     tokenizer: Arc<TextTokenizer>,
@@ -15,13 +22,20 @@ pub struct PromptBuilder {
     /// The text of every special token, to spot content that tries to spell one.
     specials: Vec<String>,
     template: Arc<ChatTemplate>,
+    /// Whether answers' reasoning is split out (the model marks it, and the server is to).
+    reasoning: bool,
     /// The longest prompt text, in bytes, that could fit the context.
     max_prompt_bytes: usize,
     slots: Arc<Semaphore>,
 }
 
 impl PromptBuilder {
-    pub fn new(tokenizer: Arc<TextTokenizer>, template: ChatTemplate, context_len: usize, concurrency: usize) -> Self {
+    pub fn new(
+        tokenizer: Arc<TextTokenizer>,
+        (template, reasoning): (ChatTemplate, bool),
+        context_len: usize,
+        concurrency: usize,
+    ) -> Self {
         let mut literal = tokenizer.inner().clone();
         literal.set_encode_special_tokens(true);
         let specials = tokenizer
@@ -37,6 +51,7 @@ impl PromptBuilder {
             literal: Arc::new(literal),
             specials,
             template: Arc::new(template),
+            reasoning,
             max_prompt_bytes,
             slots: Arc::new(Semaphore::new(concurrency)),
         }
@@ -74,21 +89,27 @@ impl PromptBuilder {
         .await
     }
 
-    /// A chat prompt: the template rendered, its own markup tokenized with control tokens and
-    /// the messages' content as plain text.
+    /// A chat prompt: the template rendered (with `args`), its own markup tokenized with
+    /// control tokens and the messages' content as plain text; and how its answer begins.
     /// `param` names what an overflow is blamed on.
-    pub async fn chat(&self, messages: Vec<ChatMessage>, param: &str) -> Result<Vec<u32>, ApiError> {
+    pub async fn chat(
+        &self,
+        messages: Vec<ChatMessage>,
+        args: TemplateArgs,
+        param: &str,
+    ) -> Result<ChatPrompt, ApiError> {
         self.check_chat(param, &messages)?;
         let (tokenizer, literal, template) = (self.tokenizer.clone(), self.literal.clone(), self.template.clone());
         let specials = self.specials.clone();
+        let reasoning = self.reasoning;
         self.blocking(move || {
             let forged = messages.iter().any(|m| specials.iter().any(|s| m.content.contains(s.as_str())));
             let (text, mut ids) = if forged {
-                let rendered = template.render_marked(&messages)?;
+                let rendered = template.render_marked(&messages, &args)?;
                 let ids = encode_segments(&tokenizer, &literal, &rendered)?;
                 (rendered.text, ids)
             } else {
-                let text = template.render(&messages)?;
+                let text = template.render(&messages, &args)?;
                 let ids = tokenizer.encode(&text).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
                 (text, ids)
             };
@@ -96,7 +117,12 @@ impl PromptBuilder {
             if template.starts_with_bos(&text) && ids.len() > 1 && ids[0] == ids[1] {
                 ids.remove(0);
             }
-            Ok(ids)
+            let thinking = match (reasoning, text.trim_end().ends_with(OPEN)) {
+                (false, _) => Thinking::Off,
+                (true, true) => Thinking::Open,
+                (true, false) => Thinking::MayOpen,
+            };
+            Ok(ChatPrompt { ids, thinking })
         })
         .await
     }

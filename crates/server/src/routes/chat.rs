@@ -1,5 +1,6 @@
 //! `POST /v1/chat/completions`.
 use super::chat_stream::{logprobs_of, ChatChunks};
+use crate::answer::{self, Answers, Parts};
 use crate::chat_template::ChatMessage;
 use crate::error::{ApiError, ApiJson};
 use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit};
@@ -97,41 +98,32 @@ pub async fn create(
     // Checked before the prompt is tokenized: a bad schema is the cheaper error to find.
     let format = request.sampling.response_format.as_ref();
     let grammar = structured::request_grammar(&state, tools.as_ref(), format, "response_format").await?;
-    let prompt = state.prompts.chat(messages, if tools.is_some() { "tools" } else { "messages" }).await?;
-    let plan = checked.plan(vec![prompt], grammar, &state.limits)?;
+    let effort = request.reasoning_effort.as_deref().map(|e| ("reasoning_effort", e));
+    let args = answer::template_args(request.chat_template_kwargs.as_ref(), effort)?;
+    let prompt = state.prompts.chat(messages, args, if tools.is_some() { "tools" } else { "messages" }).await?;
+    let thinking = answer::thinking(prompt.thinking, grammar.is_some());
+    let plan = checked.plan(vec![prompt.ids], grammar, &state.limits)?;
     let id = format!("chatcmpl-{}", state.next_request_id());
     let generation = submit(&state, &plan, &id, arrived)?;
     let (model, created) = shared(&state);
-    let call_ids = {
-        let state = state.clone();
-        move || state.next_call_id()
-    };
+    let answers = Answers { thinking, tools, call_ids: state.call_ids() };
     if plan.stream() {
-        let shape = ChatChunks::new(
-            state.tokenizer.clone(),
-            plan.wants_logprobs(),
-            (id, model, created),
-            tools,
-            Box::new(call_ids),
-        );
+        let shape = ChatChunks::new(state.tokenizer.clone(), plan.wants_logprobs(), (id, model, created), answers);
         return Ok(sse(shape, generation, plan));
     }
     let (choices, usage) = collect(generation).await?;
-    let mut next_call = call_ids;
     let body = choices
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let (content, calls) = match &tools {
-                Some(tools) => tools.parse(&c.text, &mut next_call),
-                None => (Some(c.text.clone()), Vec::new()),
-            };
+            let Parts { reasoning, text, calls } = answers.splitter().finish(&c.text);
             let called = !calls.is_empty();
             ChatChoice {
                 index: i,
                 message: AssistantMessage {
                     role: "assistant",
-                    content: if called { content } else { Some(c.text.clone()) },
+                    content: if called { Some(text).filter(|t| !t.is_empty()) } else { Some(text) },
+                    reasoning_content: Some(reasoning).filter(|r| !r.is_empty()),
                     tool_calls: called.then_some(calls),
                 },
                 logprobs: plan.wants_logprobs().then(|| logprobs_of(&state.tokenizer, &c.logprobs)),

@@ -1,14 +1,16 @@
-//! The chunks of a streamed chat completion. With tools, text that may be a tool call is held
+//! The chunks of a streamed chat completion. Reasoning the model marks goes out as
+//! `delta.reasoning_content`, apart from `delta.content`. With tools, text that may be a tool call is held
 //! back until the choice ends, then sent as tool-call deltas in OpenAI's shape (the call's
 //! index, id and name first, then its arguments in fragments), so no argument text is lost and
 //! no half-written call leaks into `content`; text that cannot be a call streams as it comes.
+use crate::answer::{AnswerSplitter, Answers, Parts};
 use crate::generation::ChunkShape;
 use crate::openai::{ToolCall, Usage};
 use crate::responses::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, ChatTokenLogprob, FinishReason, FunctionDelta,
     ToolCallDelta, TopLogprob,
 };
-use crate::tools::{argument_pieces, CallHolder, ToolPlan};
+use crate::tools::argument_pieces;
 use recyclegpt_engine::TokenLogprob;
 use recyclegpt_model::TextTokenizer;
 use std::sync::Arc;
@@ -34,21 +36,19 @@ pub(super) fn logprobs_of(tokenizer: &TextTokenizer, logprobs: &[TokenLogprob]) 
     ChatLogprobs { content }
 }
 
-/// A choice's text held back while it may be a tool call, with its log-probabilities.
-#[derive(Default)]
+/// A choice's answer being split, with the log-probabilities of text not yet sent.
 struct Held {
-    text: CallHolder,
+    splitter: AnswerSplitter,
     logprobs: Vec<TokenLogprob>,
 }
 
 pub(super) struct ChatChunks {
-    pub tokenizer: Arc<TextTokenizer>,
-    pub logprobs: bool,
-    pub id: String,
-    pub model: String,
-    pub created: u64,
-    pub tools: Option<ToolPlan>,
-    pub next_call: Box<dyn FnMut() -> String + Send>,
+    tokenizer: Arc<TextTokenizer>,
+    logprobs: bool,
+    id: String,
+    model: String,
+    created: u64,
+    answers: Answers,
     held: Vec<Held>,
 }
 
@@ -57,10 +57,9 @@ impl ChatChunks {
         tokenizer: Arc<TextTokenizer>,
         logprobs: bool,
         (id, model, created): (String, String, u64),
-        tools: Option<ToolPlan>,
-        next_call: Box<dyn FnMut() -> String + Send>,
+        answers: Answers,
     ) -> Self {
-        Self { tokenizer, logprobs, id, model, created, tools, next_call, held: Vec::new() }
+        Self { tokenizer, logprobs, id, model, created, answers, held: Vec::new() }
     }
 
     fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> ChatCompletionChunk {
@@ -84,17 +83,30 @@ impl ChatChunks {
         self.chunk(vec![ChatChunkChoice { index, delta, logprobs, finish_reason: finish }], None)
     }
 
-    fn content(&self, index: usize, text: String, logprobs: &[TokenLogprob]) -> ChatCompletionChunk {
-        let delta = ChatDelta { content: Some(text), ..ChatDelta::default() };
-        let logprobs = self.logprobs.then(|| logprobs_of(&self.tokenizer, logprobs));
-        self.one(index, delta, logprobs, None)
-    }
-
     fn held(&mut self, index: usize) -> &mut Held {
-        if self.held.len() <= index {
-            self.held.resize_with(index + 1, Held::default);
+        while self.held.len() <= index {
+            self.held.push(Held { splitter: self.answers.splitter(), logprobs: Vec::new() });
         }
         &mut self.held[index]
+    }
+
+    /// The reasoning and text of `parts` as deltas; the log-probabilities held go with the
+    /// first of them.
+    fn part_chunks(&mut self, index: usize, parts: &Parts) -> Vec<ChatCompletionChunk> {
+        let pieces = [
+            ChatDelta { reasoning_content: Some(parts.reasoning.clone()), ..ChatDelta::default() },
+            ChatDelta { content: Some(parts.text.clone()), ..ChatDelta::default() },
+        ];
+        let mut chunks = Vec::new();
+        for delta in pieces {
+            if delta.reasoning_content.as_ref().or(delta.content.as_ref()).is_some_and(|t| t.is_empty()) {
+                continue;
+            }
+            let logprobs = std::mem::take(&mut self.held(index).logprobs);
+            let logprobs = self.logprobs.then(|| logprobs_of(&self.tokenizer, &logprobs));
+            chunks.push(self.one(index, delta, logprobs, None));
+        }
+        chunks
     }
 
     /// The deltas of `calls`: for each, its id and name, then its arguments in fragments.
@@ -141,43 +153,17 @@ impl ChunkShape for ChatChunks {
     }
 
     fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> Vec<ChatCompletionChunk> {
-        if self.tools.is_none() {
-            return vec![self.content(index, text.to_string(), logprobs)];
-        }
         let held = self.held(index);
         held.logprobs.extend_from_slice(logprobs);
-        let send = held.text.push(text);
-        if send.is_empty() {
-            return Vec::new();
-        }
-        // The log-probabilities go with the first text sent after them.
-        let logprobs = std::mem::take(&mut held.logprobs);
-        vec![self.content(index, send, &logprobs)]
+        let parts = held.splitter.push(text);
+        self.part_chunks(index, &parts)
     }
 
     fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<ChatCompletionChunk> {
-        let mut chunks = Vec::new();
-        let mut reason = reason;
-        if self.tools.is_some() {
-            let held = std::mem::take(self.held(index));
-            let mut holder = held.text;
-            let text = holder.take();
-            let (content, calls) = match &self.tools {
-                Some(tools) if !text.is_empty() => tools.parse(&text, &mut self.next_call),
-                _ => (None, Vec::new()),
-            };
-            if calls.is_empty() {
-                if !text.is_empty() {
-                    chunks.push(self.content(index, text, &held.logprobs));
-                }
-            } else {
-                if let Some(content) = content {
-                    chunks.push(self.content(index, content, &held.logprobs));
-                }
-                chunks.extend(self.call_chunks(index, &calls));
-                reason = FinishReason::ToolCalls;
-            }
-        }
+        let parts = self.held(index).splitter.finish("");
+        let mut chunks = self.part_chunks(index, &parts);
+        chunks.extend(self.call_chunks(index, &parts.calls));
+        let reason = if parts.calls.is_empty() { reason } else { FinishReason::ToolCalls };
         chunks.push(self.one(index, ChatDelta::default(), None, Some(reason)));
         chunks
     }

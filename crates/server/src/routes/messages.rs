@@ -4,15 +4,18 @@
 //! tools, structured decoding and recycling; the answer comes back as content blocks, whole or
 //! as Anthropic's stream (`messages_stream.rs`). Errors take Anthropic's shape
 //! ([`anthropic_errors`]).
+use crate::answer::{self, Answers, Parts};
 use crate::anthropic::{
     AnthropicToolChoice, ContentBlock, MessageContent, MessageResponse, MessageUsage, MessagesRequest, OutputBlock,
     SystemPrompt, TokenCount,
 };
+use crate::chat_template::TemplateArgs;
 use crate::error::{ApiError, ApiJson};
 use crate::generation::{collect, ok_json, recycle_stats, shared, submit};
 use crate::openai::{
     Content, FunctionCall, FunctionDef, FunctionName, Message, Role, SamplingFields, Stop, Tool, ToolCall, ToolChoice,
 };
+use crate::prompt::ChatPrompt;
 use crate::responses::FinishReason;
 use crate::tools::{self, ToolPlan};
 use crate::validation::{check, FieldNames};
@@ -90,6 +93,7 @@ fn block_messages(i: usize, role: Role, blocks: &[ContentBlock]) -> Result<Vec<M
                     ),
                 });
             }
+            ("thinking" | "redacted_thinking", Role::Assistant) => {}
             ("tool_use" | "tool_result", _) => {
                 return Err(bad(j, "tool_use blocks belong to assistant turns, tool_result blocks to user turns"))
             }
@@ -162,7 +166,26 @@ struct Prepared {
     checked: crate::validation::Checked,
     tools: Option<ToolPlan>,
     grammar: Option<Arc<recyclegpt_grammar::Grammar>>,
-    prompt: Vec<u32>,
+    prompt: ChatPrompt,
+}
+
+/// `thinking` as the template's `enable_thinking`.
+fn template_args(request: &MessagesRequest) -> Result<TemplateArgs, ApiError> {
+    let mut args = TemplateArgs::new();
+    if let Some(thinking) = &request.thinking {
+        let enabled = match thinking.kind.as_str() {
+            "enabled" | "adaptive" => true,
+            "disabled" => false,
+            other => {
+                return Err(ApiError::invalid(
+                    "thinking",
+                    format!("`thinking.type` must be enabled or disabled, not `{other}`"),
+                ))
+            }
+        };
+        args.insert("enable_thinking".into(), Value::from(enabled));
+    }
+    Ok(args)
 }
 
 /// `generating`: the grammar of forced tool calls is compiled only for a request that generates
@@ -199,7 +222,8 @@ async fn prepare(
     if let Some(tools) = &tools {
         tools::add_instructions(&mut messages, tools.instructions());
     }
-    let prompt = state.prompts.chat(messages, if tools.is_some() { "tools" } else { "messages" }).await?;
+    let args = template_args(request)?;
+    let prompt = state.prompts.chat(messages, args, if tools.is_some() { "tools" } else { "messages" }).await?;
     Ok(Prepared { checked, tools, grammar, prompt })
 }
 
@@ -228,21 +252,26 @@ pub async fn create(
         return Err(ApiError::invalid("max_tokens", "`max_tokens` is required"));
     };
     let Prepared { checked, tools, grammar, prompt } = prepare(&state, &request, Some(max_tokens), true).await?;
-    let input_tokens = prompt.len();
-    let plan = checked.plan(vec![prompt], grammar, &state.limits)?;
+    let input_tokens = prompt.ids.len();
+    let thinking = answer::thinking(prompt.thinking, grammar.is_some());
+    let plan = checked.plan(vec![prompt.ids], grammar, &state.limits)?;
     let id = format!("msg_{}", state.next_request_id());
     let generation = submit(&state, &plan, &id, arrived)?;
     let (model, _) = shared(&state);
-    let shape = super::messages_stream::Shape { id, model, input_tokens, tools, state: state.clone() };
+    let answers = Answers { thinking, tools, call_ids: state.call_ids() };
+    let shape = super::messages_stream::Shape { id, model, input_tokens, answers };
     if plan.stream() {
         metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
         return Ok(super::messages_stream::stream(shape, generation, plan));
     }
     let (choices, usage) = collect(generation).await?;
     let choice = choices.first().cloned().unwrap_or_default();
-    let (text, calls) = shape.split(&choice.text);
+    let Parts { reasoning, text, calls } = shape.answers.splitter().finish(&choice.text);
     let mut content = Vec::new();
-    if let Some(text) = text.filter(|t| !t.is_empty() || calls.is_empty()) {
+    if !reasoning.is_empty() {
+        content.push(OutputBlock::Thinking { thinking: reasoning, signature: String::new() });
+    }
+    if !text.is_empty() || content.is_empty() && calls.is_empty() {
         content.push(OutputBlock::Text { text });
     }
     content.extend(calls.iter().map(super::messages_stream::tool_use));
@@ -275,7 +304,7 @@ pub async fn count_tokens(
     ApiJson(request): ApiJson<MessagesRequest>,
 ) -> Result<Response, ApiError> {
     let prepared = prepare(&state, &request, Some(1), false).await?;
-    Ok(ok_json(&TokenCount { input_tokens: prepared.prompt.len() }))
+    Ok(ok_json(&TokenCount { input_tokens: prepared.prompt.ids.len() }))
 }
 
 /// Anthropic's error type for a status.

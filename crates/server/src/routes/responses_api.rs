@@ -5,6 +5,7 @@
 //! whole or as the API's typed stream events (`responses_stream.rs`), and is kept (`store`) for
 //! `GET` and `DELETE /v1/responses/{id}` and later turns.
 use super::responses_shape::{status_of, Shape};
+use crate::answer::{self, Answers, Parts};
 use crate::chat_template::ChatMessage;
 use crate::error::{ApiError, ApiJson};
 use crate::generation::{collect, ok_json, recycle_stats, shared, submit};
@@ -41,7 +42,9 @@ fn conversation(request: &ResponsesRequest, mut messages: Vec<ChatMessage>) -> R
         ResponseInput::Text(text) => messages.push(ChatMessage { role: "user".into(), content: text.clone() }),
         ResponseInput::Items(items) => {
             let mut chat = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
+            // Earlier reasoning is not shown to the model again (as reasoning models' templates
+            // drop it from earlier turns).
+            for (i, item) in items.iter().enumerate().filter(|(_, item)| item.kind.as_deref() != Some("reasoning")) {
                 chat.push(input_message(i, item)?);
             }
             messages.extend(super::chat::template_messages_of("input", &chat)?);
@@ -175,14 +178,19 @@ pub async fn create(
     if let Some(tools) = &tools {
         tools::add_instructions(&mut messages, tools.instructions());
     }
-    let prompt = state.prompts.chat(messages, if tools.is_some() { "tools" } else { "input" }).await?;
-    let plan = checked.plan(vec![prompt], grammar, &state.limits)?;
+    let effort = request.reasoning.as_ref().and_then(|r| r.effort.as_deref()).map(|e| ("reasoning.effort", e));
+    let args = answer::template_args(None, effort)?;
+    let prompt = state.prompts.chat(messages, args, if tools.is_some() { "tools" } else { "input" }).await?;
+    let thinking = answer::thinking(prompt.thinking, grammar.is_some());
+    let plan = checked.plan(vec![prompt.ids], grammar, &state.limits)?;
     let id = format!("resp_{}", state.next_request_id());
     let generation = submit(&state, &plan, &id, arrived)?;
     let (model, created_at) = shared(&state);
     let message_id = format!("msg_{}", state.next_request_id());
     let store = request.store != Some(false);
-    let shape = Shape { message_id, id, model, created_at, request, tools, state: state.clone(), store, conversation };
+    let answers = Answers { thinking, tools, call_ids: state.call_ids() };
+    let shape =
+        Shape { message_id, id, model, created_at, request, answers, state: state.clone(), store, conversation };
     if plan.stream() {
         metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);
         return Ok(super::responses_stream::stream(shape, generation, plan));
@@ -190,11 +198,14 @@ pub async fn create(
     let (choices, usage) = collect(generation).await?;
     let choice = choices.first().cloned().unwrap_or_default();
     let status = status_of(choice.finish_reason);
-    let (content, calls) = shape.split(&choice.text);
+    let Parts { reasoning, text, calls } = shape.answers.splitter().finish(&choice.text);
     let mut output = Vec::new();
-    let text = if calls.is_empty() { Some(choice.text.clone()) } else { content };
-    if calls.is_empty() || text.is_some() {
-        output.push(OutputItem::Message(shape.message(status, text.clone())));
+    if !reasoning.is_empty() {
+        output.push(OutputItem::Reasoning(shape.reasoning("completed", reasoning)));
+    }
+    let text = Some(text).filter(|t| !t.is_empty() || calls.is_empty() && output.is_empty());
+    if let Some(text) = &text {
+        output.push(OutputItem::Message(shape.message(status, Some(text.clone()))));
     }
     for call in &calls {
         output.push(OutputItem::FunctionCall(shape.call_item(call, "completed", call.function.arguments.clone())));

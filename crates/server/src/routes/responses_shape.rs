@@ -1,13 +1,14 @@
 //! The `response` object's shape, shared by the whole answer (`responses_api`) and the stream
 //! (`responses_stream`).
+use crate::answer::Answers;
 use crate::chat_template::ChatMessage;
 use crate::openai::{Content, Message, Role, ToolCall, Usage};
 use crate::openai_responses::{
     FunctionCallItem, IncompleteDetails, InputTokensDetails, OutputItem, OutputMessage, OutputText,
-    OutputTokensDetails, ResponseObject, ResponseToolChoice, ResponseUsage, ResponsesRequest, TextConfig, TextFormat,
+    OutputTokensDetails, ReasoningItem, ReasoningText, ResponseObject, ResponseToolChoice, ResponseUsage,
+    ResponsesRequest, TextConfig, TextFormat,
 };
 use crate::responses::FinishReason;
-use crate::tools::ToolPlan;
 use crate::AppState;
 use serde_json::json;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ pub(crate) struct Shape {
     pub model: String,
     pub created_at: u64,
     pub request: ResponsesRequest,
-    pub tools: Option<ToolPlan>,
+    pub answers: Answers,
     pub state: Arc<AppState>,
     /// Whether the response is kept (`store`), and the conversation its output continues: the
     /// stored one it follows (`previous_response_id`), then this input (not `instructions`).
@@ -97,14 +98,13 @@ impl Shape {
 }
 
 impl Shape {
-    /// The text's function calls (with tools) and what remains of it.
-    pub fn split(&self, text: &str) -> (Option<String>, Vec<ToolCall>) {
-        match &self.tools {
-            Some(tools) => {
-                let state = self.state.clone();
-                tools.parse(text, &mut move || state.next_call_id())
-            }
-            None => (Some(text.to_string()), Vec::new()),
+    pub fn reasoning(&self, status: &'static str, text: String) -> ReasoningItem {
+        ReasoningItem {
+            kind: "reasoning",
+            id: format!("rs_{}", self.message_id.trim_start_matches("msg_")),
+            summary: Vec::new(),
+            content: vec![ReasoningText { kind: "reasoning_text", text }],
+            status,
         }
     }
 

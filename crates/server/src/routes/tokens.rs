@@ -1,5 +1,6 @@
 //! `POST /tokenize` and `POST /detokenize`, in vLLM's shape: what a prompt or a chat costs in
 //! tokens before sending it, and the text of token ids.
+use crate::chat_template::TemplateArgs;
 use crate::error::{ApiError, ApiJson};
 use crate::openai::Message;
 use crate::validation::{check_model, check_token_ids};
@@ -62,7 +63,10 @@ pub async fn tokenize(
             }
             ids
         }
-        (None, Some(messages)) => state.prompts.chat(super::chat::template_messages(messages)?, "messages").await?,
+        (None, Some(messages)) => {
+            let messages = super::chat::template_messages(messages)?;
+            state.prompts.chat(messages, TemplateArgs::new(), "messages").await?.ids
+        }
         _ => return Err(ApiError::invalid("prompt", "give either `prompt` or `messages`")),
     };
     let token_strs = request.return_token_strs.then(|| tokens.iter().map(|&t| state.tokenizer.token_text(t)).collect());
