@@ -42,6 +42,7 @@ impl Backend for Scripted {
                     let tokens = vec![job.prompt[job.prompt.len() - 1]];
                     send(Event::Tokens {
                         tokens,
+                        sources: Vec::new(),
                         logprobs: Vec::new(),
                         prompt_logprobs: Vec::new(),
                         cached_prompt_tokens: 0,
@@ -62,6 +63,7 @@ impl Backend for Scripted {
                     for &token in &tokens {
                         send(Event::Tokens {
                             tokens: vec![token],
+                            sources: Vec::new(),
                             logprobs: Vec::new(),
                             prompt_logprobs: Vec::new(),
                             cached_prompt_tokens: 0,

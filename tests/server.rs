@@ -125,6 +125,38 @@ async fn chat_stream_has_role_content_finish_usage_and_done() {
     server.shutdown().await.unwrap();
 }
 
+/// The chat page marks what accepted drafts wrote: a stream's chunks say so (`draft`), and the
+/// marked text is there exactly when the whole answer's counters say drafts were accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_chunks_mark_what_accepted_drafts_wrote() {
+    let _serial = serial().await;
+    let model = embedded();
+    let loaded = common::load(&model, recyclegpt_model::RecycleInit::FromFiles);
+    let server = TestServer::start_loaded(&model, loaded, |_| {}).await;
+    let request = json!({
+        "messages": [{"role": "user", "content": "The king said to the king: the king, the king, the king"}],
+        "max_tokens": 48, "temperature": 0, "recycle": "verify"
+    });
+    let whole: Value = server.post("/v1/chat/completions", request.clone()).await.json().await.unwrap();
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let chunks = sse_chunks(&server.post("/v1/chat/completions", streamed).await.text().await.unwrap());
+    assert_eq!(streamed_text(&chunks, "content"), whole["choices"][0]["message"]["content"].as_str().unwrap());
+    let marked = |kind: &str| chunks.iter().filter(|c| c["choices"][0]["draft"] == kind).count();
+    let accepted = whole["recycle"]["accepted"].as_u64().unwrap();
+    let from_text = whole["recycle"]["accepted_from_text"].as_u64().unwrap();
+    assert!(accepted > 0, "the trained module and the repeated text get drafts accepted: {}", whole["recycle"]);
+    assert_eq!(marked("module") > 0, accepted > from_text, "{}", whole["recycle"]);
+    assert_eq!(marked("lookup") > 0, from_text > 0, "{}", whole["recycle"]);
+    // Without drafts nothing is marked.
+    let mut off = request.clone();
+    off["stream"] = json!(true);
+    off["recycle"] = json!("off");
+    let chunks = sse_chunks(&server.post("/v1/chat/completions", off).await.text().await.unwrap());
+    assert!(chunks.iter().all(|c| c["choices"][0].get("draft").is_none()));
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_concurrent_streams_match_their_solo_runs() {
     let _serial = serial().await;

@@ -15,7 +15,7 @@ pub use cost::CostModel;
 pub use generate::{generate, generate_with_costs, generate_with_lookup, Generation};
 pub use sampling::{argmax, SamplingParams, TokenLogprob};
 pub use scheduler::{Scheduler, SchedulerConfig, SeqId, SequenceRequest, Update};
-pub use sequence::{FinishReason, Sequence, SequenceState, SequenceStats, StopCriteria};
+pub use sequence::{FinishReason, Sequence, SequenceState, SequenceStats, StopCriteria, TokenSource};
 pub use step::{step, StepReport};
 
 use recyclegpt_model::ModelError;

@@ -3,7 +3,7 @@
 //! types that cross it live here: `Job` in, `Event`s out, `SubmitError` when a request cannot
 //! be queued (`error.rs` maps those to OpenAI's shapes).
 use recyclegpt_engine::scheduler::Finished;
-use recyclegpt_engine::{Constraint, DecodeMode, SamplingParams, TokenLogprob};
+use recyclegpt_engine::{Constraint, DecodeMode, SamplingParams, TokenLogprob, TokenSource};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +41,8 @@ pub enum Event {
     /// New tokens, and their log-probabilities when asked for.
     Tokens {
         tokens: Vec<u32>,
+        /// Where each token came from (may be empty: all the model's own).
+        sources: Vec<TokenSource>,
         logprobs: Vec<TokenLogprob>,
         /// The prompt's log-probabilities, on the first event, when asked for.
         prompt_logprobs: Vec<TokenLogprob>,

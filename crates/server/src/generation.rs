@@ -11,9 +11,11 @@ use crate::AppState;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use recyclegpt_engine::{FinishReason, SequenceStats, TokenLogprob};
+use recyclegpt_engine::{FinishReason, SequenceStats, TokenLogprob, TokenSource};
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -26,6 +28,8 @@ pub struct Generation {
     /// Choices per prompt.
     n: usize,
     done: usize,
+    /// What an event gave beyond its first piece (an event's tokens from several sources).
+    pending: VecDeque<Progress>,
 }
 
 struct ChoiceState {
@@ -43,6 +47,8 @@ pub enum Progress {
         index: usize,
         text: String,
         logprobs: Vec<TokenLogprob>,
+        /// Where its tokens came from.
+        source: TokenSource,
     },
     /// The choice ended; `text` is what remained to send.
     Finished(ChoiceEnd),
@@ -114,12 +120,13 @@ pub fn submit(
         prompt_tokens: plan.prompts().iter().map(Vec::len).sum(),
         n: plan.n().max(1),
         done: 0,
+        pending: VecDeque::new(),
     })
 }
 
 impl Generation {
     pub fn is_done(&self) -> bool {
-        self.done == self.choices.len()
+        self.done == self.choices.len() && self.pending.is_empty()
     }
 
     pub fn choice_count(&self) -> usize {
@@ -134,6 +141,9 @@ impl Generation {
     /// The next thing that happened to a choice; `Err` when the request failed as a whole.
     pub async fn next(&mut self) -> Result<Progress, ApiError> {
         loop {
+            if let Some(progress) = self.pending.pop_front() {
+                return Ok(progress);
+            }
             let Some((index, event)) = self.events.recv().await else {
                 return Err(ApiError::Internal("the model worker stopped before the request finished".into()));
             };
@@ -141,30 +151,10 @@ impl Generation {
                 continue;
             };
             match event {
-                Event::Tokens { tokens, logprobs, prompt_logprobs, cached_prompt_tokens } => {
+                Event::Tokens { tokens, sources, logprobs, prompt_logprobs, cached_prompt_tokens } => {
                     choice.prompt_logprobs.extend(prompt_logprobs);
                     choice.cached_prompt_tokens = cached_prompt_tokens;
-                    let chunk = choice.text.push(&tokens);
-                    match chunk.stopped_after {
-                        None => {
-                            choice.completion_tokens += tokens.len();
-                            return Ok(Progress::Text { index, text: chunk.text, logprobs });
-                        }
-                        Some(used) => {
-                            // A stop string matched: the worker may stop generating this choice.
-                            choice.cancel.store(true, Ordering::Relaxed);
-                            choice.completion_tokens += used;
-                            let mut logprobs = logprobs;
-                            logprobs.truncate(used);
-                            return Ok(self.end(
-                                index,
-                                chunk.text,
-                                logprobs,
-                                (ApiFinish::Stop, chunk.matched),
-                                SequenceStats::default(),
-                            ));
-                        }
-                    }
+                    self.take_tokens(index, &tokens, &sources, logprobs);
                 }
                 Event::Finished(finished) => {
                     let chunk = choice.text.finish();
@@ -187,6 +177,29 @@ impl Generation {
                     return Err(failure.into());
                 }
             }
+        }
+    }
+
+    /// An event's tokens as text, a piece per run of tokens from one source (so that a stream
+    /// can mark what accepted drafts wrote), into `pending`; a stop string ends the choice.
+    fn take_tokens(&mut self, index: usize, tokens: &[u32], sources: &[TokenSource], logprobs: Vec<TokenLogprob>) {
+        for (run, source) in runs(sources, tokens.len()) {
+            let choice = &mut self.choices[index];
+            let chunk = choice.text.push(&tokens[run.clone()]);
+            let mut logprobs = logprobs.get(run.clone()).map(<[_]>::to_vec).unwrap_or_default();
+            let Some(used) = chunk.stopped_after else {
+                choice.completion_tokens += run.len();
+                self.pending.push_back(Progress::Text { index, text: chunk.text, logprobs, source });
+                continue;
+            };
+            // A stop string matched: the worker may stop generating this choice.
+            choice.cancel.store(true, Ordering::Relaxed);
+            choice.completion_tokens += used;
+            logprobs.truncate(used);
+            let end = (ApiFinish::Stop, chunk.matched);
+            let end = self.end(index, chunk.text, logprobs, end, SequenceStats::default());
+            self.pending.push_back(end);
+            return;
         }
     }
 
@@ -252,7 +265,7 @@ pub async fn collect(mut generation: Generation) -> Result<(Vec<Choice>, Usage),
     let mut choices = vec![Choice::default(); generation.choice_count()];
     while !generation.is_done() {
         match generation.next().await? {
-            Progress::Text { index, text, logprobs } => {
+            Progress::Text { index, text, logprobs, .. } => {
                 choices[index].text.push_str(&text);
                 choices[index].logprobs.extend(logprobs);
             }
@@ -289,14 +302,29 @@ pub fn recycle_stats(plan: &Plan, choices: &[Choice]) -> RecycleStats {
     }
 }
 
+/// The runs of equal sources among `len` tokens (all the model's when the sources are missing).
+fn runs(sources: &[TokenSource], len: usize) -> Vec<(Range<usize>, TokenSource)> {
+    if sources.len() != len {
+        return vec![(0..len, TokenSource::Model)];
+    }
+    let mut runs: Vec<(Range<usize>, TokenSource)> = Vec::new();
+    for (i, &source) in sources.iter().enumerate() {
+        match runs.last_mut() {
+            Some((run, last)) if *last == source => run.end = i + 1,
+            _ => runs.push((i..i + 1, source)),
+        }
+    }
+    runs
+}
+
 /// How one endpoint shapes its stream chunks.
 pub trait ChunkShape: Send + 'static {
     type Chunk: Serialize + Send;
     /// A chunk sent before any text for a choice (chat: the role; completions: the echoed
     /// prompt, with its log-probabilities when asked for).
     fn opening(&mut self, index: usize, prompt_logprobs: &[TokenLogprob]) -> Option<Self::Chunk>;
-    /// The chunks for new text (none while a shape holds text back).
-    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> Vec<Self::Chunk>;
+    /// The chunks for new text (none while a shape holds text back), and where its tokens came from.
+    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob], source: TokenSource) -> Vec<Self::Chunk>;
     /// The last chunks of a choice, ending with its finish reason.
     fn finish(&mut self, index: usize, reason: ApiFinish) -> Vec<Self::Chunk>;
     fn usage(&self, usage: Usage) -> Self::Chunk;
@@ -329,16 +357,16 @@ pub fn sse(mut shape: impl ChunkShape, mut generation: Generation, plan: Plan) -
                 }
             }
             match progress {
-                Progress::Text { index, text, logprobs } => {
+                Progress::Text { index, text, logprobs, source } => {
                     if !text.is_empty() || !logprobs.is_empty() {
-                        for chunk in shape.text(index, &text, &logprobs) {
+                        for chunk in shape.text(index, &text, &logprobs, source) {
                             yield json_event(&chunk);
                         }
                     }
                 }
                 Progress::Finished(end) => {
                     if !end.text.is_empty() || !end.logprobs.is_empty() {
-                        for chunk in shape.text(end.index, &end.text, &end.logprobs) {
+                        for chunk in shape.text(end.index, &end.text, &end.logprobs, TokenSource::Model) {
                             yield json_event(&chunk);
                         }
                     }

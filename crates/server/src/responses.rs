@@ -167,6 +167,10 @@ pub struct ChatChunkChoice {
     pub delta: ChatDelta,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<FinishReason>,
+    /// This server's extension: set when the delta's tokens came from accepted drafts, `module`
+    /// (the recyclable module's) or `lookup` (read from the text where it repeats itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft: Option<&'static str>,
 }
 
 /// One `chat.completion.chunk` of a stream.

@@ -333,6 +333,7 @@ impl Worker {
                 metrics::counter!("recyclegpt_generated_tokens_total").increment(update.tokens.len() as u64);
                 let event = Event::Tokens {
                     tokens: update.tokens,
+                    sources: update.sources,
                     logprobs: update.logprobs,
                     prompt_logprobs: update.prompt_logprobs,
                     cached_prompt_tokens: update.cached_prompt_tokens,

@@ -13,7 +13,7 @@ use prefix_cache::PrefixCache;
 use crate::constraint::Constraint;
 use crate::cost::CostModel;
 use crate::sampling::{SamplingParams, TokenLogprob};
-use crate::sequence::{FinishReason, Sequence, SequenceState, SequenceStats, StopCriteria};
+use crate::sequence::{FinishReason, Sequence, SequenceState, SequenceStats, StopCriteria, TokenSource};
 use crate::step::{step, StepReport};
 use crate::{DecodeMode, EngineError};
 use recyclegpt_model::RecycleGpt;
@@ -60,6 +60,8 @@ pub struct Update {
     pub id: SeqId,
     /// Tokens emitted by this step (may be empty while the prompt is being fed).
     pub tokens: Vec<u32>,
+    /// Where each of them came from.
+    pub sources: Vec<TokenSource>,
     /// Their log-probabilities, when asked for.
     pub logprobs: Vec<TokenLogprob>,
     /// The prompt's log-probabilities, on the first update after the prompt is in, when asked for.
@@ -226,6 +228,7 @@ impl Scheduler {
             std::mem::take(&mut self.running).into_iter().zip(std::mem::take(&mut self.reservations))
         {
             let tokens = seq.take_new_tokens();
+            let sources = seq.take_new_sources();
             let logprobs = seq.take_new_logprobs();
             let prompt_logprobs = seq.take_prompt_logprobs();
             let finished = match seq.state() {
@@ -242,6 +245,7 @@ impl Scheduler {
                 outcome.updates.push(Update {
                     id: seq.id(),
                     tokens,
+                    sources,
                     logprobs,
                     prompt_logprobs,
                     cached_prompt_tokens,

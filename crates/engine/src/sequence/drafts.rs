@@ -1,7 +1,7 @@
 //! A sequence's drafts: the module's proposals (and the text's, `lookup.rs`) waiting for
 //! verification, their verification, how `auto` decides whether to draft (its acceptance
 //! estimate and probes), chains of drafts, and the grammar's tentative steps over them.
-use super::{FinishReason, Sequence};
+use super::{FinishReason, Sequence, TokenSource};
 use crate::constraint::MASK_BUDGET;
 use crate::sampling::{distribution, greedy_with_confidence, verify_draft, TokenDist};
 use crate::DecodeMode;
@@ -177,7 +177,12 @@ impl Sequence {
             self.constrain(&mut row);
             let p = distribution(row, &self.params, &self.history);
             let (token, ok) = verify_draft(draft.token, &draft.dist, &p, &mut self.rng);
-            self.emit(token, raw.as_deref());
+            let source = match (ok, draft.from_text) {
+                (false, _) => TokenSource::Model,
+                (true, false) => TokenSource::Module,
+                (true, true) => TokenSource::Lookup,
+            };
+            self.emit(token, raw.as_deref(), source);
             if !ok {
                 self.stats.rejected += 1;
                 break;
@@ -205,7 +210,7 @@ impl Sequence {
                 let raw = self.raw_for_logprobs(&row);
                 self.constrain(&mut row);
                 let token = distribution(row, &self.params, &self.history).sample(&mut self.rng);
-                self.emit(token, raw.as_deref());
+                self.emit(token, raw.as_deref(), TokenSource::Model);
             }
             return Ok(fed);
         }
@@ -240,7 +245,7 @@ impl Sequence {
         if alternate {
             // The paper's schedule: the recycled token is kept unchecked.
             let token = distribution(logits, &self.params, &self.history).sample(&mut self.rng);
-            self.emit(token, raw.as_deref());
+            self.emit(token, raw.as_deref(), TokenSource::Module);
             return false;
         }
         let (token, dist, confidence) = if self.params.is_greedy() {

@@ -85,6 +85,17 @@ pub(crate) struct FullPlan {
     pub prompt: bool,
 }
 
+/// Where an emitted token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The full model's own choice (a plain step, a rejected draft's replacement, a bonus token).
+    Model,
+    /// The recyclable module's draft, verified (or, in `alternate`, kept unchecked).
+    Module,
+    /// A draft read from the text where it repeats itself (prompt lookup), verified.
+    Lookup,
+}
+
 pub struct Sequence {
     id: u64,
     mode: DecodeMode,
@@ -111,6 +122,8 @@ pub struct Sequence {
     rng: StdRng,
     fresh: Vec<u32>,
     fresh_logprobs: Vec<TokenLogprob>,
+    /// Where each of `fresh` came from.
+    fresh_sources: Vec<TokenSource>,
     /// Prompt tokens' log-probabilities (from the second token on), when asked for; handed out
     /// once the whole prompt is in.
     prompt_logprobs: Vec<TokenLogprob>,
@@ -184,6 +197,7 @@ impl Sequence {
             params,
             fresh: Vec::new(),
             fresh_logprobs: Vec::new(),
+            fresh_sources: Vec::new(),
             prompt_logprobs: Vec::new(),
             stats: SequenceStats::default(),
             record: DraftRecord::new(INITIAL_ACCEPTANCE),
@@ -260,6 +274,11 @@ impl Sequence {
     /// Tokens emitted since the last call.
     pub fn take_new_tokens(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.fresh)
+    }
+
+    /// Where the tokens emitted since the last call came from.
+    pub fn take_new_sources(&mut self) -> Vec<TokenSource> {
+        std::mem::take(&mut self.fresh_sources)
     }
 
     /// Log-probabilities of the tokens emitted since the last call (when asked for).
@@ -414,7 +433,7 @@ impl Sequence {
                 self.constrain(&mut row);
                 let token = distribution(row, &self.params, &self.history).sample(&mut self.rng);
                 self.retract_drafts();
-                self.emit(token, raw.as_deref());
+                self.emit(token, raw.as_deref(), TokenSource::Model);
                 fed
             }
         };
@@ -444,7 +463,7 @@ impl Sequence {
 
     /// `logits` are the raw logits the token was chosen from, kept when log-probabilities were
     /// asked for.
-    fn emit(&mut self, token: u32, logits: Option<&[f32]>) {
+    fn emit(&mut self, token: u32, logits: Option<&[f32]>, source: TokenSource) {
         if self.is_finished() {
             return;
         }
@@ -464,6 +483,7 @@ impl Sequence {
         self.tokens.push(token);
         self.history.push_generated(token);
         self.fresh.push(token);
+        self.fresh_sources.push(source);
         // The grammar ends the text when nothing may follow what it has taken.
         if eos || self.constraint.as_ref().is_some_and(|c| c.is_complete()) {
             self.finish = Some(FinishReason::Stop);

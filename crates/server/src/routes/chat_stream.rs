@@ -11,7 +11,7 @@ use crate::responses::{
     ToolCallDelta, TopLogprob,
 };
 use crate::tools::argument_pieces;
-use recyclegpt_engine::TokenLogprob;
+use recyclegpt_engine::{TokenLogprob, TokenSource};
 use recyclegpt_model::TextTokenizer;
 use std::sync::Arc;
 
@@ -80,7 +80,7 @@ impl ChatChunks {
         logprobs: Option<ChatLogprobs>,
         finish: Option<FinishReason>,
     ) -> ChatCompletionChunk {
-        self.chunk(vec![ChatChunkChoice { index, delta, logprobs, finish_reason: finish }], None)
+        self.chunk(vec![ChatChunkChoice { index, delta, logprobs, finish_reason: finish, draft: None }], None)
     }
 
     fn held(&mut self, index: usize) -> &mut Held {
@@ -90,9 +90,9 @@ impl ChatChunks {
         &mut self.held[index]
     }
 
-    /// The reasoning and text of `parts` as deltas; the log-probabilities held go with the
-    /// first of them.
-    fn part_chunks(&mut self, index: usize, parts: &Parts) -> Vec<ChatCompletionChunk> {
+    /// The reasoning and text of `parts` as deltas, marked with where their tokens came from;
+    /// the log-probabilities held go with the first of them.
+    fn part_chunks(&mut self, index: usize, parts: &Parts, source: TokenSource) -> Vec<ChatCompletionChunk> {
         let pieces = [
             ChatDelta { reasoning_content: Some(parts.reasoning.clone()), ..ChatDelta::default() },
             ChatDelta { content: Some(parts.text.clone()), ..ChatDelta::default() },
@@ -104,7 +104,13 @@ impl ChatChunks {
             }
             let logprobs = std::mem::take(&mut self.held(index).logprobs);
             let logprobs = self.logprobs.then(|| logprobs_of(&self.tokenizer, &logprobs));
-            chunks.push(self.one(index, delta, logprobs, None));
+            let mut chunk = self.one(index, delta, logprobs, None);
+            chunk.choices[0].draft = match source {
+                TokenSource::Model => None,
+                TokenSource::Module => Some("module"),
+                TokenSource::Lookup => Some("lookup"),
+            };
+            chunks.push(chunk);
         }
         chunks
     }
@@ -152,16 +158,22 @@ impl ChunkShape for ChatChunks {
         Some(self.one(index, delta, None, None))
     }
 
-    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> Vec<ChatCompletionChunk> {
+    fn text(
+        &mut self,
+        index: usize,
+        text: &str,
+        logprobs: &[TokenLogprob],
+        source: TokenSource,
+    ) -> Vec<ChatCompletionChunk> {
         let held = self.held(index);
         held.logprobs.extend_from_slice(logprobs);
         let parts = held.splitter.push(text);
-        self.part_chunks(index, &parts)
+        self.part_chunks(index, &parts, source)
     }
 
     fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<ChatCompletionChunk> {
         let parts = self.held(index).splitter.finish("");
-        let mut chunks = self.part_chunks(index, &parts);
+        let mut chunks = self.part_chunks(index, &parts, TokenSource::Model);
         chunks.extend(self.call_chunks(index, &parts.calls));
         let reason = if parts.calls.is_empty() { reason } else { FinishReason::ToolCalls };
         chunks.push(self.one(index, ChatDelta::default(), None, Some(reason)));

@@ -7,7 +7,7 @@ use crate::validation::{check, top_logprobs, FieldNames};
 use crate::{structured, AppState};
 use axum::extract::State;
 use axum::response::Response;
-use recyclegpt_engine::TokenLogprob;
+use recyclegpt_engine::{TokenLogprob, TokenSource};
 use recyclegpt_model::TextTokenizer;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -117,7 +117,7 @@ impl ChunkShape for CompletionChunks {
         Some(self.chunk(vec![Self::choice(index, echo, logprobs, None)], None))
     }
 
-    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> Vec<CompletionResponse> {
+    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob], _: TokenSource) -> Vec<CompletionResponse> {
         let logprobs = self.logprobs.then(|| {
             let offset = self.offsets.get(index).copied().unwrap_or(0);
             let value = logprobs_of(&self.tokenizer, logprobs, offset);
