@@ -1,5 +1,6 @@
 //! Shared helpers: where the test models live, and loading them.
 #![allow(dead_code)]
+pub mod browser;
 pub mod dockerfile;
 pub mod server;
 

@@ -327,7 +327,8 @@ pub trait ChunkShape: Send + 'static {
     fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob], source: TokenSource) -> Vec<Self::Chunk>;
     /// The last chunks of a choice, ending with its finish reason.
     fn finish(&mut self, index: usize, reason: ApiFinish) -> Vec<Self::Chunk>;
-    fn usage(&self, usage: Usage) -> Self::Chunk;
+    /// The usage chunk, with how recycling went (this server's extension).
+    fn usage(&self, usage: Usage, recycle: RecycleStats) -> Self::Chunk;
 }
 
 /// An SSE response: chunks as events arrive, a usage chunk when asked, then `[DONE]`. A failure
@@ -336,6 +337,8 @@ pub trait ChunkShape: Send + 'static {
 pub fn sse(mut shape: impl ChunkShape, mut generation: Generation, plan: Plan) -> Response {
     let stream = async_stream::stream! {
         let mut opened = vec![false; generation.choice_count()];
+        // The finished choices' counters, for the usage chunk.
+        let mut ended = Vec::new();
         let mut failed = false;
         while !generation.is_done() {
             let progress = match generation.next().await {
@@ -373,6 +376,7 @@ pub fn sse(mut shape: impl ChunkShape, mut generation: Generation, plan: Plan) -
                     for chunk in shape.finish(end.index, end.reason) {
                         yield json_event(&chunk);
                     }
+                    ended.push(Choice { completion_tokens: end.completion_tokens, stats: end.stats, ..Choice::default() });
                 }
             }
         }
@@ -383,7 +387,7 @@ pub fn sse(mut shape: impl ChunkShape, mut generation: Generation, plan: Plan) -
             metrics::counter!("recyclegpt_requests_total", "status" => "stream_error").increment(1);
         } else {
             if plan.include_usage() {
-                yield json_event(&shape.usage(generation.usage()));
+                yield json_event(&shape.usage(generation.usage(), recycle_stats(&plan, &ended)));
             }
             yield Ok::<_, Infallible>(SseEvent::default().data("[DONE]"));
             metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);

@@ -184,6 +184,9 @@ pub struct ChatCompletionChunk {
     pub choices: Vec<ChatChunkChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// On the usage chunk: how recycling went (this server's extension).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recycle: Option<RecycleStats>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

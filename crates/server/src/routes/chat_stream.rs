@@ -8,7 +8,7 @@ use crate::generation::ChunkShape;
 use crate::openai::{ToolCall, Usage};
 use crate::responses::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs, ChatTokenLogprob, FinishReason, FunctionDelta,
-    ToolCallDelta, TopLogprob,
+    RecycleStats, ToolCallDelta, TopLogprob,
 };
 use crate::tools::argument_pieces;
 use recyclegpt_engine::{TokenLogprob, TokenSource};
@@ -70,6 +70,7 @@ impl ChatChunks {
             model: self.model.clone(),
             choices,
             usage,
+            recycle: None,
         }
     }
 
@@ -180,7 +181,7 @@ impl ChunkShape for ChatChunks {
         chunks
     }
 
-    fn usage(&self, usage: Usage) -> ChatCompletionChunk {
-        self.chunk(Vec::new(), Some(usage))
+    fn usage(&self, usage: Usage, recycle: RecycleStats) -> ChatCompletionChunk {
+        ChatCompletionChunk { recycle: Some(recycle), ..self.chunk(Vec::new(), Some(usage)) }
     }
 }

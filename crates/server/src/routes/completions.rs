@@ -2,7 +2,7 @@
 use crate::error::{ApiError, ApiJson};
 use crate::generation::{collect, ok_json, recycle_stats, shared, sse, submit, ChunkShape};
 use crate::openai::{CompletionRequest, Prompt, Usage};
-use crate::responses::{CompletionChoice, CompletionLogprobs, CompletionResponse, FinishReason};
+use crate::responses::{CompletionChoice, CompletionLogprobs, CompletionResponse, FinishReason, RecycleStats};
 use crate::validation::{check, top_logprobs, FieldNames};
 use crate::{structured, AppState};
 use axum::extract::State;
@@ -133,8 +133,8 @@ impl ChunkShape for CompletionChunks {
         vec![self.chunk(vec![Self::choice(index, String::new(), None, Some(reason))], None)]
     }
 
-    fn usage(&self, usage: Usage) -> CompletionResponse {
-        self.chunk(Vec::new(), Some(usage))
+    fn usage(&self, usage: Usage, recycle: RecycleStats) -> CompletionResponse {
+        CompletionResponse { recycle: Some(recycle), ..self.chunk(Vec::new(), Some(usage)) }
     }
 }
 

@@ -9,13 +9,14 @@ mod responses_shape;
 mod responses_stream;
 mod system;
 mod tokens;
+mod webui;
 
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, Method, Uri};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use std::sync::Arc;
@@ -33,6 +34,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", with_405(post(tokens::tokenize)))
         .route("/detokenize", with_405(post(tokens::detokenize)))
         .route("/openapi.json", with_405(get(system::openapi)));
+    if state.config.webui {
+        guarded = guarded
+            .route("/", with_405(get(webui::page)))
+            .route("/webui/{version}/{name}", with_405(get(webui::asset)));
+    }
     let mut open = Router::new().route("/health", with_405(get(system::health)));
     if state.config.metrics_require_api_key {
         guarded = guarded.route("/metrics", with_405(get(system::metrics)));
@@ -70,9 +76,11 @@ async fn not_found(uri: Uri) -> ApiError {
 }
 
 /// With an API key configured, every route but `/health` (and `/metrics` when so configured)
-/// needs `Authorization: Bearer <key>` or, as Anthropic's clients send it, `x-api-key: <key>`;
-/// the scheme is case-insensitive (RFC 9110) and the key is compared in constant time, so
-/// response timing does not reveal how much of a guess was right.
+/// needs `Authorization: Bearer <key>` or, as Anthropic's clients send it, `x-api-key: <key>`,
+/// or (for the chat page, which a browser opens without headers) HTTP Basic credentials with
+/// the key as the password; the page's 401 asks the browser for them. Schemes are
+/// case-insensitive (RFC 9110) and the key is compared in constant time, so response timing
+/// does not reveal how much of a guess was right.
 async fn require_api_key(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -80,14 +88,20 @@ async fn require_api_key(
 ) -> Result<Response, ApiError> {
     if let Some(key) = &state.config.api_key {
         let headers = request.headers();
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let basic = authorization.and_then(basic_password);
+        let given = authorization
             .and_then(bearer_token)
+            .or(basic.as_deref())
             .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim))
             .unwrap_or("");
         if !constant_time_eq::constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            return Err(ApiError::Unauthorized);
+            let mut response = ApiError::Unauthorized.into_response();
+            if webui::is_page(request.uri().path()) {
+                let ask = header::HeaderValue::from_static("Basic realm=\"recyclegpt\", charset=\"UTF-8\"");
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, ask);
+            }
+            return Ok(response);
         }
     }
     Ok(next.run(request).await)
@@ -111,9 +125,29 @@ fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The password of a `Basic` authorization header (`user:password`, base64), any user.
+fn basic_password(value: &str) -> Option<String> {
+    use base64::Engine;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':').map(|(_, password)| password.to_string())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use super::{basic_password, bearer_token};
+
+    #[test]
+    fn basic_credentials_give_their_password() {
+        assert_eq!(basic_password("Basic dXNlcjpzM2NyZXQ="), Some("s3cret".into()));
+        assert_eq!(basic_password("basic OnMzY3JldA=="), Some("s3cret".into()));
+        assert_eq!(basic_password("Basic !!!"), None);
+        assert_eq!(basic_password("Bearer dXNlcjpzM2NyZXQ="), None);
+    }
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {
