@@ -59,7 +59,12 @@ async fn the_page_is_served_with_its_headers_and_guarded_by_the_key() {
     assert!(asset.text().await.unwrap().contains("/v1/chat/completions"));
     let stale = http.get(server.url("/webui/0000000000000000/app.js")).bearer_auth(KEY).send().await.unwrap();
     assert_eq!(header(&stale, "cache-control"), "no-cache");
-    let missing = http.get(server.url(&format!("/{}", path.replace("app.js", "nothing.js")))).bearer_auth(KEY).send().await.unwrap();
+    let missing = http
+        .get(server.url(&format!("/{}", path.replace("app.js", "nothing.js"))))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
     server.shutdown().await.unwrap();
 
