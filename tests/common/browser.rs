@@ -17,13 +17,15 @@ pub struct Browser {
 }
 
 /// Whether the browser is installed; outside CI a missing one skips the test with a note, in CI
-/// (`CI=true`, where `.ci/run` installs it) it fails.
+/// (`CI=true`, where `.ci/run` installs it) it fails, unless `.ci/run` could not install it.
 pub fn available() -> bool {
     if std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists() {
         return true;
     }
     let message = format!("missing {CHROMIUM} or {CHROMEDRIVER}: apt-get install chromium chromium-driver");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    // `.ci/run` sets this when the packages could not be installed (and says so).
+    let excused = std::env::var_os("RECYCLEGPT_NO_BROWSER").is_some();
+    if std::env::var("CI").is_ok_and(|v| v == "true") && !excused {
         panic!("{message}");
     }
     eprintln!("SKIPPED: the browser tests ({message})");
