@@ -160,10 +160,15 @@ const NEAR_TIE: f32 = 0.5;
 /// within [`NEAR_TIE`] of ours (logits at the parting, after the shared tokens); at least one
 /// agrees over all its tokens.
 fn assert_parting_only_at_near_ties(loaded: &LoadedModel, label: &str) {
+    assert_parting_only_at_near_ties_in(loaded, label, "smollm2_llamacpp_greedy.json")
+}
+
+/// The same, against the llama.cpp answers in `reference` (a file in `tests/data`).
+fn assert_parting_only_at_near_ties_in(loaded: &LoadedModel, label: &str, reference: &str) {
     use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
     use recyclegpt_model::SeqInput;
     let mut agreeing = 0;
-    for case in llamacpp_reference("smollm2_llamacpp_greedy.json") {
+    for case in llamacpp_reference(reference) {
         let prompt = case["prompt"].as_str().unwrap_or_default();
         let prompt_ids = ids(&case["prompt_ids"]);
         let expected: Vec<u32> = ids(&case["ids"]);
@@ -186,6 +191,65 @@ fn assert_parting_only_at_near_ties(loaded: &LoadedModel, label: &str) {
         assert!(margin <= NEAR_TIE, "{label}: {prompt:?} parts from llama.cpp after {same} tokens by {margin} logits");
     }
     assert!(agreeing >= 1, "{label}: no answer equals llama.cpp's");
+}
+
+/// SmolLM2's file with `rope_freqs.weight` added, as Llama 3.x GGUF files carry their RoPE
+/// scaling: a divisor per rotary frequency (here 1 to 8.75, far stronger than Llama 3's, so
+/// that ignoring them changes every answer). Written once under the target directory.
+fn smollm2_with_rope_factors(source: &std::path::Path) -> PathBuf {
+    use candle_core::quantized::QTensor;
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smollm2-rope-freqs.gguf");
+    if path.exists() {
+        return path;
+    }
+    let mut reader = std::io::BufReader::new(std::fs::File::open(source).unwrap());
+    let content = gguf_file::Content::read(&mut reader).unwrap();
+    let device = candle_core::Device::Cpu;
+    let mut tensors: Vec<(String, QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|name| (name.clone(), content.tensor(&mut reader, name, &device).unwrap()))
+        .collect();
+    let factors: Vec<f32> = (0..32).map(|i| 1.0 + i as f32 / 4.0).collect();
+    let factors = candle_core::Tensor::new(factors.as_slice(), &device).unwrap();
+    tensors.push((
+        "rope_freqs.weight".into(),
+        QTensor::quantize(&factors, candle_core::quantized::GgmlDType::F32).unwrap(),
+    ));
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let partial = path.with_extension("partial");
+    gguf_file::write(&mut std::fs::File::create(&partial).unwrap(), &metadata, &tensors).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
+    path
+}
+
+/// A GGUF file's `rope_freqs.weight` (Llama 3's RoPE scaling) is applied as llama.cpp applies
+/// it: the answers on a file that carries strong factors match llama.cpp's on the same file
+/// (`tests/data/smollm2_rope_freqs_llamacpp_greedy.json`, from llama-server), and differ from
+/// the file's answers without them.
+#[test]
+fn rope_frequency_factors_are_applied_as_llama_cpp_applies_them() {
+    use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
+    let Some(source) = smollm2() else { return };
+    let path = smollm2_with_rope_factors(&source);
+    let options = LoadOptions { quantize: Some(recyclegpt_model::Quantization::Q4_1), ..LoadOptions::default() };
+    let scaled = LoadedModel::load(&path, &options).expect("loads");
+    assert_eq!(scaled.model.config().rope_freq_factors.as_ref().map(Vec::len), Some(32));
+    assert_parting_only_at_near_ties_in(&scaled, "rope_freqs", "smollm2_rope_freqs_llamacpp_greedy.json");
+    let plain = LoadedModel::load(&source, &options).expect("loads");
+    let answer = |loaded: &LoadedModel, prompt: &[u32]| {
+        let stop = StopCriteria { max_tokens: 16, eos_ids: Vec::new() };
+        generate(&loaded.model, prompt.to_vec(), DecodeMode::Off, SamplingParams::greedy(), stop).expect("runs").ids
+    };
+    let differ = llamacpp_reference("smollm2_rope_freqs_llamacpp_greedy.json")
+        .iter()
+        .filter(|case| {
+            let prompt = ids(&case["prompt_ids"]);
+            answer(&scaled, &prompt) != answer(&plain, &prompt)
+        })
+        .count();
+    assert!(differ > 0, "the factors changed no answer: they are not applied");
 }
 
 /// The command line runs a GGUF file in its own Q4_1 blocks by default (`--quantize auto`): its
@@ -267,6 +331,16 @@ fn a_module_trained_for_a_gguf_file_loads_beside_it() {
 
 /// A small Llama GGUF file's metadata (no tensors), with `changes` written over it.
 fn llama_metadata_file(dir: &std::path::Path, name: &str, changes: &[(&str, gguf_file::Value)]) -> PathBuf {
+    llama_file_with(dir, name, changes, &[])
+}
+
+/// The same, with these tensors.
+fn llama_file_with(
+    dir: &std::path::Path,
+    name: &str,
+    changes: &[(&str, gguf_file::Value)],
+    tensors: &[(&str, &candle_core::quantized::QTensor)],
+) -> PathBuf {
     use gguf_file::Value as V;
     let tokens = ["<unk>", "<s>", "</s>", "a", "b", "c"];
     let mut metadata: Vec<(&str, V)> = vec![
@@ -291,7 +365,7 @@ fn llama_metadata_file(dir: &std::path::Path, name: &str, changes: &[(&str, gguf
     let path = dir.join(name);
     let mut file = std::fs::File::create(&path).unwrap();
     let refs: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    gguf_file::write(&mut file, &refs, &[]).unwrap();
+    gguf_file::write(&mut file, &refs, tensors).unwrap();
     path
 }
 
@@ -329,5 +403,17 @@ fn hostile_gguf_metadata_is_refused_at_load() {
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id"] {
         let error = load(&[(key, V::U32(1_000_000_000))], "ids.gguf");
         assert!(error.contains(key) && error.contains("outside the vocabulary of 6 tokens"), "{error}");
+    }
+    // RoPE factors (head size 16: 8 of them) of the wrong length, or not above 0.
+    for (factors, expected, name) in
+        [(vec![1.0f32; 3], "expected [8]", "factors3.gguf"), (vec![-1.0f32; 8], "above 0", "negative.gguf")]
+    {
+        let device = candle_core::Device::Cpu;
+        let tensor = candle_core::Tensor::new(factors.as_slice(), &device).unwrap();
+        let tensor =
+            candle_core::quantized::QTensor::quantize(&tensor, candle_core::quantized::GgmlDType::F32).unwrap();
+        let path = llama_file_with(&dir, name, &[], &[("rope_freqs.weight", &tensor)]);
+        let error = LoadedModel::load(&path, &LoadOptions::default()).err().expect("refused").to_string();
+        assert!(error.contains("rope_freqs.weight") && error.contains(expected), "{error}");
     }
 }

@@ -52,6 +52,7 @@ impl Shape {
             rms_norm_eps: 1e-5,
             rope_theta: 10_000.0,
             rope_scaling: None,
+            rope_freq_factors: None,
             tie_word_embeddings: false,
             hidden_act: "silu".into(),
             bos_token_id: Some(1),

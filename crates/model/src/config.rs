@@ -115,6 +115,10 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
+    /// Per-frequency divisors of the rotary frequencies, as a GGUF file's `rope_freqs.weight`
+    /// carries Llama 3's scaling (`head_dim / 2` values); not part of an HF `config.json`.
+    #[serde(skip)]
+    pub rope_freq_factors: Option<Vec<f32>>,
     #[serde(default)]
     pub tie_word_embeddings: bool,
     #[serde(default = "default_act")]
@@ -158,7 +162,24 @@ impl StackShape {
     }
 }
 
+/// How positions are rotated: the base, and Llama 3's scaling as HF configs write it
+/// (`rope_scaling`) or as GGUF files carry it (per-frequency factors).
+#[derive(Debug, Clone, Copy)]
+pub struct RopeParams<'a> {
+    pub theta: f64,
+    pub scaling: Option<&'a RopeScaling>,
+    pub factors: Option<&'a [f32]>,
+}
+
 impl LlamaConfig {
+    pub fn rope(&self) -> RopeParams<'_> {
+        RopeParams {
+            theta: self.rope_theta,
+            scaling: self.rope_scaling.as_ref(),
+            factors: self.rope_freq_factors.as_deref(),
+        }
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
         let config: LlamaConfig =

@@ -1,6 +1,6 @@
 //! A stack of Llama decoder layers run over a ragged batch: the new tokens of every sequence
 //! form one `[T, d]` matrix for the projections; attention runs per sequence on its own cache.
-use crate::config::{RopeScaling, StackShape};
+use crate::config::{RopeParams, StackShape};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::layers::{DecoderLayer, SeqSlot};
@@ -21,12 +21,11 @@ impl DecoderStack {
         w: &Weights,
         shape: StackShape,
         max_positions: usize,
-        theta: f64,
-        scaling: Option<&RopeScaling>,
+        rope: RopeParams,
         first_position: usize,
     ) -> Result<Self> {
         let layers = (0..shape.layers).map(|i| DecoderLayer::load(&w.pp(i), &shape)).collect::<Result<Vec<_>>>()?;
-        let rope = Rope::new(shape.head_dim, max_positions + first_position, theta, scaling, w.dtype(), w.device())?;
+        let rope = Rope::new(shape.head_dim, max_positions + first_position, rope, w.dtype(), w.device())?;
         Ok(Self { layers, rope, shape, first_position })
     }
 

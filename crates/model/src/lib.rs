@@ -17,11 +17,12 @@ mod rope;
 pub mod tokenizer;
 mod weights;
 
-pub use config::{LlamaConfig, RecycleConfig};
+pub use config::{LlamaConfig, RecycleConfig, RopeParams};
 pub use device::{device_name, DTypeSpec, DeviceSpec};
 pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
 pub use llama::{ForwardOutput, SeqInput};
 pub use model::{LoadOptions, LoadedModel, RecycleGpt, RecycleInit, RecycleSource};
 pub use quantize::{Quantization, QuantizeSpec};
+pub use rope::inverse_frequencies;
 pub use tokenizer::TextTokenizer;

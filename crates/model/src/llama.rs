@@ -46,8 +46,7 @@ impl Llama {
             &model.pp("layers"),
             config.base_shape(),
             config.max_position_embeddings,
-            config.rope_theta,
-            config.rope_scaling.as_ref(),
+            config.rope(),
             0,
         )?;
         let norm = RmsNorm::load(&model, "norm", dim, config.rms_norm_eps)?;

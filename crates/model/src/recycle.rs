@@ -52,14 +52,7 @@ impl RecycleModule {
             hidden_norm: RmsNorm::load(w, "hnorm", d, config.rms_norm_eps)?,
             embed_norm: RmsNorm::load(w, "enorm", d, config.rms_norm_eps)?,
             projection: Linear::load(w, "eh_proj", d, 2 * d)?,
-            stack: DecoderStack::load(
-                &w.pp("layers"),
-                shape,
-                config.max_position_embeddings,
-                config.rope_theta,
-                config.rope_scaling.as_ref(),
-                1,
-            )?,
+            stack: DecoderStack::load(&w.pp("layers"), shape, config.max_position_embeddings, config.rope(), 1)?,
             norm: RmsNorm::load(w, "norm", d, config.rms_norm_eps)?,
             // Read in f32 whatever the load dtype: ids above 256 do not survive bf16.
             draft_vocab: draft_vocab(&w.in_f32(), config)?,

@@ -1,5 +1,5 @@
 //! Rotary position embeddings, HuggingFace rotate-half convention, with optional llama3 scaling.
-use crate::config::RopeScaling;
+use crate::config::RopeParams;
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 
@@ -8,9 +8,16 @@ pub struct Rope {
     sin: Tensor,
 }
 
-fn inverse_frequencies(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f64> {
-    let base: Vec<f64> = (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect();
-    let Some(s) = scaling else { return base };
+/// The rotary frequencies of a head of `head_dim`, scaled as `rope` says (training builds its
+/// tables from these too, so a module learns the positions it is served with).
+pub fn inverse_frequencies(head_dim: usize, rope: RopeParams) -> Vec<f64> {
+    let base: Vec<f64> = (0..head_dim / 2).map(|i| 1.0 / rope.theta.powf(2.0 * i as f64 / head_dim as f64)).collect();
+    // A GGUF file's factors are the scaling already worked out (llama.cpp divides by them).
+    let base = match rope.factors {
+        Some(factors) => base.iter().zip(factors).map(|(f, &d)| f / f64::from(d)).collect(),
+        None => base,
+    };
+    let Some(s) = rope.scaling else { return base };
     let old_context = s.original_max_position_embeddings as f64;
     let low_wavelen = old_context / s.low_freq_factor;
     let high_wavelen = old_context / s.high_freq_factor;
@@ -30,15 +37,8 @@ fn inverse_frequencies(head_dim: usize, theta: f64, scaling: Option<&RopeScaling
 }
 
 impl Rope {
-    pub fn new(
-        head_dim: usize,
-        max_positions: usize,
-        theta: f64,
-        scaling: Option<&RopeScaling>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let inv = inverse_frequencies(head_dim, theta, scaling);
+    pub fn new(head_dim: usize, max_positions: usize, rope: RopeParams, dtype: DType, device: &Device) -> Result<Self> {
+        let inv = inverse_frequencies(head_dim, rope);
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);

@@ -4,6 +4,7 @@
 use candle_core::{Device, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use recyclegpt_model::config::StackShape;
+use recyclegpt_model::RopeParams;
 
 pub struct RmsNorm {
     weight: Tensor,
@@ -47,13 +48,14 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
-    pub fn new(head_dim: usize, positions: usize, theta: f64, device: &Device) -> Result<Self> {
+    pub fn new(head_dim: usize, positions: usize, rope: RopeParams, device: &Device) -> Result<Self> {
         let half = head_dim / 2;
+        let frequencies = recyclegpt_model::inverse_frequencies(head_dim, rope);
         let mut cos = Vec::with_capacity(positions * head_dim);
         let mut sin = Vec::with_capacity(positions * head_dim);
         for p in 0..positions {
             for i in 0..head_dim {
-                let freq = 1.0 / theta.powf(2.0 * (i % half) as f64 / head_dim as f64);
+                let freq = frequencies[i % half];
                 cos.push((p as f64 * freq).cos() as f32);
                 sin.push((p as f64 * freq).sin() as f32);
             }

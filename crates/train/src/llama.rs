@@ -33,7 +33,7 @@ impl TrainableLlama {
             layers,
             norm: RmsNorm::new(model.pp("norm"), s.hidden, s.eps)?,
             head,
-            rope: RopeTables::new(s.head_dim, config.max_position_embeddings + 1, config.rope_theta, vb.device())?,
+            rope: RopeTables::new(s.head_dim, config.max_position_embeddings + 1, config.rope(), vb.device())?,
         })
     }
 

@@ -48,7 +48,7 @@ impl TrainableModule {
             rope: RopeTables::new(
                 shape.head_dim,
                 config.max_position_embeddings + 1,
-                config.rope_theta,
+                config.rope(),
                 embedding.device(),
             )?,
             embedding,

@@ -115,6 +115,7 @@ impl TrainSpec {
             rms_norm_eps: 1e-5,
             rope_theta: 10_000.0,
             rope_scaling: None,
+            rope_freq_factors: None,
             tie_word_embeddings: self.tie_word_embeddings,
             hidden_act: "silu".into(),
             bos_token_id: Some(1),

@@ -110,6 +110,7 @@ impl GgufFile {
             rms_norm_eps: self.optional_f64("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
             rope_theta: self.optional_f64("llama.rope.freq_base")?.unwrap_or(10_000.0),
             rope_scaling: None,
+            rope_freq_factors: self.rope_freq_factors(head_dim.unwrap_or(hidden / heads.max(1)))?,
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             hidden_act: "silu".into(),
             bos_token_id: self.optional_usize("tokenizer.ggml.bos_token_id")?.map(|id| id as u32),
@@ -118,6 +119,31 @@ impl GgufFile {
         };
         config.validate().map_err(|e| ModelError::file(&self.path, e.to_string()))?;
         Ok(config)
+    }
+
+    /// Llama 3's RoPE scaling as a GGUF file carries it: `rope_freqs.weight`, one divisor per
+    /// rotary frequency (`head_dim / 2` of them), each finite and above 0.
+    fn rope_freq_factors(&self, head_dim: usize) -> Result<Option<Vec<f32>>> {
+        const NAME: &str = "rope_freqs.weight";
+        let Some(info) = self.content.tensor_infos.get(NAME) else { return Ok(None) };
+        let bad = |message: String| ModelError::file(&self.path, format!("`{NAME}`: {message}"));
+        if info.shape.dims() != [head_dim / 2] {
+            return Err(bad(format!(
+                "shape {:?}, expected [{}] (half the head size)",
+                info.shape.dims(),
+                head_dim / 2
+            )));
+        }
+        let tensor = self
+            .content
+            .tensor(&mut *self.reader.borrow_mut(), NAME, &candle_core::Device::Cpu)
+            .and_then(|t| t.dequantize(&candle_core::Device::Cpu))
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| bad(e.to_string()))?;
+        if let Some(v) = tensor.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            return Err(bad(format!("a factor is {v}; each must be finite and above 0")));
+        }
+        Ok(Some(tensor))
     }
 
     pub fn tokenizer(&self) -> Result<TextTokenizer> {
