@@ -2,7 +2,7 @@
 //! (`recyclegpt_server::Backend`) carries everything, so what the routes do with tokens,
 //! failures and a dead worker can be checked exactly. The tokenizer is the embedded model's.
 use recyclegpt_engine::scheduler::Finished;
-use recyclegpt_engine::{FinishReason, SequenceStats};
+use recyclegpt_engine::{FinishReason, SequenceStats, TokenLogprob};
 use recyclegpt_model::{LlamaConfig, RecycleSource, TextTokenizer};
 use recyclegpt_server::{AppState, Backend, LoopbackServer, ModelInfo, ServerConfig};
 use recyclegpt_server::{Event, Failure, Job, SubmitError};
@@ -20,8 +20,11 @@ enum Script {
     Fail,
     /// Emits the prompt's first token, then the output's grammar fails.
     GrammarFails,
-    /// Says this text, a token per event.
+    /// Says this text, a token per event (with log-probabilities when asked), then ends as
+    /// if out of tokens.
     Say(&'static str),
+    /// The same, then the end-of-sequence token (no text of its own), ending with `stop`.
+    SayThenEnd(&'static str),
 }
 
 struct Scripted {
@@ -54,23 +57,28 @@ impl Backend for Scripted {
                         stats: SequenceStats::default(),
                     }));
                 }
-                Script::EchoPrompt | Script::Say(_) => {
-                    let tokens: Vec<u32> = match self.script {
-                        Script::Say(text) => self.tokenizer.encode(text).unwrap_or_default(),
+                Script::EchoPrompt | Script::Say(_) | Script::SayThenEnd(_) => {
+                    let mut tokens: Vec<u32> = match self.script {
+                        Script::Say(text) | Script::SayThenEnd(text) => self.tokenizer.encode(text).unwrap_or_default(),
                         _ => job.prompt.clone(),
                     };
+                    let ends = matches!(self.script, Script::SayThenEnd(_));
+                    if ends {
+                        tokens.push(job.eos_ids[0]);
+                    }
                     let tokens: Vec<u32> = tokens.into_iter().skip(1).take(job.max_tokens).collect();
                     for &token in &tokens {
+                        let logprob = TokenLogprob { token, logprob: -0.5, top: Vec::new() };
                         send(Event::Tokens {
                             tokens: vec![token],
                             sources: Vec::new(),
-                            logprobs: Vec::new(),
+                            logprobs: job.params.logprobs.map(|_| vec![logprob]).unwrap_or_default(),
                             prompt_logprobs: Vec::new(),
                             cached_prompt_tokens: 0,
                         });
                     }
                     send(Event::Finished(Finished {
-                        reason: FinishReason::Length,
+                        reason: if ends { FinishReason::Stop } else { FinishReason::Length },
                         prompt_tokens: job.prompt.len(),
                         completion_tokens: tokens.len(),
                         stats: SequenceStats::default(),
@@ -419,4 +427,25 @@ async fn reasoning_comes_apart_from_the_answer_in_every_dialect() {
     assert_eq!(body["content"][0]["text"].as_str().map(str::trim_start), Some(THOUGHTFUL));
     server.stop().await.unwrap();
     let _ = std::fs::remove_file(template);
+}
+
+/// A streamed chat carries a log-probability for every token the whole answer does, the
+/// end-of-sequence token's included (it has no text of its own to go out with).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_logprobs_count_every_token_up_to_the_end_of_sequence() {
+    let (server, base, _) = serve(Script::SayThenEnd("Good morrow, cousin."), true).await;
+    let client = reqwest::Client::new();
+    let request = json!({"messages": [{"role": "user", "content": "Hi"}], "logprobs": true});
+    let body: Value = post(&client, format!("{base}/v1/chat/completions"), request.clone()).await.json().await.unwrap();
+    let whole = body["choices"][0]["logprobs"]["content"].as_array().unwrap().len();
+    assert_eq!(whole as u64, body["usage"]["completion_tokens"].as_u64().unwrap(), "{body}");
+    let mut streamed = request;
+    streamed["stream"] = json!(true);
+    let text = post(&client, format!("{base}/v1/chat/completions"), streamed).await.text().await.unwrap();
+    let chunks = sse_data(&text);
+    let count: usize =
+        chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).map(Vec::len).sum();
+    assert_eq!(count, whole, "{text}");
+    assert_eq!(chunks.iter().rev().find_map(|c| c["choices"][0]["finish_reason"].as_str()), Some("stop"));
+    server.stop().await.unwrap();
 }

@@ -114,8 +114,15 @@ impl Browser {
         base64::engine::general_purpose::STANDARD.decode(data.as_str().expect("base64 PNG")).expect("a PNG")
     }
 
-    pub async fn close(mut self) {
+    /// Ends the session (Chromium quits), then the driver.
+    pub async fn close(self) {
         let _ = self.http.delete(&self.session).send().await;
+    }
+}
+
+/// A test that fails before `close` still stops the driver (and Chromium is its child).
+impl Drop for Browser {
+    fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

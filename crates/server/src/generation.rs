@@ -28,7 +28,8 @@ pub struct Generation {
     /// Choices per prompt.
     n: usize,
     done: usize,
-    /// What an event gave beyond its first piece (an event's tokens from several sources).
+    /// The pieces of events not yet returned by `next` (an event gives one per run of tokens
+    /// from one source, and its end when a stop string matched).
     pending: VecDeque<Progress>,
 }
 
@@ -181,7 +182,9 @@ impl Generation {
     }
 
     /// An event's tokens as text, a piece per run of tokens from one source (so that a stream
-    /// can mark what accepted drafts wrote), into `pending`; a stop string ends the choice.
+    /// can mark what accepted drafts wrote), into `pending`; a stop string ends the choice. The
+    /// marks are close, not exact: text the stream holds back (a possible start of a stop
+    /// string, part of a character) goes out with the next piece, under that piece's source.
     fn take_tokens(&mut self, index: usize, tokens: &[u32], sources: &[TokenSource], logprobs: Vec<TokenLogprob>) {
         for (run, source) in runs(sources, tokens.len()) {
             let choice = &mut self.choices[index];

@@ -4,7 +4,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const conversation = []; // {role, content} of the turns so far
+// {role, content} of the turns so far; "New conversation" starts a new array, so an answer
+// still streaming into the old one cannot land in the new.
+let conversation = [];
 let running = null; // the AbortController of the answer being streamed
 
 // The page's own origin: a URL with credentials in it (user:key@host) cannot be fetched.
@@ -87,12 +89,13 @@ function stats(answer, usage, recycle, seconds) {
 }
 
 async function send(content) {
-  conversation.push({ role: "user", content });
+  const turns = conversation;
+  turns.push({ role: "user", content });
   bubble("user").text.textContent = content;
   const answer = bubble("assistant");
   let reasoning = null;
   const system = $("system").value.trim();
-  const messages = system ? [{ role: "system", content: system }, ...conversation] : [...conversation];
+  const messages = system ? [{ role: "system", content: system }, ...turns] : [...turns];
   const body = {
     messages,
     stream: true,
@@ -124,6 +127,8 @@ async function send(content) {
       const choice = event.choices?.[0];
       if (!choice) continue;
       const delta = choice.delta || {};
+      // tok/s counts from the first token of either kind: usage counts the reasoning too.
+      if (delta.reasoning_content || delta.content) first ??= performance.now();
       if (delta.reasoning_content) {
         if (!reasoning) {
           const details = document.createElement("details");
@@ -135,20 +140,22 @@ async function send(content) {
         appendText(reasoning, delta.reasoning_content, choice.draft);
       }
       if (delta.content) {
-        first ??= performance.now();
         text += delta.content;
         appendText(answer.text, delta.content, choice.draft);
         $("messages").scrollTop = $("messages").scrollHeight;
       }
     }
-    conversation.push({ role: "assistant", content: text });
+    turns.push({ role: "assistant", content: text });
     stats(answer, usage, recycle, ((performance.now() - (first ?? started)) / 1000));
   } catch (error) {
     if (error.name === "AbortError") {
-      conversation.push({ role: "assistant", content: text });
+      turns.push({ role: "assistant", content: text });
       stats(answer, null, null, 0);
       answer.div.lastChild.textContent = "stopped";
     } else {
+      // The turn got no answer: it leaves the conversation (two user turns in a row would be
+      // refused by templates that check the turns alternate).
+      turns.pop();
       answer.div.classList.add("error");
       appendText(answer.text, `\n${error.message}`, null);
     }
@@ -174,11 +181,9 @@ async function loadModel() {
 }
 
 function init() {
-  $("api-key").value = localStorage.getItem("recyclegpt.api_key") || "";
-  $("api-key").addEventListener("change", () => {
-    localStorage.setItem("recyclegpt.api_key", $("api-key").value.trim());
-    loadModel();
-  });
+  // The key is kept for this page only: a stale one saved for later would override the Basic
+  // credentials the browser sends.
+  $("api-key").addEventListener("change", loadModel);
   $("temperature").addEventListener("input", () => { $("temperature-value").value = $("temperature").value; });
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -196,7 +201,7 @@ function init() {
   $("stop").addEventListener("click", () => running?.abort());
   $("clear").addEventListener("click", () => {
     running?.abort();
-    conversation.length = 0;
+    conversation = [];
     $("messages").replaceChildren();
   });
   loadModel();

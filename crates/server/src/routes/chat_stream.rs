@@ -175,6 +175,13 @@ impl ChunkShape for ChatChunks {
     fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<ChatCompletionChunk> {
         let parts = self.held(index).splitter.finish("");
         let mut chunks = self.part_chunks(index, &parts, TokenSource::Model);
+        // Log-probabilities of tokens with no text of their own (the end-of-sequence token)
+        // still go out, with an empty delta, so the stream has as many as the whole answer.
+        let left = std::mem::take(&mut self.held(index).logprobs);
+        if self.logprobs && !left.is_empty() {
+            let delta = ChatDelta { content: Some(String::new()), ..ChatDelta::default() };
+            chunks.push(self.one(index, delta, Some(logprobs_of(&self.tokenizer, &left)), None));
+        }
         chunks.extend(self.call_chunks(index, &parts.calls));
         let reason = if parts.calls.is_empty() { reason } else { FinishReason::ToolCalls };
         chunks.push(self.one(index, ChatDelta::default(), None, Some(reason)));

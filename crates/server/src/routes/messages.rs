@@ -179,7 +179,7 @@ fn template_args(request: &MessagesRequest) -> Result<TemplateArgs, ApiError> {
             other => {
                 return Err(ApiError::invalid(
                     "thinking",
-                    format!("`thinking.type` must be enabled or disabled, not `{other}`"),
+                    format!("`thinking.type` must be enabled, adaptive or disabled, not `{other}`"),
                 ))
             }
         };

@@ -25,10 +25,15 @@ pub(super) struct Shape {
     pub answers: Answers,
 }
 
+/// A call's id in Anthropic's form.
+fn tool_use_id(call: &ToolCall) -> String {
+    format!("toolu_{}", call.id.trim_start_matches("call_"))
+}
+
 /// A call as a `tool_use` block: its id in Anthropic's form, its arguments as the input object.
 pub(super) fn tool_use(call: &ToolCall) -> OutputBlock {
     OutputBlock::ToolUse {
-        id: format!("toolu_{}", call.id.trim_start_matches("call_")),
+        id: tool_use_id(call),
         name: call.function.name.clone(),
         input: serde_json::from_str(&call.function.arguments).unwrap_or_else(|_| json!({})),
     }
@@ -98,9 +103,8 @@ pub(super) fn stream(shape: Shape, mut generation: Generation, plan: Plan) -> Re
             for call in &parts.calls {
                 let index = blocks;
                 blocks += 1;
-                let OutputBlock::ToolUse { id, name, .. } = tool_use(call) else { continue };
-                yield event("content_block_start", json!({"index": index,
-                    "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}));
+                yield event("content_block_start", json!({"index": index, "content_block":
+                    {"type": "tool_use", "id": tool_use_id(call), "name": call.function.name, "input": {}}}));
                 for piece in argument_pieces(&call.function.arguments) {
                     yield event("content_block_delta", json!({"index": index,
                         "delta": {"type": "input_json_delta", "partial_json": piece}}));

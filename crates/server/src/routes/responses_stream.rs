@@ -41,8 +41,14 @@ impl Shape {
         match kind {
             Kind::Reasoning => {
                 let mut item = self.reasoning("in_progress", String::new());
-                item.content.clear();
-                vec![("response.output_item.added", json!({"output_index": index, "item": item}))]
+                let part = item.content.pop();
+                vec![
+                    ("response.output_item.added", json!({"output_index": index, "item": item})),
+                    (
+                        "response.content_part.added",
+                        json!({"item_id": item.id, "output_index": index, "content_index": 0, "part": part}),
+                    ),
+                ]
             }
             Kind::Message => vec![
                 (
@@ -81,7 +87,8 @@ impl Shape {
             Kind::Reasoning => {
                 let item = self.reasoning("completed", open.text.clone());
                 let events = vec![
-                    ("response.reasoning_text.done", with(place, "text", json!(open.text))),
+                    ("response.reasoning_text.done", with(place.clone(), "text", json!(open.text))),
+                    ("response.content_part.done", with(place, "part", json!(item.content[0]))),
                     ("response.output_item.done", json!({"output_index": open.index, "item": item})),
                 ];
                 (events, OutputItem::Reasoning(item))

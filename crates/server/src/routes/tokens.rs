@@ -1,6 +1,5 @@
 //! `POST /tokenize` and `POST /detokenize`, in vLLM's shape: what a prompt or a chat costs in
 //! tokens before sending it, and the text of token ids.
-use crate::chat_template::TemplateArgs;
 use crate::error::{ApiError, ApiJson};
 use crate::openai::Message;
 use crate::validation::{check_model, check_token_ids};
@@ -18,6 +17,9 @@ pub struct TokenizeRequest {
     pub model: Option<String>,
     pub prompt: Option<String>,
     pub messages: Option<Vec<Message>>,
+    /// With `messages`: the chat template's extra variables, as on chat completions.
+    #[schema(value_type = Object)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     /// Add the tokenizer's special tokens (BOS). Default: true for a prompt; a chat's come from
     /// its template.
     pub add_special_tokens: Option<bool>,
@@ -65,7 +67,8 @@ pub async fn tokenize(
         }
         (None, Some(messages)) => {
             let messages = super::chat::template_messages(messages)?;
-            state.prompts.chat(messages, TemplateArgs::new(), "messages").await?.ids
+            let args = crate::answer::template_args(request.chat_template_kwargs.as_ref(), None)?;
+            state.prompts.chat(messages, args, "messages").await?.ids
         }
         _ => return Err(ApiError::invalid("prompt", "give either `prompt` or `messages`")),
     };
