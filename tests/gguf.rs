@@ -404,6 +404,22 @@ fn hostile_gguf_metadata_is_refused_at_load() {
         let error = load(&[(key, V::U32(1_000_000_000))], "ids.gguf");
         assert!(error.contains(key) && error.contains("outside the vocabulary of 6 tokens"), "{error}");
     }
+    // A tensor type candle cannot read (here IQ2_XXS, ggml's 16) is named as such, not taken
+    // for a corrupt file: the type field of an F32 tensor's header is rewritten.
+    let device = candle_core::Device::Cpu;
+    let embedding = candle_core::Tensor::zeros((6, 64), candle_core::DType::F32, &device).unwrap();
+    let embedding =
+        candle_core::quantized::QTensor::quantize(&embedding, candle_core::quantized::GgmlDType::F32).unwrap();
+    let path = llama_file_with(&dir, "iq2.gguf", &[], &[("token_embd.weight", &embedding)]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let name = b"token_embd.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).expect("the tensor's header");
+    // After the name: its dimension count (u32) and dimensions (u64 each), then the type (u32).
+    let kind = at + name.len() + 4 + 2 * 8;
+    bytes[kind..kind + 4].copy_from_slice(&16u32.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let error = LoadedModel::load(&path, &LoadOptions::default()).err().expect("refused").to_string();
+    assert!(error.contains("ggml type 16 (IQ2_XXS), which is not supported") && error.contains("Q8_0"), "{error}");
     // RoPE factors (head size 16: 8 of them) of the wrong length, or not above 0.
     for (factors, expected, name) in
         [(vec![1.0f32; 3], "expected [8]", "factors3.gguf"), (vec![-1.0f32; 8], "above 0", "negative.gguf")]

@@ -22,6 +22,42 @@ pub struct GgufFile {
     reader: RefCell<BufReader<File>>,
 }
 
+/// Why candle could not read a file: a tensor type it does not know is named, with the types
+/// that load; anything else is a file cut short or corrupt.
+fn unreadable(error: &str) -> String {
+    // ggml's type numbers (ggml.h) of the types candle cannot read.
+    const UNKNOWN: [(u32, &str); 17] = [
+        (16, "IQ2_XXS"),
+        (17, "IQ2_XS"),
+        (18, "IQ3_XXS"),
+        (19, "IQ1_S"),
+        (20, "IQ4_NL"),
+        (21, "IQ3_S"),
+        (22, "IQ2_S"),
+        (23, "IQ4_XS"),
+        (24, "I8"),
+        (25, "I16"),
+        (26, "I32"),
+        (27, "I64"),
+        (28, "F64"),
+        (29, "IQ1_M"),
+        (34, "TQ1_0"),
+        (35, "TQ2_0"),
+        (39, "MXFP4"),
+    ];
+    // (candle's message, then its backtrace when one is captured)
+    let first_line = error.lines().next().unwrap_or_default();
+    let Some(number) = first_line.strip_prefix("unknown dtype for tensor ").and_then(|n| n.trim().parse::<u32>().ok())
+    else {
+        return format!("not a readable GGUF file (truncated or corrupt?): {error}");
+    };
+    let name = UNKNOWN.iter().find(|(n, _)| *n == number).map_or("an unknown type", |(_, name)| name);
+    format!(
+        "a tensor is stored as ggml type {number} ({name}), which is not supported: GGUF files load with \
+         F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K to Q8_K tensors"
+    )
+}
+
 /// Whether a path names a GGUF file (by its extension).
 pub fn is_gguf(path: &Path) -> bool {
     path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
@@ -32,8 +68,7 @@ impl GgufFile {
         let file = File::open(path).map_err(|e| ModelError::file(path, e))?;
         let mut reader = BufReader::new(file);
         alignment::check(&mut reader).map_err(|e| ModelError::file(path, e))?;
-        let content = Content::read(&mut reader)
-            .map_err(|e| ModelError::file(path, format!("not a readable GGUF file (truncated or corrupt?): {e}")))?;
+        let content = Content::read(&mut reader).map_err(|e| ModelError::file(path, unreadable(&e.to_string())))?;
         let gguf = Self { path: path.to_path_buf(), content, reader: RefCell::new(reader) };
         let architecture = gguf.string("general.architecture")?;
         if architecture != "llama" {
