@@ -68,6 +68,13 @@ pub struct ChoiceEnd {
     pub stats: SequenceStats,
 }
 
+impl ChoiceEnd {
+    /// The choice's counters alone: what [`recycle_stats`] reads of it.
+    pub fn counters(&self) -> Choice {
+        Choice { completion_tokens: self.completion_tokens, stats: self.stats, ..Choice::default() }
+    }
+}
+
 /// Queues one job per (prompt, sample), all or none; choice `index = prompt * n + sample`.
 /// `arrived`: when the request reached its route. The request's span (its id, route and
 /// sequences) follows its jobs into the worker.
@@ -379,7 +386,7 @@ pub fn sse(mut shape: impl ChunkShape, mut generation: Generation, plan: Plan) -
                     for chunk in shape.finish(end.index, end.reason) {
                         yield json_event(&chunk);
                     }
-                    ended.push(Choice { completion_tokens: end.completion_tokens, stats: end.stats, ..Choice::default() });
+                    ended.push(end.counters());
                 }
             }
         }

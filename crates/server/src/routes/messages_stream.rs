@@ -8,7 +8,7 @@
 use super::messages::stop_reason;
 use crate::answer::Answers;
 use crate::anthropic::OutputBlock;
-use crate::generation::{recycle_stats, Choice, Generation, Progress};
+use crate::generation::{recycle_stats, Generation, Progress};
 use crate::openai::ToolCall;
 use crate::tools::argument_pieces;
 use crate::validation::Plan;
@@ -113,9 +113,8 @@ pub(super) fn stream(shape: Shape, mut generation: Generation, plan: Plan) -> Re
             }
             let reason = stop_reason(Some(end.reason), &end.stop_sequence, !parts.calls.is_empty());
             let output = generation.usage().completion_tokens;
-            let choice = Choice { completion_tokens: end.completion_tokens, stats: end.stats, ..Choice::default() };
             // How recycling went: this server's extension, as on the other routes.
-            let recycle = recycle_stats(&plan, &[choice]);
+            let recycle = recycle_stats(&plan, &[end.counters()]);
             yield event("message_delta", json!({"delta": {"stop_reason": reason, "stop_sequence": end.stop_sequence},
                 "usage": {"output_tokens": output}, "recycle": recycle}));
             yield event("message_stop", json!({}));

@@ -5,7 +5,7 @@
 //! the answer ends, then sent as `function_call` items (`response.function_call_arguments.delta`
 //! pieces, then `.done`), so no argument text is lost and no call leaks into the message.
 use super::responses_shape::{status_of, Shape};
-use crate::generation::{recycle_stats, Choice, Generation, Progress};
+use crate::generation::{recycle_stats, Generation, Progress};
 use crate::openai_responses::{OutputItem, OutputText};
 use crate::tools::argument_pieces;
 use crate::validation::Plan;
@@ -185,8 +185,7 @@ pub(super) fn stream(shape: Shape, mut generation: Generation, plan: Plan) -> Re
                 output.push(OutputItem::FunctionCall(item));
             }
             let mut response = shape.object(status, std::mem::take(&mut output), Some(generation.usage()));
-            let choice = Choice { completion_tokens: end.completion_tokens, stats: end.stats, ..Choice::default() };
-            response.recycle = Some(recycle_stats(&plan, &[choice]));
+            response.recycle = Some(recycle_stats(&plan, &[end.counters()]));
             shape.keep(&response, message.take(), &parts.calls);
             let kind = if status == "completed" { "response.completed" } else { "response.incomplete" };
             yield event(kind, json!({"response": response}));
