@@ -28,24 +28,22 @@ pub enum Thinking {
 /// Fresh call ids (`call_…`), shared by every choice of a request.
 pub type CallIds = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// A grammar shapes the answer from its first token, so it leaves no room for reasoning.
-pub fn thinking(prompt: Thinking, constrained: bool) -> Thinking {
-    if constrained {
-        Thinking::Off
-    } else {
-        prompt
-    }
-}
-
 /// How a request's answers are split: one splitter per answer (per choice).
 #[derive(Clone)]
 pub struct Answers {
-    pub thinking: Thinking,
-    pub tools: Option<ToolPlan>,
-    pub call_ids: CallIds,
+    thinking: Thinking,
+    tools: Option<ToolPlan>,
+    call_ids: CallIds,
 }
 
 impl Answers {
+    /// `prompt`: how the prompt leaves the answer; `constrained`: a grammar shapes the answer
+    /// from its first token, which leaves no room for reasoning.
+    pub fn new(prompt: Thinking, constrained: bool, tools: Option<ToolPlan>, call_ids: CallIds) -> Self {
+        let thinking = if constrained { Thinking::Off } else { prompt };
+        Self { thinking, tools, call_ids }
+    }
+
     pub fn splitter(&self) -> AnswerSplitter {
         AnswerSplitter::new(self.thinking, self.tools.clone(), self.call_ids.clone())
     }

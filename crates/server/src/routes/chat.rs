@@ -101,12 +101,11 @@ pub async fn create(
     let effort = request.reasoning_effort.as_deref().map(|e| ("reasoning_effort", e));
     let args = answer::template_args(request.chat_template_kwargs.as_ref(), effort)?;
     let prompt = state.prompts.chat(messages, args, if tools.is_some() { "tools" } else { "messages" }).await?;
-    let thinking = answer::thinking(prompt.thinking, grammar.is_some());
+    let answers = Answers::new(prompt.thinking, grammar.is_some(), tools, state.call_ids());
     let plan = checked.plan(vec![prompt.ids], grammar, &state.limits)?;
     let id = format!("chatcmpl-{}", state.next_request_id());
     let generation = submit(&state, &plan, &id, arrived)?;
     let (model, created) = shared(&state);
-    let answers = Answers { thinking, tools, call_ids: state.call_ids() };
     if plan.stream() {
         let shape = ChatChunks::new(state.tokenizer.clone(), plan.wants_logprobs(), (id, model, created), answers);
         return Ok(sse(shape, generation, plan));

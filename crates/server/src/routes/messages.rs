@@ -4,7 +4,7 @@
 //! tools, structured decoding and recycling; the answer comes back as content blocks, whole or
 //! as Anthropic's stream (`messages_stream.rs`). Errors take Anthropic's shape
 //! ([`anthropic_errors`]).
-use crate::answer::{self, Answers, Parts};
+use crate::answer::{Answers, Parts};
 use crate::anthropic::{
     AnthropicToolChoice, ContentBlock, MessageContent, MessageResponse, MessageUsage, MessagesRequest, OutputBlock,
     SystemPrompt, TokenCount,
@@ -253,12 +253,11 @@ pub async fn create(
     };
     let Prepared { checked, tools, grammar, prompt } = prepare(&state, &request, Some(max_tokens), true).await?;
     let input_tokens = prompt.ids.len();
-    let thinking = answer::thinking(prompt.thinking, grammar.is_some());
+    let answers = Answers::new(prompt.thinking, grammar.is_some(), tools, state.call_ids());
     let plan = checked.plan(vec![prompt.ids], grammar, &state.limits)?;
     let id = format!("msg_{}", state.next_request_id());
     let generation = submit(&state, &plan, &id, arrived)?;
     let (model, _) = shared(&state);
-    let answers = Answers { thinking, tools, call_ids: state.call_ids() };
     let shape = super::messages_stream::Shape { id, model, input_tokens, answers };
     if plan.stream() {
         metrics::counter!("recyclegpt_requests_total", "status" => "200").increment(1);

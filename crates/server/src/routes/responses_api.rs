@@ -181,14 +181,13 @@ pub async fn create(
     let effort = request.reasoning.as_ref().and_then(|r| r.effort.as_deref()).map(|e| ("reasoning.effort", e));
     let args = answer::template_args(None, effort)?;
     let prompt = state.prompts.chat(messages, args, if tools.is_some() { "tools" } else { "input" }).await?;
-    let thinking = answer::thinking(prompt.thinking, grammar.is_some());
+    let answers = Answers::new(prompt.thinking, grammar.is_some(), tools, state.call_ids());
     let plan = checked.plan(vec![prompt.ids], grammar, &state.limits)?;
     let id = format!("resp_{}", state.next_request_id());
     let generation = submit(&state, &plan, &id, arrived)?;
     let (model, created_at) = shared(&state);
     let message_id = format!("msg_{}", state.next_request_id());
     let store = request.store != Some(false);
-    let answers = Answers { thinking, tools, call_ids: state.call_ids() };
     let shape =
         Shape { message_id, id, model, created_at, request, answers, state: state.clone(), store, conversation };
     if plan.stream() {
