@@ -1,6 +1,9 @@
 //! The routes over a scripted backend, with no model: the seam between HTTP and generation
 //! (`recyclegpt_server::Backend`) carries everything, so what the routes do with tokens,
 //! failures and a dead worker can be checked exactly. The tokenizer is the embedded model's.
+mod common;
+
+use common::server::sse_json;
 use recyclegpt_engine::scheduler::Finished;
 use recyclegpt_engine::{FinishReason, SequenceStats, TokenLogprob};
 use recyclegpt_model::{LlamaConfig, RecycleSource, TextTokenizer};
@@ -311,15 +314,6 @@ async fn post(client: &reqwest::Client, url: String, body: Value) -> reqwest::Re
     client.post(url).json(&body).send().await.expect("request")
 }
 
-/// The `data:` objects of an SSE body (`[DONE]` left out).
-fn sse_data(body: &str) -> Vec<Value> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).expect("JSON event"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reasoning_comes_apart_from_the_answer_in_every_dialect() {
     let template = std::env::temp_dir().join(format!("recyclegpt-thinking-{}.jinja", std::process::id()));
@@ -340,7 +334,7 @@ async fn reasoning_comes_apart_from_the_answer_in_every_dialect() {
         .text()
         .await
         .unwrap();
-    let deltas: Vec<Value> = sse_data(&text).into_iter().filter_map(|c| c["choices"].get(0).cloned()).collect();
+    let deltas: Vec<Value> = sse_json(&text).into_iter().filter_map(|c| c["choices"].get(0).cloned()).collect();
     let joined = |field: &str| -> String { deltas.iter().filter_map(|c| c["delta"][field].as_str()).collect() };
     assert_eq!((joined("reasoning_content").as_str(), joined("content").as_str()), (reasoning, answer));
     assert!(deltas.iter().all(|c| c["delta"]["content"].as_str().is_none_or(|t| !t.contains("</think>"))));
@@ -381,7 +375,7 @@ async fn reasoning_comes_apart_from_the_answer_in_every_dialect() {
         .text()
         .await
         .unwrap();
-    let events = sse_data(&text);
+    let events = sse_json(&text);
     let of = |kind: &str| -> String {
         events.iter().filter(|e| e["type"] == kind).filter_map(|e| e["delta"].as_str()).collect()
     };
@@ -405,7 +399,7 @@ async fn reasoning_comes_apart_from_the_answer_in_every_dialect() {
     let mut streamed = request.clone();
     streamed["stream"] = json!(true);
     let text = post(&client, format!("{base}/v1/messages"), streamed).await.text().await.unwrap();
-    let events = sse_data(&text);
+    let events = sse_json(&text);
     let deltas = |kind: &str, field: &str| -> String {
         events.iter().filter(|e| e["delta"]["type"] == kind).filter_map(|e| e["delta"][field].as_str()).collect()
     };
@@ -442,7 +436,7 @@ async fn streamed_logprobs_count_every_token_up_to_the_end_of_sequence() {
     let mut streamed = request;
     streamed["stream"] = json!(true);
     let text = post(&client, format!("{base}/v1/chat/completions"), streamed).await.text().await.unwrap();
-    let chunks = sse_data(&text);
+    let chunks = sse_json(&text);
     let count: usize =
         chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).map(Vec::len).sum();
     assert_eq!(count, whole, "{text}");

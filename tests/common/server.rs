@@ -75,6 +75,16 @@ pub fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The JSON payloads of a stream, in order (`[DONE]`, which OpenAI's chat and completions
+/// streams end with, left out): for streams of any dialect.
+pub fn sse_json(body: &str) -> Vec<serde_json::Value> {
+    sse_data(body)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("event {d:?} is not JSON: {e}")))
+        .collect()
+}
+
 /// The JSON chunks of a stream, asserting it ends with `[DONE]`.
 pub fn sse_chunks(body: &str) -> Vec<serde_json::Value> {
     let data = sse_data(body);
