@@ -9,6 +9,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod attention;
+mod gated;
 mod isa;
 mod linear;
 mod op;
@@ -17,7 +18,8 @@ mod quant;
 mod vector;
 
 pub use attention::{attention, cached_attention, AttentionShape};
+pub use gated::silu_mul;
 pub use isa::Isa;
 pub use linear::linear_small;
-pub use op::{quantized_linear, small_linear, SMALL_M_MAX};
+pub use op::{isa, quantized_linear, small_linear, SMALL_M_MAX};
 pub use quant::{q4_linear, q8_linear, quant_linear, Q4Format, Q4Matrix, Q8Matrix, QuantMatrix};

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 /// `recyclegpt bench kernels`); above it, prefill chunks go to candle.
 pub const SMALL_M_MAX: usize = 128;
 
-pub(crate) fn isa() -> Isa {
+/// The fastest path this CPU runs, detected once.
+pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(Isa::detect)
 }

@@ -3,7 +3,7 @@
 use crate::config::{RopeParams, StackShape};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
-use crate::layers::{DecoderLayer, SeqSlot};
+use crate::layers::{host_forward, host_path_applies, DecoderLayer, SeqSlot};
 use crate::rope::Rope;
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
@@ -46,7 +46,7 @@ impl DecoderStack {
 
     /// [`Self::forward`], also returning the output of each layer in `taps` (counted from 1,
     /// rising), `[T, d]` each.
-    pub fn forward_tapped(&self, mut x: Tensor, seqs: &mut [SeqSlot], taps: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward_tapped(&self, x: Tensor, seqs: &mut [SeqSlot], taps: &[usize]) -> Result<(Tensor, Vec<Tensor>)> {
         let total: usize = seqs.iter().map(|s| s.new_tokens).sum();
         if x.dim(0)? != total {
             return Err(ModelError::Input(format!("{} rows for {total} new tokens", x.dim(0)?)));
@@ -65,6 +65,29 @@ impl DecoderStack {
                 )));
             }
         }
+        let (x, tapped) = if host_path_applies(&x, total) {
+            host_forward(&self.layers, &self.rope, &x, &positions, seqs, taps)?
+        } else {
+            self.forward_tensors(x, seqs, positions, taps)?
+        };
+        if tapped.len() != taps.len() {
+            return Err(ModelError::Input(format!("layers {taps:?} asked of a stack of {}", self.layers.len())));
+        }
+        for seq in seqs.iter_mut() {
+            seq.cache.commit(seq.new_tokens);
+        }
+        Ok((x, tapped))
+    }
+
+    /// The layers in candle ops (other devices and dtypes, forwards of many rows).
+    fn forward_tensors(
+        &self,
+        mut x: Tensor,
+        seqs: &[SeqSlot],
+        positions: Vec<u32>,
+        taps: &[usize],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let total = positions.len();
         let positions = Tensor::from_vec(positions, total, x.device())?;
         let (cos, sin) = self.rope.tables(&positions)?;
         let mut tapped = Vec::with_capacity(taps.len());
@@ -74,12 +97,75 @@ impl DecoderStack {
                 tapped.push(x.clone());
             }
         }
-        if tapped.len() != taps.len() {
-            return Err(ModelError::Input(format!("layers {taps:?} asked of a stack of {}", self.layers.len())));
-        }
-        for seq in seqs.iter_mut() {
-            seq.cache.commit(seq.new_tokens);
-        }
         Ok((x, tapped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quantize::Quantization;
+
+    /// Runs two sequences (one with cached entries, one fresh) through `stack` on one path and
+    /// returns the output, the tap and every cached key and value.
+    fn run(stack: &DecoderStack, host: bool) -> Result<Vec<Vec<f32>>> {
+        let (shape, device) = (&stack.shape, &Device::Cpu);
+        let mut caches = [stack.new_cache(16, DType::F32, device)?, stack.new_cache(16, DType::F32, device)?];
+        let x = |rows: usize, seed: f32| {
+            let values = (0..rows * shape.hidden).map(|i| (i as f32 * 0.37 + seed).sin()).collect::<Vec<_>>();
+            Tensor::from_vec(values, (rows, shape.hidden), device)
+        };
+        let mut outputs = Vec::new();
+        for (step, new) in [[5, 0], [3, 2]].into_iter().enumerate() {
+            let mut slots: Vec<SeqSlot> = caches
+                .iter_mut()
+                .zip(new)
+                .filter(|(_, n)| *n > 0)
+                .map(|(cache, new_tokens)| SeqSlot { cache, new_tokens })
+                .collect();
+            let rows = new.iter().sum();
+            let positions: Vec<u32> = slots
+                .iter()
+                .flat_map(|s| (s.cache.position()..s.cache.position() + s.new_tokens).map(|p| p as u32))
+                .collect();
+            let x = x(rows, step as f32)?;
+            let (out, taps) = if host {
+                host_forward(&stack.layers, &stack.rope, &x, &positions, &slots, &[1])?
+            } else {
+                stack.forward_tensors(x, &slots, positions, &[1])?
+            };
+            for slot in slots.iter_mut() {
+                slot.cache.commit(slot.new_tokens);
+            }
+            outputs.push(out.flatten_all()?.to_vec1()?);
+            outputs.push(taps[0].flatten_all()?.to_vec1()?);
+        }
+        for cache in &caches {
+            for layer in 0..shape.layers {
+                cache.with_host_entries(layer, cache.len(), |k, v| {
+                    outputs.extend([k.to_vec(), v.to_vec()]);
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(outputs)
+    }
+
+    #[test]
+    fn both_paths_agree_bit_for_bit() -> Result<()> {
+        let shape =
+            StackShape { hidden: 64, intermediate: 96, layers: 2, heads: 4, kv_heads: 2, head_dim: 16, eps: 1e-5 };
+        for quantize in [None, Some(Quantization::Q8_0), Some(Quantization::Q4_1)] {
+            let weights = Weights::random(7, DType::F32, &Device::Cpu).with_quantization(quantize);
+            let rope = RopeParams { theta: 10_000.0, scaling: None, factors: None };
+            let stack = DecoderStack::load(&weights, shape, 32, rope, 0)?;
+            let (host, tensors) = (run(&stack, true)?, run(&stack, false)?);
+            assert_eq!(host.len(), tensors.len());
+            for (i, (a, b)) in host.iter().zip(&tensors).enumerate() {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(a), bits(b), "{quantize:?}: output {i} differs");
+            }
+        }
+        Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! Per-sequence key/value cache: preallocated, token-major, rollback is a length reset.
 use crate::config::StackShape;
 use crate::error::{ModelError, Result};
-use candle_core::{DType, Device, Tensor};
+use crate::layers::with_host_values;
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Tensor};
 
 pub struct KvCache {
     keys: Vec<Tensor>,
@@ -117,7 +118,51 @@ impl KvCache {
         Ok((self.keys[layer].narrow(0, 0, total)?, self.values[layer].narrow(0, 0, total)?))
     }
 
+    /// [`Self::write`] for the CPU path: `k`, `v` hold the new rows (`kv_heads × head_dim`
+    /// values each), written in place.
+    pub(crate) fn write_host(&self, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
+        let at = self.len * self.keys[layer].dims()[1..].iter().product::<usize>();
+        self.keys[layer].inplace_op1(&WriteAt { at, values: k })?;
+        self.values[layer].inplace_op1(&WriteAt { at, values: v })?;
+        Ok(())
+    }
+
+    /// Calls `f` with the keys and values of `layer`'s first `total` entries (the CPU path).
+    pub(crate) fn with_host_entries<R>(
+        &self,
+        layer: usize,
+        total: usize,
+        f: impl FnOnce(&[f32], &[f32]) -> Result<R>,
+    ) -> Result<R> {
+        let (keys, values) = (self.keys[layer].narrow(0, 0, total)?, self.values[layer].narrow(0, 0, total)?);
+        with_host_values(&keys, |keys| with_host_values(&values, |values| f(keys, values)))
+    }
+
     pub(crate) fn commit(&mut self, new_tokens: usize) {
         self.len += new_tokens;
+    }
+}
+
+/// Copies `values` into a CPU f32 tensor from element `at` on.
+struct WriteAt<'a> {
+    at: usize,
+    values: &'a [f32],
+}
+
+impl InplaceOp1 for WriteAt<'_> {
+    fn name(&self) -> &'static str {
+        "kv-write"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("kv-write: a contiguous f32 cache only")
+        };
+        let from = start + self.at;
+        match data[..end].get_mut(from..from + self.values.len()) {
+            Some(dst) => dst.copy_from_slice(self.values),
+            None => candle_core::bail!("kv-write: {} values at {} overrun the cache", self.values.len(), self.at),
+        }
+        Ok(())
     }
 }

@@ -6,6 +6,9 @@ use crate::quantize::Quantization;
 use crate::rope::Rope;
 use crate::weights::{Init, Weights};
 use candle_core::{DType, Module, Tensor};
+mod host;
+
+pub(crate) use host::{applies as host_path_applies, forward as host_forward, with_host_values};
 use recyclegpt_kernels::{cached_attention, quantized_linear, small_linear, AttentionShape, QuantMatrix, SMALL_M_MAX};
 
 /// `y = x · Wᵀ` with `W` stored as `[out, in]` (PyTorch order).

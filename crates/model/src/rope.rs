@@ -59,6 +59,11 @@ impl Rope {
         self.cos.dim(0).unwrap_or(0)
     }
 
+    /// The whole cos and sin tables, `[max_positions, head_dim / 2]` each.
+    pub(crate) fn full_tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// cos and sin rows for the given (ragged) positions, `[T, head_dim / 2]` each.
     pub fn tables(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((self.cos.index_select(positions, 0)?, self.sin.index_select(positions, 0)?))
