@@ -5,6 +5,7 @@
 mod common;
 
 use candle_core::quantized::gguf_file;
+use common::llamacpp::{assert_parting_only_at_near_ties_in, f32_tensor, ids, llamacpp_reference, rewritten};
 use common::server::TestServer;
 use common::smollm2;
 use recyclegpt_model::{LoadOptions, LoadedModel};
@@ -93,17 +94,6 @@ fn broken_gguf_files_get_errors_that_say_what_is_wrong() {
     }
 }
 
-/// Reference data written by llama.cpp (a CPU build, used only to measure) on the same file.
-fn llamacpp_reference(name: &str) -> Vec<Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).expect("reference JSON")
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value.as_array().expect("an id list").iter().map(|v| v.as_u64().expect("an id") as u32).collect()
-}
-
 #[test]
 fn smollm2_tokenizes_as_llama_cpp_does() {
     let Some(path) = smollm2() else { return };
@@ -151,77 +141,20 @@ fn smollm2_q4_1_greedy_answers_match_llama_cpp() {
     assert_parting_only_at_near_ties(&loaded, "q4_1");
 }
 
-/// Logits between our choice and llama.cpp's where the greedy answers part. The 20 partings
-/// measured on an AVX2 machine (f32, q8_0 and q4_1 paths, 2026-11-30) were 0.008-0.30 logits; a
-/// token the model is sure of leads the next by several.
-const NEAR_TIE: f32 = 0.5;
-
-/// Every prompt's greedy answer equals llama.cpp's, or parts from it where llama.cpp's token is
-/// within [`NEAR_TIE`] of ours (logits at the parting, after the shared tokens); at least one
-/// agrees over all its tokens.
+/// Every prompt's greedy answer equals llama.cpp's, or parts from it at a near-tie (see
+/// [`common::llamacpp::assert_parting_only_at_near_ties_in`]).
 fn assert_parting_only_at_near_ties(loaded: &LoadedModel, label: &str) {
     assert_parting_only_at_near_ties_in(loaded, label, "smollm2_llamacpp_greedy.json")
-}
-
-/// The same, against the llama.cpp answers in `reference` (a file in `tests/data`).
-fn assert_parting_only_at_near_ties_in(loaded: &LoadedModel, label: &str, reference: &str) {
-    use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
-    use recyclegpt_model::SeqInput;
-    let mut agreeing = 0;
-    for case in llamacpp_reference(reference) {
-        let prompt = case["prompt"].as_str().unwrap_or_default();
-        let prompt_ids = ids(&case["prompt_ids"]);
-        let expected: Vec<u32> = ids(&case["ids"]);
-        let stop = StopCriteria { max_tokens: expected.len(), eos_ids: loaded.tokenizer.eos_ids().to_vec() };
-        let ours = generate(&loaded.model, prompt_ids.clone(), DecodeMode::Off, SamplingParams::greedy(), stop)
-            .expect("generates");
-        let same = ours.ids.iter().zip(&expected).take_while(|(a, b)| a == b).count();
-        if ours.ids == expected {
-            agreeing += 1;
-            eprintln!("{label}: {prompt:?}: all {same} tokens agree with llama.cpp");
-            continue;
-        }
-        assert!(same < ours.ids.len().min(expected.len()), "{prompt:?}: one answer stops early: {ours:?}");
-        let context: Vec<u32> = prompt_ids.iter().chain(&expected[..same]).copied().collect();
-        let mut cache = loaded.model.new_cache(context.len()).expect("a cache");
-        let input = SeqInput { tokens: &context, cache: &mut cache, logits_rows: vec![context.len() - 1] };
-        let logits = loaded.model.forward(&mut [input]).expect("a forward").logits.remove(0);
-        let margin = logits[ours.ids[same] as usize] - logits[expected[same] as usize];
-        eprintln!("{label}: {prompt:?}: the first {same} of {} tokens agree; parted by {margin:.3}", expected.len());
-        assert!(margin <= NEAR_TIE, "{label}: {prompt:?} parts from llama.cpp after {same} tokens by {margin} logits");
-    }
-    assert!(agreeing >= 1, "{label}: no answer equals llama.cpp's");
 }
 
 /// SmolLM2's file with `rope_freqs.weight` added, as Llama 3.x GGUF files carry their RoPE
 /// scaling: a divisor per rotary frequency (here 1 to 8.75, far stronger than Llama 3's, so
 /// that ignoring them changes every answer). Written once under the target directory.
 fn smollm2_with_rope_factors(source: &std::path::Path) -> PathBuf {
-    use candle_core::quantized::QTensor;
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smollm2-rope-freqs.gguf");
-    if path.exists() {
-        return path;
-    }
-    let mut reader = std::io::BufReader::new(std::fs::File::open(source).unwrap());
-    let content = gguf_file::Content::read(&mut reader).unwrap();
-    let device = candle_core::Device::Cpu;
-    let mut tensors: Vec<(String, QTensor)> = content
-        .tensor_infos
-        .keys()
-        .map(|name| (name.clone(), content.tensor(&mut reader, name, &device).unwrap()))
-        .collect();
-    let factors: Vec<f32> = (0..32).map(|i| 1.0 + i as f32 / 4.0).collect();
-    let factors = candle_core::Tensor::new(factors.as_slice(), &device).unwrap();
-    tensors.push((
-        "rope_freqs.weight".into(),
-        QTensor::quantize(&factors, candle_core::quantized::GgmlDType::F32).unwrap(),
-    ));
-    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let partial = path.with_extension("partial");
-    gguf_file::write(&mut std::fs::File::create(&partial).unwrap(), &metadata, &tensors).unwrap();
-    std::fs::rename(&partial, &path).unwrap();
-    path
+    rewritten(source, "smollm2-rope-freqs.gguf", |_metadata, tensors| {
+        let factors: Vec<f32> = (0..32).map(|i| 1.0 + i as f32 / 4.0).collect();
+        tensors.push(("rope_freqs.weight".into(), f32_tensor(&factors)));
+    })
 }
 
 /// A GGUF file's `rope_freqs.weight` (Llama 3's RoPE scaling) is applied as llama.cpp applies

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 pub mod browser;
 pub mod dockerfile;
+pub mod llamacpp;
 pub mod server;
 
 use recyclegpt_engine::{generate, DecodeMode, Generation, SamplingParams, StopCriteria};

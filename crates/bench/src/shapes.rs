@@ -58,6 +58,8 @@ impl Shape {
             bos_token_id: Some(1),
             eos_token_id: None,
             recycle: None,
+            qkv_bias: false,
+            qk_norm: false,
         };
         let recycle = config.default_recycle(1);
         (config, recycle)

@@ -129,6 +129,53 @@ pub struct LlamaConfig {
     pub eos_token_id: Option<TokenIds>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle: Option<RecycleConfig>,
+    /// Biases on the query, key and value projections (Qwen2): set from `architectures` or a
+    /// GGUF file's architecture.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qkv_bias: bool,
+    /// An RMSNorm over each query and key head before RoPE (Qwen3), likewise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm: bool,
+}
+
+/// The decoder families served: Llama's layer, and the options that make it another's.
+const ARCHITECTURES: [(&str, Family); 4] = [
+    ("LlamaForCausalLM", Family::Llama),
+    ("MistralForCausalLM", Family::Llama),
+    ("Qwen2ForCausalLM", Family::Qwen2),
+    ("Qwen3ForCausalLM", Family::Qwen3),
+];
+
+/// A family of decoders, as a GGUF file (`general.architecture`) or an HF `config.json`
+/// (`architectures`) names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    /// Llama's layer with biases on the query, key and value projections.
+    Qwen2,
+    /// Llama's layer with a per-head RMSNorm on queries and keys.
+    Qwen3,
+}
+
+impl Family {
+    /// The family of a GGUF file's `general.architecture`.
+    pub fn from_gguf(architecture: &str) -> Option<Self> {
+        match architecture {
+            "llama" => Some(Family::Llama),
+            "qwen2" => Some(Family::Qwen2),
+            "qwen3" => Some(Family::Qwen3),
+            _ => None,
+        }
+    }
+
+    /// The GGUF architectures served, for error messages.
+    pub const GGUF_NAMES: &str = "llama, qwen2 and qwen3";
+
+    /// Sets the options of this family on `config`.
+    pub fn apply(self, config: &mut LlamaConfig) {
+        config.qkv_bias = self == Family::Qwen2;
+        config.qk_norm = self == Family::Qwen3;
+    }
 }
 
 /// The shape of one stack of Llama decoder layers (the base model's or the module's).
@@ -141,6 +188,9 @@ pub struct StackShape {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub eps: f64,
+    /// The family's options (see [`LlamaConfig`]); a module's layers have neither.
+    pub qkv_bias: bool,
+    pub qk_norm: bool,
 }
 
 impl StackShape {
@@ -182,8 +232,29 @@ impl LlamaConfig {
 
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
-        let config: LlamaConfig =
+        let mut config: LlamaConfig =
             serde_json::from_str(&text).map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))?;
+        #[derive(Deserialize)]
+        struct Declared {
+            architectures: Option<Vec<String>>,
+            sliding_window: Option<usize>,
+        }
+        let declared = serde_json::from_str::<Declared>(&text).ok();
+        // Attention here is over the whole context: a model trained with a sliding window
+        // (Mistral 7B v0.1) serves up to that window only, not past it with other answers.
+        if let Some(window) = declared.as_ref().and_then(|d| d.sliding_window) {
+            config.max_position_embeddings = config.max_position_embeddings.min(window.max(1));
+        }
+        if let Some(name) = declared.and_then(|d| d.architectures).as_ref().and_then(|names| names.first()) {
+            let Some((_, family)) = ARCHITECTURES.iter().find(|(known, _)| known == name) else {
+                let served: Vec<&str> = ARCHITECTURES.iter().map(|(name, _)| *name).collect();
+                return Err(ModelError::file(
+                    path,
+                    format!("architecture `{name}` is not supported: {} are served", served.join(", ")),
+                ));
+            };
+            family.apply(&mut config);
+        }
         config.validate().map_err(|e| ModelError::file(path, e))?;
         Ok(config)
     }
@@ -260,6 +331,8 @@ impl LlamaConfig {
             kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
             head_dim: self.head_dim(),
             eps: self.rms_norm_eps,
+            qkv_bias: self.qkv_bias,
+            qk_norm: self.qk_norm,
         }
     }
 
@@ -272,6 +345,8 @@ impl LlamaConfig {
             kv_heads: r.num_key_value_heads,
             head_dim: r.head_dim.unwrap_or(self.hidden_size / r.num_attention_heads.max(1)),
             eps: self.rms_norm_eps,
+            qkv_bias: false,
+            qk_norm: false,
         })
     }
 
@@ -294,6 +369,37 @@ impl LlamaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `architectures` picks the family's options; another family is refused with the served
+    /// ones named; a sliding window bounds the context.
+    #[test]
+    fn config_json_names_the_family() {
+        let dir = std::env::temp_dir().join(format!("recyclegpt-families-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let read = |extra: serde_json::Value| {
+            let mut json = serde_json::json!({
+                "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 8192
+            });
+            json.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            let path = dir.join("config.json");
+            std::fs::write(&path, json.to_string()).unwrap();
+            LlamaConfig::from_file(&path)
+        };
+        let qwen2 = read(serde_json::json!({"architectures": ["Qwen2ForCausalLM"]})).unwrap();
+        assert!(qwen2.qkv_bias && !qwen2.qk_norm);
+        let qwen3 = read(serde_json::json!({"architectures": ["Qwen3ForCausalLM"]})).unwrap();
+        assert!(!qwen3.qkv_bias && qwen3.qk_norm);
+        let mistral =
+            read(serde_json::json!({"architectures": ["MistralForCausalLM"], "sliding_window": 4096})).unwrap();
+        assert_eq!((mistral.max_position_embeddings, mistral.qkv_bias), (4096, false));
+        let error = read(serde_json::json!({"architectures": ["Gemma3ForCausalLM"]})).unwrap_err().to_string();
+        assert!(
+            error.contains("`Gemma3ForCausalLM` is not supported") && error.contains("Qwen3ForCausalLM"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn a_draft_vocabulary_must_hold_between_one_token_and_the_whole_vocabulary() {

@@ -153,17 +153,29 @@ mod tests {
 
     #[test]
     fn both_paths_agree_bit_for_bit() -> Result<()> {
-        let shape =
-            StackShape { hidden: 64, intermediate: 96, layers: 2, heads: 4, kv_heads: 2, head_dim: 16, eps: 1e-5 };
-        for quantize in [None, Some(Quantization::Q8_0), Some(Quantization::Q4_1)] {
-            let weights = Weights::random(7, DType::F32, &Device::Cpu).with_quantization(quantize);
-            let rope = RopeParams { theta: 10_000.0, scaling: None, factors: None };
-            let stack = DecoderStack::load(&weights, shape, 32, rope, 0)?;
-            let (host, tensors) = (run(&stack, true)?, run(&stack, false)?);
-            assert_eq!(host.len(), tensors.len());
-            for (i, (a, b)) in host.iter().zip(&tensors).enumerate() {
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(a), bits(b), "{quantize:?}: output {i} differs");
+        // Llama's layer, Qwen2's (biases on the projections) and Qwen3's (norms on the heads).
+        for (qkv_bias, qk_norm) in [(false, false), (true, false), (false, true)] {
+            let shape = StackShape {
+                hidden: 64,
+                intermediate: 96,
+                layers: 2,
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 16,
+                eps: 1e-5,
+                qkv_bias,
+                qk_norm,
+            };
+            for quantize in [None, Some(Quantization::Q8_0), Some(Quantization::Q4_1)] {
+                let weights = Weights::random(7, DType::F32, &Device::Cpu).with_quantization(quantize);
+                let rope = RopeParams { theta: 10_000.0, scaling: None, factors: None };
+                let stack = DecoderStack::load(&weights, shape, 32, rope, 0)?;
+                let (host, tensors) = (run(&stack, true)?, run(&stack, false)?);
+                assert_eq!(host.len(), tensors.len());
+                for (i, (a, b)) in host.iter().zip(&tensors).enumerate() {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(a), bits(b), "{shape:?} {quantize:?}: output {i} differs");
+                }
             }
         }
         Ok(())

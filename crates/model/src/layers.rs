@@ -18,6 +18,8 @@ pub struct Linear {
     weight: Option<Tensor>,
     /// The weights quantized (`--quantize`): every product reads these.
     quant: Option<std::sync::Arc<QuantMatrix>>,
+    /// Added to every output row (Qwen2's query, key and value projections).
+    bias: Option<Tensor>,
 }
 
 impl Linear {
@@ -34,16 +36,17 @@ impl Linear {
             if weight.device().is_cpu() && weight.dtype() == DType::F32 {
                 let values = weight.flatten_all()?.to_vec1::<f32>()?;
                 if let Some(quant) = format.quantize(&values, rows, cols) {
-                    return Ok(Self { weight: None, quant: Some(std::sync::Arc::new(quant)) });
+                    return Ok(Self { weight: None, quant: Some(std::sync::Arc::new(quant)), bias: None });
                 }
             }
         }
-        Ok(Self { weight: Some(weight), quant: None })
+        Ok(Self { weight: Some(weight), quant: None, bias: None })
     }
 
     /// Several projections of the same input as one matrix (their rows stacked), so that a
-    /// decode step streams them in one kernel call instead of several.
-    fn fused(w: &Weights, names: &[&str], out_dims: &[usize], in_dim: usize) -> Result<Self> {
+    /// decode step streams them in one kernel call instead of several; with `bias`, their
+    /// biases stacked too.
+    fn fused(w: &Weights, names: &[&str], out_dims: &[usize], in_dim: usize, bias: bool) -> Result<Self> {
         let parts = names
             .iter()
             .zip(out_dims)
@@ -54,7 +57,16 @@ impl Linear {
             .collect::<Result<Vec<_>>>()?;
         let weights: Vec<String> = names.iter().map(|name| format!("{name}.weight")).collect();
         let weights: Vec<&str> = weights.iter().map(String::as_str).collect();
-        Self::from_weight(Tensor::cat(&parts, 0)?, w.quantization_for(&weights))
+        let mut linear = Self::from_weight(Tensor::cat(&parts, 0)?, w.quantization_for(&weights))?;
+        if bias {
+            let biases = names
+                .iter()
+                .zip(out_dims)
+                .map(|(name, &out)| w.pp(name).get("bias", &[out], Init::Normal(0.02)))
+                .collect::<Result<Vec<_>>>()?;
+            linear.bias = Some(Tensor::cat(&biases, 0)?);
+        }
+        Ok(linear)
     }
 
     /// Bytes one product reads: the quantized blocks, or the unquantized weights.
@@ -96,6 +108,14 @@ impl Linear {
     /// Quantized layers take the quantized kernels; unquantized decode-sized inputs on CPU take the
     /// weight-streaming kernel; larger ones (prefill) and other devices take candle's matmul.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.product(x)?;
+        match &self.bias {
+            Some(bias) => Ok(y.broadcast_add(bias)?),
+            None => Ok(y),
+        }
+    }
+
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
         match (&self.quant, &self.weight) {
             (Some(quant), _) => Ok(quantized_linear(x, quant)?),
             (None, Some(weight)) => {
@@ -136,7 +156,7 @@ struct Mlp {
 impl Mlp {
     fn load(w: &Weights, s: &StackShape) -> Result<Self> {
         Ok(Self {
-            gate_up: Linear::fused(w, &["gate_proj", "up_proj"], &[s.intermediate, s.intermediate], s.hidden)?,
+            gate_up: Linear::fused(w, &["gate_proj", "up_proj"], &[s.intermediate, s.intermediate], s.hidden, false)?,
             down: Linear::load(w, "down_proj", s.hidden, s.intermediate)?,
             intermediate: s.intermediate,
         })
@@ -163,6 +183,8 @@ struct Attention {
     kv_heads: usize,
     head_dim: usize,
     shape: AttentionShape,
+    /// Per-head norms of the queries and keys before RoPE (Qwen3).
+    qk_norms: Option<(RmsNorm, RmsNorm)>,
 }
 
 impl Attention {
@@ -173,12 +195,20 @@ impl Attention {
                 &["q_proj", "k_proj", "v_proj"],
                 &[s.heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim],
                 s.hidden,
+                s.qkv_bias,
             )?,
             o: Linear::load(w, "o_proj", s.hidden, s.heads * s.head_dim)?,
             heads: s.heads,
             kv_heads: s.kv_heads,
             head_dim: s.head_dim,
             shape: AttentionShape { heads: s.heads, kv_heads: s.kv_heads, head_dim: s.head_dim },
+            qk_norms: match s.qk_norm {
+                true => Some((
+                    RmsNorm::load(w, "q_norm", s.head_dim, s.eps)?,
+                    RmsNorm::load(w, "k_norm", s.head_dim, s.eps)?,
+                )),
+                false => None,
+            },
         })
     }
 
@@ -190,6 +220,10 @@ impl Attention {
         let q = qkv.narrow(1, 0, q_width)?.reshape((t, self.heads, self.head_dim))?;
         let k = qkv.narrow(1, q_width, kv_width)?.reshape((t, self.kv_heads, self.head_dim))?;
         let v = qkv.narrow(1, q_width + kv_width, kv_width)?.reshape((t, self.kv_heads, self.head_dim))?;
+        let (q, k) = match &self.qk_norms {
+            Some((q_norm, k_norm)) => (q_norm.forward(&q)?, k_norm.forward(&k)?),
+            None => (q, k),
+        };
         let q = Rope::apply(&q, cos, sin)?;
         let k = Rope::apply(&k, cos, sin)?;
         let mut offsets = Vec::with_capacity(seqs.len());

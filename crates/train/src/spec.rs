@@ -121,6 +121,8 @@ impl TrainSpec {
             bos_token_id: Some(1),
             eos_token_id: Some(recyclegpt_model::config::TokenIds::One(2)),
             recycle: None,
+            qkv_bias: false,
+            qk_norm: false,
         };
         config.validate()?;
         Ok(config)

@@ -1,12 +1,13 @@
-//! llama.cpp's GGUF files (v2/v3, `general.architecture = llama`): the configuration from the
-//! `llama.*` metadata, the tokenizer and chat template from `tokenizer.*`, and tensors read
-//! through candle's GGUF reader and dequantized as the model asks for them, under the names of
-//! the HuggingFace layout. llama.cpp stores the Q and K rows of each head interleaved for its
-//! pair-wise RoPE; they are put back in the rotate-half order this model uses.
+//! llama.cpp's GGUF files (v2/v3, `general.architecture` `llama`, `qwen2` or `qwen3`): the
+//! configuration from the architecture's metadata (`llama.*`, `qwen2.*`, ...), the tokenizer and
+//! chat template from `tokenizer.*`, and tensors read through candle's GGUF reader and
+//! dequantized as the model asks for them, under the names of the HuggingFace layout. For
+//! Llama, llama.cpp stores the Q and K rows of each head interleaved for its pair-wise RoPE;
+//! they are put back in the rotate-half order this model uses (Qwen's files keep that order).
 mod alignment;
 mod tokenizer;
 
-use crate::config::{LlamaConfig, TokenIds};
+use crate::config::{Family, LlamaConfig, TokenIds};
 use crate::error::{ModelError, Result};
 use crate::tokenizer::TextTokenizer;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -20,6 +21,9 @@ pub struct GgufFile {
     path: PathBuf,
     content: Content,
     reader: RefCell<BufReader<File>>,
+    /// `general.architecture`: the prefix of the model's metadata keys.
+    architecture: String,
+    family: Family,
 }
 
 /// Why candle could not read a file: a tensor type it does not know is named, with the types
@@ -69,15 +73,17 @@ impl GgufFile {
         let mut reader = BufReader::new(file);
         alignment::check(&mut reader).map_err(|e| ModelError::file(path, e))?;
         let content = Content::read(&mut reader).map_err(|e| ModelError::file(path, unreadable(&e.to_string())))?;
-        let gguf = Self { path: path.to_path_buf(), content, reader: RefCell::new(reader) };
-        let architecture = gguf.string("general.architecture")?;
-        if architecture != "llama" {
+        let architecture = match content.metadata.get("general.architecture").map(Value::to_string) {
+            Some(Ok(architecture)) => architecture.clone(),
+            _ => return Err(ModelError::file(path, "metadata `general.architecture` is missing or not a string")),
+        };
+        let Some(family) = Family::from_gguf(&architecture) else {
             return Err(ModelError::file(
                 path,
-                format!("architecture `{architecture}` is not supported: only `llama` GGUF files are served"),
+                format!("architecture `{architecture}` is not supported: {} GGUF files are served", Family::GGUF_NAMES),
             ));
-        }
-        Ok(gguf)
+        };
+        Ok(Self { path: path.to_path_buf(), content, reader: RefCell::new(reader), architecture, family })
     }
 
     pub fn path(&self) -> &Path {
@@ -119,31 +125,37 @@ impl GgufFile {
         }
     }
 
-    /// The model's shape from the `llama.*` metadata; the head is tied when there is no
+    /// The metadata key `key` of this file's architecture (`llama.block_count`, ...).
+    fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.architecture)
+    }
+
+    /// The model's shape from the architecture's metadata; the head is tied when there is no
     /// `output.weight`.
     pub fn config(&self) -> Result<LlamaConfig> {
-        let heads = self.usize("llama.attention.head_count")?;
-        let hidden = self.usize("llama.embedding_length")?;
-        let vocab = match self.optional_usize("llama.vocab_size")? {
+        let k = |key: &str| self.key(key);
+        let heads = self.usize(&k("attention.head_count"))?;
+        let hidden = self.usize(&k("embedding_length"))?;
+        let vocab = match self.optional_usize(&k("vocab_size"))? {
             Some(v) => v,
             None => {
                 self.value("tokenizer.ggml.tokens")?.to_vec().map_err(|e| self.bad("tokenizer.ggml.tokens", e))?.len()
             }
         };
         let head_dim =
-            self.optional_usize("llama.attention.key_length")?.or(self.optional_usize("llama.rope.dimension_count")?);
-        let config = LlamaConfig {
+            self.optional_usize(&k("attention.key_length"))?.or(self.optional_usize(&k("rope.dimension_count"))?);
+        let mut config = LlamaConfig {
             vocab_size: vocab,
             hidden_size: hidden,
-            intermediate_size: self.usize("llama.feed_forward_length")?,
-            num_hidden_layers: self.usize("llama.block_count")?,
+            intermediate_size: self.usize(&k("feed_forward_length"))?,
+            num_hidden_layers: self.usize(&k("block_count"))?,
             num_attention_heads: heads,
-            num_key_value_heads: self.optional_usize("llama.attention.head_count_kv")?,
+            num_key_value_heads: self.optional_usize(&k("attention.head_count_kv"))?,
             // No head count is refused by `validate`; it must not divide by zero before.
             head_dim: head_dim.filter(|&d| Some(d) != hidden.checked_div(heads)),
-            max_position_embeddings: self.optional_usize("llama.context_length")?.unwrap_or(2048),
-            rms_norm_eps: self.optional_f64("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
-            rope_theta: self.optional_f64("llama.rope.freq_base")?.unwrap_or(10_000.0),
+            max_position_embeddings: self.optional_usize(&k("context_length"))?.unwrap_or(2048),
+            rms_norm_eps: self.optional_f64(&k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+            rope_theta: self.optional_f64(&k("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_scaling: None,
             rope_freq_factors: self.rope_freq_factors(head_dim.unwrap_or(hidden / heads.max(1)))?,
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
@@ -151,7 +163,10 @@ impl GgufFile {
             bos_token_id: self.optional_usize("tokenizer.ggml.bos_token_id")?.map(|id| id as u32),
             eos_token_id: self.optional_usize("tokenizer.ggml.eos_token_id")?.map(|id| TokenIds::One(id as u32)),
             recycle: None,
+            qkv_bias: false,
+            qk_norm: false,
         };
+        self.family.apply(&mut config);
         config.validate().map_err(|e| ModelError::file(&self.path, e.to_string()))?;
         Ok(config)
     }
@@ -237,6 +252,7 @@ impl GgufFile {
         }
         let head_dim = config.head_dim.unwrap_or(config.hidden_size / config.num_attention_heads.max(1));
         let tensor = match rows {
+            Rows::Interleaved { .. } if self.family != Family::Llama => tensor,
             Rows::AsStored => tensor,
             Rows::Interleaved { kv } => {
                 let heads = if kv {
@@ -280,6 +296,12 @@ fn gguf_name(hf: &str) -> Option<(String, Rows)> {
         "self_attn.k_proj.weight" => ("attn_k", Rows::Interleaved { kv: true }),
         "self_attn.v_proj.weight" => ("attn_v", Rows::AsStored),
         "self_attn.o_proj.weight" => ("attn_output", Rows::AsStored),
+        // Qwen2's biases and Qwen3's head norms (Qwen's files keep rotate-half order).
+        "self_attn.q_proj.bias" => return Some((format!("blk.{layer}.attn_q.bias"), Rows::AsStored)),
+        "self_attn.k_proj.bias" => return Some((format!("blk.{layer}.attn_k.bias"), Rows::AsStored)),
+        "self_attn.v_proj.bias" => return Some((format!("blk.{layer}.attn_v.bias"), Rows::AsStored)),
+        "self_attn.q_norm.weight" => ("attn_q_norm", Rows::AsStored),
+        "self_attn.k_norm.weight" => ("attn_k_norm", Rows::AsStored),
         "mlp.gate_proj.weight" => ("ffn_gate", Rows::AsStored),
         "mlp.up_proj.weight" => ("ffn_up", Rows::AsStored),
         "mlp.down_proj.weight" => ("ffn_down", Rows::AsStored),

@@ -17,6 +17,10 @@ const BYTE: i32 = 6;
 /// llama-bpe (Llama 3) splits text before byte-level BPE with this expression.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen2's (Qwen2, 2.5 and 3): Llama 3's, but every digit alone.
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 pub(super) fn load(gguf: &GgufFile) -> Result<TextTokenizer> {
     let strings = |key: &str| -> Result<Vec<String>> {
         gguf.value(key)?
@@ -110,19 +114,25 @@ fn byte_level(gguf: &GgufFile, tokens: &[String], types: &[i32], merges: &[Strin
     let merges: Vec<[&str; 2]> = merges.iter().filter_map(|m| m.split_once(' ')).map(|(a, b)| [a, b]).collect();
     let pre = gguf.content.metadata.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map(String::as_str);
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let split_then_bytes = |pattern: &str| {
+        json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
+        byte_level(false)]})
+    };
     let pre_tokenizer = match pre.unwrap_or("default") {
         // SmolLM: every digit alone, then GPT-2's split.
         "smollm" => {
             json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]})
         }
-        "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
-            byte_level(false)]}),
+        "llama-bpe" | "llama3" => split_then_bytes(LLAMA3_SPLIT),
+        "qwen2" => split_then_bytes(QWEN2_SPLIT),
         "default" | "gpt2" | "gpt-2" => byte_level(true),
         other => {
             return Err(ModelError::file(
                 gguf.path(),
-                format!("pre-tokenizer `{other}` is not supported (supported: smollm, llama-bpe, default, gpt2)"),
+                format!(
+                    "pre-tokenizer `{other}` is not supported (supported: smollm, llama-bpe, qwen2, default, gpt2)"
+                ),
             ))
         }
     };

@@ -148,6 +148,14 @@ impl Attention {
         let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let row_width = q_width + 2 * kv_width;
         self.qkv.forward_host(&b.normed, rows, &mut b.qkv)?;
+        if let Some((q_norm, k_norm)) = &self.qk_norms {
+            // Each head normalised in place, before RoPE reads it.
+            for qkv in b.qkv.chunks_exact_mut(row_width) {
+                let (q, k) = qkv[..q_width + kv_width].split_at_mut(q_width);
+                q_norm.normalize_in_place(q)?;
+                k_norm.normalize_in_place(k)?;
+            }
+        }
         let (q, k, v) =
             (sized(&mut b.q, rows * q_width), sized(&mut b.k, rows * kv_width), sized(&mut b.v, rows * kv_width));
         for (i, qkv) in b.qkv.chunks_exact(row_width).enumerate() {
@@ -180,13 +188,20 @@ impl Attention {
 impl RmsNorm {
     /// Normalizes each row of `x` into `out` as candle's `rms_norm` does.
     fn forward_host(&self, x: &[f32], out: &mut Vec<f32>) -> Result<()> {
+        let out = sized(out, x.len());
+        out.copy_from_slice(x);
+        self.normalize_in_place(out)
+    }
+
+    /// Normalizes each run of the weight's length in `x` (rows, or heads) in place, as candle's
+    /// `rms_norm` does.
+    fn normalize_in_place(&self, x: &mut [f32]) -> Result<()> {
         with_host_values(&self.weight, |weight| {
-            let width = weight.len();
-            for (src, dst) in x.chunks_exact(width).zip(sized(out, x.len()).chunks_exact_mut(width)) {
-                let sum2 = src.iter().map(|v| v * v).sum::<f32>();
-                let m = (sum2 / width as f32 + self.eps).sqrt();
-                for ((d, s), a) in dst.iter_mut().zip(src).zip(weight) {
-                    *d = *s / m * *a;
+            for row in x.chunks_exact_mut(weight.len()) {
+                let sum2 = row.iter().map(|v| v * v).sum::<f32>();
+                let m = (sum2 / weight.len() as f32 + self.eps).sqrt();
+                for (v, a) in row.iter_mut().zip(weight) {
+                    *v = *v / m * *a;
                 }
             }
             Ok(())
@@ -207,6 +222,14 @@ impl Linear {
                 })?
             }
             (None, None) => return Err(ModelError::Config("a linear layer has no weights".into())),
+        }
+        if let Some(bias) = &self.bias {
+            with_host_values(bias, |bias| {
+                for row in out.chunks_exact_mut(bias.len()) {
+                    row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+                }
+                Ok(())
+            })?;
         }
         Ok(())
     }

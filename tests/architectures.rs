@@ -1,0 +1,129 @@
+//! Decoder families beside Llama's, from GGUF files: Qwen2 (biases on the query, key and value
+//! projections, Qwen's pre-tokenizer) and Qwen3 (an RMSNorm on each query and key head).
+//! `../shared` holds no Qwen file, so SmolLM2's is rewritten as each: its metadata under the
+//! architecture's names and the family's extra tensors added with fixed values. The same
+//! weights then make another model, which llama.cpp's loader for that architecture runs too
+//! (Qwen's files keep the Q and K rows in rotate-half order, so SmolLM2's interleaved rows are
+//! put in that order). llama.cpp's greedy answers and tokens on the rewritten files, from
+//! `llama-server` (`/completion` with the prompt's ids, `/tokenize`), are the reference in
+//! `tests/data/smollm2_as_qwen*_llamacpp_*.json`.
+mod common;
+
+use candle_core::quantized::{gguf_file, QTensor};
+use common::llamacpp::{assert_parting_only_at_near_ties_in, f32_tensor, ids, llamacpp_reference, rewritten};
+use common::smollm2;
+use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
+use recyclegpt_model::{LoadOptions, LoadedModel, Quantization, RecycleInit};
+use std::path::{Path, PathBuf};
+
+/// A tensor a family adds per layer: GGUF name, length, and the centre and spread of its values
+/// `centre + spread·sin(...)`.
+type Added = (&'static str, usize, f32, f32);
+
+/// The families, with the tensors each adds.
+const FAMILIES: [(&str, &[Added]); 2] = [
+    ("qwen2", &[("attn_q.bias", 576, 0.0, 0.1), ("attn_k.bias", 192, 0.0, 0.1), ("attn_v.bias", 192, 0.0, 0.1)]),
+    ("qwen3", &[("attn_q_norm.weight", 64, 2.0, 0.3), ("attn_k_norm.weight", 64, 2.0, 0.3)]),
+];
+
+/// SmolLM2's heads: (query heads, key/value heads, head size).
+const HEADS: (usize, usize, usize) = (9, 3, 64);
+
+/// SmolLM2's file as a `family` file (written once under the target directory).
+fn smollm2_as(source: &Path, family: &str) -> PathBuf {
+    let (_, added) = FAMILIES.iter().find(|(name, _)| *name == family).expect("a family");
+    rewritten(source, &format!("smollm2-as-{family}.gguf"), |metadata, tensors| {
+        for (key, value) in metadata.iter_mut() {
+            if let Some(rest) = key.strip_prefix("llama.") {
+                *key = format!("{family}.{rest}");
+            }
+            let replaced = match key.as_str() {
+                "general.architecture" => family,
+                // Qwen2's split differs from SmolLM's where text has contractions and numbers.
+                "tokenizer.ggml.pre" if family == "qwen2" => "qwen2",
+                _ => continue,
+            };
+            *value = gguf_file::Value::String(replaced.into());
+        }
+        for (name, tensor) in tensors.iter_mut() {
+            let heads = match name.rsplit('.').nth(1) {
+                Some("attn_q") => HEADS.0,
+                Some("attn_k") => HEADS.1,
+                _ => continue,
+            };
+            *tensor = rotate_half_rows(tensor, heads, HEADS.2);
+        }
+        for layer in 0..30 {
+            for &(name, len, centre, spread) in added.iter() {
+                let values: Vec<f32> =
+                    (0..len).map(|i| centre + spread * ((i * 7 + layer * 13) as f32 * 0.61).sin()).collect();
+                tensors.push((format!("blk.{layer}.{name}"), f32_tensor(&values)));
+            }
+        }
+    })
+}
+
+/// A Q or K matrix of llama.cpp's Llama layout (each head's rows interleaved in RoPE pairs) in
+/// rotate-half order, in its own type: within each head, row `2j + t` moves to `t·size/2 + j`.
+fn rotate_half_rows(tensor: &QTensor, heads: usize, size: usize) -> QTensor {
+    let values = tensor.dequantize(&candle_core::Device::Cpu).unwrap();
+    let (rows, cols) = values.dims2().unwrap();
+    let reordered = values
+        .reshape((heads, size / 2, 2, cols))
+        .and_then(|t| t.transpose(1, 2))
+        .and_then(|t| t.contiguous())
+        .and_then(|t| t.reshape((rows, cols)))
+        .unwrap();
+    QTensor::quantize(&reordered, tensor.dtype()).unwrap()
+}
+
+fn load(path: &Path, recycle_init: RecycleInit) -> LoadedModel {
+    let options = LoadOptions { quantize: Some(Quantization::Q4_1), recycle_init, ..LoadOptions::default() };
+    LoadedModel::load(path, &options).expect("loads")
+}
+
+#[test]
+fn qwen2_and_qwen3_files_answer_as_llama_cpp_does() {
+    let Some(source) = smollm2() else { return };
+    for (family, _) in FAMILIES {
+        let loaded = load(&smollm2_as(&source, family), RecycleInit::FromFiles);
+        let config = loaded.model.config();
+        assert_eq!((config.qkv_bias, config.qk_norm), (family == "qwen2", family == "qwen3"), "{family}");
+        assert_parting_only_at_near_ties_in(&loaded, family, &format!("smollm2_as_{family}_llamacpp_greedy.json"));
+    }
+}
+
+#[test]
+fn qwen2_tokenizes_as_llama_cpp_does() {
+    let Some(source) = smollm2() else { return };
+    let loaded = load(&smollm2_as(&source, "qwen2"), RecycleInit::FromFiles);
+    let cases = llamacpp_reference("smollm2_as_qwen2_llamacpp_tokens.json");
+    assert!(cases.len() >= 10);
+    for case in &cases {
+        let text = case["text"].as_str().expect("text");
+        assert_eq!(loaded.tokenizer.encode(text).unwrap(), ids(&case["ids"]), "{text:?}");
+    }
+    // Qwen's split takes digits one by one.
+    let pieces = |text: &str| loaded.tokenizer.encode(text).unwrap().len();
+    assert_eq!(pieces("2024"), 4);
+}
+
+/// A random module attaches to each family, and greedy `verify` emits what `off` does.
+#[test]
+fn verify_equals_off_on_every_family() {
+    let Some(source) = smollm2() else { return };
+    for (family, _) in FAMILIES {
+        let loaded = load(&smollm2_as(&source, family), RecycleInit::Random { layers: 1, seed: 5 });
+        assert!(loaded.model.has_recycle(), "{family}");
+        for prompt in ["The capital of France is", "def fib(n):", "Once upon a time"] {
+            let prompt = loaded.tokenizer.encode(prompt).unwrap();
+            let run = |mode| {
+                let stop = StopCriteria { max_tokens: 24, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
+                generate(&loaded.model, prompt.clone(), mode, SamplingParams::greedy(), stop).expect("runs")
+            };
+            let (off, verify) = (run(DecodeMode::Off), run(DecodeMode::Verify));
+            assert_eq!(verify.ids, off.ids, "{family}");
+            assert!(verify.stats.recycle_steps > 0, "{family}: the module never drafted");
+        }
+    }
+}
