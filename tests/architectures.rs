@@ -1,5 +1,6 @@
 //! Decoder families beside Llama's, from GGUF files: Qwen2 (biases on the query, key and value
-//! projections, Qwen's pre-tokenizer) and Qwen3 (an RMSNorm on each query and key head).
+//! projections, Qwen's pre-tokenizer), Qwen3 (an RMSNorm on each query and key head) and Phi-3
+//! (the query, key and value projections stacked in one matrix, the gate and up ones in another).
 //! `../shared` holds no Qwen file, so SmolLM2's is rewritten as each: its metadata under the
 //! architecture's names and the family's extra tensors added with fixed values. The same
 //! weights then make another model, which llama.cpp's loader for that architecture runs too
@@ -21,9 +22,10 @@ use std::path::{Path, PathBuf};
 type Added = (&'static str, usize, f32, f32);
 
 /// The families, with the tensors each adds.
-const FAMILIES: [(&str, &[Added]); 2] = [
+const FAMILIES: [(&str, &[Added]); 3] = [
     ("qwen2", &[("attn_q.bias", 576, 0.0, 0.1), ("attn_k.bias", 192, 0.0, 0.1), ("attn_v.bias", 192, 0.0, 0.1)]),
     ("qwen3", &[("attn_q_norm.weight", 64, 2.0, 0.3), ("attn_k_norm.weight", 64, 2.0, 0.3)]),
+    ("phi3", &[]),
 ];
 
 /// SmolLM2's heads: (query heads, key/value heads, head size).
@@ -53,6 +55,10 @@ fn smollm2_as(source: &Path, family: &str) -> PathBuf {
             };
             *tensor = rotate_half_rows(tensor, heads, HEADS.2);
         }
+        if family == "phi3" {
+            fuse(tensors, &["attn_q", "attn_k", "attn_v"], "attn_qkv");
+            fuse(tensors, &["ffn_gate", "ffn_up"], "ffn_up");
+        }
         for layer in 0..30 {
             for &(name, len, centre, spread) in added.iter() {
                 let values: Vec<f32> =
@@ -77,13 +83,30 @@ fn rotate_half_rows(tensor: &QTensor, heads: usize, size: usize) -> QTensor {
     QTensor::quantize(&reordered, tensor.dtype()).unwrap()
 }
 
+/// Replaces each layer's `parts` (`blk.N.PART.weight`) with one matrix `into` of their rows
+/// stacked in order, in the first part's type.
+fn fuse(tensors: &mut Vec<(String, QTensor)>, parts: &[&str], into: &str) {
+    for layer in 0..30 {
+        let names: Vec<String> = parts.iter().map(|part| format!("blk.{layer}.{part}.weight")).collect();
+        let mut taken = Vec::new();
+        for name in &names {
+            let at = tensors.iter().position(|(n, _)| n == name).expect("the part");
+            taken.push(tensors.remove(at).1);
+        }
+        let rows: Vec<candle_core::Tensor> =
+            taken.iter().map(|t| t.dequantize(&candle_core::Device::Cpu).unwrap()).collect();
+        let stacked = candle_core::Tensor::cat(&rows, 0).unwrap();
+        tensors.push((format!("blk.{layer}.{into}.weight"), QTensor::quantize(&stacked, taken[0].dtype()).unwrap()));
+    }
+}
+
 fn load(path: &Path, recycle_init: RecycleInit) -> LoadedModel {
     let options = LoadOptions { quantize: Some(Quantization::Q4_1), recycle_init, ..LoadOptions::default() };
     LoadedModel::load(path, &options).expect("loads")
 }
 
 #[test]
-fn qwen2_and_qwen3_files_answer_as_llama_cpp_does() {
+fn qwen2_qwen3_and_phi3_files_answer_as_llama_cpp_does() {
     let Some(source) = smollm2() else { return };
     for (family, _) in FAMILIES {
         let loaded = load(&smollm2_as(&source, family), RecycleInit::FromFiles);

@@ -155,6 +155,9 @@ pub enum Family {
     Qwen2,
     /// Llama's layer with a per-head RMSNorm on queries and keys.
     Qwen3,
+    /// Llama's layer, its files stacking the query, key and value projections and the gate and
+    /// up projections (GGUF only: HF's Phi-3 names differ).
+    Phi3,
 }
 
 impl Family {
@@ -164,12 +167,13 @@ impl Family {
             "llama" => Some(Family::Llama),
             "qwen2" => Some(Family::Qwen2),
             "qwen3" => Some(Family::Qwen3),
+            "phi3" => Some(Family::Phi3),
             _ => None,
         }
     }
 
     /// The GGUF architectures served, for error messages.
-    pub const GGUF_NAMES: &str = "llama, qwen2 and qwen3";
+    pub const GGUF_NAMES: &str = "llama, qwen2, qwen3 and phi3";
 
     /// Sets the options of this family on `config`.
     pub fn apply(self, config: &mut LlamaConfig) {

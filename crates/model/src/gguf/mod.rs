@@ -5,6 +5,7 @@
 //! Llama, llama.cpp stores the Q and K rows of each head interleaved for its pair-wise RoPE;
 //! they are put back in the rotate-half order this model uses (Qwen's files keep that order).
 mod alignment;
+mod names;
 mod tokenizer;
 
 use crate::config::{Family, LlamaConfig, TokenIds};
@@ -12,6 +13,7 @@ use crate::error::{ModelError, Result};
 use crate::tokenizer::TextTokenizer;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
+use names::{gguf_name, rotate_half_order, Fused, Rows};
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::BufReader;
@@ -167,6 +169,17 @@ impl GgufFile {
             qk_norm: false,
         };
         self.family.apply(&mut config);
+        // Phi-3's LongRoPE (the 128k models, Phi-3.5) rescales positions and attention by
+        // context length; served without it, answers would part from the model's.
+        if let Some(name) = ["rope_factors_long.weight", "rope_factors_short.weight"]
+            .into_iter()
+            .find(|name| self.content.tensor_infos.contains_key(*name))
+        {
+            return Err(ModelError::file(
+                &self.path,
+                format!("`{name}`: Phi-3's LongRoPE scaling is not supported yet"),
+            ));
+        }
         config.validate().map_err(|e| ModelError::file(&self.path, e.to_string()))?;
         Ok(config)
     }
@@ -214,12 +227,19 @@ impl GgufFile {
 
     /// The type the tensor the HF layout calls `hf_name` is stored in.
     pub(crate) fn stored_type(&self, hf_name: &str) -> Option<candle_core::quantized::GgmlDType> {
-        let (name, _) = gguf_name(hf_name)?;
+        let (name, _) = self.name_of(hf_name)?;
         self.content.tensor_infos.get(&name).map(|info| info.ggml_dtype)
     }
 
     pub(crate) fn contains(&self, hf_name: &str) -> bool {
-        gguf_name(hf_name).is_some_and(|(name, _)| self.content.tensor_infos.contains_key(&name))
+        self.name_of(hf_name).is_some_and(|(name, _)| self.content.tensor_infos.contains_key(&name))
+    }
+
+    /// Where this file keeps the tensor the HF layout calls `hf_name`.
+    fn name_of(&self, hf_name: &str) -> Option<(String, Rows)> {
+        // Phi-3's files may keep the query, key and value projections apart or fused.
+        let fused_qkv = self.family == Family::Phi3 && self.content.tensor_infos.contains_key("blk.0.attn_qkv.weight");
+        gguf_name(hf_name, self.family, fused_qkv)
     }
 
     /// The tensor the HF layout calls `hf_name`, dequantized, in `dtype` on `device`.
@@ -236,7 +256,7 @@ impl GgufFile {
             name: name.to_string(),
             message,
         };
-        let Some((name, rows)) = gguf_name(hf_name) else {
+        let Some((name, rows)) = self.name_of(hf_name) else {
             return Err(err(hf_name, "has no GGUF counterpart".into()));
         };
         let Some(info) = self.content.tensor_infos.get(&name) else {
@@ -247,90 +267,44 @@ impl GgufFile {
             .map_err(|e| err(&name, format!("type {:?}: {e}", info.ggml_dtype)))?;
         let tensor =
             quantized.dequantize(&Device::Cpu).map_err(|e| err(&name, format!("type {:?}: {e}", info.ggml_dtype)))?;
+        let heads = config.num_attention_heads;
+        let kv_heads = config.num_key_value_heads.unwrap_or(heads);
+        let head_dim = config.head_dim.unwrap_or(config.hidden_size / heads.max(1));
+        let tensor = match rows {
+            Rows::AsStored => tensor,
+            // Only Llama's files interleave; the others keep rotate-half order.
+            Rows::Interleaved { .. } if self.family != Family::Llama => tensor,
+            Rows::Interleaved { kv } => rotate_half_order(&tensor, if kv { kv_heads } else { heads }, head_dim)
+                .map_err(|e| err(&name, e.to_string()))?,
+            Rows::Part(part) => {
+                let (q, kv, ff) = (heads * head_dim, kv_heads * head_dim, config.intermediate_size);
+                let (first, count) = match part {
+                    Fused::Query => (0, q),
+                    Fused::Key => (q, kv),
+                    Fused::Value => (q + kv, kv),
+                    Fused::Gate => (0, ff),
+                    Fused::Up => (ff, ff),
+                };
+                let stored = tensor.dim(0).map_err(|e| err(&name, e.to_string()))?;
+                if first + count > stored {
+                    return Err(err(
+                        &name,
+                        format!("{stored} rows, but {part:?} would take {first}..{}", first + count),
+                    ));
+                }
+                tensor.narrow(0, first, count).map_err(|e| err(&name, e.to_string()))?
+            }
+        };
         if tensor.dims() != shape {
             return Err(err(&name, format!("expected shape {shape:?}, found {:?}", tensor.dims())));
         }
-        let head_dim = config.head_dim.unwrap_or(config.hidden_size / config.num_attention_heads.max(1));
-        let tensor = match rows {
-            Rows::Interleaved { .. } if self.family != Family::Llama => tensor,
-            Rows::AsStored => tensor,
-            Rows::Interleaved { kv } => {
-                let heads = if kv {
-                    config.num_key_value_heads.unwrap_or(config.num_attention_heads)
-                } else {
-                    config.num_attention_heads
-                };
-                rotate_half_order(&tensor, heads, head_dim).map_err(|e| err(&name, e.to_string()))?
-            }
-        };
         tensor.to_dtype(dtype).and_then(|t| t.to_device(device)).map_err(|e| err(&name, e.to_string()))
     }
-}
-
-/// How a tensor's rows are laid out in the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rows {
-    AsStored,
-    /// Q or K rows with each head's RoPE pairs interleaved (`kv`: K, with the KV head count).
-    Interleaved {
-        kv: bool,
-    },
-}
-
-/// The GGUF name of a HuggingFace-layout tensor.
-fn gguf_name(hf: &str) -> Option<(String, Rows)> {
-    let plain = |name: &str| Some((name.to_string(), Rows::AsStored));
-    match hf {
-        "model.embed_tokens.weight" => return plain("token_embd.weight"),
-        "model.norm.weight" => return plain("output_norm.weight"),
-        "lm_head.weight" => return plain("output.weight"),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (name, rows) = match part {
-        "input_layernorm.weight" => ("attn_norm", Rows::AsStored),
-        "post_attention_layernorm.weight" => ("ffn_norm", Rows::AsStored),
-        "self_attn.q_proj.weight" => ("attn_q", Rows::Interleaved { kv: false }),
-        "self_attn.k_proj.weight" => ("attn_k", Rows::Interleaved { kv: true }),
-        "self_attn.v_proj.weight" => ("attn_v", Rows::AsStored),
-        "self_attn.o_proj.weight" => ("attn_output", Rows::AsStored),
-        // Qwen2's biases and Qwen3's head norms (Qwen's files keep rotate-half order).
-        "self_attn.q_proj.bias" => return Some((format!("blk.{layer}.attn_q.bias"), Rows::AsStored)),
-        "self_attn.k_proj.bias" => return Some((format!("blk.{layer}.attn_k.bias"), Rows::AsStored)),
-        "self_attn.v_proj.bias" => return Some((format!("blk.{layer}.attn_v.bias"), Rows::AsStored)),
-        "self_attn.q_norm.weight" => ("attn_q_norm", Rows::AsStored),
-        "self_attn.k_norm.weight" => ("attn_k_norm", Rows::AsStored),
-        "mlp.gate_proj.weight" => ("ffn_gate", Rows::AsStored),
-        "mlp.up_proj.weight" => ("ffn_up", Rows::AsStored),
-        "mlp.down_proj.weight" => ("ffn_down", Rows::AsStored),
-        _ => return None,
-    };
-    Some((format!("blk.{layer}.{name}.weight"), rows))
-}
-
-/// Undoes llama.cpp's permutation: within each head, stored row `2j + t` is HF row
-/// `t · head_dim/2 + j` (pairs back into halves).
-fn rotate_half_order(tensor: &Tensor, heads: usize, head_dim: usize) -> candle_core::Result<Tensor> {
-    let (rows, cols) = tensor.dims2()?;
-    tensor.reshape((heads, head_dim / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hf_names_map_to_gguf_names() {
-        assert_eq!(gguf_name("model.embed_tokens.weight").unwrap().0, "token_embd.weight");
-        assert_eq!(
-            gguf_name("model.layers.12.self_attn.k_proj.weight").unwrap(),
-            ("blk.12.attn_k.weight".into(), Rows::Interleaved { kv: true })
-        );
-        assert_eq!(gguf_name("model.layers.3.mlp.down_proj.weight").unwrap().0, "blk.3.ffn_down.weight");
-        assert!(gguf_name("model.layers.x.mlp.down_proj.weight").is_none());
-    }
 
     /// Every tensor type the issue lists, written by candle's GGUF writer and read back through
     /// this loader, equals candle's own dequantization of the same blocks: F32, F16 and BF16
@@ -379,13 +353,5 @@ mod tests {
             assert_eq!(loaded.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected, "{ggml:?}");
         }
         std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn the_rope_rows_go_back_to_rotate_half_order() {
-        // One head of 4 dims, 1 column: stored (interleaved) rows are [x0, y0, x1, y1]; HF wants [x0, x1, y0, y1].
-        let stored = Tensor::new(&[[0f32], [10.], [1.], [11.]], &Device::Cpu).unwrap();
-        let hf = rotate_half_order(&stored, 1, 4).unwrap();
-        assert_eq!(hf.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0., 1., 10., 11.]);
     }
 }
