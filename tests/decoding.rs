@@ -56,10 +56,10 @@ fn auto_equals_standard_and_stops_drafting_on_a_random_module() {
             let auto = run_auto_where_drafts_are_cheap(&loaded, prompt, SamplingParams::greedy(), max_tokens);
             assert_eq!(auto.generated(), standard.ids.as_slice(), "{prompt:?}, max_tokens {max_tokens}");
             let stats = auto.stats();
-            // A few module steps until the acceptance estimate falls below break-even, then
-            // rare probes (a draft the module itself is unsure of is not even verified).
+            // A few rejected drafts until the acceptance estimate falls below break-even, then
+            // rare probes.
             if max_tokens == 100 {
-                assert!(stats.recycle_steps <= 15 && stats.skipped_drafts >= 80, "{prompt:?}: {stats:?}");
+                assert!(stats.recycle_steps <= 20 && stats.skipped_drafts >= 80, "{prompt:?}: {stats:?}");
             }
         }
     }

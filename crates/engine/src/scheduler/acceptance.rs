@@ -3,7 +3,7 @@
 //! module that never agrees on this server's traffic cost about nine rejected drafts per
 //! request (a random module), and made one that agrees wait for its estimate to build up. A new
 //! sequence starts instead from what the sequences before it found: the share of their module
-//! steps whose first draft was accepted (a draft dropped as unsure counts as rejected), recent
+//! steps whose first draft was accepted, recent
 //! sequences weighing most. One prior serves every mode and temperature: it is only where a
 //! sequence's own estimate starts, and that estimate follows the sequence's drafts within a few
 //! verifications.

@@ -38,7 +38,7 @@ pub(super) struct DraftRecord {
     /// Moving average of the verifications of first drafts (1 accepted, 0 rejected).
     pub(super) acceptance: f64,
     /// Moving average of the module's drafts accepted per step that drafted, its chain
-    /// included (0 for a trimmed draft): what a decision to draft yields, which is more than
+    /// included (0 for a rejected one): what a decision to draft yields, which is more than
     /// the first draft's acceptance wherever chains pay.
     pub(super) yield_per_draft: f64,
     /// Where both averages started.
@@ -49,7 +49,7 @@ pub(super) struct DraftRecord {
     pub(super) probe_wait: usize,
     /// The pending draft is a probe (made although the cost model said it would not pay).
     pub(super) probing: bool,
-    /// Verdicts on first drafts so far: accepted, and all (rejected and trimmed included).
+    /// Verdicts on first drafts so far: accepted, and all.
     pub(super) accepted: usize,
     pub(super) judged: usize,
     /// The module's drafts accepted over those verdicts, chains included.
@@ -72,7 +72,7 @@ impl DraftRecord {
     }
 
     /// The verdict on a step's module drafts: `tokens` of them accepted in a row (0: the first
-    /// was rejected or trimmed).
+    /// was rejected).
     fn record_verification(&mut self, tokens: usize) {
         let accepted = tokens > 0;
         self.acceptance += ACCEPTANCE_WEIGHT * (f64::from(u8::from(accepted)) - self.acceptance);
@@ -134,8 +134,7 @@ impl Sequence {
         self.record.yield_per_draft
     }
 
-    /// (accepted, judged): the verdicts on this sequence's first drafts, a draft dropped as
-    /// unsure counting as rejected.
+    /// (accepted, judged): the verdicts on this sequence's first drafts.
     pub(crate) fn draft_verdicts(&self) -> (usize, usize) {
         (self.record.accepted, self.record.judged)
     }
@@ -222,7 +221,7 @@ impl Sequence {
     }
 
     /// The verdict on a step's module drafts: `tokens` of them accepted in a row (0: the first
-    /// was rejected or trimmed).
+    /// was rejected).
     pub(super) fn record_verification(&mut self, tokens: usize) {
         self.record.record_verification(tokens);
     }
@@ -314,22 +313,6 @@ impl Sequence {
     /// the first, the module's own probability for each chained one.
     pub(super) fn chain_value(&self) -> f64 {
         self.record.acceptance * self.drafts.iter().skip(1).map(|d| d.confidence).product::<f64>()
-    }
-
-    /// `auto` drops its first draft when the module's own probability for it is below
-    /// `threshold` (what one more token in the forward must be worth): the module step is
-    /// spent, but the forward does not carry a token unlikely to pay. It counts as a rejection
-    /// in the acceptance average, which then measures accepted tokens per module step, so a
-    /// module that is never sure stops being run. Returns whether it did.
-    pub(crate) fn trim_first_draft(&mut self, threshold: f64) -> bool {
-        let unsure = self.mode == DecodeMode::Auto
-            && self.drafts.len() == 1
-            && self.drafts.first().is_some_and(|d| d.confidence < threshold);
-        if unsure {
-            self.retract_drafts();
-            self.record_verification(0);
-        }
-        unsure
     }
 
     /// Drops the last chained draft when the chain with it is worth less than `threshold`
