@@ -69,7 +69,8 @@ pub(crate) fn forward(
         with_host_values(sin, |sin| {
             let rope = HostRope { cos, sin, positions };
             for (i, layer) in layers.iter().enumerate() {
-                layer.forward_host(&mut x, rows, i, &rope, seqs, &mut buffers)?;
+                let at = LayerRows { count: rows, layer: i, rope: &rope, seqs };
+                layer.forward_host(&mut x, &at, &mut buffers)?;
                 if taps.contains(&(i + 1)) {
                     tapped.push(Tensor::from_slice(&x, (rows, width), &Device::Cpu)?);
                 }
@@ -108,18 +109,20 @@ impl HostRope<'_> {
     }
 }
 
+/// The rows a layer runs: how many, the layer's index (in each sequence's cache), their
+/// positions, and the sequences they belong to.
+struct LayerRows<'a, 'b> {
+    count: usize,
+    layer: usize,
+    rope: &'a HostRope<'a>,
+    seqs: &'a [SeqSlot<'b>],
+}
+
 impl DecoderLayer {
-    fn forward_host(
-        &self,
-        x: &mut [f32],
-        rows: usize,
-        layer: usize,
-        rope: &HostRope,
-        seqs: &[SeqSlot],
-        b: &mut Buffers,
-    ) -> Result<()> {
+    fn forward_host(&self, x: &mut [f32], at: &LayerRows, b: &mut Buffers) -> Result<()> {
+        let rows = at.count;
         self.input_norm.forward_host(x, &mut b.normed)?;
-        self.attention.forward_host(rows, layer, rope, seqs, b)?;
+        self.attention.forward_host(at, b)?;
         add_in_place(x, &b.projected);
         self.post_norm.forward_host(x, &mut b.normed)?;
         self.mlp.gate_up.forward_host(&b.normed, rows, &mut b.gate_up)?;
@@ -137,14 +140,8 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
 
 impl Attention {
     /// Attention over `b.normed`, leaving the output projection in `b.projected`.
-    fn forward_host(
-        &self,
-        rows: usize,
-        layer: usize,
-        rope: &HostRope,
-        seqs: &[SeqSlot],
-        b: &mut Buffers,
-    ) -> Result<()> {
+    fn forward_host(&self, at: &LayerRows, b: &mut Buffers) -> Result<()> {
+        let (rows, layer, rope) = (at.count, at.layer, at.rope);
         let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let row_width = q_width + 2 * kv_width;
         self.qkv.forward_host(&b.normed, rows, &mut b.qkv)?;
@@ -165,7 +162,7 @@ impl Attention {
         }
         let attended = sized(&mut b.attended, rows * q_width);
         let mut first = 0;
-        for seq in seqs {
+        for seq in at.seqs {
             let new = first..first + seq.new_tokens;
             seq.cache.write_host(
                 layer,
