@@ -150,3 +150,30 @@ fn verify_equals_off_on_every_family() {
         }
     }
 }
+
+/// A family's file without a tensor the family needs, or with one it does not serve, is refused
+/// at load with the tensor named, never a panic.
+#[test]
+fn a_family_file_missing_its_tensors_is_refused_with_them_named() {
+    let Some(source) = smollm2() else { return };
+    let options = LoadOptions::default();
+    // Qwen2 without its biases.
+    let bare = rewritten(&source, "smollm2-as-qwen2-without-biases.gguf", |metadata, _| {
+        for (key, value) in metadata.iter_mut() {
+            if let Some(rest) = key.strip_prefix("llama.") {
+                *key = format!("qwen2.{rest}");
+            } else if key == "general.architecture" {
+                *value = gguf_file::Value::String("qwen2".into());
+            }
+        }
+    });
+    let error = LoadedModel::load(&bare, &options).err().expect("refused").to_string();
+    assert!(error.contains("blk.0.attn_q.bias") && error.contains("missing"), "{error}");
+    // Phi-3 with LongRoPE factors.
+    let phi3 = smollm2_as(&source, "phi3");
+    let longrope = rewritten(&phi3, "smollm2-as-phi3-longrope.gguf", |_, tensors| {
+        tensors.push(("rope_factors_long.weight".into(), f32_tensor(&[1.0; 32])));
+    });
+    let error = LoadedModel::load(&longrope, &options).err().expect("refused").to_string();
+    assert!(error.contains("rope_factors_long.weight") && error.contains("LongRoPE"), "{error}");
+}
