@@ -179,4 +179,36 @@ mod tests {
         let template = ChatTemplate::new(None, None, None).unwrap();
         assert!(template.render_marked(&[message("user", "a\u{F8FF}b")], &TemplateArgs::new()).is_err());
     }
+
+    /// Qwen2.5's and Qwen3's own templates (`tests/data/templates`, from the models'
+    /// `tokenizer_config.json`) render a conversation as the models were trained on it; Qwen3's
+    /// takes `enable_thinking` (its reasoning switch) from the template arguments.
+    #[test]
+    fn qwen_templates_render() {
+        let read = |name: &str| {
+            let path = format!("{}/../../tests/data/templates/{name}", env!("CARGO_MANIFEST_DIR"));
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        };
+        let chat = [
+            message("system", "Be brief."),
+            message("user", "Hi"),
+            message("assistant", "Hello!"),
+            message("user", "What is 2+2?"),
+        ];
+        let qwen25 =
+            ChatTemplate::new(Some(&read("Qwen-Qwen2.5-7B-Instruct.jinja")), None, Some("<|im_end|>")).unwrap();
+        assert_eq!(
+            qwen25.render(&chat, &TemplateArgs::new()).unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n\
+             Hello!<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let qwen3 = ChatTemplate::new(Some(&read("Qwen-Qwen3-0.6B.jinja")), None, Some("<|im_end|>")).unwrap();
+        let thinking = qwen3.render(&chat, &TemplateArgs::new()).unwrap();
+        assert!(thinking.ends_with("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"), "{thinking}");
+        let mut off = TemplateArgs::new();
+        off.insert("enable_thinking".into(), serde_json::Value::Bool(false));
+        let plain = qwen3.render(&chat, &off).unwrap();
+        assert!(plain.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\n"), "{plain}");
+        assert!(qwen3.marks_reasoning());
+    }
 }
