@@ -242,11 +242,14 @@ impl LlamaConfig {
         struct Declared {
             architectures: Option<Vec<String>>,
             sliding_window: Option<usize>,
+            /// Qwen2's configs name a window they do not use (`false`).
+            use_sliding_window: Option<bool>,
         }
         let declared = serde_json::from_str::<Declared>(&text).ok();
         // Attention here is over the whole context: a model trained with a sliding window
         // (Mistral 7B v0.1) serves up to that window only, not past it with other answers.
-        if let Some(window) = declared.as_ref().and_then(|d| d.sliding_window) {
+        let window = declared.as_ref().filter(|d| d.use_sliding_window != Some(false)).and_then(|d| d.sliding_window);
+        if let Some(window) = window {
             config.max_position_embeddings = config.max_position_embeddings.min(window.max(1));
         }
         if let Some(name) = declared.and_then(|d| d.architectures).as_ref().and_then(|names| names.first()) {
@@ -397,6 +400,8 @@ mod tests {
         let mistral =
             read(serde_json::json!({"architectures": ["MistralForCausalLM"], "sliding_window": 4096})).unwrap();
         assert_eq!((mistral.max_position_embeddings, mistral.qkv_bias), (4096, false));
+        let unused = serde_json::json!({"architectures": ["Qwen2ForCausalLM"], "sliding_window": 4096, "use_sliding_window": false});
+        assert_eq!(read(unused).unwrap().max_position_embeddings, 8192);
         let error = read(serde_json::json!({"architectures": ["Gemma3ForCausalLM"]})).unwrap_err().to_string();
         assert!(
             error.contains("`Gemma3ForCausalLM` is not supported") && error.contains("Qwen3ForCausalLM"),

@@ -1,4 +1,6 @@
 //! The building blocks of a Llama decoder layer.
+mod host;
+
 use crate::config::StackShape;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
@@ -6,8 +8,6 @@ use crate::quantize::Quantization;
 use crate::rope::Rope;
 use crate::weights::{Init, Weights};
 use candle_core::{DType, Module, Tensor};
-mod host;
-
 pub(crate) use host::{applies as host_path_applies, forward as host_forward, with_host_values};
 use recyclegpt_kernels::{cached_attention, quantized_linear, small_linear, AttentionShape, QuantMatrix, SMALL_M_MAX};
 
@@ -202,12 +202,10 @@ impl Attention {
             kv_heads: s.kv_heads,
             head_dim: s.head_dim,
             shape: AttentionShape { heads: s.heads, kv_heads: s.kv_heads, head_dim: s.head_dim },
-            qk_norms: match s.qk_norm {
-                true => Some((
-                    RmsNorm::load(w, "q_norm", s.head_dim, s.eps)?,
-                    RmsNorm::load(w, "k_norm", s.head_dim, s.eps)?,
-                )),
-                false => None,
+            qk_norms: if s.qk_norm {
+                Some((RmsNorm::load(w, "q_norm", s.head_dim, s.eps)?, RmsNorm::load(w, "k_norm", s.head_dim, s.eps)?))
+            } else {
+                None
             },
         })
     }
