@@ -35,17 +35,11 @@ const HEADS: (usize, usize, usize) = (9, 3, 64);
 fn smollm2_as(source: &Path, family: &str) -> PathBuf {
     let (_, added) = FAMILIES.iter().find(|(name, _)| *name == family).expect("a family");
     rewritten(source, &format!("smollm2-as-{family}.gguf"), |metadata, tensors| {
-        for (key, value) in metadata.iter_mut() {
-            if let Some(rest) = key.strip_prefix("llama.") {
-                *key = format!("{family}.{rest}");
-            }
-            let replaced = match key.as_str() {
-                "general.architecture" => family,
-                // Qwen2's split differs from SmolLM's where text has contractions and numbers.
-                "tokenizer.ggml.pre" if family == "qwen2" => "qwen2",
-                _ => continue,
-            };
-            *value = gguf_file::Value::String(replaced.into());
+        relabel(metadata, family);
+        if family == "qwen2" {
+            // Qwen2's split differs from SmolLM's where text has contractions and numbers.
+            let pre = metadata.iter_mut().find(|(key, _)| key == "tokenizer.ggml.pre").expect("a pre-tokenizer");
+            pre.1 = gguf_file::Value::String("qwen2".into());
         }
         for (name, tensor) in tensors.iter_mut() {
             let heads = match name.rsplit('.').nth(1) {
@@ -67,6 +61,17 @@ fn smollm2_as(source: &Path, family: &str) -> PathBuf {
             }
         }
     })
+}
+
+/// Llama metadata as `family`'s: the architecture, and its keys under the family's prefix.
+fn relabel(metadata: &mut [(String, gguf_file::Value)], family: &str) {
+    for (key, value) in metadata.iter_mut() {
+        if let Some(rest) = key.strip_prefix("llama.") {
+            *key = format!("{family}.{rest}");
+        } else if key == "general.architecture" {
+            *value = gguf_file::Value::String(family.into());
+        }
+    }
 }
 
 /// A Q or K matrix of llama.cpp's Llama layout (each head's rows interleaved in RoPE pairs) in
@@ -158,15 +163,7 @@ fn a_family_file_missing_its_tensors_is_refused_with_them_named() {
     let Some(source) = smollm2() else { return };
     let options = LoadOptions::default();
     // Qwen2 without its biases.
-    let bare = rewritten(&source, "smollm2-as-qwen2-without-biases.gguf", |metadata, _| {
-        for (key, value) in metadata.iter_mut() {
-            if let Some(rest) = key.strip_prefix("llama.") {
-                *key = format!("qwen2.{rest}");
-            } else if key == "general.architecture" {
-                *value = gguf_file::Value::String("qwen2".into());
-            }
-        }
-    });
+    let bare = rewritten(&source, "smollm2-as-qwen2-without-biases.gguf", |metadata, _| relabel(metadata, "qwen2"));
     let error = LoadedModel::load(&bare, &options).err().expect("refused").to_string();
     assert!(error.contains("blk.0.attn_q.bias") && error.contains("missing"), "{error}");
     // Phi-3 with LongRoPE factors.

@@ -67,7 +67,7 @@ pub fn step(
         row_offset += plan.tokens.len() as u32;
     }
     let mut load = NextForward::of(seqs, prefill_chunk);
-    draft_from_text(costs.as_deref(), seqs, &mut pairs, &mut load)?;
+    draft_from_text(costs.as_deref(), seqs, &mut pairs, &mut load);
     if let Some(costs) = costs.as_deref() {
         decide_auto_drafts(costs, seqs, &mut pairs, &load)?;
     }
@@ -102,12 +102,9 @@ pub fn step(
     }
     let mut drafts = output.logits.into_iter();
     // Each drafting sequence's feature row: the module's output at its last new token. A first
-    // draft always joins the forward: `auto` decided it pays from the verdicts on this
-    // sequence's drafts. (It used to drop one whose probability under the module was below
-    // what an extra token must be worth, and count that as a rejection; the shipped module is
-    // right more often than it is sure, so at 4 chat clients `auto` dropped most of its drafts,
-    // learned that drafting did not pay, and ran 25% below `verify`. Without the drop it runs
-    // level with `verify` at 1 to 16 clients and with `off` at 64.)
+    // draft always joins the forward: `auto` decided it pays from the verdicts on the
+    // sequence's drafts, not from the module's own probability, which a module can be right
+    // more often than (dropping drafts on it starved `auto` at 4 clients: docs/benchmarks.md).
     let mut feature_rows = Vec::new();
     let mut offset = 0u32;
     for pair in &pairs {

@@ -160,20 +160,20 @@ pub enum Family {
     Phi3,
 }
 
+/// The families GGUF files name in `general.architecture`.
+const GGUF_ARCHITECTURES: [(&str, Family); 4] =
+    [("llama", Family::Llama), ("qwen2", Family::Qwen2), ("qwen3", Family::Qwen3), ("phi3", Family::Phi3)];
+
 impl Family {
     /// The family of a GGUF file's `general.architecture`.
     pub fn from_gguf(architecture: &str) -> Option<Self> {
-        match architecture {
-            "llama" => Some(Family::Llama),
-            "qwen2" => Some(Family::Qwen2),
-            "qwen3" => Some(Family::Qwen3),
-            "phi3" => Some(Family::Phi3),
-            _ => None,
-        }
+        GGUF_ARCHITECTURES.iter().find(|(name, _)| *name == architecture).map(|&(_, family)| family)
     }
 
     /// The GGUF architectures served, for error messages.
-    pub const GGUF_NAMES: &str = "llama, qwen2, qwen3 and phi3";
+    pub fn gguf_names() -> String {
+        GGUF_ARCHITECTURES.map(|(name, _)| name).join(", ")
+    }
 
     /// Sets the options of this family on `config`.
     pub fn apply(self, config: &mut LlamaConfig) {

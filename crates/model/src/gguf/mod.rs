@@ -1,9 +1,10 @@
-//! llama.cpp's GGUF files (v2/v3, `general.architecture` `llama`, `qwen2` or `qwen3`): the
+//! llama.cpp's GGUF files (v2/v3, `general.architecture` `llama`, `qwen2`, `qwen3` or `phi3`): the
 //! configuration from the architecture's metadata (`llama.*`, `qwen2.*`, ...), the tokenizer and
 //! chat template from `tokenizer.*`, and tensors read through candle's GGUF reader and
 //! dequantized as the model asks for them, under the names of the HuggingFace layout. For
 //! Llama, llama.cpp stores the Q and K rows of each head interleaved for its pair-wise RoPE;
-//! they are put back in the rotate-half order this model uses (Qwen's files keep that order).
+//! they are put back in the rotate-half order this model uses (the other families' files keep
+//! that order).
 mod alignment;
 mod names;
 mod tokenizer;
@@ -82,7 +83,10 @@ impl GgufFile {
         let Some(family) = Family::from_gguf(&architecture) else {
             return Err(ModelError::file(
                 path,
-                format!("architecture `{architecture}` is not supported: {} GGUF files are served", Family::GGUF_NAMES),
+                format!(
+                    "architecture `{architecture}` is not supported: {} GGUF files are served",
+                    Family::gguf_names()
+                ),
             ));
         };
         Ok(Self { path: path.to_path_buf(), content, reader: RefCell::new(reader), architecture, family })
