@@ -11,8 +11,11 @@ llama-cpp-python sdist (README, "Compare with llama.cpp"), then
 
 --prompts names a reference whose `prompt` and `prompt_ids` are reused (the ids go to the server
 as they are, so the file's own tokenizer and template do not matter), each answered greedily up
-to as many tokens as that reference's answer has, stopping at end of sequence; --texts names one
-whose `text`s are tokenized (special tokens parsed, no BOS added). Standard library only.
+to as many tokens as that reference's answer has, stopping at end of sequence; a case without
+`prompt_ids` is tokenized by the server (BOS added, special tokens parsed) and answered up to its
+`n_predict` tokens. Each answer keeps the top two probabilities of every step, to show the margin
+where two implementations part. --texts names one whose `text`s are tokenized (special tokens
+parsed, no BOS added). Standard library only.
 """
 import argparse
 import json
@@ -59,10 +62,17 @@ def main():
         if args.prompts and args.greedy:
             cases = []
             for case in json.load(open(args.prompts)):
-                body = {"prompt": case["prompt_ids"], "n_predict": len(case["ids"]), "temperature": 0,
-                        "top_k": 1, "cache_prompt": False, "return_tokens": True}
+                if "prompt_ids" in case:
+                    ids, n = case["prompt_ids"], len(case["ids"])
+                else:
+                    body = {"content": case["prompt"], "add_special": True, "parse_special": True}
+                    ids, n = post("/tokenize", body)["tokens"], case["n_predict"]
+                body = {"prompt": ids, "n_predict": n, "temperature": 0, "top_k": 1, "cache_prompt": False,
+                        "return_tokens": True, "n_probs": 2, "post_sampling_probs": False}
                 answer = post("/completion", body)
-                cases.append({"prompt": case["prompt"], "prompt_ids": case["prompt_ids"], "ids": answer["tokens"]})
+                top2 = [[round(p["logprob"], 4) for p in step["top_logprobs"]]
+                        for step in answer.get("completion_probabilities", [])]
+                cases.append({"prompt": case["prompt"], "prompt_ids": ids, "ids": answer["tokens"], "top2_logprobs": top2})
             json.dump(cases, open(args.greedy, "w"))
         if args.texts and args.tokens:
             cases = []

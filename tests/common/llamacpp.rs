@@ -22,11 +22,18 @@ pub fn ids(value: &Value) -> Vec<u32> {
 /// token the model is sure of leads the next by several.
 const NEAR_TIE: f32 = 0.5;
 
+/// llama.cpp's own margin (its top two log-probabilities) under which a step is a tie for it:
+/// where llama.cpp itself hesitates, its answer turns on its rounding, and ours may part from it
+/// whatever our margin (measured on Gemma 3 270M: llama.cpp chose one digit over another by
+/// 0.015 while decoding; prefilling the same tokens, it ranked them the other way by 0.4).
+const LLAMACPP_TIE: f64 = 0.05;
+
 /// Greedy answers part from llama.cpp's only at near-ties, where the summation order decides:
 /// llama.cpp rounds activations to 8 bits before its quantized dot products and keeps its KV
 /// cache in f16, and the vector width changes the order of every sum. So every prompt's answer
 /// in `reference` equals llama.cpp's, or parts from it where llama.cpp's token is within
-/// [`NEAR_TIE`] of ours (logits at the parting, after the shared tokens), and at least one
+/// [`NEAR_TIE`] of ours (logits at the parting, after the shared tokens) or where llama.cpp's
+/// own top two were within [`LLAMACPP_TIE`] (if the reference kept them), and at least one
 /// agrees over all its tokens. A real fault (a wrong weight, scale or rounding) parts where the
 /// model is sure.
 pub fn assert_parting_only_at_near_ties_in(loaded: &LoadedModel, label: &str, reference: &str) {
@@ -52,8 +59,16 @@ pub fn assert_parting_only_at_near_ties_in(loaded: &LoadedModel, label: &str, re
         let input = SeqInput { tokens: &context, cache: &mut cache, logits_rows: vec![context.len() - 1] };
         let logits = loaded.model.forward(&mut [input]).expect("a forward").logits.remove(0);
         let margin = logits[ours.ids[same] as usize] - logits[expected[same] as usize];
-        eprintln!("{label}: {prompt:?}: the first {same} of {} tokens agree; parted by {margin:.3}", expected.len());
-        assert!(margin <= NEAR_TIE, "{label}: {prompt:?} parts from llama.cpp after {same} tokens by {margin} logits");
+        let theirs =
+            case["top2_logprobs"][same].as_array().and_then(|top| Some(top.first()?.as_f64()? - top.get(1)?.as_f64()?));
+        eprintln!(
+            "{label}: {prompt:?}: the first {same} of {} tokens agree; parted by {margin:.3} (llama.cpp's own margin there: {theirs:?})",
+            expected.len()
+        );
+        assert!(
+            margin <= NEAR_TIE || theirs.is_some_and(|m| m <= LLAMACPP_TIE),
+            "{label}: {prompt:?} parts from llama.cpp after {same} tokens by {margin} logits (llama.cpp's margin: {theirs:?})"
+        );
     }
     assert!(agreeing >= 1, "{label}: no answer equals llama.cpp's");
 }

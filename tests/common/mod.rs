@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 pub mod browser;
 pub mod dockerfile;
+pub mod gemma3;
 pub mod llamacpp;
 pub mod server;
 

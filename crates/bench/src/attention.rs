@@ -14,8 +14,8 @@ pub struct AttentionRow {
 }
 
 const SHAPES: [(&str, AttentionShape); 2] = [
-    ("embedded 4x32", AttentionShape { heads: 4, kv_heads: 4, head_dim: 32 }),
-    ("SmolLM2 9/3x64", AttentionShape { heads: 9, kv_heads: 3, head_dim: 64 }),
+    ("embedded 4x32", AttentionShape { heads: 4, kv_heads: 4, head_dim: 32, window: None }),
+    ("SmolLM2 9/3x64", AttentionShape { heads: 9, kv_heads: 3, head_dim: 64, window: None }),
 ];
 
 pub fn run(rounds: usize) -> Vec<AttentionRow> {

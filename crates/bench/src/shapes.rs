@@ -60,6 +60,9 @@ impl Shape {
             recycle: None,
             qkv_bias: false,
             qk_norm: false,
+            sandwich_norms: false,
+            scale_embeddings: false,
+            sliding_window: None,
         };
         let recycle = config.default_recycle(1);
         (config, recycle)

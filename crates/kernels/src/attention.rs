@@ -14,10 +14,13 @@ pub struct AttentionShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// A sliding window (Gemma 3's local layers): a query sees only the keys of its own position
+    /// and the `window - 1` before it.
+    pub window: Option<usize>,
 }
 
 /// `q [n, heads, hd]` holds positions `total - n ..total`; `k`, `v` are `[total, kv_heads, hd]`;
-/// writes `out [n, heads * hd]`. Query head `h` reads key/value head `h / (heads / kv_heads)`.
+/// writes `out [n, heads * hd]`. With a window, each query reads only the keys inside it. Query head `h` reads key/value head `h / (heads / kv_heads)`.
 pub fn attention(isa: Isa, s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize, out: &mut [f32]) {
     assert!(
         s.kv_heads > 0 && s.head_dim > 0 && s.heads.is_multiple_of(s.kv_heads),
@@ -188,15 +191,21 @@ unsafe fn attend_tile<S: Vector, const R: usize, const W: usize>(
     // Query `r` sees the keys up to its row's position (causality); the passes cover the last
     // query's, which has the latest row.
     let mut seen = [0usize; R];
+    // The first key inside each query's window (0 without one).
+    let mut from = [0usize; R];
     let mut query = [std::ptr::null::<f32>(); R];
     // Where each query sits in `q`, and its output in `out`.
     let mut offset = [0usize; R];
     for r in 0..R {
         let (row, head) = ((t.first + r) / t.group, t.kv_head * t.group + (t.first + r) % t.group);
         seen[r] = t.total - t.n + row + 1;
+        from[r] = s.window.map_or(0, |w| seen[r].saturating_sub(w));
         offset[r] = (row * s.heads + head) * hd;
     }
     let span = seen[R - 1];
+    // The passes start at the block of four that holds the first query's first key: blocks stay
+    // where a query alone would have them (multiples of four), so scores keep their bits.
+    let start = from[0] / 4 * 4;
     // SAFETY: the tile's queries, its key/value head's first `span <= total` rows and its
     // outputs lie inside the buffers `attention` checked; `S::LANES` divides `hd`, so every
     // vector load and store stays within one head's `hd` values; `scores` holds `R` rows of
@@ -215,7 +224,7 @@ unsafe fn attend_tile<S: Vector, const R: usize, const W: usize>(
         // never moves a greedy near-tie.
         let shared = seen[0] / 4 * 4;
         let rows = scores.as_mut_ptr();
-        let mut j = 0;
+        let mut j = start;
         while j < shared {
             let sums = four_scores::<S, R>(&query, keys.add(j * stride), stride, chunks);
             for r in 0..R {
@@ -251,15 +260,17 @@ unsafe fn attend_tile<S: Vector, const R: usize, const W: usize>(
         let mut inverse = [0f32; R];
         for (r, inverse) in inverse.iter_mut().enumerate() {
             let row = &mut scores[r * t.total..][..span];
-            *inverse = 1.0 / softmax::<S>(&mut row[..seen[r]]);
-            // Keys past this query's position weigh nothing in the shared pass over the values.
+            *inverse = 1.0 / softmax::<S>(&mut row[from[r]..seen[r]]);
+            // Keys outside this query's window or past its position weigh nothing in the shared
+            // pass over the values.
+            row[start..from[r]].fill(0.0);
             row[seen[r]..].fill(0.0);
         }
         let weights = scores.as_ptr();
         for first in (0..chunks).step_by(W) {
             let width = W.min(chunks - first);
             let mut acc = [[S::zero(); W]; R];
-            for j in 0..span {
+            for j in start..span {
                 let value = values.add(j * stride + first * S::LANES);
                 // Raw reads: a bounds check per query and key costs as much as the products
                 // for small heads (32 dimensions: two vectors).

@@ -18,7 +18,7 @@ mod quant;
 mod vector;
 
 pub use attention::{attention, cached_attention, AttentionShape};
-pub use gated::silu_mul;
+pub use gated::{gate_mul, GateActivation};
 pub use isa::Isa;
 pub use linear::linear_small;
 pub use op::{isa, quantized_linear, small_linear, SMALL_M_MAX};

@@ -13,16 +13,18 @@ fn random_in(len: usize, seed: u64, range: f32) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-range..range)).collect()
 }
 
-/// Softmax(q·kᵀ/√d) v, one query row and head at a time, in f64.
+/// Softmax(q·kᵀ/√d) v, one query row and head at a time, in f64, over the keys each query sees
+/// (up to its own position, within the window if there is one).
 fn reference(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize) -> Vec<f32> {
     let (hd, n) = (s.head_dim, q.len() / (s.heads * s.head_dim));
     let mut out = vec![0f32; q.len()];
     for i in 0..n {
         let visible = total - n + i + 1;
+        let first = s.window.map_or(0, |w| visible.saturating_sub(w));
         for h in 0..s.heads {
             let kvh = h / (s.heads / s.kv_heads);
             let qh = &q[(i * s.heads + h) * hd..][..hd];
-            let scores: Vec<f64> = (0..visible)
+            let scores: Vec<f64> = (first..visible)
                 .map(|j| {
                     let kj = &k[(j * s.kv_heads + kvh) * hd..][..hd];
                     qh.iter().zip(kj).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() / (hd as f64).sqrt()
@@ -32,7 +34,8 @@ fn reference(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize) -
             let weights: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
             let sum: f64 = weights.iter().sum();
             for d in 0..hd {
-                let value: f64 = (0..visible).map(|j| weights[j] * f64::from(v[(j * s.kv_heads + kvh) * hd + d])).sum();
+                let value: f64 =
+                    (first..visible).map(|j| weights[j - first] * f64::from(v[(j * s.kv_heads + kvh) * hd + d])).sum();
                 out[(i * s.heads + h) * hd + d] = (value / sum) as f32;
             }
         }
@@ -41,7 +44,11 @@ fn reference(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize) -
 }
 
 fn check(heads: usize, kv_heads: usize, head_dim: usize, n: usize, total: usize, seed: u64) -> Result<(), String> {
-    let s = AttentionShape { heads, kv_heads, head_dim };
+    check_window(AttentionShape { heads, kv_heads, head_dim, window: None }, n, total, seed)
+}
+
+fn check_window(s: AttentionShape, n: usize, total: usize, seed: u64) -> Result<(), String> {
+    let (heads, kv_heads, head_dim) = (s.heads, s.kv_heads, s.head_dim);
     let q = random(n * heads * head_dim, seed);
     let k = random(total * kv_heads * head_dim, seed + 1);
     let v = random(total * kv_heads * head_dim, seed + 2);
@@ -63,7 +70,7 @@ fn check(heads: usize, kv_heads: usize, head_dim: usize, n: usize, total: usize,
 #[test]
 fn peaked_softmax_stays_accurate() {
     for (heads, kv_heads, head_dim, total) in [(9, 3, 64, 700), (4, 4, 32, 300), (6, 2, 16, 64)] {
-        let s = AttentionShape { heads, kv_heads, head_dim };
+        let s = AttentionShape { heads, kv_heads, head_dim, window: None };
         let n = 3;
         let q = random_in(n * heads * head_dim, 11, 3.0);
         let k = random_in(total * kv_heads * head_dim, 12, 3.0);
@@ -94,6 +101,15 @@ proptest! {
         let r = check(kv_heads * group, kv_heads, half_dim * 2, n, n + past, seed);
         prop_assert!(r.is_ok(), "{:?}", r);
     }
+
+    /// A sliding window (Gemma 3's local layers) narrower or wider than the keys, the queries'
+    /// windows starting anywhere within a block of four keys.
+    #[test]
+    fn random_windows(group in 1usize..4, n in 1usize..12, past in 0usize..60, window in 1usize..40, seed in 0u64..1000) {
+        let s = AttentionShape { heads: 2 * group, kv_heads: 2, head_dim: 16, window: Some(window) };
+        let r = check_window(s, n, n + past, seed);
+        prop_assert!(r.is_ok(), "{:?}", r);
+    }
 }
 
 /// Rows attended together (a verifying forward, a prefill chunk) give, bit for bit, what each
@@ -101,8 +117,9 @@ proptest! {
 /// score's rounding, so it never moves a greedy near-tie.
 #[test]
 fn rows_together_equal_rows_alone_bit_for_bit() {
-    for (heads, kv_heads, head_dim) in [(9, 3, 64), (5, 5, 32), (4, 2, 16)] {
-        let s = AttentionShape { heads, kv_heads, head_dim };
+    let shapes = [(9, 3, 64, None), (5, 5, 32, None), (4, 2, 16, None), (4, 1, 32, Some(5)), (4, 2, 16, Some(17))];
+    for (heads, kv_heads, head_dim, window) in shapes {
+        let s = AttentionShape { heads, kv_heads, head_dim, window };
         // From an empty cache too (`total == n`: a first prefill chunk, fewer than 4 keys seen).
         for (n, total) in [(2, 130), (3, 3), (3, 7), (4, 4), (4, 64), (5, 131), (6, 6), (7, 40)] {
             let width = heads * head_dim;

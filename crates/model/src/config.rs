@@ -1,7 +1,11 @@
 //! `config.json` of a HuggingFace Llama model, plus the `recycle` block this project adds.
 use crate::error::{ModelError, Result};
+use recyclegpt_kernels::GateActivation;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// `hidden_act` of a GELU gate with the tanh approximation (Gemma).
+const GELU_TANH: &str = "gelu_pytorch_tanh";
 
 /// The longest context a model may declare. The RoPE tables are built for the whole declared
 /// context (a quarter of a GiB at this length and head size 128), so a file that declares 2^40
@@ -136,6 +140,33 @@ pub struct LlamaConfig {
     /// An RMSNorm over each query and key head before RoPE (Qwen3), likewise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub qk_norm: bool,
+    /// Norms on the attention's and the feed-forward's outputs too, before each joins the
+    /// residual (Gemma): set by the family.
+    #[serde(skip)]
+    pub sandwich_norms: bool,
+    /// Token embeddings multiplied by √hidden_size (Gemma): set by the family.
+    #[serde(skip)]
+    pub scale_embeddings: bool,
+    /// Local attention on most layers (Gemma 3), from a GGUF file's metadata.
+    #[serde(skip)]
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+/// Gemma 3's local layers: each attends to the last `size` positions only (its own included),
+/// its RoPE on a base of its own; every `pattern`-th layer attends to the whole context.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlidingWindow {
+    pub size: usize,
+    pub pattern: usize,
+    pub rope_theta: f64,
+}
+
+impl SlidingWindow {
+    /// Whether layer `layer` (from 0) is local; a pattern of 0 makes every layer local, as in
+    /// llama.cpp.
+    pub fn covers(&self, layer: usize) -> bool {
+        self.pattern == 0 || layer % self.pattern < self.pattern - 1
+    }
 }
 
 /// The decoder families served: Llama's layer, and the options that make it another's.
@@ -158,11 +189,20 @@ pub enum Family {
     /// Llama's layer, its files stacking the query, key and value projections and the gate and
     /// up projections (GGUF only: HF's Phi-3 names differ).
     Phi3,
+    /// Qwen3's head norms, with norms around both halves of the layer, a GELU gate, scaled
+    /// embeddings and local attention layers (GGUF only: HF's checkpoints store their norms
+    /// as `w - 1`, which llama.cpp's converter undoes).
+    Gemma3,
 }
 
 /// The families GGUF files name in `general.architecture`.
-const GGUF_ARCHITECTURES: [(&str, Family); 4] =
-    [("llama", Family::Llama), ("qwen2", Family::Qwen2), ("qwen3", Family::Qwen3), ("phi3", Family::Phi3)];
+const GGUF_ARCHITECTURES: [(&str, Family); 5] = [
+    ("llama", Family::Llama),
+    ("qwen2", Family::Qwen2),
+    ("qwen3", Family::Qwen3),
+    ("phi3", Family::Phi3),
+    ("gemma3", Family::Gemma3),
+];
 
 impl Family {
     /// The family of a GGUF file's `general.architecture`.
@@ -177,8 +217,14 @@ impl Family {
 
     /// Sets the options of this family on `config`.
     pub fn apply(self, config: &mut LlamaConfig) {
+        let gemma = self == Family::Gemma3;
         config.qkv_bias = self == Family::Qwen2;
-        config.qk_norm = self == Family::Qwen3;
+        config.qk_norm = self == Family::Qwen3 || gemma;
+        config.sandwich_norms = gemma;
+        config.scale_embeddings = gemma;
+        if gemma {
+            config.hidden_act = GELU_TANH.into();
+        }
     }
 }
 
@@ -192,9 +238,12 @@ pub struct StackShape {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub eps: f64,
-    /// The family's options (see [`LlamaConfig`]); a module's layers have neither.
+    /// The family's options (see [`LlamaConfig`]); a module's layers are Llama's.
     pub qkv_bias: bool,
     pub qk_norm: bool,
+    pub sandwich_norms: bool,
+    pub activation: GateActivation,
+    pub window: Option<SlidingWindow>,
 }
 
 impl StackShape {
@@ -266,9 +315,21 @@ impl LlamaConfig {
         Ok(config)
     }
 
+    /// The gate's activation `hidden_act` names.
+    fn activation(&self) -> Option<GateActivation> {
+        match self.hidden_act.as_str() {
+            "silu" => Some(GateActivation::Silu),
+            GELU_TANH => Some(GateActivation::GeluTanh),
+            _ => None,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
-        if self.hidden_act != "silu" {
-            return Err(ModelError::Config(format!("hidden_act `{}` is not supported (only silu)", self.hidden_act)));
+        if self.activation().is_none() {
+            return Err(ModelError::Config(format!(
+                "hidden_act `{}` is not supported (supported: silu, {GELU_TANH})",
+                self.hidden_act
+            )));
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) && self.head_dim.is_none() {
             return Err(ModelError::Config(format!(
@@ -340,6 +401,9 @@ impl LlamaConfig {
             eps: self.rms_norm_eps,
             qkv_bias: self.qkv_bias,
             qk_norm: self.qk_norm,
+            sandwich_norms: self.sandwich_norms,
+            activation: self.activation().unwrap_or(GateActivation::Silu),
+            window: self.sliding_window,
         }
     }
 
@@ -354,6 +418,9 @@ impl LlamaConfig {
             eps: self.rms_norm_eps,
             qkv_bias: false,
             qk_norm: false,
+            sandwich_norms: false,
+            activation: GateActivation::Silu,
+            window: None,
         })
     }
 

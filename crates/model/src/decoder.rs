@@ -11,6 +11,8 @@ use candle_core::{DType, Device, Tensor};
 pub struct DecoderStack {
     layers: Vec<DecoderLayer>,
     rope: Rope,
+    /// The local layers' RoPE (Gemma 3's sliding-window layers have a base of their own).
+    local_rope: Option<Rope>,
     shape: StackShape,
     /// Rope position of a sequence's first cache entry (the module's cache starts at position 1).
     first_position: usize,
@@ -24,9 +26,22 @@ impl DecoderStack {
         rope: RopeParams,
         first_position: usize,
     ) -> Result<Self> {
-        let layers = (0..shape.layers).map(|i| DecoderLayer::load(&w.pp(i), &shape)).collect::<Result<Vec<_>>>()?;
-        let rope = Rope::new(shape.head_dim, max_positions + first_position, rope, w.dtype(), w.device())?;
-        Ok(Self { layers, rope, shape, first_position })
+        let layers = (0..shape.layers).map(|i| DecoderLayer::load(&w.pp(i), &shape, i)).collect::<Result<Vec<_>>>()?;
+        let positions = max_positions + first_position;
+        let local_rope = shape
+            .window
+            .map(|window| {
+                let local = RopeParams { theta: window.rope_theta, scaling: None, factors: None };
+                Rope::new(shape.head_dim, positions, local, w.dtype(), w.device())
+            })
+            .transpose()?;
+        let rope = Rope::new(shape.head_dim, positions, rope, w.dtype(), w.device())?;
+        Ok(Self { layers, rope, local_rope, shape, first_position })
+    }
+
+    /// The global and the local RoPE (the same when no layer is local).
+    fn ropes(&self) -> [&Rope; 2] {
+        [&self.rope, self.local_rope.as_ref().unwrap_or(&self.rope)]
     }
 
     /// Bytes of the layers' matrices, read once per forward.
@@ -66,7 +81,7 @@ impl DecoderStack {
             }
         }
         let (x, tapped) = if host_path_applies(&x, total) {
-            host_forward(&self.layers, &self.rope, &x, &positions, seqs, taps)?
+            host_forward(&self.layers, self.ropes(), &x, &positions, seqs, taps)?
         } else {
             self.forward_tensors(x, seqs, positions, taps)?
         };
@@ -90,9 +105,14 @@ impl DecoderStack {
         let total = positions.len();
         let positions = Tensor::from_vec(positions, total, x.device())?;
         let (cos, sin) = self.rope.tables(&positions)?;
+        let local = self.local_rope.as_ref().map(|rope| rope.tables(&positions)).transpose()?;
         let mut tapped = Vec::with_capacity(taps.len());
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &cos, &sin, i, seqs)?;
+            let (cos, sin) = match &local {
+                Some((cos, sin)) if layer.is_local() => (cos, sin),
+                _ => (&cos, &sin),
+            };
+            x = layer.forward(&x, cos, sin, i, seqs)?;
             if taps.contains(&(i + 1)) {
                 tapped.push(x.clone());
             }
@@ -130,7 +150,7 @@ mod tests {
                 .collect();
             let x = x(rows, step as f32)?;
             let (out, taps) = if host {
-                host_forward(&stack.layers, &stack.rope, &x, &positions, &slots, &[1])?
+                host_forward(&stack.layers, stack.ropes(), &x, &positions, &slots, &[1])?
             } else {
                 stack.forward_tensors(x, &slots, positions, &[1])?
             };
@@ -153,8 +173,19 @@ mod tests {
 
     #[test]
     fn both_paths_agree_bit_for_bit() -> Result<()> {
-        // Llama's layer, Qwen2's (biases on the projections) and Qwen3's (norms on the heads).
-        for (qkv_bias, qk_norm) in [(false, false), (true, false), (false, true)] {
+        use crate::config::SlidingWindow;
+        use recyclegpt_kernels::GateActivation;
+        // Llama's layer, Qwen2's (biases on the projections), Qwen3's (norms on the heads) and
+        // Gemma 3's (head norms, norms around both halves, a GELU gate, a local layer whose
+        // window of 3 the second step's rows pass, with its own RoPE base).
+        let gemma3 = Some(SlidingWindow { size: 3, pattern: 2, rope_theta: 1_000.0 });
+        let families = [
+            (false, false, false, GateActivation::Silu, None),
+            (true, false, false, GateActivation::Silu, None),
+            (false, true, false, GateActivation::Silu, None),
+            (false, true, true, GateActivation::GeluTanh, gemma3),
+        ];
+        for (qkv_bias, qk_norm, sandwich_norms, activation, window) in families {
             let shape = StackShape {
                 hidden: 64,
                 intermediate: 96,
@@ -165,6 +196,9 @@ mod tests {
                 eps: 1e-5,
                 qkv_bias,
                 qk_norm,
+                sandwich_norms,
+                activation,
+                window,
             };
             for quantize in [None, Some(Quantization::Q8_0), Some(Quantization::Q4_1)] {
                 let weights = Weights::random(7, DType::F32, &Device::Cpu).with_quantization(quantize);

@@ -1,4 +1,4 @@
-//! The building blocks of a Llama decoder layer.
+//! The building blocks of a Llama decoder layer, with the options that make it another family's.
 mod host;
 
 use crate::config::StackShape;
@@ -7,9 +7,11 @@ use crate::kv_cache::KvCache;
 use crate::quantize::Quantization;
 use crate::rope::Rope;
 use crate::weights::{Init, Weights};
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Tensor};
 pub(crate) use host::{applies as host_path_applies, forward as host_forward, with_host_values};
-use recyclegpt_kernels::{cached_attention, quantized_linear, small_linear, AttentionShape, QuantMatrix, SMALL_M_MAX};
+use recyclegpt_kernels::{
+    cached_attention, quantized_linear, small_linear, AttentionShape, GateActivation, QuantMatrix, SMALL_M_MAX,
+};
 
 /// `y = x · Wᵀ` with `W` stored as `[out, in]` (PyTorch order).
 #[derive(Clone)]
@@ -151,6 +153,7 @@ struct Mlp {
     gate_up: Linear,
     down: Linear,
     intermediate: usize,
+    activation: GateActivation,
 }
 
 impl Mlp {
@@ -159,12 +162,17 @@ impl Mlp {
             gate_up: Linear::fused(w, &["gate_proj", "up_proj"], &[s.intermediate, s.intermediate], s.hidden, false)?,
             down: Linear::load(w, "down_proj", s.hidden, s.intermediate)?,
             intermediate: s.intermediate,
+            activation: s.activation,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up.forward(x)?;
-        let gate = candle_nn::Activation::Silu.forward(&gate_up.narrow(1, 0, self.intermediate)?)?;
+        let gate = gate_up.narrow(1, 0, self.intermediate)?;
+        let gate = match self.activation {
+            GateActivation::Silu => gate.silu()?,
+            GateActivation::GeluTanh => gate.gelu()?,
+        };
         self.down.forward(&(gate * gate_up.narrow(1, self.intermediate, self.intermediate)?)?)
     }
 }
@@ -188,7 +196,8 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(w: &Weights, s: &StackShape) -> Result<Self> {
+    /// `window`: the layer's sliding window, if it is a local one.
+    fn load(w: &Weights, s: &StackShape, window: Option<usize>) -> Result<Self> {
         Ok(Self {
             qkv: Linear::fused(
                 w,
@@ -201,7 +210,7 @@ impl Attention {
             heads: s.heads,
             kv_heads: s.kv_heads,
             head_dim: s.head_dim,
-            shape: AttentionShape { heads: s.heads, kv_heads: s.kv_heads, head_dim: s.head_dim },
+            shape: AttentionShape { heads: s.heads, kv_heads: s.kv_heads, head_dim: s.head_dim, window },
             qk_norms: if s.qk_norm {
                 Some((RmsNorm::load(w, "q_norm", s.head_dim, s.eps)?, RmsNorm::load(w, "k_norm", s.head_dim, s.eps)?))
             } else {
@@ -262,9 +271,11 @@ impl Attention {
         let values = values.transpose(0, 1)?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let mut scores = (q.matmul(&keys.t()?)? * scale)?;
-        if n > 1 {
+        if n > 1 || self.shape.window.is_some_and(|w| w < total) {
+            let window = self.shape.window.unwrap_or(usize::MAX);
+            let hidden = move |i: usize, j: usize| j > start + i || start + i - j >= window;
             let mask: Vec<f32> = (0..n)
-                .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+                .flat_map(|i| (0..total).map(move |j| if hidden(i, j) { f32::NEG_INFINITY } else { 0.0 }))
                 .collect();
             let mask = Tensor::from_vec(mask, (n, total), q.device())?.to_dtype(scores.dtype())?;
             scores = scores.reshape((self.kv_heads, group, n, total))?.broadcast_add(&mask)?.reshape((
@@ -286,18 +297,36 @@ impl Attention {
 pub struct DecoderLayer {
     input_norm: RmsNorm,
     attention: Attention,
+    /// Gemma's norm on the attention's output, before the residual add.
+    attention_output_norm: Option<RmsNorm>,
+    /// The norm before the feed-forward (HF Llama's name).
     post_norm: RmsNorm,
     mlp: Mlp,
+    /// Gemma's norm on the feed-forward's output, before the residual add.
+    feedforward_output_norm: Option<RmsNorm>,
+    /// A local layer (sliding window), whose RoPE has its own base.
+    local: bool,
 }
 
 impl DecoderLayer {
-    pub fn load(w: &Weights, s: &StackShape) -> Result<Self> {
+    /// Layer `index` (from 0) of a stack of shape `s`.
+    pub fn load(w: &Weights, s: &StackShape, index: usize) -> Result<Self> {
+        let window = s.window.filter(|window| window.covers(index));
+        let sandwich = |name: &str| s.sandwich_norms.then(|| RmsNorm::load(w, name, s.hidden, s.eps)).transpose();
         Ok(Self {
             input_norm: RmsNorm::load(w, "input_layernorm", s.hidden, s.eps)?,
-            attention: Attention::load(&w.pp("self_attn"), s)?,
+            attention: Attention::load(&w.pp("self_attn"), s, window.map(|window| window.size))?,
+            attention_output_norm: sandwich("attention_output_norm")?,
             post_norm: RmsNorm::load(w, "post_attention_layernorm", s.hidden, s.eps)?,
             mlp: Mlp::load(&w.pp("mlp"), s)?,
+            feedforward_output_norm: sandwich("feedforward_output_norm")?,
+            local: window.is_some(),
         })
+    }
+
+    /// Whether the layer attends within a sliding window (and takes the local RoPE tables).
+    pub fn is_local(&self) -> bool {
+        self.local
     }
 
     /// Bytes of the layer's matrices, read once per forward.
@@ -306,9 +335,55 @@ impl DecoderLayer {
     }
 
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, layer: usize, seqs: &[SeqSlot]) -> Result<Tensor> {
-        let attended = self.attention.forward(&self.input_norm.forward(x)?, cos, sin, layer, seqs)?;
+        let mut attended = self.attention.forward(&self.input_norm.forward(x)?, cos, sin, layer, seqs)?;
+        if let Some(norm) = &self.attention_output_norm {
+            attended = norm.forward(&attended)?;
+        }
         let x = (x + attended)?;
-        let mlp = self.mlp.forward(&self.post_norm.forward(&x)?)?;
+        let mut mlp = self.mlp.forward(&self.post_norm.forward(&x)?)?;
+        if let Some(norm) = &self.feedforward_output_norm {
+            mlp = norm.forward(&mlp)?;
+        }
         Ok((x + mlp)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SlidingWindow;
+    use candle_core::Device;
+
+    /// The candle ops' attention (long prefill chunks, other devices) masks a sliding window as
+    /// the kernel does: rows whose windows start past the first keys, and a decode row.
+    #[test]
+    fn the_tensor_attention_keeps_to_the_window_as_the_kernel_does() -> Result<()> {
+        let window = SlidingWindow { size: 5, pattern: 2, rope_theta: 10_000.0 };
+        let shape = StackShape {
+            hidden: 32,
+            intermediate: 8,
+            layers: 1,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            eps: 1e-6,
+            qkv_bias: false,
+            qk_norm: false,
+            sandwich_norms: false,
+            activation: GateActivation::Silu,
+            window: Some(window),
+        };
+        let attention = Attention::load(&Weights::random(3, DType::F32, &Device::Cpu), &shape, Some(window.size))?;
+        let values = |len: usize, seed: f32| (0..len).map(|i| (i as f32 * 0.71 + seed).sin()).collect::<Vec<f32>>();
+        for (n, total) in [(6, 11), (1, 11), (3, 3)] {
+            let q = Tensor::from_vec(values(n * 4 * 8, 0.3), (n, 4, 8), &Device::Cpu)?;
+            let k = Tensor::from_vec(values(total * 2 * 8, 1.1), (total, 2, 8), &Device::Cpu)?;
+            let v = Tensor::from_vec(values(total * 2 * 8, 2.7), (total, 2, 8), &Device::Cpu)?;
+            let tensors = attention.attend(&q, &k, &v, total - n)?.flatten_all()?.to_vec1::<f32>()?;
+            let kernel = cached_attention(&q, &k, &v, attention.shape)?.flatten_all()?.to_vec1::<f32>()?;
+            let worst = tensors.iter().zip(&kernel).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "n {n}, total {total}: the two attentions differ by {worst}");
+        }
+        Ok(())
     }
 }

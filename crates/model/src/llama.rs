@@ -35,6 +35,8 @@ pub struct Llama {
     norm: RmsNorm,
     head: Linear,
     vocab_size: usize,
+    /// What the embeddings are multiplied by (Gemma's √hidden), if anything.
+    embed_scale: Option<f64>,
 }
 
 impl Llama {
@@ -57,7 +59,9 @@ impl Llama {
         } else {
             Linear::load(w, "lm_head", vocab, dim)?
         };
-        Ok(Self { embed, tied, stack, norm, head, vocab_size: vocab })
+        // In f32, as llama.cpp scales them (HF's Gemma rounds the factor to the weights' dtype).
+        let embed_scale = config.scale_embeddings.then(|| f64::from((dim as f32).sqrt()));
+        Ok(Self { embed, tied, stack, norm, head, vocab_size: vocab, embed_scale })
     }
 
     /// The token embedding `[vocab, d]` and output head `[vocab, d]` (the same tensor when tied);
@@ -108,7 +112,11 @@ impl Llama {
             return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {}", self.vocab_size)));
         }
         let ids = Tensor::new(tokens, self.embed.device())?;
-        Ok(self.embed.index_select(&ids, 0)?)
+        let rows = self.embed.index_select(&ids, 0)?;
+        Ok(match self.embed_scale {
+            Some(scale) => (rows * scale)?,
+            None => rows,
+        })
     }
 
     /// Final norm and output head over the chosen rows of `hidden`.

@@ -123,6 +123,9 @@ impl TrainSpec {
             recycle: None,
             qkv_bias: false,
             qk_norm: false,
+            sandwich_norms: false,
+            scale_embeddings: false,
+            sliding_window: None,
         };
         config.validate()?;
         Ok(config)

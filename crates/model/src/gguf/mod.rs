@@ -1,7 +1,8 @@
-//! llama.cpp's GGUF files (v2/v3, `general.architecture` `llama`, `qwen2`, `qwen3` or `phi3`): the
-//! configuration from the architecture's metadata (`llama.*`, `qwen2.*`, ...), the tokenizer and
-//! chat template from `tokenizer.*`, and tensors read through candle's GGUF reader and
-//! dequantized as the model asks for them, under the names of the HuggingFace layout. For
+//! llama.cpp's GGUF files (v2/v3, `general.architecture` `llama`, `qwen2`, `qwen3`, `phi3` or
+//! `gemma3`): the configuration from the architecture's metadata (`llama.*`, `qwen2.*`, ...),
+//! the tokenizer and chat template from `tokenizer.*`, and tensors read through candle's GGUF
+//! reader and dequantized as the model asks for them, under the names of the HuggingFace
+//! layout. For
 //! Llama, llama.cpp stores the Q and K rows of each head interleaved for its pair-wise RoPE;
 //! they are put back in the rotate-half order this model uses (the other families' files keep
 //! that order).
@@ -9,7 +10,7 @@ mod alignment;
 mod names;
 mod tokenizer;
 
-use crate::config::{Family, LlamaConfig, TokenIds};
+use crate::config::{Family, LlamaConfig, SlidingWindow, TokenIds};
 use crate::error::{ModelError, Result};
 use crate::tokenizer::TextTokenizer;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -171,8 +172,14 @@ impl GgufFile {
             recycle: None,
             qkv_bias: false,
             qk_norm: false,
+            sandwich_norms: false,
+            scale_embeddings: false,
+            sliding_window: None,
         };
         self.family.apply(&mut config);
+        if self.family == Family::Gemma3 {
+            self.gemma3(&mut config)?;
+        }
         // Phi-3's LongRoPE (the 128k models, Phi-3.5) rescales positions and attention by
         // context length; served without it, answers would part from the model's.
         if let Some(name) = ["rope_factors_long.weight", "rope_factors_short.weight"]
@@ -186,6 +193,30 @@ impl GgufFile {
         }
         config.validate().map_err(|e| ModelError::file(&self.path, e.to_string()))?;
         Ok(config)
+    }
+
+    /// Gemma 3's local layers, as llama.cpp reads them (a window of 0 or none: every layer
+    /// global; 1 layer in 6 global unless the file says otherwise; local RoPE base 10,000).
+    fn gemma3(&self, config: &mut LlamaConfig) -> Result<()> {
+        let k = |key: &str| self.key(key);
+        let unsupported =
+            |what: &str| Err(ModelError::file(&self.path, format!("Gemma 3 {what} is not supported yet")));
+        // The 27B model scales queries by its width per head, not 1/√head_dim.
+        if config.num_hidden_layers == 62 {
+            return unsupported("27B (its attention scale)");
+        }
+        if self.optional_f64(&k("final_logit_softcapping"))?.is_some_and(|cap| cap != 0.0) {
+            return unsupported("with final logit soft-capping");
+        }
+        config.sliding_window = match self.optional_usize(&k("attention.sliding_window"))? {
+            Some(size) if size > 0 => Some(SlidingWindow {
+                size,
+                pattern: self.optional_usize(&k("attention.sliding_window_pattern"))?.unwrap_or(6),
+                rope_theta: self.optional_f64(&k("rope.freq_base_swa"))?.unwrap_or(10_000.0),
+            }),
+            _ => None,
+        };
+        Ok(())
     }
 
     /// Llama 3's RoPE scaling as a GGUF file carries it: `rope_freqs.weight`, one divisor per

@@ -1,5 +1,8 @@
 //! Where a GGUF file keeps each tensor of the HuggingFace layout, per family: llama.cpp's
-//! names, Llama's interleaved Q and K rows, and Phi-3's fused projections.
+//! names, Llama's interleaved Q and K rows, and Phi-3's fused projections. Gemma's two extra
+//! norms have no Llama name; they are called `attention_output_norm` and
+//! `feedforward_output_norm` here (HF Gemma's `post_attention_layernorm` would clash with
+//! Llama's name for the norm before the feed-forward).
 use crate::config::Family;
 use candle_core::Tensor;
 
@@ -56,6 +59,9 @@ pub(super) fn gguf_name(hf: &str, family: Family, fused_qkv: bool) -> Option<(St
         "self_attn.v_proj.bias" => ("attn_v.bias", Rows::AsStored),
         "self_attn.q_norm.weight" => ("attn_q_norm.weight", Rows::AsStored),
         "self_attn.k_norm.weight" => ("attn_k_norm.weight", Rows::AsStored),
+        // Gemma's norms on the outputs of attention and of the feed-forward.
+        "attention_output_norm.weight" => ("post_attention_norm.weight", Rows::AsStored),
+        "feedforward_output_norm.weight" => ("post_ffw_norm.weight", Rows::AsStored),
         // Phi-3 stacks the gate above the up projection in `ffn_up`.
         "mlp.gate_proj.weight" if phi3 => ("ffn_up.weight", Rows::Part(Fused::Gate)),
         "mlp.up_proj.weight" if phi3 => ("ffn_up.weight", Rows::Part(Fused::Up)),

@@ -4,7 +4,7 @@
 //! template from the metadata.
 use super::GgufFile;
 use crate::error::{ModelError, Result};
-use crate::llama2c::{Kind, Vocabulary};
+use crate::llama2c::{Kind, SpmOptions, Vocabulary};
 use crate::tokenizer::TextTokenizer;
 use serde_json::json;
 
@@ -45,12 +45,18 @@ pub(super) fn load(gguf: &GgufFile) -> Result<TextTokenizer> {
                         UNKNOWN => Kind::Unknown,
                         CONTROL => Kind::Control,
                         BYTE => Kind::Byte,
+                        USER_DEFINED => Kind::UserDefined,
                         _ => Kind::Normal,
                     };
                     (t.clone(), scores.get(i).copied().unwrap_or(0.0), kind)
                 })
                 .collect();
-            Vocabulary::from_pieces(pieces).tokenizer_json()
+            let space_prefix = match gguf.content.metadata.get("tokenizer.ggml.add_space_prefix") {
+                Some(v) => v.to_bool().map_err(|e| gguf.bad("tokenizer.ggml.add_space_prefix", e))?,
+                None => true,
+            };
+            // BOS comes from the metadata (`add_bos_token`, below), not the vocabulary's order.
+            Vocabulary::from_pieces(pieces).tokenizer_json(SpmOptions { space_prefix, bos_first: false })
         }
         other => {
             return Err(ModelError::file(

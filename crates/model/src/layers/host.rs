@@ -12,7 +12,7 @@ use super::{Attention, DecoderLayer, Linear, RmsNorm, SeqSlot};
 use crate::error::{ModelError, Result};
 use crate::rope::Rope;
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
-use recyclegpt_kernels::{attention, isa, linear_small, quant_linear, silu_mul, SMALL_M_MAX};
+use recyclegpt_kernels::{attention, gate_mul, isa, linear_small, quant_linear, SMALL_M_MAX};
 
 /// Whether a forward of `rows` rows of `x` takes this path.
 pub(crate) fn applies(x: &Tensor, rows: usize) -> bool {
@@ -51,10 +51,10 @@ fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// Runs `x` (`[T, d]`, at `positions`) through `layers`, writing each sequence's keys and
 /// values after its cached ones (the caller commits them); returns the output and the outputs
-/// of the layers in `taps` (counted from 1).
+/// of the layers in `taps` (counted from 1). `ropes`: the global layers' and the local ones'.
 pub(crate) fn forward(
     layers: &[DecoderLayer],
-    rope: &Rope,
+    ropes: [&Rope; 2],
     x: &Tensor,
     positions: &[u32],
     seqs: &[SeqSlot],
@@ -64,18 +64,24 @@ pub(crate) fn forward(
     let mut x = with_host_values(&x.contiguous()?, |values| Ok(values.to_vec()))?;
     let mut buffers = Buffers::default();
     let mut tapped = Vec::with_capacity(taps.len());
-    let (cos, sin) = rope.full_tables();
+    let ([cos, local_cos], [sin, local_sin]) = (ropes.map(|r| r.full_tables().0), ropes.map(|r| r.full_tables().1));
     with_host_values(cos, |cos| {
         with_host_values(sin, |sin| {
-            let rope = HostRope { cos, sin, positions };
-            for (i, layer) in layers.iter().enumerate() {
-                let at = LayerRows { count: rows, layer: i, rope: &rope, seqs };
-                layer.forward_host(&mut x, &at, &mut buffers)?;
-                if taps.contains(&(i + 1)) {
-                    tapped.push(Tensor::from_slice(&x, (rows, width), &Device::Cpu)?);
-                }
-            }
-            Ok(())
+            with_host_values(local_cos, |local_cos| {
+                with_host_values(local_sin, |local_sin| {
+                    let global = HostRope { cos, sin, positions };
+                    let local = HostRope { cos: local_cos, sin: local_sin, positions };
+                    for (i, layer) in layers.iter().enumerate() {
+                        let rope = if layer.is_local() { &local } else { &global };
+                        let at = LayerRows { count: rows, layer: i, rope, seqs };
+                        layer.forward_host(&mut x, &at, &mut buffers)?;
+                        if taps.contains(&(i + 1)) {
+                            tapped.push(Tensor::from_slice(&x, (rows, width), &Device::Cpu)?);
+                        }
+                    }
+                    Ok(())
+                })
+            })
         })
     })?;
     Ok((Tensor::from_vec(x, (rows, width), &Device::Cpu)?, tapped))
@@ -123,12 +129,18 @@ impl DecoderLayer {
         let rows = at.count;
         self.input_norm.forward_host(x, &mut b.normed)?;
         self.attention.forward_host(at, b)?;
+        if let Some(norm) = &self.attention_output_norm {
+            norm.normalize_in_place(&mut b.projected)?;
+        }
         add_in_place(x, &b.projected);
         self.post_norm.forward_host(x, &mut b.normed)?;
         self.mlp.gate_up.forward_host(&b.normed, rows, &mut b.gate_up)?;
         let width = self.mlp.intermediate;
-        silu_mul(&b.gate_up, rows, width, sized(&mut b.activated, rows * width));
+        gate_mul(self.mlp.activation, &b.gate_up, rows, width, sized(&mut b.activated, rows * width));
         self.mlp.down.forward_host(&b.activated, rows, &mut b.projected)?;
+        if let Some(norm) = &self.feedforward_output_norm {
+            norm.normalize_in_place(&mut b.projected)?;
+        }
         add_in_place(x, &b.projected);
         Ok(())
     }

@@ -6,8 +6,8 @@ use crate::error::{ModelError, Result};
 use std::path::Path;
 
 pub use checkpoint::Checkpoint;
-pub(crate) use vocab::Kind;
 pub use vocab::Vocabulary;
+pub(crate) use vocab::{Kind, SpmOptions};
 
 /// Writes `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` and
 /// `generation_config.json` into `out`.
@@ -23,7 +23,7 @@ pub fn convert(checkpoint: &Path, tokenizer: &Path, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, e))?;
     checkpoint.write_safetensors(&out.join("model.safetensors"))?;
     write_json(&out.join("config.json"), &checkpoint.hf_config())?;
-    write_json(&out.join("tokenizer.json"), &vocab.tokenizer_json())?;
+    write_json(&out.join("tokenizer.json"), &vocab.tokenizer_json(SpmOptions::LLAMA2C))?;
     write_json(
         &out.join("tokenizer_config.json"),
         &serde_json::json!({

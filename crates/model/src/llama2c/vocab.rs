@@ -11,6 +11,22 @@ pub(crate) enum Kind {
     Unknown,
     Control,
     Byte,
+    /// Matched in the raw text before anything else, as llama.cpp and HF do (Gemma's runs of
+    /// newlines, spaces and tabs, its HTML tags).
+    UserDefined,
+}
+
+/// How the text meets the pieces: llama2.c's and Llama 2's vocabularies prefix a space and start
+/// with BOS (id 1); a GGUF file says both for itself (Gemma: no prefix; BOS added by the
+/// server's tokenizer from the metadata, so the tokenizer itself adds none).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SpmOptions {
+    pub space_prefix: bool,
+    pub bos_first: bool,
+}
+
+impl SpmOptions {
+    pub(crate) const LLAMA2C: SpmOptions = SpmOptions { space_prefix: true, bos_first: true };
 }
 
 pub struct Vocabulary {
@@ -79,44 +95,53 @@ impl Vocabulary {
         ranked.into_iter().map(|(_, _, _, a, b)| (a, b)).collect()
     }
 
-    pub fn tokenizer_json(&self) -> serde_json::Value {
+    pub(crate) fn tokenizer_json(&self, options: SpmOptions) -> serde_json::Value {
         let vocab: serde_json::Map<String, serde_json::Value> =
             self.pieces.iter().enumerate().map(|(i, p)| (p.0.clone(), json!(i))).collect();
         let added: Vec<serde_json::Value> = self
             .pieces
             .iter()
             .enumerate()
-            .filter(|(_, p)| matches!(p.2, Kind::Unknown | Kind::Control))
+            .filter(|(_, p)| matches!(p.2, Kind::Unknown | Kind::Control | Kind::UserDefined))
             .map(|(i, p)| {
                 json!({"id": i, "content": p.0, "single_word": false, "lstrip": false,
-                       "rstrip": false, "normalized": false, "special": true})
+                       "rstrip": false, "normalized": false, "special": p.2 != Kind::UserDefined})
             })
             .collect();
         let merges: Vec<[String; 2]> = self.merges().into_iter().map(|(a, b)| [a, b]).collect();
         let bos = self.pieces[1].0.clone();
-        json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": {"type": "Sequence", "normalizers": [
-                {"type": "Prepend", "prepend": SPACE.to_string()},
-                {"type": "Replace", "pattern": {"String": " "}, "content": SPACE.to_string()}
-            ]},
-            "pre_tokenizer": null,
-            "post_processor": {
+        let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE.to_string()});
+        let normalizer = if options.space_prefix {
+            json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": SPACE.to_string()}, replace]})
+        } else {
+            replace
+        };
+        let post_processor = options.bos_first.then(|| {
+            json!({
                 "type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
                 "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
                          {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
                 "special_tokens": {bos.clone(): {"id": bos, "ids": [1], "tokens": [bos]}}
-            },
-            "decoder": {"type": "Sequence", "decoders": [
-                {"type": "Replace", "pattern": {"String": SPACE.to_string()}, "content": " "},
-                {"type": "ByteFallback"},
-                {"type": "Fuse"},
-                {"type": "Strip", "content": " ", "start": 1, "stop": 0}
-            ]},
+            })
+        });
+        let mut decoders = vec![
+            json!({"type": "Replace", "pattern": {"String": SPACE.to_string()}, "content": " "}),
+            json!({"type": "ByteFallback"}),
+            json!({"type": "Fuse"}),
+        ];
+        if options.space_prefix {
+            decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+        }
+        json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": normalizer,
+            "pre_tokenizer": null,
+            "post_processor": post_processor,
+            "decoder": {"type": "Sequence", "decoders": decoders},
             "model": {
                 "type": "BPE", "dropout": null, "unk_token": self.pieces[0].0, "continuing_subword_prefix": null,
                 "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
