@@ -320,7 +320,7 @@ pub fn run(
         shape: name.to_string(),
         device: recyclegpt_model::device_name(model.device()),
         dtype: format!("{:?}", model.dtype()).to_lowercase(),
-        quantization: model.quantization().map_or("none".into(), |q| format!("{q:?}").to_lowercase()),
+        quantization: model.quantization().map_or("none".into(), |q| q.to_string()),
         cached_tokens: cached,
         params,
         weight_bytes,

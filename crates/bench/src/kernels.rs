@@ -5,7 +5,7 @@
 use crate::{median_ms, time};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use recyclegpt_kernels::{q4_linear, q8_linear, small_linear, Isa, Q4Format, Q4Matrix, Q8Matrix};
+use recyclegpt_kernels::{low_bit_linear, q8_linear, small_linear, Isa, LowBitFormat, LowBitMatrix, Q8Matrix};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -30,7 +30,7 @@ pub fn run(n: usize, k: usize, ms: &[usize], rounds: usize) -> candle_core::Resu
     let q4 = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q4_1)?)?;
     let ours = Q8Matrix::quantize(&w.flatten_all()?.to_vec1::<f32>()?, n, k)
         .ok_or_else(|| candle_core::Error::Msg(format!("k = {k} is not a multiple of 32")))?;
-    let ours_q4 = Q4Matrix::quantize(&w.flatten_all()?.to_vec1::<f32>()?, n, k, Q4Format::Q4_1)
+    let ours_q4 = LowBitMatrix::quantize(&w.flatten_all()?.to_vec1::<f32>()?, n, k, LowBitFormat::Q4_1)
         .ok_or_else(|| candle_core::Error::Msg(format!("k = {k} is not a multiple of 32")))?;
     let isa = Isa::detect();
     let mut rows = Vec::new();
@@ -47,7 +47,7 @@ pub fn run(n: usize, k: usize, ms: &[usize], rounds: usize) -> candle_core::Resu
         for _ in 0..rounds {
             let ((), t) = time(|| q8_linear(isa, &x_values, m, &ours, &mut out));
             ours_ms.push(t);
-            let ((), t) = time(|| q4_linear(isa, &x_values, m, &ours_q4, &mut out));
+            let ((), t) = time(|| low_bit_linear(isa, &x_values, m, &ours_q4, &mut out));
             ours_q4_ms.push(t);
             for (matmul, times) in [(&q8, &mut q8_ms), (&q4, &mut q4_ms)] {
                 let (out, t) = time(|| matmul.forward(&x));

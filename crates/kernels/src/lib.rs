@@ -22,4 +22,4 @@ pub use gated::{gate_mul, GateActivation};
 pub use isa::Isa;
 pub use linear::linear_small;
 pub use op::{isa, quantized_linear, small_linear, SMALL_M_MAX};
-pub use quant::{q4_linear, q8_linear, quant_linear, Q4Format, Q4Matrix, Q8Matrix, QuantMatrix};
+pub use quant::{low_bit_linear, q8_linear, quant_linear, LowBitFormat, LowBitMatrix, Q8Matrix, QuantMatrix};

@@ -28,16 +28,32 @@ impl Linear {
     pub fn load(w: &Weights, name: &str, out_dim: usize, in_dim: usize) -> Result<Self> {
         let std = 1.0 / (in_dim as f32).sqrt();
         let w = w.pp(name);
-        Self::from_weight(w.get("weight", &[out_dim, in_dim], Init::Normal(std))?, w.quantization_for(&["weight"]))
+        Self::from_stored(w.get("weight", &[out_dim, in_dim], Init::Normal(std))?, &w, &["weight"])
     }
 
     /// A linear layer over `weight`, kept quantized instead when asked and the shape allows
     /// (rows of whole 32-value blocks, f32 on the CPU).
     pub fn from_weight(weight: Tensor, quantization: Option<Quantization>) -> Result<Self> {
+        Self::kept(weight, quantization, false)
+    }
+
+    /// A linear layer over `weight`, the tensors `names` of `w` (stacked), kept as `w` says.
+    /// Blocks that a GGUF file stores in a low-bit format are kept in it only if they come back
+    /// exactly (a file quantized with an importance matrix chose its scales otherwise than
+    /// llama.cpp's reference quantizer, which ours repeats); else in Q8_0.
+    pub(crate) fn from_stored(weight: Tensor, w: &Weights, names: &[&str]) -> Result<Self> {
+        Self::kept(weight, w.quantization_for(names), w.is_gguf())
+    }
+
+    fn kept(weight: Tensor, quantization: Option<Quantization>, exactly: bool) -> Result<Self> {
         if let (Some(format), Ok((rows, cols))) = (quantization, weight.dims2()) {
             if weight.device().is_cpu() && weight.dtype() == DType::F32 {
                 let values = weight.flatten_all()?.to_vec1::<f32>()?;
-                if let Some(quant) = format.quantize(&values, rows, cols) {
+                if let Some(mut quant) = format.quantize(&values, rows, cols) {
+                    if exactly && matches!(quant, QuantMatrix::LowBit(_)) && quant.dequantize() != values {
+                        tracing::debug!(?format, rows, cols, "blocks not kept exactly: kept in Q8_0");
+                        quant = Quantization::Q8_0.quantize(&values, rows, cols).unwrap_or(quant);
+                    }
                     return Ok(Self { weight: None, quant: Some(std::sync::Arc::new(quant)), bias: None });
                 }
             }
@@ -59,7 +75,7 @@ impl Linear {
             .collect::<Result<Vec<_>>>()?;
         let weights: Vec<String> = names.iter().map(|name| format!("{name}.weight")).collect();
         let weights: Vec<&str> = weights.iter().map(String::as_str).collect();
-        let mut linear = Self::from_weight(Tensor::cat(&parts, 0)?, w.quantization_for(&weights))?;
+        let mut linear = Self::from_stored(Tensor::cat(&parts, 0)?, w, &weights)?;
         if bias {
             let biases = names
                 .iter()
@@ -84,9 +100,11 @@ impl Linear {
     pub fn quantization(&self) -> Option<Quantization> {
         self.quant.as_deref().map(|quant| match quant {
             QuantMatrix::Q8_0(_) => Quantization::Q8_0,
-            QuantMatrix::Q4(w) => match w.format() {
-                recyclegpt_kernels::Q4Format::Q4_0 => Quantization::Q4_0,
-                recyclegpt_kernels::Q4Format::Q4_1 => Quantization::Q4_1,
+            QuantMatrix::LowBit(w) => match w.format() {
+                recyclegpt_kernels::LowBitFormat::Q4_0 => Quantization::Q4_0,
+                recyclegpt_kernels::LowBitFormat::Q4_1 => Quantization::Q4_1,
+                recyclegpt_kernels::LowBitFormat::Q5_0 => Quantization::Q5_0,
+                recyclegpt_kernels::LowBitFormat::Q5_1 => Quantization::Q5_1,
             },
         })
     }

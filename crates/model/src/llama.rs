@@ -55,7 +55,7 @@ impl Llama {
         // Some tied checkpoints still carry `lm_head.weight`; tying wins only when it is absent.
         let tied = config.tie_word_embeddings && !w.pp("lm_head").contains("weight");
         let head = if tied {
-            Linear::from_weight(embed.clone(), model.pp("embed_tokens").quantization_for(&["weight"]))?
+            Linear::from_stored(embed.clone(), &model.pp("embed_tokens"), &["weight"])?
         } else {
             Linear::load(w, "lm_head", vocab, dim)?
         };

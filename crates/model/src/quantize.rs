@@ -1,9 +1,9 @@
 //! `--quantize`: which format linear layers are kept in, and how `auto` picks one.
 use crate::error::{ModelError, Result};
-use crate::gguf::{is_gguf, GgufFile};
+use crate::gguf::is_gguf;
 use candle_core::quantized::GgmlDType;
 use candle_core::Device;
-use recyclegpt_kernels::{Q4Format, Q4Matrix, Q8Matrix, QuantMatrix};
+use recyclegpt_kernels::{LowBitFormat, LowBitMatrix, Q8Matrix, QuantMatrix};
 use std::path::Path;
 
 /// The format linear layers are quantized to at load; activations are quantized to int8 per
@@ -16,7 +16,19 @@ pub enum Quantization {
     Q4_0,
     /// Blocks of 32 4-bit values with a minimum (llama.cpp's Q4_1).
     Q4_1,
+    /// Blocks of 32 5-bit values, symmetric (llama.cpp's Q5_0).
+    Q5_0,
+    /// Blocks of 32 5-bit values with a minimum (llama.cpp's Q5_1).
+    Q5_1,
+    /// Each GGUF tensor in the type the file stores it in where a kernel has that type (the
+    /// formats above), the others in Q8_0 (K-quants, F16); every tensor of other sources in
+    /// Q8_0. What `--quantize auto` picks for a GGUF file on the CPU.
+    AsStored,
 }
+
+/// The formats a GGUF tensor is kept in as it is stored.
+const KEPT_AS_STORED: [Quantization; 5] =
+    [Quantization::Q8_0, Quantization::Q4_0, Quantization::Q4_1, Quantization::Q5_0, Quantization::Q5_1];
 
 impl std::str::FromStr for Quantization {
     type Err = ModelError;
@@ -26,28 +38,52 @@ impl std::str::FromStr for Quantization {
             "q8_0" => Ok(Quantization::Q8_0),
             "q4_0" => Ok(Quantization::Q4_0),
             "q4_1" => Ok(Quantization::Q4_1),
-            other => Err(ModelError::Config(format!("unknown quantization `{other}` (supported: q8_0, q4_0, q4_1)"))),
+            "q5_0" => Ok(Quantization::Q5_0),
+            "q5_1" => Ok(Quantization::Q5_1),
+            other => Err(ModelError::Config(format!(
+                "unknown quantization `{other}` (supported: q8_0, q4_0, q4_1, q5_0, q5_1)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Quantization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quantization::AsStored => f.write_str("as stored"),
+            format => f.write_str(&format!("{format:?}").to_lowercase()),
         }
     }
 }
 
 impl Quantization {
-    /// llama.cpp's type of the same blocks.
-    pub fn ggml_type(self) -> GgmlDType {
+    /// llama.cpp's type of the same blocks (`AsStored`: none).
+    pub fn ggml_type(self) -> Option<GgmlDType> {
         match self {
-            Quantization::Q8_0 => GgmlDType::Q8_0,
-            Quantization::Q4_0 => GgmlDType::Q4_0,
-            Quantization::Q4_1 => GgmlDType::Q4_1,
+            Quantization::Q8_0 => Some(GgmlDType::Q8_0),
+            Quantization::Q4_0 => Some(GgmlDType::Q4_0),
+            Quantization::Q4_1 => Some(GgmlDType::Q4_1),
+            Quantization::Q5_0 => Some(GgmlDType::Q5_0),
+            Quantization::Q5_1 => Some(GgmlDType::Q5_1),
+            Quantization::AsStored => None,
         }
     }
 
-    /// `values` (`rows × cols`, row-major) in this format; `None` unless `cols` is a positive
-    /// multiple of 32.
+    /// The format a GGUF tensor stored as `stored` is kept in as it is, if a kernel has it.
+    pub fn of_stored(stored: GgmlDType) -> Option<Self> {
+        KEPT_AS_STORED.into_iter().find(|format| format.ggml_type() == Some(stored))
+    }
+
+    /// `values` (`rows × cols`, row-major) in this format (`AsStored`: Q8_0); `None` unless
+    /// `cols` is a positive multiple of 32.
     pub fn quantize(self, values: &[f32], rows: usize, cols: usize) -> Option<QuantMatrix> {
+        let low_bit = |format| LowBitMatrix::quantize(values, rows, cols, format).map(QuantMatrix::LowBit);
         match self {
-            Quantization::Q8_0 => Q8Matrix::quantize(values, rows, cols).map(QuantMatrix::Q8_0),
-            Quantization::Q4_0 => Q4Matrix::quantize(values, rows, cols, Q4Format::Q4_0).map(QuantMatrix::Q4),
-            Quantization::Q4_1 => Q4Matrix::quantize(values, rows, cols, Q4Format::Q4_1).map(QuantMatrix::Q4),
+            Quantization::Q8_0 | Quantization::AsStored => Q8Matrix::quantize(values, rows, cols).map(QuantMatrix::Q8_0),
+            Quantization::Q4_0 => low_bit(LowBitFormat::Q4_0),
+            Quantization::Q4_1 => low_bit(LowBitFormat::Q4_1),
+            Quantization::Q5_0 => low_bit(LowBitFormat::Q5_0),
+            Quantization::Q5_1 => low_bit(LowBitFormat::Q5_1),
         }
     }
 }
@@ -55,9 +91,9 @@ impl Quantization {
 /// What `--quantize` asks for, resolved against the model and device before loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QuantizeSpec {
-    /// For a GGUF file on the CPU, the file's own format where the kernels have it (Q4_0, Q4_1:
-    /// kept exactly) and Q8_0 for any other (users of such files expect quantized speed); none
-    /// otherwise.
+    /// For a GGUF file on the CPU, each tensor as the file stores it where the kernels have its
+    /// type (kept exactly) and Q8_0 for any other (users of such files expect quantized speed);
+    /// none otherwise.
     #[default]
     Auto,
     None,
@@ -72,7 +108,9 @@ impl std::str::FromStr for QuantizeSpec {
             "auto" => Ok(QuantizeSpec::Auto),
             "none" => Ok(QuantizeSpec::None),
             other => other.parse().map(QuantizeSpec::Format).map_err(|_| {
-                ModelError::Config(format!("unknown quantization `{other}` (supported: auto, none, q8_0, q4_0, q4_1)"))
+                ModelError::Config(format!(
+                    "unknown quantization `{other}` (supported: auto, none, q8_0, q4_0, q4_1, q5_0, q5_1)"
+                ))
             }),
         }
     }
@@ -82,15 +120,7 @@ impl QuantizeSpec {
     /// The quantization to load `model` with on `device`.
     pub fn resolve(self, model: &Path, device: &Device) -> Option<Quantization> {
         match self {
-            QuantizeSpec::Auto if is_gguf(model) && device.is_cpu() => {
-                // A file that does not open is reported by the load itself.
-                let stored = GgufFile::open(model).ok().and_then(|file| file.linear_type());
-                Some(match stored {
-                    Some(GgmlDType::Q4_0) => Quantization::Q4_0,
-                    Some(GgmlDType::Q4_1) => Quantization::Q4_1,
-                    _ => Quantization::Q8_0,
-                })
-            }
+            QuantizeSpec::Auto if is_gguf(model) && device.is_cpu() => Some(Quantization::AsStored),
             QuantizeSpec::Auto | QuantizeSpec::None => None,
             QuantizeSpec::Format(format) => Some(format),
         }

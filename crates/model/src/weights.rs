@@ -154,19 +154,28 @@ impl Weights {
         self
     }
 
-    /// The format a linear layer built from the tensors `names` is kept in. A 4-bit format
-    /// applies to GGUF tensors only where the file stores them in it (kept exactly); a tensor
-    /// the file stores in another type (often the embedding, Q6_K or Q8_0) is kept in Q8_0
-    /// rather than losing precision.
+    /// The format a linear layer built from the tensors `names` is kept in. A GGUF file's
+    /// tensors keep the type they are stored in (`AsStored`), or a low-bit format asked for,
+    /// only where the file stores them all in it (kept exactly); a tensor the file stores in
+    /// another type (often the embedding, a K-quant or Q8_0) is kept in Q8_0 rather than losing
+    /// precision.
     pub fn quantization_for(&self, names: &[&str]) -> Option<Quantization> {
-        match (self.quantization, &*self.source) {
-            (Some(format @ (Quantization::Q4_0 | Quantization::Q4_1)), Source::Gguf(gguf)) => {
-                let stored = format.ggml_type();
-                let exact = names.iter().all(|name| gguf.0.stored_type(&self.full_name(name)) == Some(stored));
-                Some(if exact { format } else { Quantization::Q8_0 })
-            }
-            (format, _) => format,
-        }
+        let format = self.quantization?;
+        let Source::Gguf(gguf) = &*self.source else { return Some(format) };
+        let mut stored = names.iter().map(|name| gguf.0.stored_type(&self.full_name(name)));
+        let first = stored.next().flatten();
+        let shared = first.filter(|&first| stored.all(|other| other == Some(first)));
+        Some(match (format, shared.and_then(Quantization::of_stored)) {
+            (Quantization::Q8_0, _) => Quantization::Q8_0,
+            (Quantization::AsStored, Some(kept)) => kept,
+            (format, Some(kept)) if kept == format => format,
+            _ => Quantization::Q8_0,
+        })
+    }
+
+    /// Whether the tensors come from a GGUF file (whose blocks a low-bit format keeps exactly).
+    pub fn is_gguf(&self) -> bool {
+        matches!(&*self.source, Source::Gguf(_))
     }
 
     /// The same weights, handed out in f32 whatever the load dtype (for values that must stay

@@ -12,14 +12,14 @@ use crate::pool::{self, OutPtr};
 use activations::{Activations, ACTIVATIONS};
 
 mod activations;
-mod q4;
+mod lowbit;
 #[cfg(target_arch = "x86_64")]
-mod q4_x86;
+mod lowbit_x86;
 mod q8;
 #[cfg(target_arch = "x86_64")]
 mod q8_x86;
 
-pub use q4::{Q4Format, Q4Matrix};
+pub use lowbit::{LowBitFormat, LowBitMatrix};
 pub use q8::Q8Matrix;
 
 /// Values per block.
@@ -33,21 +33,21 @@ const GROUP: usize = 4;
 #[derive(Debug, Clone)]
 pub enum QuantMatrix {
     Q8_0(Q8Matrix),
-    Q4(Q4Matrix),
+    LowBit(LowBitMatrix),
 }
 
 impl QuantMatrix {
     pub fn rows(&self) -> usize {
         match self {
             QuantMatrix::Q8_0(w) => w.rows(),
-            QuantMatrix::Q4(w) => w.rows(),
+            QuantMatrix::LowBit(w) => w.rows(),
         }
     }
 
     pub fn cols(&self) -> usize {
         match self {
             QuantMatrix::Q8_0(w) => w.cols(),
-            QuantMatrix::Q4(w) => w.cols(),
+            QuantMatrix::LowBit(w) => w.cols(),
         }
     }
 
@@ -55,14 +55,14 @@ impl QuantMatrix {
     pub fn bytes(&self) -> usize {
         match self {
             QuantMatrix::Q8_0(w) => w.bytes(),
-            QuantMatrix::Q4(w) => w.bytes(),
+            QuantMatrix::LowBit(w) => w.bytes(),
         }
     }
 
     pub fn dequantize(&self) -> Vec<f32> {
         match self {
             QuantMatrix::Q8_0(w) => w.dequantize(),
-            QuantMatrix::Q4(w) => w.dequantize(),
+            QuantMatrix::LowBit(w) => w.dequantize(),
         }
     }
 }
@@ -71,7 +71,7 @@ impl QuantMatrix {
 pub fn quant_linear(isa: Isa, x: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32]) {
     match w {
         QuantMatrix::Q8_0(w) => run(isa, x, m, Matrix::Q8(w), out),
-        QuantMatrix::Q4(w) => run(isa, x, m, Matrix::Q4(w), out),
+        QuantMatrix::LowBit(w) => run(isa, x, m, Matrix::LowBit(w), out),
     }
 }
 
@@ -81,21 +81,21 @@ pub fn q8_linear(isa: Isa, x: &[f32], m: usize, w: &Q8Matrix, out: &mut [f32]) {
 }
 
 /// [`quant_linear`] for a 4-bit matrix.
-pub fn q4_linear(isa: Isa, x: &[f32], m: usize, w: &Q4Matrix, out: &mut [f32]) {
-    run(isa, x, m, Matrix::Q4(w), out)
+pub fn low_bit_linear(isa: Isa, x: &[f32], m: usize, w: &LowBitMatrix, out: &mut [f32]) {
+    run(isa, x, m, Matrix::LowBit(w), out)
 }
 
 /// A borrowed matrix of either format.
 #[derive(Clone, Copy)]
 enum Matrix<'a> {
     Q8(&'a Q8Matrix),
-    Q4(&'a Q4Matrix),
+    LowBit(&'a LowBitMatrix),
 }
 
 fn run(isa: Isa, x: &[f32], m: usize, w: Matrix, out: &mut [f32]) {
     let (n, k) = match w {
         Matrix::Q8(w) => (w.rows(), w.cols()),
-        Matrix::Q4(w) => (w.rows(), w.cols()),
+        Matrix::LowBit(w) => (w.rows(), w.cols()),
     };
     assert!(x.len() >= m * k && out.len() >= m * n, "quant_linear: buffer too small");
     assert!(isa.available(), "quant_linear: {isa:?} is not supported by this CPU");
@@ -113,7 +113,7 @@ fn run(isa: Isa, x: &[f32], m: usize, w: Matrix, out: &mut [f32]) {
                 unsafe {
                     match w {
                         Matrix::Q8(w) => w.tile(path, a, tile, out),
-                        Matrix::Q4(w) => w.tile(path, a, tile, out),
+                        Matrix::LowBit(w) => w.tile(path, a, tile, out),
                     }
                 }
             }

@@ -248,18 +248,6 @@ impl GgufFile {
         tokenizer::load(self)
     }
 
-    /// The type every layer's matrix (`blk.N.*.weight`, 2-D) is stored in, if they share one.
-    pub fn linear_type(&self) -> Option<candle_core::quantized::GgmlDType> {
-        let mut types = self
-            .content
-            .tensor_infos
-            .iter()
-            .filter(|(name, info)| name.starts_with("blk.") && info.shape.rank() == 2)
-            .map(|(_, info)| info.ggml_dtype);
-        let first = types.next()?;
-        types.all(|t| t == first).then_some(first)
-    }
-
     /// The type the tensor the HF layout calls `hf_name` is stored in.
     pub(crate) fn stored_type(&self, hf_name: &str) -> Option<candle_core::quantized::GgmlDType> {
         let (name, _) = self.name_of(hf_name)?;
@@ -379,7 +367,6 @@ mod tests {
             .unwrap();
             drop(file);
             let gguf = GgufFile::open(&path).unwrap();
-            assert_eq!(gguf.linear_type(), Some(ggml));
             assert_eq!(gguf.stored_type("model.layers.0.mlp.down_proj.weight"), Some(ggml));
             let loaded = gguf
                 .load("model.layers.0.mlp.down_proj.weight", &[8, 256], DType::F32, &Device::Cpu, &config)
