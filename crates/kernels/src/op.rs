@@ -68,3 +68,30 @@ impl candle_core::CustomOp1 for QuantLinear<'_> {
 pub fn quantized_linear(x: &Tensor, w: &crate::quant::QuantMatrix) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&QuantLinear(w))
 }
+
+/// The gate's activation times the up projection (the kernel) as a candle op.
+struct GateMul(crate::gated::GateActivation);
+
+impl candle_core::CustomOp1 for GateMul {
+    fn name(&self) -> &'static str {
+        "gate-mul"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = xs else { bail!("gate-mul: f32 input only") };
+        let Some((x0, x1)) = xl.contiguous_offsets() else { bail!("gate-mul: contiguous input only") };
+        let &[rows, double] = xl.dims() else { bail!("gate-mul: expected [rows, 2 · width], got {:?}", xl.dims()) };
+        if double % 2 != 0 {
+            bail!("gate-mul: {double} columns do not split into gate and up")
+        }
+        let mut out = vec![0f32; rows * double / 2];
+        crate::gated::gate_mul(isa(), self.0, &x[x0..x1], rows, double / 2, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((rows, double / 2))))
+    }
+}
+
+/// `act(gate) · up` of `gate_up [rows, 2 · width]` (CPU, f32): the arithmetic of the path that
+/// runs layers over plain buffers, so both give the same bits.
+pub fn gated(gate_up: &Tensor, act: crate::gated::GateActivation) -> Result<Tensor> {
+    gate_up.contiguous()?.apply_op1_no_bwd(&GateMul(act))
+}

@@ -19,6 +19,18 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as for `Send`: the threads sharing the pointer write disjoint elements.
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer `at` elements on (a method, so that a closure captures the whole `OutPtr`,
+    /// which is `Sync`, not its raw pointer).
+    ///
+    /// # Safety
+    /// As [`pointer::add`]: the result must stay within the output.
+    pub(crate) unsafe fn add(self, at: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(at) }
+    }
+}
+
 /// Below this many multiply-adds a call runs on the calling thread alone: waking a worker and
 /// waiting for it would cost more than it saves.
 const PARALLEL_MIN_WORK: usize = 1 << 16;

@@ -1,5 +1,5 @@
-//! The few vector operations the attention kernel is written in, one implementation per
-//! instruction set: the kernel has one body, generic over [`Vector`], compiled once per path
+//! The few vector operations the attention and gate kernels are written in, one implementation
+//! per instruction set: each kernel has one body, generic over [`Vector`], compiled once per path
 //! inside a `#[target_feature]` function (as candle's CPU backend does with its `VecOps`).
 //!
 //! Every method is `unsafe`: the x86 ones are only sound on a CPU with their features, which
@@ -22,6 +22,11 @@ pub(crate) trait Vector {
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
+    /// `-|x|`.
+    unsafe fn neg_abs(x: Self::V) -> Self::V;
+    /// `a` in the lanes where `x >= 0`, `b` in the others.
+    unsafe fn select_nonneg(x: Self::V, a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sum(v: Self::V) -> f32;
     unsafe fn max_lane(v: Self::V) -> f32;
     /// The sums of four vectors' lanes, with a handful of shuffles for all four (summing each
@@ -85,6 +90,19 @@ impl Vector for Scalar {
     unsafe fn exp(x: f32) -> f32 {
         x.exp()
     }
+    unsafe fn div(a: f32, b: f32) -> f32 {
+        a / b
+    }
+    unsafe fn neg_abs(x: f32) -> f32 {
+        -x.abs()
+    }
+    unsafe fn select_nonneg(x: f32, a: f32, b: f32) -> f32 {
+        if x >= 0.0 {
+            a
+        } else {
+            b
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -134,6 +152,18 @@ mod x86 {
         #[inline(always)]
         unsafe fn max(a: __m512, b: __m512) -> __m512 {
             unsafe { _mm512_max_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_div_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn neg_abs(x: __m512) -> __m512 {
+            unsafe { _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN))) }
+        }
+        #[inline(always)]
+        unsafe fn select_nonneg(x: __m512, a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_setzero_ps()), b, a) }
         }
         #[inline(always)]
         unsafe fn sum(v: __m512) -> f32 {
@@ -225,6 +255,18 @@ mod x86 {
         #[inline(always)]
         unsafe fn max(a: __m256, b: __m256) -> __m256 {
             unsafe { _mm256_max_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_div_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn neg_abs(x: __m256) -> __m256 {
+            unsafe { _mm256_or_ps(x, _mm256_set1_ps(-0.0)) }
+        }
+        #[inline(always)]
+        unsafe fn select_nonneg(x: __m256, a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_blendv_ps(b, a, _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_setzero_ps())) }
         }
         #[inline(always)]
         unsafe fn sum(v: __m256) -> f32 {

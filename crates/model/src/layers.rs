@@ -10,7 +10,7 @@ use crate::weights::{Init, Weights};
 use candle_core::{DType, Tensor};
 pub(crate) use host::{applies as host_path_applies, forward as host_forward, with_host_values};
 use recyclegpt_kernels::{
-    cached_attention, quantized_linear, small_linear, AttentionShape, GateActivation, QuantMatrix, SMALL_M_MAX,
+    cached_attention, gated, quantized_linear, small_linear, AttentionShape, GateActivation, QuantMatrix, SMALL_M_MAX,
 };
 
 /// `y = x · Wᵀ` with `W` stored as `[out, in]` (PyTorch order).
@@ -186,6 +186,9 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up.forward(x)?;
+        if gate_up.device().is_cpu() && gate_up.dtype() == DType::F32 {
+            return self.down.forward(&gated(&gate_up, self.activation)?);
+        }
         let gate = gate_up.narrow(1, 0, self.intermediate)?;
         let gate = match self.activation {
             GateActivation::Silu => gate.silu()?,

@@ -79,7 +79,9 @@ impl Quantization {
     pub fn quantize(self, values: &[f32], rows: usize, cols: usize) -> Option<QuantMatrix> {
         let low_bit = |format| LowBitMatrix::quantize(values, rows, cols, format).map(QuantMatrix::LowBit);
         match self {
-            Quantization::Q8_0 | Quantization::AsStored => Q8Matrix::quantize(values, rows, cols).map(QuantMatrix::Q8_0),
+            Quantization::Q8_0 | Quantization::AsStored => {
+                Q8Matrix::quantize(values, rows, cols).map(QuantMatrix::Q8_0)
+            }
             Quantization::Q4_0 => low_bit(LowBitFormat::Q4_0),
             Quantization::Q4_1 => low_bit(LowBitFormat::Q4_1),
             Quantization::Q5_0 => low_bit(LowBitFormat::Q5_0),

@@ -78,7 +78,10 @@ unsafe fn pass_vnni<const M: usize, const C: usize, const FIVE: bool>(
                     let masks = w.fifth.as_ptr().add((tile * blocks + b) * MASKS_PER_BLOCK + 2 * g);
                     let lo = _mm512_and_si512(v, low);
                     let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
-                    (_mm512_mask_add_epi8(lo, *masks, lo, sixteen), _mm512_mask_add_epi8(hi, *masks.add(1), hi, sixteen))
+                    (
+                        _mm512_mask_add_epi8(lo, *masks, lo, sixteen),
+                        _mm512_mask_add_epi8(hi, *masks.add(1), hi, sixteen),
+                    )
                 } else {
                     (_mm512_and_si512(v, low), _mm512_and_si512(v, high))
                 };
@@ -101,7 +104,8 @@ unsafe fn pass_vnni<const M: usize, const C: usize, const FIVE: bool>(
                     hi = _mm512_add_epi32(hi, sums_hi[i][c]);
                 }
                 // Exact: in the 4-bit formats every high product is a multiple of 16.
-                let sum = if FIVE { _mm512_add_epi32(lo, hi) } else { _mm512_add_epi32(lo, _mm512_srai_epi32::<4>(hi)) };
+                let sum =
+                    if FIVE { _mm512_add_epi32(lo, hi) } else { _mm512_add_epi32(lo, _mm512_srai_epi32::<4>(hi)) };
                 let scale = a.scales[xa];
                 acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, _mm512_set1_ps(scale)), acc[i]);
                 acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(scale * a.sums[xa] as f32), acc[i]);
@@ -214,7 +218,9 @@ unsafe fn fifth_bits(bits: u32) -> __m256i {
     // all four), then tests its bit i % 8.
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits as i32),
-        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+        _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        ),
     );
     let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);

@@ -136,7 +136,7 @@ impl DecoderLayer {
         self.post_norm.forward_host(x, &mut b.normed)?;
         self.mlp.gate_up.forward_host(&b.normed, rows, &mut b.gate_up)?;
         let width = self.mlp.intermediate;
-        gate_mul(self.mlp.activation, &b.gate_up, rows, width, sized(&mut b.activated, rows * width));
+        gate_mul(isa(), self.mlp.activation, &b.gate_up, rows, width, sized(&mut b.activated, rows * width));
         self.mlp.down.forward_host(&b.activated, rows, &mut b.projected)?;
         if let Some(norm) = &self.feedforward_output_norm {
             norm.normalize_in_place(&mut b.projected)?;
