@@ -72,7 +72,12 @@ def main():
                 answer = post("/completion", body)
                 top2 = [[round(p["logprob"], 4) for p in step["top_logprobs"]]
                         for step in answer.get("completion_probabilities", [])]
-                cases.append({"prompt": case["prompt"], "prompt_ids": ids, "ids": answer["tokens"], "top2_logprobs": top2})
+                kept = {"prompt": case["prompt"], "prompt_ids": ids, "ids": answer["tokens"]}
+                # The server joins the steps of a character spelled over several tokens into one
+                # entry: then the list no longer lines up with the tokens, and is left out.
+                if len(top2) == len(answer["tokens"]):
+                    kept["top2_logprobs"] = top2
+                cases.append(kept)
             json.dump(cases, open(args.greedy, "w"))
         if args.texts and args.tokens:
             cases = []

@@ -265,6 +265,11 @@ impl RecycleGpt {
         self.llama.matrix_bytes()
     }
 
+    /// The part of [`Self::weight_bytes`] that the decoder layers read (the rest is the head).
+    pub fn layer_bytes(&self) -> usize {
+        self.llama.stack().matrix_bytes()
+    }
+
     pub fn quantization(&self) -> Option<Quantization> {
         self.quantization
     }
