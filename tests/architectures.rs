@@ -174,3 +174,103 @@ fn a_family_file_missing_its_tensors_is_refused_with_them_named() {
     let error = LoadedModel::load(&longrope, &options).err().expect("refused").to_string();
     assert!(error.contains("rope_factors_long.weight") && error.contains("LongRoPE"), "{error}");
 }
+
+/// A tiny Gemma 3 with random weights written twice: as an HF directory (`Gemma3ForCausalLM`,
+/// its norms stored as `w - 1` under Gemma's names, `layer_types`) and as a GGUF file in
+/// llama.cpp's layout (norms stored as `w`, `gemma3.*` metadata). Both load to the same model:
+/// the same logits, bit for bit, over a context past the sliding window. (The GGUF path is the
+/// one checked against llama.cpp, on Gemma 3 270M: `tests/gemma3.rs`.)
+#[test]
+fn an_hf_gemma3_directory_loads_as_its_gguf_file_does() {
+    use candle_core::{Device, Tensor};
+    use recyclegpt_model::gguf::GgufFile;
+    use recyclegpt_model::{RecycleGpt, SeqInput};
+    let (vocab, hidden, ff, layers, heads, head_dim) = (64usize, 64usize, 96usize, 3usize, 2usize, 32usize);
+    let dir = common::scratch("gemma3-hf");
+    let config = serde_json::json!({
+        "architectures": ["Gemma3ForCausalLM"], "vocab_size": vocab, "hidden_size": hidden,
+        "intermediate_size": ff, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": 1, "head_dim": head_dim, "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 1_000_000.0,
+        "rope_local_base_freq": 10_000.0, "sliding_window": 4, "query_pre_attn_scalar": head_dim,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+        "bos_token_id": 2, "eos_token_id": 1
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut seed = 0.0f32;
+    let mut values = |len: usize, centre: f32| {
+        seed += 1.0;
+        (0..len).map(|i| centre + 0.3 * ((i as f32 * 0.77 + seed * 1.3).sin())).collect::<Vec<f32>>()
+    };
+    // (HF name, GGUF name, shape, norm): norms are stored as `w - 1` in HF, as `w` in GGUF.
+    let mut named: Vec<(String, String, Vec<usize>, bool)> = vec![
+        ("model.embed_tokens.weight".into(), "token_embd.weight".into(), vec![vocab, hidden], false),
+        ("model.norm.weight".into(), "output_norm.weight".into(), vec![hidden], true),
+    ];
+    for l in 0..layers {
+        let hf = |n: &str| format!("model.layers.{l}.{n}.weight");
+        let gg = |n: &str| format!("blk.{l}.{n}.weight");
+        named.extend([
+            (hf("input_layernorm"), gg("attn_norm"), vec![hidden], true),
+            (hf("self_attn.q_proj"), gg("attn_q"), vec![heads * head_dim, hidden], false),
+            (hf("self_attn.k_proj"), gg("attn_k"), vec![head_dim, hidden], false),
+            (hf("self_attn.v_proj"), gg("attn_v"), vec![head_dim, hidden], false),
+            (hf("self_attn.o_proj"), gg("attn_output"), vec![hidden, heads * head_dim], false),
+            (hf("self_attn.q_norm"), gg("attn_q_norm"), vec![head_dim], true),
+            (hf("self_attn.k_norm"), gg("attn_k_norm"), vec![head_dim], true),
+            (hf("post_attention_layernorm"), gg("post_attention_norm"), vec![hidden], true),
+            (hf("pre_feedforward_layernorm"), gg("ffn_norm"), vec![hidden], true),
+            (hf("post_feedforward_layernorm"), gg("post_ffw_norm"), vec![hidden], true),
+            (hf("mlp.gate_proj"), gg("ffn_gate"), vec![ff, hidden], false),
+            (hf("mlp.up_proj"), gg("ffn_up"), vec![ff, hidden], false),
+            (hf("mlp.down_proj"), gg("ffn_down"), vec![hidden, ff], false),
+        ]);
+    }
+    let mut hf_tensors = std::collections::HashMap::new();
+    let mut gguf_tensors = Vec::new();
+    for (hf, gg, shape, norm) in &named {
+        let len = shape.iter().product();
+        let stored = values(len, if *norm { 0.1 } else { 0.0 });
+        hf_tensors.insert(hf.clone(), Tensor::from_vec(stored.clone(), shape.as_slice(), &Device::Cpu).unwrap());
+        let effective: Vec<f32> = stored.iter().map(|v| if *norm { v + 1.0 } else { *v }).collect();
+        let tensor = Tensor::from_vec(effective, shape.as_slice(), &Device::Cpu).unwrap();
+        gguf_tensors.push((gg.clone(), QTensor::quantize(&tensor, candle_core::quantized::GgmlDType::F32).unwrap()));
+    }
+    candle_core::safetensors::save(&hf_tensors, dir.join("model.safetensors")).unwrap();
+    use gguf_file::Value;
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("gemma3".into())),
+        ("gemma3.vocab_size", Value::U32(vocab as u32)),
+        ("gemma3.embedding_length", Value::U32(hidden as u32)),
+        ("gemma3.feed_forward_length", Value::U32(ff as u32)),
+        ("gemma3.block_count", Value::U32(layers as u32)),
+        ("gemma3.attention.head_count", Value::U32(heads as u32)),
+        ("gemma3.attention.head_count_kv", Value::U32(1)),
+        ("gemma3.attention.key_length", Value::U32(head_dim as u32)),
+        ("gemma3.attention.value_length", Value::U32(head_dim as u32)),
+        ("gemma3.context_length", Value::U32(64)),
+        ("gemma3.attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
+        ("gemma3.rope.freq_base", Value::F32(1_000_000.0)),
+        ("gemma3.attention.sliding_window", Value::U32(4)),
+        ("gemma3.attention.sliding_window_pattern", Value::U32(3)),
+        ("tokenizer.ggml.bos_token_id", Value::U32(2)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(1)),
+    ];
+    let gguf_path = dir.join("tiny-gemma3.gguf");
+    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = gguf_tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut std::fs::File::create(&gguf_path).unwrap(), &metadata, &tensors).unwrap();
+
+    let options = LoadOptions::default();
+    let from_hf = RecycleGpt::load(&dir, &options).expect("the HF directory loads");
+    let from_gguf = RecycleGpt::from_gguf(GgufFile::open(&gguf_path).unwrap(), &options).expect("the GGUF file loads");
+    assert_eq!(from_hf.config().sliding_window, from_gguf.config().sliding_window);
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 7 + 3) % vocab as u32).collect();
+    let logits = |model: &RecycleGpt| {
+        let mut cache = model.new_cache(tokens.len()).unwrap();
+        let input = SeqInput { tokens: &tokens, cache: &mut cache, logits_rows: (0..tokens.len()).collect() };
+        model.forward(&mut [input]).unwrap().logits
+    };
+    let (hf, gguf) = (logits(&from_hf), logits(&from_gguf));
+    assert_eq!(hf, gguf, "the two files of one Gemma 3 give different logits");
+}

@@ -170,11 +170,12 @@ impl SlidingWindow {
 }
 
 /// The decoder families served: Llama's layer, and the options that make it another's.
-const ARCHITECTURES: [(&str, Family); 4] = [
+const ARCHITECTURES: [(&str, Family); 5] = [
     ("LlamaForCausalLM", Family::Llama),
     ("MistralForCausalLM", Family::Llama),
     ("Qwen2ForCausalLM", Family::Qwen2),
     ("Qwen3ForCausalLM", Family::Qwen3),
+    ("Gemma3ForCausalLM", Family::Gemma3),
 ];
 
 /// A family of decoders, as a GGUF file (`general.architecture`) or an HF `config.json`
@@ -190,8 +191,8 @@ pub enum Family {
     /// up projections (GGUF only: HF's Phi-3 names differ).
     Phi3,
     /// Qwen3's head norms, with norms around both halves of the layer, a GELU gate, scaled
-    /// embeddings and local attention layers (GGUF only: HF's checkpoints store their norms
-    /// as `w - 1`, which llama.cpp's converter undoes).
+    /// embeddings and local attention layers (HF checkpoints store the norms as `w - 1` under
+    /// names of their own: [`crate::weights::Weights::in_gemma_layout`]).
     Gemma3,
 }
 
@@ -225,6 +226,65 @@ impl Family {
         if gemma {
             config.hidden_act = GELU_TANH.into();
         }
+    }
+}
+
+/// What an HF `config.json` says beside [`LlamaConfig`]'s own fields: the family, its sliding
+/// window, and Gemma 3's names and options.
+#[derive(Deserialize)]
+struct Declared {
+    architectures: Option<Vec<String>>,
+    sliding_window: Option<usize>,
+    /// Qwen2's configs name a window they do not use (`false`).
+    use_sliding_window: Option<bool>,
+    /// Gemma's name for `hidden_act`.
+    hidden_activation: Option<String>,
+    /// Gemma 3: `sliding_attention` or `full_attention` per layer (newer configs), or every
+    /// `sliding_window_pattern`-th layer full (older ones).
+    layer_types: Option<Vec<String>>,
+    sliding_window_pattern: Option<usize>,
+    rope_local_base_freq: Option<f64>,
+    query_pre_attn_scalar: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
+    tie_word_embeddings: Option<bool>,
+}
+
+impl Declared {
+    /// Gemma 3's options on `config`, or why they cannot be served.
+    fn gemma3(&self, config: &mut LlamaConfig) -> std::result::Result<(), String> {
+        if let Some(act) = &self.hidden_activation {
+            config.hidden_act = act.clone();
+        }
+        // Gemma ties its head unless the config says otherwise.
+        config.tie_word_embeddings = self.tie_word_embeddings.unwrap_or(true);
+        if self.final_logit_softcapping.is_some() || self.attn_logit_softcapping.is_some() {
+            return Err("Gemma 3 with logit soft-capping is not supported yet".into());
+        }
+        let head_dim = config.head_dim() as f64;
+        if self.query_pre_attn_scalar.is_some_and(|scalar| scalar != head_dim) {
+            return Err(format!("query_pre_attn_scalar other than head_dim ({head_dim}) is not supported yet"));
+        }
+        let Some(size) = self.sliding_window.filter(|&size| size > 0) else { return Ok(()) };
+        let pattern = match &self.layer_types {
+            Some(types) => {
+                // The period: the first full layer's place, which every other layer must follow.
+                let pattern = types.iter().position(|t| t == "full_attention").map_or(0, |i| i + 1);
+                let window = SlidingWindow { size, pattern, rope_theta: 0.0 };
+                if types.len() != config.num_hidden_layers
+                    || types.iter().enumerate().any(|(i, t)| window.covers(i) != (t == "sliding_attention"))
+                {
+                    return Err(format!(
+                        "layer_types {types:?} do not repeat one period of local layers then a full one"
+                    ));
+                }
+                pattern
+            }
+            None => self.sliding_window_pattern.unwrap_or(6),
+        };
+        config.sliding_window =
+            Some(SlidingWindow { size, pattern, rope_theta: self.rope_local_base_freq.unwrap_or(10_000.0) });
+        Ok(())
     }
 }
 
@@ -287,29 +347,29 @@ impl LlamaConfig {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
         let mut config: LlamaConfig =
             serde_json::from_str(&text).map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))?;
-        #[derive(Deserialize)]
-        struct Declared {
-            architectures: Option<Vec<String>>,
-            sliding_window: Option<usize>,
-            /// Qwen2's configs name a window they do not use (`false`).
-            use_sliding_window: Option<bool>,
-        }
-        let declared = serde_json::from_str::<Declared>(&text).ok();
-        // Attention here is over the whole context: a model trained with a sliding window
-        // (Mistral 7B v0.1) serves up to that window only, not past it with other answers.
-        let window = declared.as_ref().filter(|d| d.use_sliding_window != Some(false)).and_then(|d| d.sliding_window);
-        if let Some(window) = window {
+        let declared: Declared =
+            serde_json::from_str(&text).map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))?;
+        let family = match declared.architectures.as_ref().and_then(|names| names.first()) {
+            Some(name) => {
+                let Some(&(_, family)) = ARCHITECTURES.iter().find(|(known, _)| known == name) else {
+                    let served: Vec<&str> = ARCHITECTURES.iter().map(|(name, _)| *name).collect();
+                    return Err(ModelError::file(
+                        path,
+                        format!("architecture `{name}` is not supported: {} are served", served.join(", ")),
+                    ));
+                };
+                family.apply(&mut config);
+                family
+            }
+            None => Family::Llama,
+        };
+        if family == Family::Gemma3 {
+            declared.gemma3(&mut config).map_err(|e| ModelError::file(path, e))?;
+        } else if let Some(window) = declared.sliding_window.filter(|_| declared.use_sliding_window != Some(false)) {
+            // Attention is over the whole context in Llama's layer: a model trained with a
+            // sliding window (Mistral 7B v0.1) serves up to that window only, not past it with
+            // other answers.
             config.max_position_embeddings = config.max_position_embeddings.min(window.max(1));
-        }
-        if let Some(name) = declared.and_then(|d| d.architectures).as_ref().and_then(|names| names.first()) {
-            let Some((_, family)) = ARCHITECTURES.iter().find(|(known, _)| known == name) else {
-                let served: Vec<&str> = ARCHITECTURES.iter().map(|(name, _)| *name).collect();
-                return Err(ModelError::file(
-                    path,
-                    format!("architecture `{name}` is not supported: {} are served", served.join(", ")),
-                ));
-            };
-            family.apply(&mut config);
         }
         config.validate().map_err(|e| ModelError::file(path, e))?;
         Ok(config)
@@ -469,11 +529,22 @@ mod tests {
         assert_eq!((mistral.max_position_embeddings, mistral.qkv_bias), (4096, false));
         let unused = serde_json::json!({"architectures": ["Qwen2ForCausalLM"], "sliding_window": 4096, "use_sliding_window": false});
         assert_eq!(read(unused).unwrap().max_position_embeddings, 8192);
-        let error = read(serde_json::json!({"architectures": ["Gemma3ForCausalLM"]})).unwrap_err().to_string();
-        assert!(
-            error.contains("`Gemma3ForCausalLM` is not supported") && error.contains("Qwen3ForCausalLM"),
-            "{error}"
-        );
+        let error = read(serde_json::json!({"architectures": ["Phi3ForCausalLM"]})).unwrap_err().to_string();
+        assert!(error.contains("`Phi3ForCausalLM` is not supported") && error.contains("Gemma3ForCausalLM"), "{error}");
+        // Gemma 3: its window is per layer (the context stays whole), from `layer_types`.
+        let types = serde_json::json!(["sliding_attention", "full_attention"]);
+        let gemma3 = serde_json::json!({"architectures": ["Gemma3ForCausalLM"], "sliding_window": 512,
+            "layer_types": types, "num_hidden_layers": 2, "hidden_activation": "gelu_pytorch_tanh"});
+        let gemma3 = read(gemma3).unwrap();
+        assert_eq!(gemma3.max_position_embeddings, 8192);
+        assert_eq!(gemma3.sliding_window, Some(SlidingWindow { size: 512, pattern: 2, rope_theta: 10_000.0 }));
+        assert!(gemma3.sandwich_norms && gemma3.qk_norm && gemma3.scale_embeddings && gemma3.tie_word_embeddings);
+        let irregular = serde_json::json!({"architectures": ["Gemma3ForCausalLM"], "sliding_window": 512,
+            "layer_types": ["full_attention", "sliding_attention"], "num_hidden_layers": 2});
+        let error = read(irregular).unwrap_err().to_string();
+        assert!(error.contains("layer_types"), "{error}");
+        let capped = serde_json::json!({"architectures": ["Gemma3ForCausalLM"], "final_logit_softcapping": 30.0});
+        assert!(read(capped).unwrap_err().to_string().contains("soft-capping"));
         std::fs::remove_dir_all(&dir).ok();
     }
 

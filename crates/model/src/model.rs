@@ -157,10 +157,13 @@ impl RecycleGpt {
         let mut config = LlamaConfig::from_file(&config_path)?;
         let dtype = options.dtype;
         let files = SafetensorFiles::open_model_dir(dir)?;
-        let llama = Llama::load(
-            &Weights::from_files(files, dtype, &options.device).with_quantization(options.quantize),
-            &config,
-        )?;
+        let mut weights = Weights::from_files(files, dtype, &options.device).with_quantization(options.quantize);
+        // Only Gemma has norms around both halves of its layers, and its checkpoints their
+        // own names for them.
+        if config.sandwich_norms {
+            weights = weights.in_gemma_layout();
+        }
+        let llama = Llama::load(&weights, &config)?;
         let recycle_path = dir.join("recycle.safetensors");
         let (recycle, recycle_source) = match &options.recycle_init {
             &RecycleInit::Random { seed, layers } => random_module(&mut config, seed, layers, options)?,

@@ -115,6 +115,25 @@ pub struct Weights {
     device: Device,
     /// The format linear layers built from these weights keep them in, if quantized.
     quantization: Option<Quantization>,
+    /// Safetensors files in HF Gemma's layout (its norm names, its norms stored as `w - 1`).
+    gemma_layout: bool,
+}
+
+/// Where an HF Gemma checkpoint keeps the tensor this model calls `name`, and whether it is a
+/// norm stored as `w - 1` (Gemma's RMSNorm multiplies by `1 + w`).
+fn gemma_name(name: &str) -> (String, bool) {
+    let renamed = if let Some(stem) = name.strip_suffix("post_attention_layernorm.weight") {
+        // Llama's name for the norm before the feed-forward.
+        format!("{stem}pre_feedforward_layernorm.weight")
+    } else if let Some(stem) = name.strip_suffix("attention_output_norm.weight") {
+        format!("{stem}post_attention_layernorm.weight")
+    } else if let Some(stem) = name.strip_suffix("feedforward_output_norm.weight") {
+        format!("{stem}post_feedforward_layernorm.weight")
+    } else {
+        name.to_string()
+    };
+    let norm = ["norm.weight", "layernorm.weight"].iter().any(|end| renamed.ends_with(end));
+    (renamed, norm)
 }
 
 impl Weights {
@@ -125,6 +144,7 @@ impl Weights {
             dtype,
             device: device.clone(),
             quantization: None,
+            gemma_layout: false,
         }
     }
 
@@ -135,6 +155,7 @@ impl Weights {
             dtype,
             device: device.clone(),
             quantization: None,
+            gemma_layout: false,
         }
     }
 
@@ -145,7 +166,14 @@ impl Weights {
             dtype,
             device: device.clone(),
             quantization: None,
+            gemma_layout: false,
         }
+    }
+
+    /// The same safetensors weights read in HF Gemma's layout.
+    pub fn in_gemma_layout(mut self) -> Self {
+        self.gemma_layout = true;
+        self
     }
 
     /// The same weights, with linear layers kept quantized.
@@ -187,6 +215,7 @@ impl Weights {
             dtype: DType::F32,
             device: self.device.clone(),
             quantization: self.quantization,
+            gemma_layout: self.gemma_layout,
         }
     }
 
@@ -198,6 +227,7 @@ impl Weights {
             dtype: self.dtype,
             device: self.device.clone(),
             quantization: self.quantization,
+            gemma_layout: self.gemma_layout,
         }
     }
 
@@ -219,6 +249,7 @@ impl Weights {
 
     pub fn contains(&self, name: &str) -> bool {
         match &*self.source {
+            Source::Files(files) if self.gemma_layout => files.contains(&gemma_name(&self.full_name(name)).0),
             Source::Files(files) => files.contains(&self.full_name(name)),
             Source::Gguf(gguf) => gguf.0.contains(&self.full_name(name)),
             Source::Random(_) => true,
@@ -227,6 +258,11 @@ impl Weights {
 
     pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         match &*self.source {
+            Source::Files(files) if self.gemma_layout => {
+                let (stored, shifted) = gemma_name(&self.full_name(name));
+                let tensor = files.load(&stored, shape, self.dtype, &self.device)?;
+                Ok(if shifted { (tensor + 1.0)? } else { tensor })
+            }
             Source::Files(files) => files.load(&self.full_name(name), shape, self.dtype, &self.device),
             Source::Gguf(gguf) => gguf.0.load(&self.full_name(name), shape, self.dtype, &self.device, &gguf.1),
             Source::Random(rng) => {
