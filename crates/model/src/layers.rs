@@ -47,13 +47,17 @@ impl Linear {
 
     fn kept(weight: Tensor, quantization: Option<Quantization>, exactly: bool) -> Result<Self> {
         if let (Some(format), Ok((rows, cols))) = (quantization, weight.dims2()) {
-            if weight.device().is_cpu() && weight.dtype() == DType::F32 {
-                let values = weight.flatten_all()?.to_vec1::<f32>()?;
-                if let Some(mut quant) = format.quantize(&values, rows, cols) {
-                    if exactly && matches!(quant, QuantMatrix::LowBit(_)) && quant.dequantize() != values {
+            if host_path_applies(&weight, 0) {
+                // Read in place: a copy of an embedding-sized matrix would raise the load's peak.
+                let quant = with_host_values(&weight.contiguous()?, |values| {
+                    let Some(quant) = format.quantize(values, rows, cols) else { return Ok(None) };
+                    if exactly && matches!(quant, QuantMatrix::LowBit(_)) && !gives_back(&quant, values) {
                         tracing::debug!(?format, rows, cols, "blocks not kept exactly: kept in Q8_0");
-                        quant = Quantization::Q8_0.quantize(&values, rows, cols).unwrap_or(quant);
+                        return Ok(Quantization::Q8_0.quantize(values, rows, cols).or(Some(quant)));
                     }
+                    Ok(Some(quant))
+                })?;
+                if let Some(quant) = quant {
                     return Ok(Self { weight: None, quant: Some(std::sync::Arc::new(quant)), bias: None });
                 }
             }
@@ -120,6 +124,34 @@ impl Linear {
         }
     }
 
+    /// Rows `ids` of the weights as f32 `[ids, in]`, dequantized one by one when the layer is
+    /// kept quantized only.
+    pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+        match (&self.quant, &self.weight) {
+            (_, Some(weight)) => Ok(weight.index_select(&Tensor::new(ids, weight.device())?, 0)?),
+            (Some(quant), None) => {
+                let mut values = Vec::with_capacity(ids.len() * quant.cols());
+                for &id in ids {
+                    if id as usize >= quant.rows() {
+                        return Err(crate::error::ModelError::Input(format!("row {id} of {}", quant.rows())));
+                    }
+                    values.extend(quant.dequantize_row(id as usize));
+                }
+                Ok(Tensor::from_vec(values, (ids.len(), quant.cols()), &candle_core::Device::Cpu)?)
+            }
+            (None, None) => Err(crate::error::ModelError::Config("a linear layer has no weights".into())),
+        }
+    }
+
+    /// Whether the layer is kept quantized and its blocks give back `weight` exactly.
+    pub(crate) fn holds_exactly(&self, weight: &Tensor) -> Result<bool> {
+        let Some(quant) = &self.quant else { return Ok(false) };
+        if !host_path_applies(weight, 0) || weight.dims2()? != (quant.rows(), quant.cols()) {
+            return Ok(false);
+        }
+        with_host_values(&weight.contiguous()?, |values| Ok(gives_back(quant, values)))
+    }
+
     /// The unquantized weights, `None` when the layer is kept quantized only.
     pub fn weight(&self) -> Option<&Tensor> {
         self.weight.as_ref()
@@ -148,6 +180,13 @@ impl Linear {
             (None, None) => Err(crate::error::ModelError::Config("a linear layer has no weights".into())),
         }
     }
+}
+
+/// Whether `quant` dequantizes to `values` (its rows, row-major), compared a row at a time: a
+/// whole dequantized copy of an embedding-sized matrix would raise the load's peak memory.
+fn gives_back(quant: &QuantMatrix, values: &[f32]) -> bool {
+    values.len() == quant.rows() * quant.cols()
+        && values.chunks_exact(quant.cols()).enumerate().all(|(row, values)| quant.dequantize_row(row) == values)
 }
 
 #[derive(Clone)]

@@ -28,8 +28,12 @@ pub struct ForwardOutput {
 }
 
 pub struct Llama {
-    embed: Tensor,
-    /// Whether the head is the embedding matrix (then its unquantized weights are `embed`).
+    /// The token embedding, `None` when the tied head keeps it exactly in its own blocks (a
+    /// GGUF file's embedding kept as stored): rows are then read from the head as they are
+    /// looked up, rather than kept a second time in f32 (Gemma 3's 262k × 640 would be 671 MB
+    /// beside a 178 MB head).
+    embed: Option<Tensor>,
+    /// Whether the head is the embedding matrix.
     tied: bool,
     stack: DecoderStack,
     norm: RmsNorm,
@@ -61,19 +65,24 @@ impl Llama {
         };
         // In f32, as llama.cpp scales them (HF's Gemma rounds the factor to the weights' dtype).
         let embed_scale = config.scale_embeddings.then(|| f64::from((dim as f32).sqrt()));
+        let embed = if tied && w.is_gguf() && head.holds_exactly(&embed)? { None } else { Some(embed) };
         Ok(Self { embed, tied, stack, norm, head, vocab_size: vocab, embed_scale })
     }
 
     /// The token embedding `[vocab, d]` and output head `[vocab, d]` (the same tensor when tied);
     /// an error when an untied head is kept quantized only.
-    pub fn embedding_and_head(&self) -> Result<(&Tensor, &Tensor)> {
+    pub fn embedding_and_head(&self) -> Result<(Tensor, Tensor)> {
+        let embed = match &self.embed {
+            Some(embed) => embed.clone(),
+            None => self.head.dequantized()?,
+        };
         if self.tied {
-            return Ok((&self.embed, &self.embed));
+            return Ok((embed.clone(), embed));
         }
         let head = self.head.weight().ok_or_else(|| {
             ModelError::Config("the output head is kept quantized only; load the model with --quantize none".into())
         })?;
-        Ok((&self.embed, head))
+        Ok((embed, head.clone()))
     }
 
     /// Bytes of weights a 1-token forward reads: every layer's matrices and the output head (the
@@ -94,13 +103,11 @@ impl Llama {
     /// Rows `ids` of the output head, unquantized `[ids, d]` (dequantized when the head is kept
     /// quantized only).
     pub fn head_rows(&self, ids: &[u32]) -> Result<Tensor> {
-        let ids = Tensor::new(ids, self.embed.device())?;
-        let head = match (self.tied, self.head.weight()) {
-            (true, _) => self.embed.clone(),
-            (false, Some(weight)) => weight.clone(),
-            (false, None) => self.head.dequantized()?,
-        };
-        Ok(head.index_select(&ids, 0)?)
+        match (self.tied, &self.embed, self.head.weight()) {
+            (true, Some(embed), _) => Ok(embed.index_select(&Tensor::new(ids, embed.device())?, 0)?),
+            (false, _, Some(weight)) => Ok(weight.index_select(&Tensor::new(ids, weight.device())?, 0)?),
+            _ => self.head.rows(ids),
+        }
     }
 
     pub fn stack(&self) -> &DecoderStack {
@@ -111,8 +118,10 @@ impl Llama {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
             return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {}", self.vocab_size)));
         }
-        let ids = Tensor::new(tokens, self.embed.device())?;
-        let rows = self.embed.index_select(&ids, 0)?;
+        let rows = match &self.embed {
+            Some(embed) => embed.index_select(&Tensor::new(tokens, embed.device())?, 0)?,
+            None => self.head.rows(tokens)?,
+        };
         Ok(match self.embed_scale {
             Some(scale) => (rows * scale)?,
             None => rows,

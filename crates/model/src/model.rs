@@ -329,7 +329,7 @@ impl RecycleGpt {
     }
 
     /// The token embedding and output head, shared with the recyclable module.
-    pub fn embedding_and_head(&self) -> Result<(&Tensor, &Tensor)> {
+    pub fn embedding_and_head(&self) -> Result<(Tensor, Tensor)> {
         self.llama.embedding_and_head()
     }
 

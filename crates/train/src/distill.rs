@@ -298,8 +298,7 @@ pub fn train_recycle(
     let mut held_out = view(held_out)?;
     bar.finish_and_clear();
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "the base model's view of the corpus computed");
-    let (embedding, head) = model.embedding_and_head()?;
-    let mut head = head.clone();
+    let (embedding, mut head) = model.embedding_and_head()?;
     let init = match &options.init {
         Some(dir) => {
             let (init, ids) = init_module(dir, config.vocab_size)?;

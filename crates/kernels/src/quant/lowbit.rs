@@ -133,14 +133,17 @@ impl LowBitMatrix {
     }
 
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut values = Vec::with_capacity(self.rows * self.cols);
-        for row in 0..self.rows {
-            let (tile, r) = (row / TILE, row % TILE);
-            for b in 0..self.blocks {
-                let at = (tile * self.blocks + b) * TILE + r;
-                let (d, m) = (self.scales[at].to_f32(), self.mins[at].to_f32());
-                values.extend((0..BLOCK).map(|c| d * f32::from(self.value(tile, b, r, c)) + m));
-            }
+        (0..self.rows).flat_map(|row| self.dequantize_row(row)).collect()
+    }
+
+    /// Row `row` (`< rows`) as f32 values.
+    pub fn dequantize_row(&self, row: usize) -> Vec<f32> {
+        let (tile, r) = (row / TILE, row % TILE);
+        let mut values = Vec::with_capacity(self.cols);
+        for b in 0..self.blocks {
+            let at = (tile * self.blocks + b) * TILE + r;
+            let (d, m) = (self.scales[at].to_f32(), self.mins[at].to_f32());
+            values.extend((0..BLOCK).map(|c| d * f32::from(self.value(tile, b, r, c)) + m));
         }
         values
     }

@@ -65,6 +65,14 @@ impl QuantMatrix {
             QuantMatrix::LowBit(w) => w.dequantize(),
         }
     }
+
+    /// Row `row` (`< rows`) as f32 values.
+    pub fn dequantize_row(&self, row: usize) -> Vec<f32> {
+        match self {
+            QuantMatrix::Q8_0(w) => w.dequantize_row(row),
+            QuantMatrix::LowBit(w) => w.dequantize_row(row),
+        }
+    }
 }
 
 /// Computes `out = x · wᵀ`; `x` is `m × w.cols()`, `out` is `m × w.rows()`, row-major.

@@ -66,15 +66,19 @@ impl Q8Matrix {
     }
 
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut values = Vec::with_capacity(self.rows * self.cols);
-        for row in 0..self.rows {
-            let (tile, r) = (row / TILE, row % TILE);
-            for b in 0..self.blocks {
-                let scale = self.scales[(tile * self.blocks + b) * TILE + r];
-                values.extend((0..BLOCK).map(|c| {
+        (0..self.rows).flat_map(|row| self.dequantize_row(row)).collect()
+    }
+
+    /// Row `row` (`< rows`) as f32 values.
+    pub fn dequantize_row(&self, row: usize) -> Vec<f32> {
+        let (tile, r) = (row / TILE, row % TILE);
+        let mut values = Vec::with_capacity(self.cols);
+        for b in 0..self.blocks {
+            let scale = self.scales[(tile * self.blocks + b) * TILE + r];
+            values
+                .extend((0..BLOCK).map(|c| {
                     (i32::from(self.quants[Self::index(tile, self.blocks, b, r, c)]) - OFFSET) as f32 * scale
                 }));
-            }
         }
         values
     }
