@@ -175,18 +175,85 @@ fn a_family_file_missing_its_tensors_is_refused_with_them_named() {
     assert!(error.contains("rope_factors_long.weight") && error.contains("LongRoPE"), "{error}");
 }
 
-/// A tiny Gemma 3 with random weights written twice: as an HF directory (`Gemma3ForCausalLM`,
-/// its norms stored as `w - 1` under Gemma's names, `layer_types`) and as a GGUF file in
-/// llama.cpp's layout (norms stored as `w`, `gemma3.*` metadata). Both load to the same model:
-/// the same logits, bit for bit, over a context past the sliding window. (The GGUF path is the
-/// one checked against llama.cpp, on Gemma 3 270M: `tests/gemma3.rs`.)
-#[test]
-fn an_hf_gemma3_directory_loads_as_its_gguf_file_does() {
+/// One tensor of a tiny model written both ways: its HF name, its GGUF name, its shape, and
+/// whether it is a norm that Gemma's HF checkpoints store as `w - 1`.
+type Twin = (String, String, Vec<usize>, bool);
+
+/// Writes a tiny model with random weights as an HF directory (`config` and `tensors` under
+/// their HF names) and as a GGUF file (`metadata`, the tensors under their GGUF names, norms as
+/// `w`), then checks that both load to the same logits, bit for bit, over 12 tokens.
+fn loads_alike(name: &str, config: serde_json::Value, metadata: Vec<(&str, gguf_file::Value)>, tensors: &[Twin]) {
     use candle_core::{Device, Tensor};
     use recyclegpt_model::gguf::GgufFile;
     use recyclegpt_model::{RecycleGpt, SeqInput};
-    let (vocab, hidden, ff, layers, heads, head_dim) = (64usize, 64usize, 96usize, 3usize, 2usize, 32usize);
-    let dir = common::scratch("gemma3-hf");
+    let dir = common::scratch(name);
+    let vocab = config["vocab_size"].as_u64().expect("vocab_size") as u32;
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let (mut hf, mut gguf) = (std::collections::HashMap::new(), Vec::new());
+    for (i, (hf_name, gguf_name, shape, shifted)) in tensors.iter().enumerate() {
+        let len: usize = shape.iter().product();
+        let centre = if *shifted { 0.1 } else { 0.0 };
+        let stored: Vec<f32> = (0..len).map(|j| centre + 0.3 * (j as f32 * 0.77 + i as f32 * 1.3).sin()).collect();
+        hf.insert(hf_name.clone(), Tensor::from_vec(stored.clone(), shape.as_slice(), &Device::Cpu).unwrap());
+        let effective: Vec<f32> = stored.iter().map(|v| if *shifted { v + 1.0 } else { *v }).collect();
+        let effective = Tensor::from_vec(effective, shape.as_slice(), &Device::Cpu).unwrap();
+        gguf.push((gguf_name.clone(), QTensor::quantize(&effective, candle_core::quantized::GgmlDType::F32).unwrap()));
+    }
+    candle_core::safetensors::save(&hf, dir.join("model.safetensors")).unwrap();
+    let gguf_path = dir.join(format!("{name}.gguf"));
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let gguf: Vec<(&str, &QTensor)> = gguf.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut std::fs::File::create(&gguf_path).unwrap(), &metadata, &gguf).unwrap();
+    let options = LoadOptions::default();
+    let from_hf = RecycleGpt::load(&dir, &options).expect("the HF directory loads");
+    let from_gguf = RecycleGpt::from_gguf(GgufFile::open(&gguf_path).unwrap(), &options).expect("the GGUF file loads");
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 7 + 3) % vocab).collect();
+    let logits = |model: &RecycleGpt| {
+        let mut cache = model.new_cache(tokens.len()).unwrap();
+        let input = SeqInput { tokens: &tokens, cache: &mut cache, logits_rows: (0..tokens.len()).collect() };
+        model.forward(&mut [input]).unwrap().logits
+    };
+    assert_eq!(logits(&from_hf), logits(&from_gguf), "{name}: the two files of one model give different logits");
+}
+
+/// The shape every tiny model below shares: vocabulary, width, feed-forward, layers, heads,
+/// key/value heads and head size.
+const TINY: (usize, usize, usize, usize, usize, usize, usize) = (64, 64, 96, 3, 2, 1, 32);
+
+/// GGUF metadata of the tiny shape under `arch`'s prefix, plus `extra`.
+fn tiny_metadata(arch: &str, extra: Vec<(&'static str, gguf_file::Value)>) -> Vec<(String, gguf_file::Value)> {
+    use gguf_file::Value;
+    let (vocab, hidden, ff, layers, heads, kv_heads, head_dim) = TINY;
+    let mut metadata = vec![
+        ("general.architecture".to_string(), Value::String(arch.into())),
+        ("tokenizer.ggml.bos_token_id".to_string(), Value::U32(2)),
+        ("tokenizer.ggml.eos_token_id".to_string(), Value::U32(1)),
+    ];
+    for (key, value) in [
+        ("vocab_size", vocab),
+        ("embedding_length", hidden),
+        ("feed_forward_length", ff),
+        ("block_count", layers),
+        ("attention.head_count", heads),
+        ("attention.head_count_kv", kv_heads),
+        ("attention.key_length", head_dim),
+        ("attention.value_length", head_dim),
+        ("context_length", 64),
+    ] {
+        metadata.push((format!("{arch}.{key}"), Value::U32(value as u32)));
+    }
+    metadata.push((format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-6)));
+    metadata.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+    metadata
+}
+
+/// A tiny Gemma 3 written as an HF directory (`Gemma3ForCausalLM`, its norms stored as `w - 1`
+/// under Gemma's names, `layer_types`) and as a GGUF file in llama.cpp's layout loads to the
+/// same logits, past its sliding window. (The GGUF path is the one checked against llama.cpp,
+/// on Gemma 3 270M: `tests/gemma3.rs`.)
+#[test]
+fn an_hf_gemma3_directory_loads_as_its_gguf_file_does() {
+    let (vocab, hidden, ff, layers, heads, _, head_dim) = TINY;
     let config = serde_json::json!({
         "architectures": ["Gemma3ForCausalLM"], "vocab_size": vocab, "hidden_size": hidden,
         "intermediate_size": ff, "num_hidden_layers": layers, "num_attention_heads": heads,
@@ -196,81 +263,74 @@ fn an_hf_gemma3_directory_loads_as_its_gguf_file_does() {
         "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
         "bos_token_id": 2, "eos_token_id": 1
     });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let mut seed = 0.0f32;
-    let mut values = |len: usize, centre: f32| {
-        seed += 1.0;
-        (0..len).map(|i| centre + 0.3 * ((i as f32 * 0.77 + seed * 1.3).sin())).collect::<Vec<f32>>()
-    };
-    // (HF name, GGUF name, shape, norm): norms are stored as `w - 1` in HF, as `w` in GGUF.
-    let mut named: Vec<(String, String, Vec<usize>, bool)> = vec![
+    use gguf_file::Value;
+    let extra = vec![
+        ("gemma3.rope.freq_base", Value::F32(1_000_000.0)),
+        ("gemma3.attention.sliding_window", Value::U32(4)),
+        ("gemma3.attention.sliding_window_pattern", Value::U32(3)),
+    ];
+    let metadata = tiny_metadata("gemma3", extra);
+    let mut tensors: Vec<Twin> = vec![
         ("model.embed_tokens.weight".into(), "token_embd.weight".into(), vec![vocab, hidden], false),
         ("model.norm.weight".into(), "output_norm.weight".into(), vec![hidden], true),
     ];
     for l in 0..layers {
-        let hf = |n: &str| format!("model.layers.{l}.{n}.weight");
-        let gg = |n: &str| format!("blk.{l}.{n}.weight");
-        named.extend([
-            (hf("input_layernorm"), gg("attn_norm"), vec![hidden], true),
-            (hf("self_attn.q_proj"), gg("attn_q"), vec![heads * head_dim, hidden], false),
-            (hf("self_attn.k_proj"), gg("attn_k"), vec![head_dim, hidden], false),
-            (hf("self_attn.v_proj"), gg("attn_v"), vec![head_dim, hidden], false),
-            (hf("self_attn.o_proj"), gg("attn_output"), vec![hidden, heads * head_dim], false),
-            (hf("self_attn.q_norm"), gg("attn_q_norm"), vec![head_dim], true),
-            (hf("self_attn.k_norm"), gg("attn_k_norm"), vec![head_dim], true),
-            (hf("post_attention_layernorm"), gg("post_attention_norm"), vec![hidden], true),
-            (hf("pre_feedforward_layernorm"), gg("ffn_norm"), vec![hidden], true),
-            (hf("post_feedforward_layernorm"), gg("post_ffw_norm"), vec![hidden], true),
-            (hf("mlp.gate_proj"), gg("ffn_gate"), vec![ff, hidden], false),
-            (hf("mlp.up_proj"), gg("ffn_up"), vec![ff, hidden], false),
-            (hf("mlp.down_proj"), gg("ffn_down"), vec![hidden, ff], false),
+        let twin = |hf: &str, gguf: &str, shape: Vec<usize>, norm: bool| {
+            (format!("model.layers.{l}.{hf}.weight"), format!("blk.{l}.{gguf}.weight"), shape, norm)
+        };
+        tensors.extend([
+            twin("input_layernorm", "attn_norm", vec![hidden], true),
+            twin("self_attn.q_proj", "attn_q", vec![heads * head_dim, hidden], false),
+            twin("self_attn.k_proj", "attn_k", vec![head_dim, hidden], false),
+            twin("self_attn.v_proj", "attn_v", vec![head_dim, hidden], false),
+            twin("self_attn.o_proj", "attn_output", vec![hidden, heads * head_dim], false),
+            twin("self_attn.q_norm", "attn_q_norm", vec![head_dim], true),
+            twin("self_attn.k_norm", "attn_k_norm", vec![head_dim], true),
+            twin("post_attention_layernorm", "post_attention_norm", vec![hidden], true),
+            twin("pre_feedforward_layernorm", "ffn_norm", vec![hidden], true),
+            twin("post_feedforward_layernorm", "post_ffw_norm", vec![hidden], true),
+            twin("mlp.gate_proj", "ffn_gate", vec![ff, hidden], false),
+            twin("mlp.up_proj", "ffn_up", vec![ff, hidden], false),
+            twin("mlp.down_proj", "ffn_down", vec![hidden, ff], false),
         ]);
     }
-    let mut hf_tensors = std::collections::HashMap::new();
-    let mut gguf_tensors = Vec::new();
-    for (hf, gg, shape, norm) in &named {
-        let len = shape.iter().product();
-        let stored = values(len, if *norm { 0.1 } else { 0.0 });
-        hf_tensors.insert(hf.clone(), Tensor::from_vec(stored.clone(), shape.as_slice(), &Device::Cpu).unwrap());
-        let effective: Vec<f32> = stored.iter().map(|v| if *norm { v + 1.0 } else { *v }).collect();
-        let tensor = Tensor::from_vec(effective, shape.as_slice(), &Device::Cpu).unwrap();
-        gguf_tensors.push((gg.clone(), QTensor::quantize(&tensor, candle_core::quantized::GgmlDType::F32).unwrap()));
-    }
-    candle_core::safetensors::save(&hf_tensors, dir.join("model.safetensors")).unwrap();
-    use gguf_file::Value;
-    let metadata: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String("gemma3".into())),
-        ("gemma3.vocab_size", Value::U32(vocab as u32)),
-        ("gemma3.embedding_length", Value::U32(hidden as u32)),
-        ("gemma3.feed_forward_length", Value::U32(ff as u32)),
-        ("gemma3.block_count", Value::U32(layers as u32)),
-        ("gemma3.attention.head_count", Value::U32(heads as u32)),
-        ("gemma3.attention.head_count_kv", Value::U32(1)),
-        ("gemma3.attention.key_length", Value::U32(head_dim as u32)),
-        ("gemma3.attention.value_length", Value::U32(head_dim as u32)),
-        ("gemma3.context_length", Value::U32(64)),
-        ("gemma3.attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
-        ("gemma3.rope.freq_base", Value::F32(1_000_000.0)),
-        ("gemma3.attention.sliding_window", Value::U32(4)),
-        ("gemma3.attention.sliding_window_pattern", Value::U32(3)),
-        ("tokenizer.ggml.bos_token_id", Value::U32(2)),
-        ("tokenizer.ggml.eos_token_id", Value::U32(1)),
-    ];
-    let gguf_path = dir.join("tiny-gemma3.gguf");
-    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let tensors: Vec<(&str, &QTensor)> = gguf_tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut std::fs::File::create(&gguf_path).unwrap(), &metadata, &tensors).unwrap();
+    let metadata: Vec<(&str, gguf_file::Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    loads_alike("tiny-gemma3", config, metadata, &tensors);
+}
 
-    let options = LoadOptions::default();
-    let from_hf = RecycleGpt::load(&dir, &options).expect("the HF directory loads");
-    let from_gguf = RecycleGpt::from_gguf(GgufFile::open(&gguf_path).unwrap(), &options).expect("the GGUF file loads");
-    assert_eq!(from_hf.config().sliding_window, from_gguf.config().sliding_window);
-    let tokens: Vec<u32> = (0..12).map(|i| (i * 7 + 3) % vocab as u32).collect();
-    let logits = |model: &RecycleGpt| {
-        let mut cache = model.new_cache(tokens.len()).unwrap();
-        let input = SeqInput { tokens: &tokens, cache: &mut cache, logits_rows: (0..tokens.len()).collect() };
-        model.forward(&mut [input]).unwrap().logits
-    };
-    let (hf, gguf) = (logits(&from_hf), logits(&from_gguf));
-    assert_eq!(hf, gguf, "the two files of one Gemma 3 give different logits");
+/// A tiny Phi-3 written as an HF directory (`Phi3ForCausalLM`: `qkv_proj` and `gate_up_proj`
+/// stacked) and as a GGUF file (`attn_qkv`, `ffn_up` holding gate and up) loads to the same
+/// logits.
+#[test]
+fn an_hf_phi3_directory_loads_as_its_gguf_file_does() {
+    let (vocab, hidden, ff, layers, heads, kv_heads, head_dim) = TINY;
+    let config = serde_json::json!({
+        "architectures": ["Phi3ForCausalLM"], "vocab_size": vocab, "hidden_size": hidden,
+        "intermediate_size": ff, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "head_dim": head_dim, "hidden_act": "silu",
+        "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 10_000.0,
+        "tie_word_embeddings": false, "bos_token_id": 2, "eos_token_id": 1
+    });
+    let metadata = tiny_metadata("phi3", vec![]);
+    let qkv = (heads + 2 * kv_heads) * head_dim;
+    let mut tensors: Vec<Twin> = vec![
+        ("model.embed_tokens.weight".into(), "token_embd.weight".into(), vec![vocab, hidden], false),
+        ("model.norm.weight".into(), "output_norm.weight".into(), vec![hidden], false),
+        ("lm_head.weight".into(), "output.weight".into(), vec![vocab, hidden], false),
+    ];
+    for l in 0..layers {
+        let twin = |hf: &str, gguf: &str, shape: Vec<usize>| {
+            (format!("model.layers.{l}.{hf}.weight"), format!("blk.{l}.{gguf}.weight"), shape, false)
+        };
+        tensors.extend([
+            twin("input_layernorm", "attn_norm", vec![hidden]),
+            twin("self_attn.qkv_proj", "attn_qkv", vec![qkv, hidden]),
+            twin("self_attn.o_proj", "attn_output", vec![hidden, heads * head_dim]),
+            twin("post_attention_layernorm", "ffn_norm", vec![hidden]),
+            twin("mlp.gate_up_proj", "ffn_up", vec![2 * ff, hidden]),
+            twin("mlp.down_proj", "ffn_down", vec![hidden, ff]),
+        ]);
+    }
+    let metadata: Vec<(&str, gguf_file::Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    loads_alike("tiny-phi3", config, metadata, &tensors);
 }

@@ -63,6 +63,7 @@ impl Shape {
             sandwich_norms: false,
             scale_embeddings: false,
             sliding_window: None,
+            family: Default::default(),
         };
         let recycle = config.default_recycle(1);
         (config, recycle)

@@ -147,9 +147,12 @@ pub struct LlamaConfig {
     /// Token embeddings multiplied by √hidden_size (Gemma): set by the family.
     #[serde(skip)]
     pub scale_embeddings: bool,
-    /// Local attention on most layers (Gemma 3), from a GGUF file's metadata.
+    /// Local attention on most layers (Gemma 3), from a GGUF file's metadata or `config.json`.
     #[serde(skip)]
     pub sliding_window: Option<SlidingWindow>,
+    /// The family the file names (how an HF checkpoint lays out its tensors).
+    #[serde(skip)]
+    pub family: Family,
 }
 
 /// Gemma 3's local layers: each attends to the last `size` positions only (its own included),
@@ -170,29 +173,31 @@ impl SlidingWindow {
 }
 
 /// The decoder families served: Llama's layer, and the options that make it another's.
-const ARCHITECTURES: [(&str, Family); 5] = [
+const ARCHITECTURES: [(&str, Family); 6] = [
     ("LlamaForCausalLM", Family::Llama),
     ("MistralForCausalLM", Family::Llama),
     ("Qwen2ForCausalLM", Family::Qwen2),
     ("Qwen3ForCausalLM", Family::Qwen3),
+    ("Phi3ForCausalLM", Family::Phi3),
     ("Gemma3ForCausalLM", Family::Gemma3),
 ];
 
 /// A family of decoders, as a GGUF file (`general.architecture`) or an HF `config.json`
 /// (`architectures`) names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Family {
+    #[default]
     Llama,
     /// Llama's layer with biases on the query, key and value projections.
     Qwen2,
     /// Llama's layer with a per-head RMSNorm on queries and keys.
     Qwen3,
     /// Llama's layer, its files stacking the query, key and value projections and the gate and
-    /// up projections (GGUF only: HF's Phi-3 names differ).
+    /// up projections.
     Phi3,
     /// Qwen3's head norms, with norms around both halves of the layer, a GELU gate, scaled
     /// embeddings and local attention layers (HF checkpoints store the norms as `w - 1` under
-    /// names of their own: [`crate::weights::Weights::in_gemma_layout`]).
+    /// names of their own: `hf_layout.rs`).
     Gemma3,
 }
 
@@ -219,6 +224,7 @@ impl Family {
     /// Sets the options of this family on `config`.
     pub fn apply(self, config: &mut LlamaConfig) {
         let gemma = self == Family::Gemma3;
+        config.family = self;
         config.qkv_bias = self == Family::Qwen2;
         config.qk_norm = self == Family::Qwen3 || gemma;
         config.sandwich_norms = gemma;
@@ -242,6 +248,8 @@ struct Declared {
     /// Gemma 3: `sliding_attention` or `full_attention` per layer (newer configs), or every
     /// `sliding_window_pattern`-th layer full (older ones).
     layer_types: Option<Vec<String>>,
+    /// Phi-4-mini's rotation of part of each head only.
+    partial_rotary_factor: Option<f64>,
     sliding_window_pattern: Option<usize>,
     rope_local_base_freq: Option<f64>,
     query_pre_attn_scalar: Option<f64>,
@@ -363,6 +371,12 @@ impl LlamaConfig {
             }
             None => Family::Llama,
         };
+        if declared.partial_rotary_factor.is_some_and(|factor| factor != 1.0) {
+            return Err(ModelError::file(
+                path,
+                "partial_rotary_factor (RoPE on part of each head) is not supported yet",
+            ));
+        }
         if family == Family::Gemma3 {
             declared.gemma3(&mut config).map_err(|e| ModelError::file(path, e))?;
         } else if let Some(window) = declared.sliding_window.filter(|_| declared.use_sliding_window != Some(false)) {
@@ -529,8 +543,13 @@ mod tests {
         assert_eq!((mistral.max_position_embeddings, mistral.qkv_bias), (4096, false));
         let unused = serde_json::json!({"architectures": ["Qwen2ForCausalLM"], "sliding_window": 4096, "use_sliding_window": false});
         assert_eq!(read(unused).unwrap().max_position_embeddings, 8192);
-        let error = read(serde_json::json!({"architectures": ["Phi3ForCausalLM"]})).unwrap_err().to_string();
-        assert!(error.contains("`Phi3ForCausalLM` is not supported") && error.contains("Gemma3ForCausalLM"), "{error}");
+        let error = read(serde_json::json!({"architectures": ["GPTNeoXForCausalLM"]})).unwrap_err().to_string();
+        assert!(
+            error.contains("`GPTNeoXForCausalLM` is not supported") && error.contains("Gemma3ForCausalLM"),
+            "{error}"
+        );
+        let partial = serde_json::json!({"architectures": ["Phi3ForCausalLM"], "partial_rotary_factor": 0.75});
+        assert!(read(partial).unwrap_err().to_string().contains("partial_rotary_factor"));
         // Gemma 3: its window is per layer (the context stays whole), from `layer_types`.
         let types = serde_json::json!(["sliding_attention", "full_attention"]);
         let gemma3 = serde_json::json!({"architectures": ["Gemma3ForCausalLM"], "sliding_window": 512,

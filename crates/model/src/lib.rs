@@ -6,6 +6,7 @@ pub mod detokenize;
 pub mod device;
 pub mod error;
 pub mod gguf;
+mod hf_layout;
 pub mod kv_cache;
 mod layers;
 mod llama;

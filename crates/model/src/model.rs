@@ -4,6 +4,7 @@ use crate::config::{LlamaConfig, RecycleConfig};
 use crate::device::device_name;
 use crate::error::{ModelError, Result};
 use crate::gguf::{is_gguf, GgufFile};
+use crate::hf_layout::HfLayout;
 use crate::kv_cache::KvCache;
 use crate::llama::{ForwardOutput, Llama, SeqInput};
 use crate::quantize::Quantization;
@@ -157,12 +158,9 @@ impl RecycleGpt {
         let mut config = LlamaConfig::from_file(&config_path)?;
         let dtype = options.dtype;
         let files = SafetensorFiles::open_model_dir(dir)?;
-        let mut weights = Weights::from_files(files, dtype, &options.device).with_quantization(options.quantize);
-        // Only Gemma has norms around both halves of its layers, and its checkpoints their
-        // own names for them.
-        if config.sandwich_norms {
-            weights = weights.in_gemma_layout();
-        }
+        let weights = Weights::from_files(files, dtype, &options.device)
+            .with_quantization(options.quantize)
+            .in_layout(HfLayout::of(&config));
         let llama = Llama::load(&weights, &config)?;
         let recycle_path = dir.join("recycle.safetensors");
         let (recycle, recycle_source) = match &options.recycle_init {

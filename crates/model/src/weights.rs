@@ -2,6 +2,7 @@
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::hf_layout::HfLayout;
 use crate::quantize::Quantization;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
@@ -81,7 +82,32 @@ impl SafetensorFiles {
         self.index.contains_key(name)
     }
 
-    fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    /// Rows `first..first + count` of the stored matrix `name`, which must then have `shape`.
+    fn load_rows(
+        &self,
+        name: &str,
+        first: usize,
+        count: usize,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let (path, mapped) = self.file_of(name)?;
+        let err = |message: String| ModelError::Tensor { path: path.clone(), name: name.to_string(), message };
+        let tensor = mapped.load(name, device).map_err(|e| err(e.to_string()))?;
+        let stored = tensor.dims().first().copied().unwrap_or(0);
+        if first + count > stored {
+            return Err(err(format!("{stored} rows, but rows {first}..{} were expected", first + count)));
+        }
+        let rows = tensor.narrow(0, first, count).map_err(|e| err(e.to_string()))?;
+        if rows.dims() != shape {
+            return Err(err(format!("expected rows of shape {shape:?}, found {:?}", rows.dims())));
+        }
+        rows.to_dtype(dtype).map_err(|e| err(e.to_string()))
+    }
+
+    /// The file that holds `name`, and its mapping.
+    fn file_of(&self, name: &str) -> Result<&(PathBuf, MmapedSafetensors)> {
         let Some(&file) = self.index.get(name) else {
             let paths: Vec<String> = self.files.iter().map(|(p, _)| p.display().to_string()).collect();
             return Err(ModelError::Tensor {
@@ -90,7 +116,11 @@ impl SafetensorFiles {
                 message: "missing".into(),
             });
         };
-        let (path, mapped) = &self.files[file];
+        Ok(&self.files[file])
+    }
+
+    fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let (path, mapped) = self.file_of(name)?;
         let err = |message: String| ModelError::Tensor { path: path.clone(), name: name.to_string(), message };
         let tensor = mapped.load(name, device).map_err(|e| err(e.to_string()))?;
         if tensor.dims() != shape {
@@ -115,25 +145,8 @@ pub struct Weights {
     device: Device,
     /// The format linear layers built from these weights keep them in, if quantized.
     quantization: Option<Quantization>,
-    /// Safetensors files in HF Gemma's layout (its norm names, its norms stored as `w - 1`).
-    gemma_layout: bool,
-}
-
-/// Where an HF Gemma checkpoint keeps the tensor this model calls `name`, and whether it is a
-/// norm stored as `w - 1` (Gemma's RMSNorm multiplies by `1 + w`).
-fn gemma_name(name: &str) -> (String, bool) {
-    let renamed = if let Some(stem) = name.strip_suffix("post_attention_layernorm.weight") {
-        // Llama's name for the norm before the feed-forward.
-        format!("{stem}pre_feedforward_layernorm.weight")
-    } else if let Some(stem) = name.strip_suffix("attention_output_norm.weight") {
-        format!("{stem}post_attention_layernorm.weight")
-    } else if let Some(stem) = name.strip_suffix("feedforward_output_norm.weight") {
-        format!("{stem}post_feedforward_layernorm.weight")
-    } else {
-        name.to_string()
-    };
-    let norm = ["norm.weight", "layernorm.weight"].iter().any(|end| renamed.ends_with(end));
-    (renamed, norm)
+    /// Where safetensors files keep each tensor (a family's HF layout).
+    layout: HfLayout,
 }
 
 impl Weights {
@@ -144,7 +157,7 @@ impl Weights {
             dtype,
             device: device.clone(),
             quantization: None,
-            gemma_layout: false,
+            layout: HfLayout::Llama,
         }
     }
 
@@ -155,7 +168,7 @@ impl Weights {
             dtype,
             device: device.clone(),
             quantization: None,
-            gemma_layout: false,
+            layout: HfLayout::Llama,
         }
     }
 
@@ -166,13 +179,13 @@ impl Weights {
             dtype,
             device: device.clone(),
             quantization: None,
-            gemma_layout: false,
+            layout: HfLayout::Llama,
         }
     }
 
-    /// The same safetensors weights read in HF Gemma's layout.
-    pub fn in_gemma_layout(mut self) -> Self {
-        self.gemma_layout = true;
+    /// The same safetensors weights read in `layout`.
+    pub(crate) fn in_layout(mut self, layout: HfLayout) -> Self {
+        self.layout = layout;
         self
     }
 
@@ -215,7 +228,7 @@ impl Weights {
             dtype: DType::F32,
             device: self.device.clone(),
             quantization: self.quantization,
-            gemma_layout: self.gemma_layout,
+            layout: self.layout,
         }
     }
 
@@ -227,7 +240,7 @@ impl Weights {
             dtype: self.dtype,
             device: self.device.clone(),
             quantization: self.quantization,
-            gemma_layout: self.gemma_layout,
+            layout: self.layout,
         }
     }
 
@@ -249,8 +262,7 @@ impl Weights {
 
     pub fn contains(&self, name: &str) -> bool {
         match &*self.source {
-            Source::Files(files) if self.gemma_layout => files.contains(&gemma_name(&self.full_name(name)).0),
-            Source::Files(files) => files.contains(&self.full_name(name)),
+            Source::Files(files) => files.contains(&self.layout.locate(&self.full_name(name)).name),
             Source::Gguf(gguf) => gguf.0.contains(&self.full_name(name)),
             Source::Random(_) => true,
         }
@@ -258,12 +270,16 @@ impl Weights {
 
     pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         match &*self.source {
-            Source::Files(files) if self.gemma_layout => {
-                let (stored, shifted) = gemma_name(&self.full_name(name));
-                let tensor = files.load(&stored, shape, self.dtype, &self.device)?;
-                Ok(if shifted { (tensor + 1.0)? } else { tensor })
+            Source::Files(files) => {
+                let stored = self.layout.locate(&self.full_name(name));
+                let tensor = match stored.rows {
+                    None => files.load(&stored.name, shape, self.dtype, &self.device)?,
+                    Some((first, count)) => {
+                        files.load_rows(&stored.name, first, count, shape, self.dtype, &self.device)?
+                    }
+                };
+                Ok(if stored.plus_one { (tensor + 1.0)? } else { tensor })
             }
-            Source::Files(files) => files.load(&self.full_name(name), shape, self.dtype, &self.device),
             Source::Gguf(gguf) => gguf.0.load(&self.full_name(name), shape, self.dtype, &self.device, &gguf.1),
             Source::Random(rng) => {
                 let count: usize = shape.iter().product();

@@ -126,6 +126,7 @@ impl TrainSpec {
             sandwich_norms: false,
             scale_embeddings: false,
             sliding_window: None,
+            family: Default::default(),
         };
         config.validate()?;
         Ok(config)

@@ -175,6 +175,7 @@ impl GgufFile {
             sandwich_norms: false,
             scale_embeddings: false,
             sliding_window: None,
+            family: Default::default(),
         };
         self.family.apply(&mut config);
         if self.family == Family::Gemma3 {
