@@ -2,9 +2,10 @@
 //! file: norms around both halves of each layer, per-head query and key norms, a GELU gate,
 //! scaled embeddings, five local layers (a 512-token sliding window, RoPE base 10,000) to each
 //! global one, and a 262k sentencepiece vocabulary with byte fallback and no space prefix. Its
-//! K-quant and Q5_0 tensors are requantized to Q8_0 at load. llama.cpp's greedy answers and
-//! tokens on the same file, from `llama-server` (`scripts/llamacpp-reference.py`), are the
-//! reference in `tests/data/gemma3_270m_llamacpp_*.json`; one prompt is longer than the window.
+//! Q5_0 and Q8_0 tensors are kept in their own blocks, its K-quants requantized to Q8_0.
+//! llama.cpp's greedy answers and tokens on the same file, from `llama-server`
+//! (`scripts/llamacpp-reference.py`), are the reference in
+//! `tests/data/gemma3_270m_llamacpp_*.json`; one prompt is longer than the window.
 mod common;
 
 use common::gemma3::gemma3_270m;

@@ -20,10 +20,11 @@ pub struct AttentionShape {
 }
 
 /// `q [n, heads, hd]` holds positions `total - n ..total`; `k`, `v` are `[total, kv_heads, hd]`;
-/// writes `out [n, heads * hd]`. With a window, each query reads only the keys inside it. Query head `h` reads key/value head `h / (heads / kv_heads)`.
+/// writes `out [n, heads * hd]`. Query head `h` reads key/value head `h / (heads / kv_heads)`.
+/// With a window (of at least 1), each query reads only the keys inside it.
 pub fn attention(isa: Isa, s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], total: usize, out: &mut [f32]) {
     assert!(
-        s.kv_heads > 0 && s.head_dim > 0 && s.heads.is_multiple_of(s.kv_heads),
+        s.kv_heads > 0 && s.head_dim > 0 && s.heads.is_multiple_of(s.kv_heads) && s.window != Some(0),
         "attention: {s:?} is not a grouped-query shape"
     );
     let n = q.len() / (s.heads * s.head_dim);

@@ -1,8 +1,11 @@
 //! `config.json` of a HuggingFace Llama model, plus the `recycle` block this project adds.
 use crate::error::{ModelError, Result};
+use declared::Declared;
 use recyclegpt_kernels::GateActivation;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+mod declared;
 
 /// `hidden_act` of a GELU gate with the tanh approximation (Gemma).
 const GELU_TANH: &str = "gelu_pytorch_tanh";
@@ -165,11 +168,16 @@ pub struct SlidingWindow {
 }
 
 impl SlidingWindow {
-    /// Whether layer `layer` (from 0) is local; a pattern of 0 makes every layer local, as in
-    /// llama.cpp.
+    /// Whether layer `layer` (from 0) is local.
     pub fn covers(&self, layer: usize) -> bool {
-        self.pattern == 0 || layer % self.pattern < self.pattern - 1
+        is_local(self.pattern, layer)
     }
+}
+
+/// Whether layer `layer` is local when every `pattern`-th layer is global; a pattern of 0 makes
+/// every layer local, as in llama.cpp.
+fn is_local(pattern: usize, layer: usize) -> bool {
+    pattern == 0 || layer % pattern < pattern - 1
 }
 
 /// The decoder families served: Llama's layer, and the options that make it another's.
@@ -235,67 +243,6 @@ impl Family {
     }
 }
 
-/// What an HF `config.json` says beside [`LlamaConfig`]'s own fields: the family, its sliding
-/// window, and Gemma 3's names and options.
-#[derive(Deserialize)]
-struct Declared {
-    architectures: Option<Vec<String>>,
-    sliding_window: Option<usize>,
-    /// Qwen2's configs name a window they do not use (`false`).
-    use_sliding_window: Option<bool>,
-    /// Gemma's name for `hidden_act`.
-    hidden_activation: Option<String>,
-    /// Gemma 3: `sliding_attention` or `full_attention` per layer (newer configs), or every
-    /// `sliding_window_pattern`-th layer full (older ones).
-    layer_types: Option<Vec<String>>,
-    /// Phi-4-mini's rotation of part of each head only.
-    partial_rotary_factor: Option<f64>,
-    sliding_window_pattern: Option<usize>,
-    rope_local_base_freq: Option<f64>,
-    query_pre_attn_scalar: Option<f64>,
-    final_logit_softcapping: Option<f64>,
-    attn_logit_softcapping: Option<f64>,
-    tie_word_embeddings: Option<bool>,
-}
-
-impl Declared {
-    /// Gemma 3's options on `config`, or why they cannot be served.
-    fn gemma3(&self, config: &mut LlamaConfig) -> std::result::Result<(), String> {
-        if let Some(act) = &self.hidden_activation {
-            config.hidden_act = act.clone();
-        }
-        // Gemma ties its head unless the config says otherwise.
-        config.tie_word_embeddings = self.tie_word_embeddings.unwrap_or(true);
-        if self.final_logit_softcapping.is_some() || self.attn_logit_softcapping.is_some() {
-            return Err("Gemma 3 with logit soft-capping is not supported yet".into());
-        }
-        let head_dim = config.head_dim() as f64;
-        if self.query_pre_attn_scalar.is_some_and(|scalar| scalar != head_dim) {
-            return Err(format!("query_pre_attn_scalar other than head_dim ({head_dim}) is not supported yet"));
-        }
-        let Some(size) = self.sliding_window.filter(|&size| size > 0) else { return Ok(()) };
-        let pattern = match &self.layer_types {
-            Some(types) => {
-                // The period: the first full layer's place, which every other layer must follow.
-                let pattern = types.iter().position(|t| t == "full_attention").map_or(0, |i| i + 1);
-                let window = SlidingWindow { size, pattern, rope_theta: 0.0 };
-                if types.len() != config.num_hidden_layers
-                    || types.iter().enumerate().any(|(i, t)| window.covers(i) != (t == "sliding_attention"))
-                {
-                    return Err(format!(
-                        "layer_types {types:?} do not repeat one period of local layers then a full one"
-                    ));
-                }
-                pattern
-            }
-            None => self.sliding_window_pattern.unwrap_or(6),
-        };
-        config.sliding_window =
-            Some(SlidingWindow { size, pattern, rope_theta: self.rope_local_base_freq.unwrap_or(10_000.0) });
-        Ok(())
-    }
-}
-
 /// The shape of one stack of Llama decoder layers (the base model's or the module's).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StackShape {
@@ -355,8 +302,7 @@ impl LlamaConfig {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
         let mut config: LlamaConfig =
             serde_json::from_str(&text).map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))?;
-        let declared: Declared =
-            serde_json::from_str(&text).map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))?;
+        let declared = Declared::read(&text).map_err(|e| ModelError::file(path, e))?;
         let family = match declared.architectures.as_ref().and_then(|names| names.first()) {
             Some(name) => {
                 let Some(&(_, family)) = ARCHITECTURES.iter().find(|(known, _)| known == name) else {
@@ -515,95 +461,4 @@ impl LlamaConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `architectures` picks the family's options; another family is refused with the served
-    /// ones named; a sliding window bounds the context.
-    #[test]
-    fn config_json_names_the_family() {
-        let dir = std::env::temp_dir().join(format!("recyclegpt-families-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let read = |extra: serde_json::Value| {
-            let mut json = serde_json::json!({
-                "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
-                "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 8192
-            });
-            json.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-            let path = dir.join("config.json");
-            std::fs::write(&path, json.to_string()).unwrap();
-            LlamaConfig::from_file(&path)
-        };
-        let qwen2 = read(serde_json::json!({"architectures": ["Qwen2ForCausalLM"]})).unwrap();
-        assert!(qwen2.qkv_bias && !qwen2.qk_norm);
-        let qwen3 = read(serde_json::json!({"architectures": ["Qwen3ForCausalLM"]})).unwrap();
-        assert!(!qwen3.qkv_bias && qwen3.qk_norm);
-        let mistral =
-            read(serde_json::json!({"architectures": ["MistralForCausalLM"], "sliding_window": 4096})).unwrap();
-        assert_eq!((mistral.max_position_embeddings, mistral.qkv_bias), (4096, false));
-        let unused = serde_json::json!({"architectures": ["Qwen2ForCausalLM"], "sliding_window": 4096, "use_sliding_window": false});
-        assert_eq!(read(unused).unwrap().max_position_embeddings, 8192);
-        let error = read(serde_json::json!({"architectures": ["GPTNeoXForCausalLM"]})).unwrap_err().to_string();
-        assert!(
-            error.contains("`GPTNeoXForCausalLM` is not supported") && error.contains("Gemma3ForCausalLM"),
-            "{error}"
-        );
-        let partial = serde_json::json!({"architectures": ["Phi3ForCausalLM"], "partial_rotary_factor": 0.75});
-        assert!(read(partial).unwrap_err().to_string().contains("partial_rotary_factor"));
-        // Gemma 3: its window is per layer (the context stays whole), from `layer_types`.
-        let types = serde_json::json!(["sliding_attention", "full_attention"]);
-        let gemma3 = serde_json::json!({"architectures": ["Gemma3ForCausalLM"], "sliding_window": 512,
-            "layer_types": types, "num_hidden_layers": 2, "hidden_activation": "gelu_pytorch_tanh"});
-        let gemma3 = read(gemma3).unwrap();
-        assert_eq!(gemma3.max_position_embeddings, 8192);
-        assert_eq!(gemma3.sliding_window, Some(SlidingWindow { size: 512, pattern: 2, rope_theta: 10_000.0 }));
-        assert!(gemma3.sandwich_norms && gemma3.qk_norm && gemma3.scale_embeddings && gemma3.tie_word_embeddings);
-        let irregular = serde_json::json!({"architectures": ["Gemma3ForCausalLM"], "sliding_window": 512,
-            "layer_types": ["full_attention", "sliding_attention"], "num_hidden_layers": 2});
-        let error = read(irregular).unwrap_err().to_string();
-        assert!(error.contains("layer_types"), "{error}");
-        let capped = serde_json::json!({"architectures": ["Gemma3ForCausalLM"], "final_logit_softcapping": 30.0});
-        assert!(read(capped).unwrap_err().to_string().contains("soft-capping"));
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn a_draft_vocabulary_must_hold_between_one_token_and_the_whole_vocabulary() {
-        let mut config: LlamaConfig = serde_json::from_value(serde_json::json!({
-            "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 1, "num_attention_heads": 4
-        }))
-        .unwrap();
-        let mut recycle = config.default_recycle(1);
-        for (size, valid) in [(0, false), (1, true), (100, true), (101, false)] {
-            recycle.draft_vocab_size = Some(size);
-            config.recycle = Some(recycle.clone());
-            assert_eq!(config.validate().is_ok(), valid, "draft_vocab_size {size}");
-        }
-    }
-
-    #[test]
-    fn feature_layers_must_rise_within_the_base() {
-        let mut config: LlamaConfig = serde_json::from_value(serde_json::json!({
-            "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 4, "num_attention_heads": 4
-        }))
-        .unwrap();
-        let mut recycle = config.default_recycle(1);
-        for (layers, valid) in [
-            (vec![1, 2, 4], true),
-            (vec![4], true),
-            (vec![], false),
-            (vec![0, 2], false),
-            (vec![2, 2], false),
-            (vec![1, 5], false),
-        ] {
-            recycle.feature_layers = Some(layers.clone());
-            config.recycle = Some(recycle.clone());
-            assert_eq!(config.validate().is_ok(), valid, "feature_layers {layers:?}");
-        }
-        assert_eq!(recycle.taps(4), [1, 5]);
-        recycle.feature_layers = None;
-        assert_eq!(recycle.taps(4), [4]);
-    }
-}
+mod tests;

@@ -54,7 +54,8 @@ impl HfLayout {
                     .or_else(|| renamed("attention_output_norm.weight", "post_attention_layernorm.weight"))
                     .or_else(|| renamed("feedforward_output_norm.weight", "post_feedforward_layernorm.weight"))
                     .unwrap_or_else(|| name.to_string());
-                let plus_one = ["norm.weight", "layernorm.weight"].iter().any(|end| stored.ends_with(end));
+                // Every norm's name ends so (`input_layernorm`, `q_norm`, the final `norm`).
+                let plus_one = stored.ends_with("norm.weight");
                 Stored { name: stored, rows: None, plus_one }
             }
             HfLayout::Phi3 { q, kv, ff } => {

@@ -8,7 +8,7 @@ use crate::quantize::Quantization;
 use crate::rope::Rope;
 use crate::weights::{Init, Weights};
 use candle_core::{DType, Tensor};
-pub(crate) use host::{applies as host_path_applies, forward as host_forward, with_host_values};
+pub(crate) use host::{applies as host_path_applies, forward as host_forward, is_host_f32, with_host_values};
 use recyclegpt_kernels::{
     cached_attention, gated, quantized_linear, small_linear, AttentionShape, GateActivation, QuantMatrix, SMALL_M_MAX,
 };
@@ -47,7 +47,7 @@ impl Linear {
 
     fn kept(weight: Tensor, quantization: Option<Quantization>, exactly: bool) -> Result<Self> {
         if let (Some(format), Ok((rows, cols))) = (quantization, weight.dims2()) {
-            if host_path_applies(&weight, 0) {
+            if is_host_f32(&weight) {
                 // Read in place: a copy of an embedding-sized matrix would raise the load's peak.
                 let quant = with_host_values(&weight.contiguous()?, |values| {
                     let Some(quant) = format.quantize(values, rows, cols) else { return Ok(None) };
@@ -146,7 +146,7 @@ impl Linear {
     /// Whether the layer is kept quantized and its blocks give back `weight` exactly.
     pub(crate) fn holds_exactly(&self, weight: &Tensor) -> Result<bool> {
         let Some(quant) = &self.quant else { return Ok(false) };
-        if !host_path_applies(weight, 0) || weight.dims2()? != (quant.rows(), quant.cols()) {
+        if !is_host_f32(weight) || weight.dims2()? != (quant.rows(), quant.cols()) {
             return Ok(false);
         }
         with_host_values(&weight.contiguous()?, |values| Ok(gives_back(quant, values)))

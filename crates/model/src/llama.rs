@@ -69,20 +69,24 @@ impl Llama {
         Ok(Self { embed, tied, stack, norm, head, vocab_size: vocab, embed_scale })
     }
 
-    /// The token embedding `[vocab, d]` and output head `[vocab, d]` (the same tensor when tied);
-    /// an error when an untied head is kept quantized only.
+    /// The token embedding `[vocab, d]` as the decoder reads it (scaled, for Gemma) and the
+    /// output head `[vocab, d]`; an error when an untied head is kept quantized only.
     pub fn embedding_and_head(&self) -> Result<(Tensor, Tensor)> {
         let embed = match &self.embed {
             Some(embed) => embed.clone(),
             None => self.head.dequantized()?,
         };
+        let scaled = match self.embed_scale {
+            Some(scale) => (&embed * scale)?,
+            None => embed.clone(),
+        };
         if self.tied {
-            return Ok((embed.clone(), embed));
+            return Ok((scaled, embed));
         }
         let head = self.head.weight().ok_or_else(|| {
             ModelError::Config("the output head is kept quantized only; load the model with --quantize none".into())
         })?;
-        Ok((embed, head.clone()))
+        Ok((scaled, head.clone()))
     }
 
     /// Bytes of weights a 1-token forward reads: every layer's matrices and the output head (the

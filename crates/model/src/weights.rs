@@ -272,13 +272,13 @@ impl Weights {
         match &*self.source {
             Source::Files(files) => {
                 let stored = self.layout.locate(&self.full_name(name));
+                // A Gemma norm gains its 1 in f32, as HF computes `1 + w.float()`.
+                let dtype = if stored.plus_one { DType::F32 } else { self.dtype };
                 let tensor = match stored.rows {
-                    None => files.load(&stored.name, shape, self.dtype, &self.device)?,
-                    Some((first, count)) => {
-                        files.load_rows(&stored.name, first, count, shape, self.dtype, &self.device)?
-                    }
+                    None => files.load(&stored.name, shape, dtype, &self.device)?,
+                    Some((first, count)) => files.load_rows(&stored.name, first, count, shape, dtype, &self.device)?,
                 };
-                Ok(if stored.plus_one { (tensor + 1.0)? } else { tensor })
+                Ok(if stored.plus_one { (tensor + 1.0)?.to_dtype(self.dtype)? } else { tensor })
             }
             Source::Gguf(gguf) => gguf.0.load(&self.full_name(name), shape, self.dtype, &self.device, &gguf.1),
             Source::Random(rng) => {

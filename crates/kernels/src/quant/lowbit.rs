@@ -154,10 +154,13 @@ impl LowBitMatrix {
     /// `tile` must be one of the matrix's tiles, `out` must hold `a.m × rows` values, and no one
     /// else may read or write the outputs of the tile's rows during the call.
     pub(super) unsafe fn tile(&self, path: Path, a: &Activations, tile: usize, out: OutPtr) {
+        let masks = self.quants.len() / TILE_BLOCK_BYTES * MASKS_PER_BLOCK;
+        debug_assert_eq!(self.fifth.len(), if self.format.five_bits() { masks } else { 0 });
         match path {
             // SAFETY: forwarded from this function's contract.
             Path::Scalar => unsafe { scalar_tile(self, a, tile, out) },
-            // SAFETY: `Path::choose` picked this path only after detecting AVX2, FMA and F16C;
+            // SAFETY: `Path::choose` picked this path only after detecting AVX2, FMA and F16C; a
+            // 5-bit format's matrix holds its fifth bits (`quantize` makes them for those alone);
             // the rest is this function's contract.
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 if self.format.five_bits() => unsafe {

@@ -12,10 +12,11 @@ const VECTORS: usize = BLOCK / 2 / GROUP;
 // The AVX2 kernel's i16 block sums (see `tile_avx2`) cannot overflow.
 const _: () = assert!(VECTORS * 2 * 2 * 15 * 128 < 1 << 15);
 
-/// `FIVE`: the matrix is in a 5-bit format (it has fifth bits).
+/// `FIVE`: the matrix is in a 5-bit format.
 ///
 /// # Safety
-/// The CPU must have AVX-512F, BW and VNNI; otherwise as [`LowBitMatrix::tile`].
+/// The CPU must have AVX-512F, BW and VNNI; with `FIVE`, the matrix must hold its fifth bits
+/// (`quantize` makes them for the 5-bit formats alone); otherwise as [`LowBitMatrix::tile`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn tile_vnni<const FIVE: bool>(w: &LowBitMatrix, a: &Activations, tile: usize, out: OutPtr) {
     let mut first = 0;
@@ -131,7 +132,8 @@ unsafe fn pass_vnni<const M: usize, const C: usize, const FIVE: bool>(
 /// more than the block's products. Two input rows per pass.
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C; otherwise as [`LowBitMatrix::tile`].
+/// The CPU must have AVX2, FMA and F16C; with `FIVE`, the matrix must hold its fifth bits;
+/// otherwise as [`LowBitMatrix::tile`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tile_avx2<const FIVE: bool>(w: &LowBitMatrix, a: &Activations, tile: usize, out: OutPtr) {
     let blocks = w.blocks;

@@ -209,6 +209,20 @@ impl GgufFile {
         if self.optional_f64(&k("final_logit_softcapping"))?.is_some_and(|cap| cap != 0.0) {
             return unsupported("with final logit soft-capping");
         }
+        // The 4B and larger scale the global layers' positions linearly (factor 8).
+        let linear = match self.content.metadata.get(&k("rope.scaling.type")) {
+            Some(kind) => kind.to_string().map_err(|e| self.bad(&k("rope.scaling.type"), e))? == "linear",
+            None => false,
+        };
+        match self.optional_f64(&k("rope.scaling.factor"))? {
+            Some(factor) if linear && factor > 0.0 && factor.is_finite() => {
+                config.rope_freq_factors = Some(vec![factor as f32; config.head_dim() / 2]);
+            }
+            Some(factor) if factor != 1.0 => {
+                return unsupported(&format!("RoPE scaling other than linear (factor {factor})"));
+            }
+            _ => {}
+        }
         config.sliding_window = match self.optional_usize(&k("attention.sliding_window"))? {
             Some(size) if size > 0 => Some(SlidingWindow {
                 size,

@@ -16,7 +16,12 @@ use recyclegpt_kernels::{attention, gate_mul, isa, linear_small, quant_linear, S
 
 /// Whether a forward of `rows` rows of `x` takes this path.
 pub(crate) fn applies(x: &Tensor, rows: usize) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32 && rows <= SMALL_M_MAX
+    is_host_f32(x) && rows <= SMALL_M_MAX
+}
+
+/// Whether `t` is f32 on the CPU, whose values this path reads in place.
+pub(crate) fn is_host_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
 }
 
 /// Calls `f` with the values of `t`, which must be a contiguous f32 tensor on the CPU.
