@@ -44,6 +44,11 @@ impl DecoderStack {
         [&self.rope, self.local_rope.as_ref().unwrap_or(&self.rope)]
     }
 
+    /// The format the first layer's feed-forward is kept in, if quantized.
+    pub fn layer_quantization(&self) -> Option<crate::quantize::Quantization> {
+        self.layers.first().and_then(DecoderLayer::quantization)
+    }
+
     /// Bytes of the layers' matrices, read once per forward.
     pub fn matrix_bytes(&self) -> usize {
         self.layers.iter().map(DecoderLayer::matrix_bytes).sum()

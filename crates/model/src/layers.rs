@@ -389,6 +389,11 @@ impl DecoderLayer {
         self.local
     }
 
+    /// The format the feed-forward's gate and up projections are kept in, if quantized.
+    pub fn quantization(&self) -> Option<Quantization> {
+        self.mlp.gate_up.quantization()
+    }
+
     /// Bytes of the layer's matrices, read once per forward.
     pub fn matrix_bytes(&self) -> usize {
         self.attention.qkv.bytes() + self.attention.o.bytes() + self.mlp.gate_up.bytes() + self.mlp.down.bytes()

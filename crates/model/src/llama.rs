@@ -95,6 +95,12 @@ impl Llama {
         self.stack.matrix_bytes() + self.head.bytes()
     }
 
+    /// The format the base's layers are kept in, if quantized (their feed-forward's, the bulk
+    /// of each layer).
+    pub fn layer_quantization(&self) -> Option<Quantization> {
+        self.stack.layer_quantization()
+    }
+
     /// The format the output head is kept in, if quantized.
     pub fn head_quantization(&self) -> Option<Quantization> {
         self.head.quantization()

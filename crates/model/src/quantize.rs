@@ -22,7 +22,8 @@ pub enum Quantization {
     Q5_1,
     /// Each GGUF tensor in the type the file stores it in where a kernel has that type (the
     /// formats above), the others in Q8_0 (K-quants, F16); every tensor of other sources in
-    /// Q8_0. What `--quantize auto` picks for a GGUF file on the CPU.
+    /// Q8_0, but a GGUF model's recyclable module takes the format of the base's layers. What
+    /// `--quantize auto` picks for a GGUF file on the CPU.
     AsStored,
 }
 
