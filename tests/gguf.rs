@@ -406,3 +406,73 @@ fn a_q5_0_file_is_kept_in_its_own_blocks() {
     );
     assert_parting_only_at_near_ties_in(&loaded, "q5_0", "smollm2_q5_0_llamacpp_greedy.json");
 }
+
+/// A file whose layers are in K-quants (Q4_K, Q5_K, Q6_K, as candle's writer quantizes them)
+/// is kept in their blocks, Llama's interleaved query and key rows reordered and the fused
+/// projections stacked: its layers read about the file's tensor bytes, and its logits equal
+/// those of the same weights dequantized to f32 within the int8 rounding of the activations.
+#[test]
+fn k_quant_layers_are_kept_in_their_blocks() {
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Tensor};
+    use gguf_file::Value as V;
+    use recyclegpt_model::{Quantization, SeqInput};
+    let dir = common::scratch("gguf-k-quants");
+    let (hidden, ff) = (256, 512);
+    let shapes: [(&str, (usize, usize), GgmlDType); 7] = [
+        ("blk.0.attn_q.weight", (hidden, hidden), GgmlDType::Q4K),
+        ("blk.0.attn_k.weight", (hidden / 2, hidden), GgmlDType::Q4K),
+        ("blk.0.attn_v.weight", (hidden / 2, hidden), GgmlDType::Q4K),
+        ("blk.0.attn_output.weight", (hidden, hidden), GgmlDType::Q6K),
+        ("blk.0.ffn_gate.weight", (ff, hidden), GgmlDType::Q5K),
+        ("blk.0.ffn_up.weight", (ff, hidden), GgmlDType::Q5K),
+        ("blk.0.ffn_down.weight", (hidden, ff), GgmlDType::Q4K),
+    ];
+    let mut quantized: Vec<(String, QTensor)> = shapes
+        .iter()
+        .map(|(name, shape, dtype)| {
+            let values = Tensor::randn(0f32, 0.08, *shape, &Device::Cpu).unwrap();
+            (name.to_string(), QTensor::quantize(&values, *dtype).unwrap())
+        })
+        .collect();
+    for (name, len) in
+        [("blk.0.attn_norm.weight", hidden), ("blk.0.ffn_norm.weight", hidden), ("output_norm.weight", hidden)]
+    {
+        quantized.push((name.into(), f32_tensor(&vec![1.0; len])));
+    }
+    let embedding = Tensor::randn(0f32, 1.0, (6, hidden), &Device::Cpu).unwrap();
+    quantized.push(("token_embd.weight".into(), QTensor::quantize(&embedding, GgmlDType::F32).unwrap()));
+    let dequantized: Vec<(String, QTensor)> = quantized
+        .iter()
+        .map(|(name, t)| {
+            (name.clone(), QTensor::quantize(&t.dequantize(&Device::Cpu).unwrap(), GgmlDType::F32).unwrap())
+        })
+        .collect();
+    let changes = [
+        ("llama.embedding_length", V::U32(hidden as u32)),
+        ("llama.feed_forward_length", V::U32(ff as u32)),
+        ("llama.attention.head_count_kv", V::U32(2)),
+    ];
+    let write = |name: &str, tensors: &[(String, QTensor)]| {
+        let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        llama_file_with(&dir, name, &changes, &tensors)
+    };
+    let load = |path: PathBuf, quantize| LoadedModel::load(&path, &LoadOptions { quantize, ..LoadOptions::default() });
+    let kept = load(write("k.gguf", &quantized), Some(Quantization::AsStored)).expect("the K-quant file loads");
+    let plain = load(write("f32.gguf", &dequantized), None).expect("the f32 file loads");
+    let stored: usize =
+        quantized.iter().filter(|(n, _)| n.starts_with("blk.")).map(|(_, t)| t.storage_size_in_bytes()).sum();
+    let read = kept.model.layer_bytes();
+    assert!((read as f64) < 1.1 * stored as f64, "the layers read {read} bytes per token against the file's {stored}");
+    let tokens = [1u32, 3, 4, 5, 3, 4];
+    let logits = |loaded: &LoadedModel| {
+        let mut cache = loaded.model.new_cache(tokens.len()).unwrap();
+        let input = SeqInput { tokens: &tokens, cache: &mut cache, logits_rows: (0..tokens.len()).collect() };
+        loaded.model.forward(&mut [input]).unwrap().logits.concat()
+    };
+    let (got, want) = (logits(&kept), logits(&plain));
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 0.02 * scale, "logit {g} against {w} (largest {scale})");
+    }
+}

@@ -1,7 +1,7 @@
-//! The 4- and 5-bit kernels against the product of the dequantized weights on every path this
-//! CPU runs, and the blocks against llama.cpp's Q4_0, Q4_1, Q5_0 and Q5_1 as candle implements
-//! them.
-use candle_core::quantized::{GgmlDType, QTensor};
+//! The low-bit kernels against the product of the dequantized weights on every path this CPU
+//! runs, and the blocks against llama.cpp's Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K as
+//! candle implements them.
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use proptest::prelude::*;
 use recyclegpt_kernels::{linear_small, low_bit_linear, Isa, LowBitFormat, LowBitMatrix};
@@ -130,4 +130,86 @@ fn blocks_equal_llama_cpp_and_survive_a_round_trip() {
 fn only_whole_blocks_quantize() {
     assert!(LowBitMatrix::quantize(&[0.0; 30], 1, 30, LowBitFormat::Q4_0).is_none());
     assert!(LowBitMatrix::quantize(&[0.0; 64], 2, 32, LowBitFormat::Q4_1).is_some());
+}
+
+const K_FORMATS: [(LowBitFormat, GgmlDType); 3] =
+    [(LowBitFormat::Q4K, GgmlDType::Q4K), (LowBitFormat::Q5K, GgmlDType::Q5K), (LowBitFormat::Q6K, GgmlDType::Q6K)];
+
+/// `rows` rows of `cols / 256` random K-quant blocks of `format`: random bytes, with the f16
+/// scales (and minimums) set to finite values.
+fn k_blocks(format: LowBitFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let size = format.ggml_block_bytes().unwrap();
+    let mut bytes: Vec<u8> = (0..rows * cols / 256 * size).map(|_| rng.random()).collect();
+    for block in bytes.chunks_mut(size) {
+        let mut f16 = |at: usize, rng: &mut rand::rngs::StdRng| {
+            let v = half::f16::from_f32(rng.random_range(1e-4f32..2e-2));
+            block[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        };
+        match format {
+            LowBitFormat::Q6K => f16(208, &mut rng),
+            _ => {
+                f16(0, &mut rng);
+                f16(2, &mut rng);
+            }
+        }
+    }
+    bytes
+}
+
+fn from_ggml(format: LowBitFormat, bytes: &[u8], rows: usize, cols: usize) -> Option<LowBitMatrix> {
+    let row_bytes = bytes.len() / rows;
+    let rows: Vec<&[u8]> = bytes.chunks(row_bytes).collect();
+    LowBitMatrix::from_ggml(format, cols, &rows)
+}
+
+/// A K-quant matrix read from llama.cpp's blocks gives back exactly the values candle's
+/// dequantization of the same blocks gives.
+#[test]
+fn k_blocks_decode_as_llama_cpp_decodes_them() {
+    let (n, k) = (40, 512);
+    for (format, ggml) in K_FORMATS {
+        let bytes = k_blocks(format, n, k, 11);
+        let ours = from_ggml(format, &bytes, n, k).unwrap().dequantize();
+        let theirs = qtensor_from_ggml(ggml, &bytes, vec![n, k], &Device::Cpu).unwrap();
+        let theirs = theirs.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let differing = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "{format:?}: {differing} of {} values differ from llama.cpp's", ours.len());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn k_quants_match_the_dequantized_product(m in 1usize..=17, n in 1usize..=70, supers in 1usize..=3, seed in 0u64..1000) {
+        let k = supers * 256;
+        for (format, _) in K_FORMATS {
+            let w = from_ggml(format, &k_blocks(format, n, k, seed), n, k).unwrap();
+            let x = values(m * k, seed + 1);
+            let dequantized = w.dequantize();
+            let mut reference = vec![0f32; m * n];
+            linear_small(Isa::detect(), &x, m, k, &dequantized, n, &mut reference);
+            let bound = tolerance(&x, &dequantized, m, n, k);
+            for isa in Isa::supported() {
+                let mut out = vec![0f32; m * n];
+                low_bit_linear(isa, &x, m, &w, &mut out);
+                for ((got, want), bound) in out.iter().zip(&reference).zip(&bound) {
+                    prop_assert!((got - want).abs() <= *bound, "{format:?} {isa:?} m={m} n={n} k={k}: {got} vs {want}");
+                }
+            }
+        }
+    }
+}
+
+/// Rows of the wrong length, columns that are not whole K blocks, and the formats read from
+/// values are refused.
+#[test]
+fn only_whole_k_blocks_are_read() {
+    let bytes = k_blocks(LowBitFormat::Q4K, 2, 256, 1);
+    assert!(from_ggml(LowBitFormat::Q4K, &bytes, 2, 256).is_some());
+    assert!(LowBitMatrix::from_ggml(LowBitFormat::Q4K, 256, &[&bytes[..100]]).is_none());
+    assert!(LowBitMatrix::from_ggml(LowBitFormat::Q4K, 128, &[&bytes[..144]]).is_none());
+    assert!(LowBitMatrix::from_ggml(LowBitFormat::Q4_1, 256, &[&bytes[..144]]).is_none());
+    assert!(LowBitMatrix::quantize(&[0.0; 256], 1, 256, LowBitFormat::Q6K).is_none());
 }

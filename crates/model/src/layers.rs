@@ -41,8 +41,20 @@ impl Linear {
     /// Blocks that a GGUF file stores in a low-bit format are kept in it only if they come back
     /// exactly (a file quantized with an importance matrix chose its scales otherwise than
     /// llama.cpp's reference quantizer, which ours repeats); else in Q8_0.
+    /// K-quant blocks are read from the file as stored, and kept if they give back `weight`.
     pub(crate) fn from_stored(weight: Tensor, w: &Weights, names: &[&str]) -> Result<Self> {
-        Self::kept(weight, w.quantization_for(names), w.is_gguf())
+        let quantization = w.quantization_for(names);
+        if let Some(format) = quantization.and_then(Quantization::k_quant) {
+            if let Some(quant) = w.stored_blocks(names, format)? {
+                if is_host_f32(&weight)
+                    && with_host_values(&weight.contiguous()?, |values| Ok(gives_back(&quant, values)))?
+                {
+                    return Ok(Self { weight: None, quant: Some(std::sync::Arc::new(quant)), bias: None });
+                }
+                tracing::debug!(?format, "K blocks do not give back the file's values: kept in Q8_0");
+            }
+        }
+        Self::kept(weight, quantization, w.is_gguf())
     }
 
     fn kept(weight: Tensor, quantization: Option<Quantization>, exactly: bool) -> Result<Self> {
@@ -109,6 +121,9 @@ impl Linear {
                 recyclegpt_kernels::LowBitFormat::Q4_1 => Quantization::Q4_1,
                 recyclegpt_kernels::LowBitFormat::Q5_0 => Quantization::Q5_0,
                 recyclegpt_kernels::LowBitFormat::Q5_1 => Quantization::Q5_1,
+                recyclegpt_kernels::LowBitFormat::Q4K => Quantization::Q4K,
+                recyclegpt_kernels::LowBitFormat::Q5K => Quantization::Q5K,
+                recyclegpt_kernels::LowBitFormat::Q6K => Quantization::Q6K,
             },
         })
     }

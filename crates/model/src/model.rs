@@ -94,7 +94,7 @@ impl LoadedModel {
 /// 0.38-0.41, for the same acceptance); otherwise as asked.
 fn module_quantization(quantize: Option<Quantization>, base: &Llama) -> Option<Quantization> {
     match quantize {
-        Some(Quantization::AsStored) => base.layer_quantization().or(quantize),
+        Some(Quantization::AsStored) => base.layer_quantization().map(Quantization::from_values).or(quantize),
         other => other,
     }
 }

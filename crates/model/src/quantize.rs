@@ -20,16 +20,30 @@ pub enum Quantization {
     Q5_0,
     /// Blocks of 32 5-bit values with a minimum (llama.cpp's Q5_1).
     Q5_1,
+    /// llama.cpp's Q4_K, Q5_K and Q6_K: blocks of 256 values in 4, 5 or 6 bits, with scales per
+    /// 32 (or 16) values. Read from a GGUF file's blocks only (their quantizer searches for its
+    /// scales); quantizing values to them gives Q8_0.
+    Q4K,
+    Q5K,
+    Q6K,
     /// Each GGUF tensor in the type the file stores it in where a kernel has that type (the
-    /// formats above), the others in Q8_0 (K-quants, F16); every tensor of other sources in
+    /// formats above), the others in Q8_0 (Q8_1, IQ formats, F16); every tensor of other sources in
     /// Q8_0, but a GGUF model's recyclable module takes the format of the base's layers. What
     /// `--quantize auto` picks for a GGUF file on the CPU.
     AsStored,
 }
 
 /// The formats a GGUF tensor is kept in as it is stored.
-const KEPT_AS_STORED: [Quantization; 5] =
-    [Quantization::Q8_0, Quantization::Q4_0, Quantization::Q4_1, Quantization::Q5_0, Quantization::Q5_1];
+const KEPT_AS_STORED: [Quantization; 8] = [
+    Quantization::Q8_0,
+    Quantization::Q4_0,
+    Quantization::Q4_1,
+    Quantization::Q5_0,
+    Quantization::Q5_1,
+    Quantization::Q4K,
+    Quantization::Q5K,
+    Quantization::Q6K,
+];
 
 impl std::str::FromStr for Quantization {
     type Err = ModelError;
@@ -52,6 +66,9 @@ impl std::fmt::Display for Quantization {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Quantization::AsStored => f.write_str("as stored"),
+            Quantization::Q4K => f.write_str("q4_k"),
+            Quantization::Q5K => f.write_str("q5_k"),
+            Quantization::Q6K => f.write_str("q6_k"),
             format => f.write_str(&format!("{format:?}").to_lowercase()),
         }
     }
@@ -66,6 +83,9 @@ impl Quantization {
             Quantization::Q4_1 => Some(GgmlDType::Q4_1),
             Quantization::Q5_0 => Some(GgmlDType::Q5_0),
             Quantization::Q5_1 => Some(GgmlDType::Q5_1),
+            Quantization::Q4K => Some(GgmlDType::Q4K),
+            Quantization::Q5K => Some(GgmlDType::Q5K),
+            Quantization::Q6K => Some(GgmlDType::Q6K),
             Quantization::AsStored => None,
         }
     }
@@ -75,12 +95,33 @@ impl Quantization {
         KEPT_AS_STORED.into_iter().find(|format| format.ggml_type() == Some(stored))
     }
 
-    /// `values` (`rows × cols`, row-major) in this format (`AsStored`: Q8_0); `None` unless
-    /// `cols` is a positive multiple of 32.
+    /// The format a K-quant's blocks are read in, if this is one.
+    pub fn k_quant(self) -> Option<LowBitFormat> {
+        match self {
+            Quantization::Q4K => Some(LowBitFormat::Q4K),
+            Quantization::Q5K => Some(LowBitFormat::Q5K),
+            Quantization::Q6K => Some(LowBitFormat::Q6K),
+            _ => None,
+        }
+    }
+
+    /// The nearest format that values are quantized to: itself but for the K-quants (Q4_1,
+    /// Q5_1, Q8_0 in their places).
+    pub fn from_values(self) -> Self {
+        match self {
+            Quantization::Q4K => Quantization::Q4_1,
+            Quantization::Q5K => Quantization::Q5_1,
+            Quantization::Q6K => Quantization::Q8_0,
+            other => other,
+        }
+    }
+
+    /// `values` (`rows × cols`, row-major) in this format (`AsStored` and the K-quants: Q8_0);
+    /// `None` unless `cols` is a positive multiple of 32.
     pub fn quantize(self, values: &[f32], rows: usize, cols: usize) -> Option<QuantMatrix> {
         let low_bit = |format| LowBitMatrix::quantize(values, rows, cols, format).map(QuantMatrix::LowBit);
         match self {
-            Quantization::Q8_0 | Quantization::AsStored => {
+            Quantization::Q8_0 | Quantization::AsStored | Quantization::Q4K | Quantization::Q5K | Quantization::Q6K => {
                 Q8Matrix::quantize(values, rows, cols).map(QuantMatrix::Q8_0)
             }
             Quantization::Q4_0 => low_bit(LowBitFormat::Q4_0),

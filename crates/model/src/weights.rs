@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
+use recyclegpt_kernels::{LowBitFormat, LowBitMatrix, QuantMatrix};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -212,6 +213,28 @@ impl Weights {
             (format, Some(kept)) if kept == format => format,
             _ => Quantization::Q8_0,
         })
+    }
+
+    /// The matrix that stacks the tensors `names` (rows in the model's order), read from the
+    /// blocks a GGUF file stores them in when each is a K-quant of `format`; `None` otherwise.
+    pub(crate) fn stored_blocks(&self, names: &[&str], format: LowBitFormat) -> Result<Option<QuantMatrix>> {
+        let Source::Gguf(gguf) = &*self.source else { return Ok(None) };
+        let mut parts = Vec::with_capacity(names.len());
+        for name in names {
+            let stored = gguf.0.stored_rows(&self.full_name(name), &gguf.1)?;
+            if Quantization::of_stored(stored.dtype).and_then(Quantization::k_quant) != Some(format) {
+                return Ok(None);
+            }
+            parts.push(stored);
+        }
+        let Some(cols) = parts.first().and_then(|p| Some(p.row_bytes / format.ggml_block_bytes()? * 256)) else {
+            return Ok(None);
+        };
+        let rows: Vec<&[u8]> = parts
+            .iter()
+            .flat_map(|part| part.order.iter().map(|&row| &part.bytes[row * part.row_bytes..][..part.row_bytes]))
+            .collect();
+        Ok(LowBitMatrix::from_ggml(format, cols, &rows).map(QuantMatrix::LowBit))
     }
 
     /// Whether the tensors come from a GGUF file (whose blocks a low-bit format keeps exactly).

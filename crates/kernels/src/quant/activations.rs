@@ -13,10 +13,14 @@ pub(super) struct Activations {
     pub(super) scales: Vec<f32>,
     /// `Σx` of each block's int8 values.
     pub(super) sums: Vec<i32>,
+    /// `Σx` of the first 16 int8 values of each block, for weights with a scale per half block
+    /// (Q6_K); empty unless asked for.
+    pub(super) low_sums: Vec<i32>,
 }
 
 impl Activations {
-    pub(super) fn fill(&mut self, path: Path, x: &[f32], m: usize, cols: usize) {
+    /// Quantizes `x` (`m × cols`); with `halves`, the half blocks' sums too.
+    pub(super) fn fill(&mut self, path: Path, x: &[f32], m: usize, cols: usize, halves: bool) {
         let blocks = m * cols / BLOCK;
         self.m = m;
         self.quants.resize(blocks * BLOCK, 0);
@@ -35,6 +39,11 @@ impl Activations {
                 Path::Avx2 => unsafe { quantize_avx2(block, quants) },
                 Path::Scalar => quantize_scalar(block, quants),
             };
+        }
+        self.low_sums.clear();
+        if halves {
+            let low = |block: &[i8]| block[..BLOCK / 2].iter().map(|&v| i32::from(v)).sum::<i32>();
+            self.low_sums.extend(self.quants.chunks_exact(BLOCK).map(low));
         }
     }
 }
@@ -138,13 +147,14 @@ mod tests {
         x[2 * BLOCK + 7] = -254.0;
         let (m, cols) = (4, 16 * BLOCK);
         let mut reference = Activations::default();
-        reference.fill(Path::Scalar, &x, m, cols);
+        reference.fill(Path::Scalar, &x, m, cols, true);
         for isa in Isa::supported() {
             let mut got = Activations::default();
-            got.fill(Path::choose(isa), &x, m, cols);
+            got.fill(Path::choose(isa), &x, m, cols, true);
             assert_eq!(got.quants, reference.quants, "{isa:?}");
             assert_eq!(got.scales, reference.scales, "{isa:?}");
             assert_eq!(got.sums, reference.sums, "{isa:?}");
+            assert_eq!(got.low_sums, reference.low_sums, "{isa:?}");
         }
     }
 }

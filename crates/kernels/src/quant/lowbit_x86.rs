@@ -1,7 +1,9 @@
-//! The 4- and 5-bit tile kernels in AVX-512 VNNI and in AVX2. A 64-byte group vector holds two
+//! The low-bit tile kernels in AVX-512 VNNI and in AVX2. A 64-byte group vector holds two
 //! groups of nibbles: the low ones (columns `4g..4g + 4`) and the high ones (`16 + 4g..`); the
-//! 5-bit formats add each value's fifth bit from a bit mask per group and nibble half.
-use super::lowbit::{MASKS_PER_BLOCK, TILE_BLOCK_BYTES};
+//! 5- and 6-bit formats add each value's fifth (and sixth) bit from a bit mask per group and
+//! nibble half. `BITS` is the format's bits per value, `S` where it keeps its scales
+//! (`lowbit::scaling`); `LowBitMatrix::tile` names the pair of each format.
+use super::lowbit::{scaling, MASKS_PER_BLOCK, TILE_BLOCK_BYTES, TILE_SUB_BYTES};
 use super::{prefetch_ahead, tile_rows, Activations, LowBitMatrix, BLOCK, GROUP, TILE};
 use crate::pool::OutPtr;
 use std::arch::x86_64::*;
@@ -12,13 +14,46 @@ const VECTORS: usize = BLOCK / 2 / GROUP;
 // The AVX2 kernel's i16 block sums (see `tile_avx2`) cannot overflow.
 const _: () = assert!(VECTORS * 2 * 2 * 15 * 128 < 1 << 15);
 
-/// `FIVE`: the matrix is in a 5-bit format.
+/// The scales of one block of a tile's rows (16 lanes, or 8 from `lane`): `d` and `m` of each
+/// half block (the same for both halves but in Q6_K).
 ///
 /// # Safety
-/// The CPU must have AVX-512F, BW and VNNI; with `FIVE`, the matrix must hold its fifth bits
-/// (`quantize` makes them for the 5-bit formats alone); otherwise as [`LowBitMatrix::tile`].
+/// Block `b < blocks` of `tile` must exist, with the planes format `S` keeps; the CPU must have
+/// AVX-512F.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scales_512<const BITS: u32, const S: u8>(w: &LowBitMatrix, tile: usize, b: usize) -> [(__m512, __m512); 2] {
+    // SAFETY: the scales and multipliers of block `b` of `tile` exist (contract).
+    unsafe {
+        let at = w.scale_index(tile * TILE, b);
+        let f16s =
+            |plane: &Vec<half::f16>| _mm512_cvtph_ps(_mm256_loadu_si256(plane.as_ptr().add(at) as *const __m256i));
+        let sub = w.sub.as_ptr().add((tile * w.blocks + b) * TILE_SUB_BYTES);
+        let bytes = |which: usize| _mm_loadu_si128(sub.add(which * TILE) as *const __m128i);
+        let d = f16s(&w.scales);
+        match S {
+            scaling::BLOCK => [(d, f16s(&w.mins)); 2],
+            scaling::SYMMETRIC => [(d, _mm512_mul_ps(d, _mm512_set1_ps(-((1 << (BITS - 1)) as f32)))); 2],
+            scaling::SUPER => {
+                let scale = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes(0))));
+                let min = _mm512_mul_ps(f16s(&w.mins), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes(1))));
+                [(scale, _mm512_sub_ps(_mm512_setzero_ps(), min)); 2]
+            }
+            _ => [0, 1].map(|h| (_mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes(h)))), d)),
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX-512F, BW and VNNI; the matrix must be in a format with `BITS` bits per
+/// value and scales kept as `S`; otherwise as [`LowBitMatrix::tile`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn tile_vnni<const FIVE: bool>(w: &LowBitMatrix, a: &Activations, tile: usize, out: OutPtr) {
+pub(super) unsafe fn tile_vnni<const BITS: u32, const S: u8>(
+    w: &LowBitMatrix,
+    a: &Activations,
+    tile: usize,
+    out: OutPtr,
+) {
     let mut first = 0;
     while first < a.m {
         // Up to 8 input rows per pass (unpacking the nibbles is shared by the pass), at least 4
@@ -27,14 +62,14 @@ pub(super) unsafe fn tile_vnni<const FIVE: bool>(w: &LowBitMatrix, a: &Activatio
         // SAFETY: inputs `first..first + inputs` exist; the rest is the caller's contract.
         unsafe {
             match inputs {
-                1 => pass_vnni::<1, 2, FIVE>(w, a, tile, first, out),
-                2 => pass_vnni::<2, 1, FIVE>(w, a, tile, first, out),
-                3 => pass_vnni::<3, 1, FIVE>(w, a, tile, first, out),
-                4 => pass_vnni::<4, 1, FIVE>(w, a, tile, first, out),
-                5 => pass_vnni::<5, 1, FIVE>(w, a, tile, first, out),
-                6 => pass_vnni::<6, 1, FIVE>(w, a, tile, first, out),
-                7 => pass_vnni::<7, 1, FIVE>(w, a, tile, first, out),
-                _ => pass_vnni::<8, 1, FIVE>(w, a, tile, first, out),
+                1 => pass_vnni::<1, 2, BITS, S>(w, a, tile, first, out),
+                2 => pass_vnni::<2, 1, BITS, S>(w, a, tile, first, out),
+                3 => pass_vnni::<3, 1, BITS, S>(w, a, tile, first, out),
+                4 => pass_vnni::<4, 1, BITS, S>(w, a, tile, first, out),
+                5 => pass_vnni::<5, 1, BITS, S>(w, a, tile, first, out),
+                6 => pass_vnni::<6, 1, BITS, S>(w, a, tile, first, out),
+                7 => pass_vnni::<7, 1, BITS, S>(w, a, tile, first, out),
+                _ => pass_vnni::<8, 1, BITS, S>(w, a, tile, first, out),
             }
         }
         first += inputs;
@@ -44,8 +79,9 @@ pub(super) unsafe fn tile_vnni<const FIVE: bool>(w: &LowBitMatrix, a: &Activatio
 /// Input rows `first..first + M` against every block of `tile`, with `C` chains per input for
 /// the low nibbles and `C` for the high ones. In the 4-bit formats the high nibbles are masked
 /// in place (`& 0xF0`, 16 times their value, no shift per vector): their sums are divided by 16
-/// once per block. In the 5-bit ones a fifth bit of 16 would not fit a byte there, so the high
-/// nibbles are shifted down, and each value gains 16 where its mask bit is set.
+/// once per block. In the others a fifth bit of 16 would not fit a byte there, so the high
+/// nibbles are shifted down, and each value gains 16 (and 32) where its mask bits are set.
+/// Q6_K's halves keep their own sums, each less 32 times its activations' sum.
 ///
 /// # Safety
 /// As [`tile_vnni`], with inputs `first..first + M` in range.
@@ -53,7 +89,7 @@ pub(super) unsafe fn tile_vnni<const FIVE: bool>(w: &LowBitMatrix, a: &Activatio
 #[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn pass_vnni<const M: usize, const C: usize, const FIVE: bool>(
+unsafe fn pass_vnni<const M: usize, const C: usize, const BITS: u32, const S: u8>(
     w: &LowBitMatrix,
     a: &Activations,
     tile: usize,
@@ -63,10 +99,11 @@ unsafe fn pass_vnni<const M: usize, const C: usize, const FIVE: bool>(
     let blocks = w.blocks;
     let low = _mm512_set1_epi8(0x0F);
     let high = _mm512_set1_epi8(0xF0u8 as i8);
-    let sixteen = _mm512_set1_epi8(16);
+    let (sixteen, thirty_two) = (_mm512_set1_epi8(16), _mm512_set1_epi8(32));
     let mut acc = [_mm512_setzero_ps(); M];
-    // SAFETY: block `b < blocks` of `tile` (256 bytes, 16 scales and 16 minimums) and of every
-    // input row `< m` (32 bytes, one scale and one sum) exist; the features are the caller's.
+    // SAFETY: block `b < blocks` of `tile` (256 bytes, its scales, masks and multipliers) and of
+    // every input row `< m` (32 bytes, one scale and one sum) exist; the features are the
+    // caller's.
     unsafe {
         let mut weights = w.quants.as_ptr().add(tile * blocks * TILE_BLOCK_BYTES);
         for b in 0..blocks {
@@ -75,14 +112,17 @@ unsafe fn pass_vnni<const M: usize, const C: usize, const FIVE: bool>(
             prefetch_ahead(weights, TILE_BLOCK_BYTES);
             for g in 0..VECTORS {
                 let v = _mm512_loadu_si512(weights.add(g * TILE * GROUP) as *const _);
-                let (lo, hi) = if FIVE {
-                    let masks = w.fifth.as_ptr().add((tile * blocks + b) * MASKS_PER_BLOCK + 2 * g);
-                    let lo = _mm512_and_si512(v, low);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
-                    (
-                        _mm512_mask_add_epi8(lo, *masks, lo, sixteen),
-                        _mm512_mask_add_epi8(hi, *masks.add(1), hi, sixteen),
-                    )
+                let (lo, hi) = if BITS > 4 {
+                    let mask = (tile * blocks + b) * MASKS_PER_BLOCK + 2 * g;
+                    let mut lo = _mm512_and_si512(v, low);
+                    let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                    lo = _mm512_mask_add_epi8(lo, *w.fifth.as_ptr().add(mask), lo, sixteen);
+                    hi = _mm512_mask_add_epi8(hi, *w.fifth.as_ptr().add(mask + 1), hi, sixteen);
+                    if BITS > 5 {
+                        lo = _mm512_mask_add_epi8(lo, *w.sixth.as_ptr().add(mask), lo, thirty_two);
+                        hi = _mm512_mask_add_epi8(hi, *w.sixth.as_ptr().add(mask + 1), hi, thirty_two);
+                    }
+                    (lo, hi)
                 } else {
                     (_mm512_and_si512(v, low), _mm512_and_si512(v, high))
                 };
@@ -94,9 +134,7 @@ unsafe fn pass_vnni<const M: usize, const C: usize, const FIVE: bool>(
                     sums_hi[i][g % C] = _mm512_dpbusd_epi32(sums_hi[i][g % C], hi, x_hi);
                 }
             }
-            let at = (tile * blocks + b) * TILE;
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(w.scales.as_ptr().add(at) as *const __m256i));
-            let m = _mm512_cvtph_ps(_mm256_loadu_si256(w.mins.as_ptr().add(at) as *const __m256i));
+            let [(d, m), (d_hi, _)] = scales_512::<BITS, S>(w, tile, b);
             for i in 0..M {
                 let xa = (first + i) * blocks + b;
                 let (mut lo, mut hi) = (sums_lo[i][0], sums_hi[i][0]);
@@ -104,12 +142,20 @@ unsafe fn pass_vnni<const M: usize, const C: usize, const FIVE: bool>(
                     lo = _mm512_add_epi32(lo, sums_lo[i][c]);
                     hi = _mm512_add_epi32(hi, sums_hi[i][c]);
                 }
+                let scale = _mm512_set1_ps(a.scales[xa]);
+                if S == scaling::HALVES {
+                    let low_sum = a.low_sums[xa];
+                    lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(32 * low_sum));
+                    hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(32 * (a.sums[xa] - low_sum)));
+                    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(d, scale), acc[i]);
+                    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(d_hi, scale), acc[i]);
+                    continue;
+                }
                 // Exact: in the 4-bit formats every high product is a multiple of 16.
                 let sum =
-                    if FIVE { _mm512_add_epi32(lo, hi) } else { _mm512_add_epi32(lo, _mm512_srai_epi32::<4>(hi)) };
-                let scale = a.scales[xa];
-                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, _mm512_set1_ps(scale)), acc[i]);
-                acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(scale * a.sums[xa] as f32), acc[i]);
+                    if BITS > 4 { _mm512_add_epi32(lo, hi) } else { _mm512_add_epi32(lo, _mm512_srai_epi32::<4>(hi)) };
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, scale), acc[i]);
+                acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.scales[xa] * a.sums[xa] as f32), acc[i]);
             }
             weights = weights.add(TILE_BLOCK_BYTES);
         }
@@ -123,19 +169,56 @@ unsafe fn pass_vnni<const M: usize, const C: usize, const FIVE: bool>(
     }
 }
 
-/// Without VNNI: each 64-byte vector is two 8-row halves; values (at most 31) times signed bytes
-/// fit `vpmaddubsw`'s i16 pairs. In the 4-bit formats a block's products are summed in i16 and
-/// widened once per block: each i16 lane sums 16 products (4 groups, low and high nibbles,
-/// pairs), at most 16 · 15 · 128 = 30,720 < 2^15 in magnitude for any signed byte. In the 5-bit
-/// ones that sum could reach 16 · 31 · 128, so each group's pairs are widened as they come. The
-/// scales and minimums are f16, converted 8 at a time (F16C): converting them one by one cost
-/// more than the block's products. Two input rows per pass.
+/// [`scales_512`] for the 8 rows of `half` of a tile.
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C; with `FIVE`, the matrix must hold its fifth bits;
-/// otherwise as [`LowBitMatrix::tile`].
+/// As [`scales_512`], with AVX2 and F16C.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn scales_256<const BITS: u32, const S: u8>(
+    w: &LowBitMatrix,
+    tile: usize,
+    b: usize,
+    half: usize,
+) -> [(__m256, __m256); 2] {
+    // SAFETY: the scales and multipliers of block `b` of `tile` exist (contract).
+    unsafe {
+        let at = w.scale_index(tile * TILE + 8 * half, b);
+        let f16s = |plane: &Vec<half::f16>| _mm256_cvtph_ps(_mm_loadu_si128(plane.as_ptr().add(at) as *const __m128i));
+        let sub = w.sub.as_ptr().add((tile * w.blocks + b) * TILE_SUB_BYTES + 8 * half);
+        let bytes = |which: usize| _mm_loadl_epi64(sub.add(which * TILE) as *const __m128i);
+        let d = f16s(&w.scales);
+        match S {
+            scaling::BLOCK => [(d, f16s(&w.mins)); 2],
+            scaling::SYMMETRIC => [(d, _mm256_mul_ps(d, _mm256_set1_ps(-((1 << (BITS - 1)) as f32)))); 2],
+            scaling::SUPER => {
+                let scale = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes(0))));
+                let min = _mm256_mul_ps(f16s(&w.mins), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes(1))));
+                [(scale, _mm256_sub_ps(_mm256_setzero_ps(), min)); 2]
+            }
+            _ => [0, 1].map(|h| (_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes(h)))), d)),
+        }
+    }
+}
+
+/// Without VNNI: each 64-byte vector is two 8-row halves; values (at most 63) times signed bytes
+/// fit `vpmaddubsw`'s i16 pairs. In the 4-bit formats a block's products are summed in i16 and
+/// widened once per block: each i16 lane sums 16 products (4 groups, low and high nibbles,
+/// pairs), at most 16 · 15 · 128 = 30,720 < 2^15 in magnitude for any signed byte. In the others
+/// that sum could overflow, so each group's pairs are widened as they come (Q6_K's halves
+/// apart). The scales and minimums are f16, converted 8 at a time (F16C): converting them one by
+/// one cost more than the block's products. Two input rows per pass.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; the matrix must be in a format with `BITS` bits per
+/// value and scales kept as `S`; otherwise as [`LowBitMatrix::tile`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn tile_avx2<const FIVE: bool>(w: &LowBitMatrix, a: &Activations, tile: usize, out: OutPtr) {
+pub(super) unsafe fn tile_avx2<const BITS: u32, const S: u8>(
+    w: &LowBitMatrix,
+    a: &Activations,
+    tile: usize,
+    out: OutPtr,
+) {
     let blocks = w.blocks;
     let low = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
@@ -144,11 +227,11 @@ pub(super) unsafe fn tile_avx2<const FIVE: bool>(w: &LowBitMatrix, a: &Activatio
         let inputs = (a.m - first).min(2);
         let mut acc = [[_mm256_setzero_ps(); 2]; 2];
         for b in 0..blocks {
-            // i16 sums (4-bit formats) or i32 sums (5-bit), per input and half.
-            let mut sums = [[_mm256_setzero_si256(); 2]; 2];
-            let at = (tile * blocks + b) * TILE;
-            // SAFETY: block `b` of `tile` (256 bytes, 16 scales and 16 minimums) and of every
-            // input row `< m` (32 bytes, one scale and one sum) exist; the features are the
+            // Per input and row half: i16 sums (4-bit formats) or i32 sums (the others) of the
+            // block, or (Q6_K) of each half block.
+            let mut sums = [[[_mm256_setzero_si256(); 2]; 2]; 2];
+            // SAFETY: block `b` of `tile` (256 bytes, its scales, masks and multipliers) and of
+            // every input row `< m` (32 bytes, one scale and one sum) exist; the features are the
             // caller's guarantee.
             unsafe {
                 let weights = w.quants.as_ptr().add((tile * blocks + b) * TILE_BLOCK_BYTES);
@@ -160,36 +243,50 @@ pub(super) unsafe fn tile_avx2<const FIVE: bool>(w: &LowBitMatrix, a: &Activatio
                         xs.0 = _mm256_set1_epi32((x as *const i32).read_unaligned());
                         xs.1 = _mm256_set1_epi32((x.add(BLOCK / 2) as *const i32).read_unaligned());
                     }
+                    let mask = (tile * blocks + b) * MASKS_PER_BLOCK + 2 * g;
                     for half in 0..2 {
                         let v = _mm256_loadu_si256(weights.add(g * TILE * GROUP + half * 32) as *const __m256i);
                         let mut lo = _mm256_and_si256(v, low);
                         let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
-                        if FIVE {
-                            let masks = w.fifth.as_ptr().add((tile * blocks + b) * MASKS_PER_BLOCK + 2 * g);
-                            lo = _mm256_or_si256(lo, fifth_bits((*masks >> (32 * half)) as u32));
-                            hi = _mm256_or_si256(hi, fifth_bits((*masks.add(1) >> (32 * half)) as u32));
+                        let planes = [(&w.fifth, 16), (&w.sixth, 32)];
+                        for (plane, value) in planes.into_iter().take(BITS.saturating_sub(4) as usize) {
+                            let masks = plane.as_ptr().add(mask);
+                            lo = _mm256_or_si256(lo, bit_bytes((*masks >> (32 * half)) as u32, value));
+                            hi = _mm256_or_si256(hi, bit_bytes((*masks.add(1) >> (32 * half)) as u32, value));
                         }
                         for (sums, &(x_lo, x_hi)) in sums.iter_mut().zip(&xs).take(inputs) {
-                            let pairs =
-                                _mm256_add_epi16(_mm256_maddubs_epi16(lo, x_lo), _mm256_maddubs_epi16(hi, x_hi));
-                            sums[half] = if FIVE {
-                                _mm256_add_epi32(sums[half], _mm256_madd_epi16(pairs, ones))
+                            let (p_lo, p_hi) = (_mm256_maddubs_epi16(lo, x_lo), _mm256_maddubs_epi16(hi, x_hi));
+                            let sums = &mut sums[half];
+                            if S == scaling::HALVES {
+                                sums[0] = _mm256_add_epi32(sums[0], _mm256_madd_epi16(p_lo, ones));
+                                sums[1] = _mm256_add_epi32(sums[1], _mm256_madd_epi16(p_hi, ones));
+                            } else if BITS > 4 {
+                                let pairs = _mm256_add_epi16(p_lo, p_hi);
+                                sums[0] = _mm256_add_epi32(sums[0], _mm256_madd_epi16(pairs, ones));
                             } else {
-                                _mm256_add_epi16(sums[half], pairs)
-                            };
+                                sums[0] = _mm256_add_epi16(sums[0], _mm256_add_epi16(p_lo, p_hi));
+                            }
                         }
                     }
                 }
                 for half in 0..2 {
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(w.scales.as_ptr().add(at + half * 8) as *const __m128i));
-                    let m = _mm256_cvtph_ps(_mm_loadu_si128(w.mins.as_ptr().add(at + half * 8) as *const __m128i));
+                    let [(d, m), (d_hi, _)] = scales_256::<BITS, S>(w, tile, b, half);
                     for (i, acc) in acc.iter_mut().enumerate().take(inputs) {
                         let xa = (first + i) * blocks + b;
-                        let scale = a.scales[xa];
-                        let wide = if FIVE { sums[i][half] } else { _mm256_madd_epi16(sums[i][half], ones) };
+                        let scale = _mm256_set1_ps(a.scales[xa]);
+                        let sums = sums[i][half];
+                        if S == scaling::HALVES {
+                            let low_sum = a.low_sums[xa];
+                            let lo = _mm256_sub_epi32(sums[0], _mm256_set1_epi32(32 * low_sum));
+                            let hi = _mm256_sub_epi32(sums[1], _mm256_set1_epi32(32 * (a.sums[xa] - low_sum)));
+                            acc[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_mul_ps(d, scale), acc[half]);
+                            acc[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(d_hi, scale), acc[half]);
+                            continue;
+                        }
+                        let wide = if BITS > 4 { sums[0] } else { _mm256_madd_epi16(sums[0], ones) };
                         let dot = _mm256_cvtepi32_ps(wide);
-                        acc[half] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, _mm256_set1_ps(scale)), acc[half]);
-                        acc[half] = _mm256_fmadd_ps(m, _mm256_set1_ps(scale * a.sums[xa] as f32), acc[half]);
+                        acc[half] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, scale), acc[half]);
+                        acc[half] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.scales[xa] * a.sums[xa] as f32), acc[half]);
                     }
                 }
             }
@@ -209,13 +306,13 @@ pub(super) unsafe fn tile_avx2<const FIVE: bool>(w: &LowBitMatrix, a: &Activatio
     }
 }
 
-/// 16 in each byte whose bit of `bits` is set, 0 in the others (32 bytes for 32 bits).
+/// `value` in each byte whose bit of `bits` is set, 0 in the others (32 bytes for 32 bits).
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn fifth_bits(bits: u32) -> __m256i {
+unsafe fn bit_bytes(bits: u32, value: i8) -> __m256i {
     // Byte i of the result reads byte i / 8 of `bits` (within each 128-bit lane, which holds
     // all four), then tests its bit i % 8.
     let spread = _mm256_shuffle_epi8(
@@ -226,5 +323,5 @@ unsafe fn fifth_bits(bits: u32) -> __m256i {
     );
     let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
-    _mm256_and_si256(set, _mm256_set1_epi8(16))
+    _mm256_and_si256(set, _mm256_set1_epi8(value))
 }

@@ -1,6 +1,6 @@
-//! `out[m, n] = x[m, k] · w[n, k]ᵀ` with `w` quantized in blocks of 32 values (Q8_0, or 4-bit
-//! values with a scale and a minimum per block) and `x` quantized to int8 per block for each
-//! call, so that each block is an integer dot product.
+//! `out[m, n] = x[m, k] · w[n, k]ᵀ` with `w` quantized in blocks of 32 values (Q8_0, or 4- to
+//! 6-bit values with a scale and a minimum per block or half block) and `x` quantized to int8
+//! per block for each call, so that each block is an integer dot product.
 //!
 //! Both formats repack a matrix at load into tiles of 16 rows. Within a block, each group of 4
 //! columns holds the 16 rows' values side by side, so one `vpdpbusd` multiplies 4 broadcast
@@ -13,6 +13,7 @@ use activations::{Activations, ACTIVATIONS};
 
 mod activations;
 mod lowbit;
+mod lowbit_ggml;
 #[cfg(target_arch = "x86_64")]
 mod lowbit_x86;
 mod q8;
@@ -88,7 +89,7 @@ pub fn q8_linear(isa: Isa, x: &[f32], m: usize, w: &Q8Matrix, out: &mut [f32]) {
     run(isa, x, m, Matrix::Q8(w), out)
 }
 
-/// [`quant_linear`] for a 4-bit matrix.
+/// [`quant_linear`] for a low-bit matrix.
 pub fn low_bit_linear(isa: Isa, x: &[f32], m: usize, w: &LowBitMatrix, out: &mut [f32]) {
     run(isa, x, m, Matrix::LowBit(w), out)
 }
@@ -111,7 +112,8 @@ fn run(isa: Isa, x: &[f32], m: usize, w: Matrix, out: &mut [f32]) {
     let out = OutPtr(out.as_mut_ptr());
     ACTIVATIONS.with(|cell| {
         let mut a = cell.borrow_mut();
-        a.fill(path, x, m, k);
+        let halves = matches!(w, Matrix::LowBit(w) if w.format() == LowBitFormat::Q6K);
+        a.fill(path, x, m, k, halves);
         let a = &*a;
         pool::split(n.div_ceil(TILE), m * n * k, |tiles| {
             for tile in tiles {

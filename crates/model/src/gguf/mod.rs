@@ -21,6 +21,16 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
+/// A tensor as a GGUF file stores it ([`GgufFile::stored_rows`]).
+pub(crate) struct StoredRows {
+    pub(crate) dtype: candle_core::quantized::GgmlDType,
+    /// The stored rows, `row_bytes` each.
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) row_bytes: usize,
+    /// The stored row of each of the model's rows.
+    pub(crate) order: Vec<usize>,
+}
+
 pub struct GgufFile {
     path: PathBuf,
     content: Content,
@@ -305,15 +315,27 @@ impl GgufFile {
             .map_err(|e| err(&name, format!("type {:?}: {e}", info.ggml_dtype)))?;
         let tensor =
             quantized.dequantize(&Device::Cpu).map_err(|e| err(&name, format!("type {:?}: {e}", info.ggml_dtype)))?;
+        let tensor = self.arrange(tensor, rows, config).map_err(|message| err(&name, message))?;
+        if tensor.dims() != shape {
+            return Err(err(&name, format!("expected shape {shape:?}, found {:?}", tensor.dims())));
+        }
+        tensor.to_dtype(dtype).and_then(|t| t.to_device(device)).map_err(|e| err(&name, e.to_string()))
+    }
+
+    /// The rows of `tensor` (a stored matrix, or one value per stored row) in the order the
+    /// model takes them: Llama's query and key rows out of their interleaved order, one
+    /// projection's rows of a fused matrix.
+    fn arrange(&self, tensor: Tensor, rows: Rows, config: &LlamaConfig) -> std::result::Result<Tensor, String> {
         let heads = config.num_attention_heads;
         let kv_heads = config.num_key_value_heads.unwrap_or(heads);
         let head_dim = config.head_dim.unwrap_or(config.hidden_size / heads.max(1));
-        let tensor = match rows {
+        Ok(match rows {
             Rows::AsStored => tensor,
             // Only Llama's files interleave; the others keep rotate-half order.
             Rows::Interleaved { .. } if self.family != Family::Llama => tensor,
-            Rows::Interleaved { kv } => rotate_half_order(&tensor, if kv { kv_heads } else { heads }, head_dim)
-                .map_err(|e| err(&name, e.to_string()))?,
+            Rows::Interleaved { kv } => {
+                rotate_half_order(&tensor, if kv { kv_heads } else { heads }, head_dim).map_err(|e| e.to_string())?
+            }
             Rows::Part(part) => {
                 let (q, kv, ff) = (heads * head_dim, kv_heads * head_dim, config.intermediate_size);
                 let (first, count) = match part {
@@ -323,20 +345,42 @@ impl GgufFile {
                     Fused::Gate => (0, ff),
                     Fused::Up => (ff, ff),
                 };
-                let stored = tensor.dim(0).map_err(|e| err(&name, e.to_string()))?;
+                let stored = tensor.dim(0).map_err(|e| e.to_string())?;
                 if first + count > stored {
-                    return Err(err(
-                        &name,
-                        format!("{stored} rows, but {part:?} would take {first}..{}", first + count),
-                    ));
+                    return Err(format!("{stored} rows, but {part:?} would take {first}..{}", first + count));
                 }
-                tensor.narrow(0, first, count).map_err(|e| err(&name, e.to_string()))?
+                tensor.narrow(0, first, count).map_err(|e| e.to_string())?
             }
+        })
+    }
+
+    /// The tensor the HF layout calls `hf_name` in the blocks the file stores it in: its type,
+    /// its stored rows' bytes, and which stored row each of the model's rows is.
+    pub(crate) fn stored_rows(&self, hf_name: &str, config: &LlamaConfig) -> Result<StoredRows> {
+        let err = |name: &str, message: String| ModelError::Tensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+            message,
         };
-        if tensor.dims() != shape {
-            return Err(err(&name, format!("expected shape {shape:?}, found {:?}", tensor.dims())));
+        let Some((name, rows)) = self.name_of(hf_name) else {
+            return Err(err(hf_name, "has no GGUF counterpart".into()));
+        };
+        let Some(info) = self.content.tensor_infos.get(&name) else {
+            return Err(err(&name, "missing".into()));
+        };
+        let stored = info
+            .read(&mut *self.reader.borrow_mut(), self.content.tensor_data_offset, &Device::Cpu)
+            .map_err(|e| err(&name, format!("type {:?}: {e}", info.ggml_dtype)))?;
+        let count = stored.shape().dims().first().copied().unwrap_or(0);
+        let bytes = stored.data().map_err(|e| err(&name, e.to_string()))?.into_owned();
+        if count == 0 || bytes.len() % count != 0 {
+            return Err(err(&name, format!("{} bytes do not split into {count} rows", bytes.len())));
         }
-        tensor.to_dtype(dtype).and_then(|t| t.to_device(device)).map_err(|e| err(&name, e.to_string()))
+        // Each stored row's index, moved as the rows themselves are (f32 holds them exactly).
+        let index = Tensor::from_vec((0..count).map(|i| i as f32).collect::<Vec<_>>(), (count, 1), &Device::Cpu)?;
+        let order = self.arrange(index, rows, config).map_err(|message| err(&name, message))?;
+        let order = order.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|i| i as usize).collect();
+        Ok(StoredRows { dtype: info.ggml_dtype, row_bytes: bytes.len() / count, bytes, order })
     }
 }
 
