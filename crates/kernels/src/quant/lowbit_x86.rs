@@ -4,7 +4,7 @@
 //! nibble half. `BITS` is the format's bits per value, `S` where it keeps its scales
 //! (`lowbit::scaling`); `LowBitMatrix::tile` names the pair of each format.
 use super::lowbit::{scaling, MASKS_PER_BLOCK, TILE_BLOCK_BYTES, TILE_SUB_BYTES};
-use super::{prefetch_ahead, tile_rows, Activations, LowBitMatrix, BLOCK, GROUP, TILE};
+use super::{prefetch_ahead, store_tile_256, store_tile_512, Activations, LowBitMatrix, BLOCK, GROUP, TILE};
 use crate::pool::OutPtr;
 use std::arch::x86_64::*;
 
@@ -160,13 +160,8 @@ unsafe fn pass_vnni<const M: usize, const C: usize, const BITS: u32, const S: u8
             weights = weights.add(TILE_BLOCK_BYTES);
         }
     }
-    let real = tile_rows(w.rows, tile);
-    let mask: __mmask16 = if real == TILE { !0 } else { (1u16 << real) - 1 };
-    for (i, acc) in acc.iter().enumerate() {
-        // SAFETY: lanes `0..real` are rows `tile * 16 + r < n` of input row `first + i < m`,
-        // inside the `m × n` output and the caller's alone; the mask keeps the store to them.
-        unsafe { _mm512_mask_storeu_ps(out.0.add((first + i) * w.rows + tile * TILE), mask, *acc) };
-    }
+    // SAFETY: inputs `first..first + M` are in range, and the tile's outputs the caller's.
+    unsafe { store_tile_512(&acc, w.rows, tile, first, out) };
 }
 
 /// [`scales_512`] for the 8 rows of `half` of a tile.
@@ -222,7 +217,6 @@ pub(super) unsafe fn tile_avx2<const BITS: u32, const S: u8>(
     let blocks = w.blocks;
     let low = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
-    let real = tile_rows(w.rows, tile);
     for first in (0..a.m).step_by(2) {
         let inputs = (a.m - first).min(2);
         let mut acc = [[_mm256_setzero_ps(); 2]; 2];
@@ -291,18 +285,8 @@ pub(super) unsafe fn tile_avx2<const BITS: u32, const S: u8>(
                 }
             }
         }
-        for (i, acc) in acc.iter().enumerate().take(inputs) {
-            let mut lanes = [0f32; TILE];
-            // SAFETY: `lanes` holds 16 floats, two stores of 8.
-            unsafe {
-                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
-                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
-            }
-            for (r, &v) in lanes.iter().enumerate().take(real) {
-                // SAFETY: row `tile * 16 + r < n` of input `first + i < m`, the caller's alone.
-                unsafe { *out.0.add((first + i) * w.rows + tile * TILE + r) = v };
-            }
-        }
+        // SAFETY: inputs `first..first + inputs` are in range, and the tile's outputs the caller's.
+        unsafe { store_tile_256(&acc[..inputs], w.rows, tile, first, out) };
     }
 }
 

@@ -207,6 +207,49 @@ unsafe fn prefetch_ahead(at: *const u8, bytes: usize) {
     }
 }
 
+/// Stores each of `acc` (the 16 rows of `tile` for input rows `first..`) into `out`, an
+/// `m × rows` output, leaving out the padding rows of the last tile.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `out` must hold input rows `first..first + acc.len()` of an
+/// `m × rows` output whose rows of `tile` are the caller's alone.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_tile_512(acc: &[std::arch::x86_64::__m512], rows: usize, tile: usize, first: usize, out: OutPtr) {
+    use std::arch::x86_64::*;
+    let real = tile_rows(rows, tile);
+    let mask: __mmask16 = if real == TILE { !0 } else { (1u16 << real) - 1 };
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: lanes `0..real` are rows `tile * 16 + r < rows` of input row `first + i`,
+        // inside the output and the caller's alone (contract); the mask keeps the store to them.
+        unsafe { _mm512_mask_storeu_ps(out.0.add((first + i) * rows + tile * TILE), mask, *acc) };
+    }
+}
+
+/// [`store_tile_512`] for accumulators of two 8-row halves.
+///
+/// # Safety
+/// As [`store_tile_512`], with AVX instead of AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx")]
+unsafe fn store_tile_256(acc: &[[std::arch::x86_64::__m256; 2]], rows: usize, tile: usize, first: usize, out: OutPtr) {
+    use std::arch::x86_64::*;
+    for (i, acc) in acc.iter().enumerate() {
+        let mut lanes = [0f32; TILE];
+        // SAFETY: `lanes` holds 16 floats, two stores of 8.
+        unsafe {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+        }
+        for (r, &v) in lanes.iter().enumerate().take(tile_rows(rows, tile)) {
+            // SAFETY: row `tile * 16 + r < rows` of input `first + i`, the caller's (contract).
+            unsafe { *out.0.add((first + i) * rows + tile * TILE + r) = v };
+        }
+    }
+}
+
 /// The real rows of `tile` in a matrix of `rows` (the last tile may be partly padding).
 fn tile_rows(rows: usize, tile: usize) -> usize {
     (rows - tile * TILE).min(TILE)

@@ -1,6 +1,6 @@
 //! The Q8_0 tile kernels in AVX-512 VNNI and in AVX2.
 use super::q8::{OFFSET, TILE_BLOCK_BYTES};
-use super::{prefetch_ahead, tile_rows, Activations, Q8Matrix, BLOCK, GROUP, TILE};
+use super::{prefetch_ahead, store_tile_256, store_tile_512, Activations, Q8Matrix, BLOCK, GROUP, TILE};
 use crate::pool::OutPtr;
 use std::arch::x86_64::*;
 
@@ -83,13 +83,8 @@ unsafe fn pass_vnni<const M: usize, const C: usize>(
             weights = weights.add(TILE_BLOCK_BYTES);
         }
     }
-    let real = tile_rows(w.rows, tile);
-    let mask: __mmask16 = if real == TILE { !0 } else { (1u16 << real) - 1 };
-    for (i, acc) in acc.iter().enumerate() {
-        // SAFETY: lanes `0..real` are rows `tile * 16 + r < n` of input row `first + i < m`,
-        // inside the `m × n` output and the caller's alone; the mask keeps the store to them.
-        unsafe { _mm512_mask_storeu_ps(out.0.add((first + i) * w.rows + tile * TILE), mask, *acc) };
-    }
+    // SAFETY: inputs `first..first + M` are in range, and the tile's outputs the caller's.
+    unsafe { store_tile_512(&acc, w.rows, tile, first, out) };
 }
 
 /// Without VNNI: each 64-byte group is two 8-row halves; the offset is flipped back to signed
@@ -103,7 +98,6 @@ pub(super) unsafe fn tile_avx2(w: &Q8Matrix, a: &Activations, tile: usize, out: 
     let blocks = w.blocks;
     let flip = _mm256_set1_epi8(i8::MIN);
     let ones = _mm256_set1_epi16(1);
-    let real = tile_rows(w.rows, tile);
     for first in (0..a.m).step_by(2) {
         let inputs = (a.m - first).min(2);
         let mut acc = [[_mm256_setzero_ps(); 2]; 2];
@@ -137,17 +131,7 @@ pub(super) unsafe fn tile_avx2(w: &Q8Matrix, a: &Activations, tile: usize, out: 
                 }
             }
         }
-        for (i, acc) in acc.iter().enumerate().take(inputs) {
-            let mut lanes = [0f32; TILE];
-            // SAFETY: `lanes` holds 16 floats, two stores of 8.
-            unsafe {
-                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
-                _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
-            }
-            for (r, &v) in lanes.iter().enumerate().take(real) {
-                // SAFETY: row `tile * 16 + r < n` of input `first + i < m`, the caller's alone.
-                unsafe { *out.0.add((first + i) * w.rows + tile * TILE + r) = v };
-            }
-        }
+        // SAFETY: inputs `first..first + inputs` are in range, and the tile's outputs the caller's.
+        unsafe { store_tile_256(&acc[..inputs], w.rows, tile, first, out) };
     }
 }
