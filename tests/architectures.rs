@@ -182,7 +182,7 @@ type Twin = (String, String, Vec<usize>, bool);
 /// Writes a tiny model with random weights as an HF directory (`config` and `tensors` under
 /// their HF names) and as a GGUF file (`metadata`, the tensors under their GGUF names, norms as
 /// `w`), then checks that both load to the same logits, bit for bit, over 12 tokens.
-fn loads_alike(name: &str, config: serde_json::Value, metadata: Vec<(&str, gguf_file::Value)>, tensors: &[Twin]) {
+fn loads_alike(name: &str, config: serde_json::Value, metadata: &[(String, gguf_file::Value)], tensors: &[Twin]) {
     use candle_core::{Device, Tensor};
     use recyclegpt_model::gguf::GgufFile;
     use recyclegpt_model::{RecycleGpt, SeqInput};
@@ -201,7 +201,7 @@ fn loads_alike(name: &str, config: serde_json::Value, metadata: Vec<(&str, gguf_
     }
     candle_core::safetensors::save(&hf, dir.join("model.safetensors")).unwrap();
     let gguf_path = dir.join(format!("{name}.gguf"));
-    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let gguf: Vec<(&str, &QTensor)> = gguf.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut std::fs::File::create(&gguf_path).unwrap(), &metadata, &gguf).unwrap();
     let options = LoadOptions::default();
@@ -294,8 +294,7 @@ fn an_hf_gemma3_directory_loads_as_its_gguf_file_does() {
             twin("mlp.down_proj", "ffn_down", vec![hidden, ff], false),
         ]);
     }
-    let metadata: Vec<(&str, gguf_file::Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    loads_alike("tiny-gemma3", config, metadata, &tensors);
+    loads_alike("tiny-gemma3", config, &metadata, &tensors);
 }
 
 /// A tiny Phi-3 written as an HF directory (`Phi3ForCausalLM`: `qkv_proj` and `gate_up_proj`
@@ -331,6 +330,5 @@ fn an_hf_phi3_directory_loads_as_its_gguf_file_does() {
             twin("mlp.down_proj", "ffn_down", vec![hidden, ff]),
         ]);
     }
-    let metadata: Vec<(&str, gguf_file::Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    loads_alike("tiny-phi3", config, metadata, &tensors);
+    loads_alike("tiny-phi3", config, &metadata, &tensors);
 }
