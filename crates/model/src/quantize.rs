@@ -27,7 +27,7 @@ pub enum Quantization {
     Q5K,
     Q6K,
     /// Each GGUF tensor in the type the file stores it in where a kernel has that type (the
-    /// formats above), the others in Q8_0 (Q8_1, IQ formats, F16); every tensor of other sources in
+    /// formats above), the others in Q8_0 (F16, BF16); every tensor of other sources in
     /// Q8_0, but a GGUF model's recyclable module takes the format of the base's layers. What
     /// `--quantize auto` picks for a GGUF file on the CPU.
     AsStored,
