@@ -213,3 +213,34 @@ fn only_whole_k_blocks_are_read() {
     assert!(LowBitMatrix::from_ggml(LowBitFormat::Q4_1, 256, &[&bytes[..144]]).is_none());
     assert!(LowBitMatrix::quantize(&[0.0; 256], 1, 256, LowBitFormat::Q6K).is_none());
 }
+
+/// The largest sums the 5- and 6-bit K-quants form (every value at its top, 31 or 63, every
+/// multiplier at its largest, every activation ±127 after quantization) come out exact.
+#[test]
+fn the_largest_k_block_sums_do_not_overflow() {
+    let (m, n, k) = (2, 16, 256);
+    for format in [LowBitFormat::Q5K, LowBitFormat::Q6K] {
+        let mut block = vec![0xFFu8; format.ggml_block_bytes().unwrap()];
+        let set_f16 = |block: &mut [u8], at: usize, v: f32| {
+            block[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes())
+        };
+        if format == LowBitFormat::Q6K {
+            block[192..208].fill(127);
+            set_f16(&mut block, 208, 1.0 / (127.0 * 31.0));
+        } else {
+            set_f16(&mut block, 0, 1.0 / (63.0 * 31.0));
+            set_f16(&mut block, 2, 0.0);
+        }
+        let w = from_ggml(format, &block.repeat(n), n, k).unwrap();
+        let value = w.dequantize()[0];
+        let x: Vec<f32> = (0..m * k).map(|i| if i < k { 1.0 } else { -1.0 }).collect();
+        for isa in Isa::supported() {
+            let mut out = vec![0f32; m * n];
+            low_bit_linear(isa, &x, m, &w, &mut out);
+            for (i, got) in out.iter().enumerate() {
+                let want = if i < n { k as f32 * value } else { -(k as f32) * value };
+                assert!((got - want).abs() <= 1e-3 * want.abs(), "{format:?} {isa:?}: output {i} is {got}, not {want}");
+            }
+        }
+    }
+}

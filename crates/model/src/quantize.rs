@@ -116,11 +116,12 @@ impl Quantization {
         }
     }
 
-    /// `values` (`rows × cols`, row-major) in this format (`AsStored` and the K-quants: Q8_0);
-    /// `None` unless `cols` is a positive multiple of 32.
+    /// `values` (`rows × cols`, row-major) in this format (`AsStored`: Q8_0; a K-quant: the
+    /// format [`Quantization::from_values`] puts in its place); `None` unless `cols` is a
+    /// positive multiple of 32.
     pub fn quantize(self, values: &[f32], rows: usize, cols: usize) -> Option<QuantMatrix> {
         let low_bit = |format| LowBitMatrix::quantize(values, rows, cols, format).map(QuantMatrix::LowBit);
-        match self {
+        match self.from_values() {
             Quantization::Q8_0 | Quantization::AsStored | Quantization::Q4K | Quantization::Q5K | Quantization::Q6K => {
                 Q8Matrix::quantize(values, rows, cols).map(QuantMatrix::Q8_0)
             }

@@ -230,11 +230,13 @@ impl Weights {
         let Some(cols) = parts.first().and_then(|p| Some(p.row_bytes / format.ggml_block_bytes()? * 256)) else {
             return Ok(None);
         };
-        let rows: Vec<&[u8]> = parts
+        let rows: Option<Vec<&[u8]>> = parts
             .iter()
-            .flat_map(|part| part.order.iter().map(|&row| &part.bytes[row * part.row_bytes..][..part.row_bytes]))
+            .flat_map(|part| {
+                part.order.iter().map(|&row| part.bytes.get(row * part.row_bytes..(row + 1) * part.row_bytes))
+            })
             .collect();
-        Ok(LowBitMatrix::from_ggml(format, cols, &rows).map(QuantMatrix::LowBit))
+        Ok(rows.and_then(|rows| LowBitMatrix::from_ggml(format, cols, &rows)).map(QuantMatrix::LowBit))
     }
 
     /// Whether the tensors come from a GGUF file (whose blocks a low-bit format keeps exactly).

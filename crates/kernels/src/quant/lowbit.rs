@@ -39,9 +39,9 @@ pub enum LowBitFormat {
     /// 4 bits, `d = D · s` and `m = -M · n` with `D`, `M` per 256 values, `s`, `n` in 0..64
     /// per 32.
     Q4K,
-    /// As Q4_K in 5 bits.
+    /// Q4_K's scales over 5-bit values.
     Q5K,
-    /// 6 bits, `d = D · s` per 16 values with `s` a signed byte, `m = -32d`.
+    /// 6 bits, `d = D · s` per 16 values with `s` a signed byte and `D` per 256, `m = -32d`.
     Q6K,
 }
 
@@ -187,7 +187,7 @@ impl LowBitMatrix {
         let (tile, r) = (row / TILE, row % TILE);
         let (at, high) = Self::index(tile, self.blocks, b, r, c);
         self.quants[at] |= if high { (q & 0x0F) << 4 } else { q & 0x0F };
-        let (mask, bit) = Self::fifth_index(tile, self.blocks, b, r, c);
+        let (mask, bit) = Self::high_bit_index(tile, self.blocks, b, r, c);
         if q & 0x10 != 0 {
             self.fifth[mask] |= 1 << bit;
         }
@@ -196,9 +196,9 @@ impl LowBitMatrix {
         }
     }
 
-    /// The mask that holds the fifth (or sixth) bit of value `c` of block `b` of row `r` of
+    /// The mask that holds the fifth (or, in the sixth-bit plane, sixth) bit of value `c` of block `b` of row `r` of
     /// `tile`, and the bit.
-    fn fifth_index(tile: usize, blocks: usize, b: usize, r: usize, c: usize) -> (usize, usize) {
+    fn high_bit_index(tile: usize, blocks: usize, b: usize, r: usize, c: usize) -> (usize, usize) {
         let (half, c) = (c / 16, c % 16);
         ((tile * blocks + b) * MASKS_PER_BLOCK + (c / GROUP) * 2 + half, r * GROUP + c % GROUP)
     }
@@ -213,7 +213,7 @@ impl LowBitMatrix {
     fn value(&self, tile: usize, b: usize, r: usize, c: usize) -> u8 {
         let (at, high) = Self::index(tile, self.blocks, b, r, c);
         let mut q = if high { self.quants[at] >> 4 } else { self.quants[at] & 0x0F };
-        let (mask, bit) = Self::fifth_index(tile, self.blocks, b, r, c);
+        let (mask, bit) = Self::high_bit_index(tile, self.blocks, b, r, c);
         for (plane, value) in [(&self.fifth, 0x10), (&self.sixth, 0x20)] {
             if plane.get(mask).is_some_and(|m| m >> bit & 1 == 1) {
                 q |= value;
@@ -223,7 +223,7 @@ impl LowBitMatrix {
     }
 
     /// The scale and minimum of each half block of block `b` of `row`: value = `d · q + m`,
-    /// but Q6_K's is `d · (q - 32)` (as llama.cpp rounds it).
+    /// but Q6_K's is `d · (q - 32)` (as llama.cpp rounds it; its `m` is returned as zero).
     fn half_scales(&self, row: usize, b: usize) -> [(f32, f32); 2] {
         let at = self.scale_index(row, b);
         let d = self.scales[at].to_f32();
@@ -232,10 +232,7 @@ impl LowBitMatrix {
             scaling::BLOCK => [(d, self.mins[at].to_f32()); 2],
             scaling::SYMMETRIC => [(d, -((1 << (self.format.bits() - 1)) as f32) * d); 2],
             scaling::SUPER => [(d * f32::from(sub(0)), -(self.mins[at].to_f32() * f32::from(sub(1)))); 2],
-            _ => [0, 1].map(|h| {
-                let d = d * f32::from(sub(h) as i8);
-                (d, -32.0 * d)
-            }),
+            _halves => [0, 1].map(|h| (d * f32::from(sub(h) as i8), 0.0)),
         }
     }
 
@@ -274,7 +271,7 @@ impl LowBitMatrix {
             values.extend((0..BLOCK).map(|c| {
                 let (d, m) = halves[c / 16];
                 let q = self.value(tile, b, r, c);
-                if self.format == LowBitFormat::Q6K {
+                if self.format.scaling() == scaling::HALVES {
                     d * f32::from(i16::from(q) - 32)
                 } else {
                     d * f32::from(q) + m
@@ -294,7 +291,7 @@ impl LowBitMatrix {
         let masks = self.quants.len() / TILE_BLOCK_BYTES * MASKS_PER_BLOCK;
         debug_assert_eq!(self.fifth.len(), if self.format.bits() >= 5 { masks } else { 0 });
         debug_assert_eq!(self.sixth.len(), if self.format.bits() >= 6 { masks } else { 0 });
-        debug_assert!(self.format != LowBitFormat::Q6K || a.low_sums.len() == a.sums.len());
+        debug_assert!(self.format.scaling() != scaling::HALVES || a.low_sums.len() == a.sums.len());
         #[cfg(target_arch = "x86_64")]
         use super::lowbit_x86::{tile_avx2, tile_vnni};
         // SAFETY (every arm): `Path::choose` picked a vector path only after detecting its
@@ -381,7 +378,7 @@ unsafe fn scalar_tile(w: &LowBitMatrix, a: &Activations, tile: usize, out: OutPt
                             let dot: i32 =
                                 columns.zip(x).map(|(c, &v)| i32::from(w.value(tile, b, r, c)) * i32::from(v)).sum();
                             let (d, m) = halves[h];
-                            if w.format == LowBitFormat::Q6K {
+                            if w.format.scaling() == scaling::HALVES {
                                 a.scales[xa] * d * (dot - 32 * xsum) as f32
                             } else {
                                 a.scales[xa] * (d * dot as f32 + m * xsum as f32)

@@ -48,9 +48,10 @@ impl LowBitMatrix {
         let at = self.scale_index(row, SUPER * s);
         self.scales[at] = f16::from_le_bytes([block[0], block[1]]);
         self.mins[at] = f16::from_le_bytes([block[2], block[3]]);
-        let multipliers: &[u8; 12] = block[4..16].try_into().expect("a K block holds 12 bytes of multipliers");
+        // `block` is a whole block (`from_ggml` cuts them with `chunks_exact`).
+        let multipliers: [u8; 12] = std::array::from_fn(|i| block[4 + i]);
         for j in 0..SUPER {
-            let (scale, min) = scale_and_min(j, multipliers);
+            let (scale, min) = scale_and_min(j, &multipliers);
             let (first, second) = (self.sub_index(row, SUPER * s + j, 0), self.sub_index(row, SUPER * s + j, 1));
             self.sub[first] = scale;
             self.sub[second] = min;
@@ -72,7 +73,7 @@ impl LowBitMatrix {
     /// Block `s` of 256 values of `row` from a Q6_K block: 128 bytes of low nibbles, 64 of high
     /// bit pairs, 16 signed multipliers (one per 16 values), then `D`. Each half of 128 values
     /// takes 64 nibble bytes and 32 bit-pair bytes: value `l + 32k` (`l < 32`) has the low
-    /// (`k` even) or high nibble of byte `l + 32 (k % 2)`, and bits `2k..2k + 2` of pair byte `l`.
+    /// (`k < 2`) or high nibble of byte `l + 32 (k % 2)`, and bits `2k..2k + 2` of pair byte `l`.
     fn put_q6k(&mut self, row: usize, s: usize, block: &[u8]) {
         let at = self.scale_index(row, SUPER * s);
         self.scales[at] = f16::from_le_bytes([block[208], block[209]]);

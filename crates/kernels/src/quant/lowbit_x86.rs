@@ -3,7 +3,7 @@
 //! 5- and 6-bit formats add each value's fifth (and sixth) bit from a bit mask per group and
 //! nibble half. `BITS` is the format's bits per value, `S` where it keeps its scales
 //! (`lowbit::scaling`); `LowBitMatrix::tile` names the pair of each format.
-use super::lowbit::{scaling, MASKS_PER_BLOCK, TILE_BLOCK_BYTES, TILE_SUB_BYTES};
+use super::lowbit::{scaling, MASKS_PER_BLOCK, SUPER, TILE_BLOCK_BYTES, TILE_SUB_BYTES};
 use super::{prefetch_ahead, store_tile_256, store_tile_512, Activations, LowBitMatrix, BLOCK, GROUP, TILE};
 use crate::pool::OutPtr;
 use std::arch::x86_64::*;
@@ -14,8 +14,8 @@ const VECTORS: usize = BLOCK / 2 / GROUP;
 // The AVX2 kernel's i16 block sums (see `tile_avx2`) cannot overflow.
 const _: () = assert!(VECTORS * 2 * 2 * 15 * 128 < 1 << 15);
 
-/// The scales of one block of a tile's rows (16 lanes, or 8 from `lane`): `d` and `m` of each
-/// half block (the same for both halves but in Q6_K).
+/// The scales of one block of a tile's 16 rows: `d` and `m` of each half block (the same for
+/// both halves but in Q6_K, whose `m` is applied as `q - 32` and returned as zero).
 ///
 /// # Safety
 /// Block `b < blocks` of `tile` must exist, with the planes format `S` keeps; the CPU must have
@@ -23,13 +23,14 @@ const _: () = assert!(VECTORS * 2 * 2 * 15 * 128 < 1 << 15);
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn scales_512<const BITS: u32, const S: u8>(w: &LowBitMatrix, tile: usize, b: usize) -> [(__m512, __m512); 2] {
-    // SAFETY: the scales and multipliers of block `b` of `tile` exist (contract).
+    let at = scale_index::<S>(w.blocks, tile, b);
+    // SAFETY: the 16 rows' scales (and minimums, where `S` keeps them) of block `b` of `tile`
+    // start at `at`, and its multipliers (where `S` keeps them) at `sub_at`: `zeros` sized the
+    // planes so (contract).
     unsafe {
-        let at = w.scale_index(tile * TILE, b);
-        let f16s =
-            |plane: &Vec<half::f16>| _mm512_cvtph_ps(_mm256_loadu_si256(plane.as_ptr().add(at) as *const __m256i));
-        let sub = w.sub.as_ptr().add((tile * w.blocks + b) * TILE_SUB_BYTES);
-        let bytes = |which: usize| _mm_loadu_si128(sub.add(which * TILE) as *const __m128i);
+        let f16s = |plane: &[half::f16]| _mm512_cvtph_ps(_mm256_loadu_si256(plane.as_ptr().add(at) as *const __m256i));
+        let bytes =
+            |which: usize| _mm_loadu_si128(w.sub.as_ptr().add(sub_at(w.blocks, tile, b, which)) as *const __m128i);
         let d = f16s(&w.scales);
         match S {
             scaling::BLOCK => [(d, f16s(&w.mins)); 2],
@@ -39,9 +40,26 @@ unsafe fn scales_512<const BITS: u32, const S: u8>(w: &LowBitMatrix, tile: usize
                 let min = _mm512_mul_ps(f16s(&w.mins), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes(1))));
                 [(scale, _mm512_sub_ps(_mm512_setzero_ps(), min)); 2]
             }
-            _ => [0, 1].map(|h| (_mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes(h)))), d)),
+            _halves => [0, 1]
+                .map(|h| (_mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes(h)))), _mm512_setzero_ps())),
         }
     }
+}
+
+/// Where the first of a tile's 16 rows' scales of block `b` is, for scales kept as `S` (a
+/// const, so that Q4_0-Q5_1 pay no branch per block).
+#[inline(always)]
+fn scale_index<const S: u8>(blocks: usize, tile: usize, b: usize) -> usize {
+    match S {
+        scaling::SUPER | scaling::HALVES => (tile * blocks / SUPER + b / SUPER) * TILE,
+        _ => (tile * blocks + b) * TILE,
+    }
+}
+
+/// Where the first of a tile's 16 rows' K multipliers `which` of block `b` is.
+#[inline(always)]
+fn sub_at(blocks: usize, tile: usize, b: usize, which: usize) -> usize {
+    (tile * blocks + b) * TILE_SUB_BYTES + which * TILE
 }
 
 /// # Safety
@@ -176,12 +194,13 @@ unsafe fn scales_256<const BITS: u32, const S: u8>(
     b: usize,
     half: usize,
 ) -> [(__m256, __m256); 2] {
-    // SAFETY: the scales and multipliers of block `b` of `tile` exist (contract).
+    let at = scale_index::<S>(w.blocks, tile, b) + 8 * half;
+    // SAFETY: as in `scales_512`, for the 8 rows from `8 * half`.
     unsafe {
-        let at = w.scale_index(tile * TILE + 8 * half, b);
-        let f16s = |plane: &Vec<half::f16>| _mm256_cvtph_ps(_mm_loadu_si128(plane.as_ptr().add(at) as *const __m128i));
-        let sub = w.sub.as_ptr().add((tile * w.blocks + b) * TILE_SUB_BYTES + 8 * half);
-        let bytes = |which: usize| _mm_loadl_epi64(sub.add(which * TILE) as *const __m128i);
+        let f16s = |plane: &[half::f16]| _mm256_cvtph_ps(_mm_loadu_si128(plane.as_ptr().add(at) as *const __m128i));
+        let bytes = |which: usize| {
+            _mm_loadl_epi64(w.sub.as_ptr().add(sub_at(w.blocks, tile, b, which) + 8 * half) as *const __m128i)
+        };
         let d = f16s(&w.scales);
         match S {
             scaling::BLOCK => [(d, f16s(&w.mins)); 2],
@@ -191,7 +210,8 @@ unsafe fn scales_256<const BITS: u32, const S: u8>(
                 let min = _mm256_mul_ps(f16s(&w.mins), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes(1))));
                 [(scale, _mm256_sub_ps(_mm256_setzero_ps(), min)); 2]
             }
-            _ => [0, 1].map(|h| (_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes(h)))), d)),
+            _halves => [0, 1]
+                .map(|h| (_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes(h)))), _mm256_setzero_ps())),
         }
     }
 }

@@ -376,10 +376,13 @@ impl GgufFile {
         if count == 0 || bytes.len() % count != 0 {
             return Err(err(&name, format!("{} bytes do not split into {count} rows", bytes.len())));
         }
-        // Each stored row's index, moved as the rows themselves are (f32 holds them exactly).
-        let index = Tensor::from_vec((0..count).map(|i| i as f32).collect::<Vec<_>>(), (count, 1), &Device::Cpu)?;
+        let Ok(rows_u32) = u32::try_from(count) else {
+            return Err(err(&name, format!("{count} rows")));
+        };
+        // Each stored row's index, moved as the rows themselves are.
+        let index = Tensor::arange(0u32, rows_u32, &Device::Cpu)?.reshape((count, 1))?;
         let order = self.arrange(index, rows, config).map_err(|message| err(&name, message))?;
-        let order = order.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|i| i as usize).collect();
+        let order = order.flatten_all()?.to_vec1::<u32>()?.into_iter().map(|i| i as usize).collect();
         Ok(StoredRows { dtype: info.ggml_dtype, row_bytes: bytes.len() / count, bytes, order })
     }
 }
