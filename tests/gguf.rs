@@ -408,8 +408,9 @@ fn a_q5_0_file_is_kept_in_its_own_blocks() {
 }
 
 /// A file whose layers are in K-quants (Q4_K, Q5_K, Q6_K, as candle's writer quantizes them)
-/// is kept in their blocks, Llama's interleaved query and key rows reordered and the fused
-/// projections stacked: its layers read about the file's tensor bytes, and its logits equal
+/// is kept in their blocks, Llama's interleaved query and key rows reordered and projections
+/// of different types (the value projection in Q6_K beside Q4_K, as in llama.cpp's Q4_K_M)
+/// stacked each in its own: its layers read about the file's tensor bytes, and its logits equal
 /// those of the same weights dequantized to f32 within the int8 rounding of the activations.
 #[test]
 fn k_quant_layers_are_kept_in_their_blocks() {
@@ -422,10 +423,10 @@ fn k_quant_layers_are_kept_in_their_blocks() {
     let shapes: [(&str, (usize, usize), GgmlDType); 7] = [
         ("blk.0.attn_q.weight", (hidden, hidden), GgmlDType::Q4K),
         ("blk.0.attn_k.weight", (hidden / 2, hidden), GgmlDType::Q4K),
-        ("blk.0.attn_v.weight", (hidden / 2, hidden), GgmlDType::Q4K),
+        ("blk.0.attn_v.weight", (hidden / 2, hidden), GgmlDType::Q6K),
         ("blk.0.attn_output.weight", (hidden, hidden), GgmlDType::Q6K),
         ("blk.0.ffn_gate.weight", (ff, hidden), GgmlDType::Q5K),
-        ("blk.0.ffn_up.weight", (ff, hidden), GgmlDType::Q5K),
+        ("blk.0.ffn_up.weight", (ff, hidden), GgmlDType::Q4K),
         ("blk.0.ffn_down.weight", (hidden, ff), GgmlDType::Q4K),
     ];
     let mut quantized: Vec<(String, QTensor)> = shapes

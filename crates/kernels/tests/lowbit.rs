@@ -244,3 +244,33 @@ fn the_largest_k_block_sums_do_not_overflow() {
         }
     }
 }
+
+/// Matrices of different formats stacked (row counts that leave padding in their last tiles)
+/// give the product of their dequantized rows one after another: each part writes its own
+/// columns of the output.
+#[test]
+fn stacked_parts_write_their_own_columns() {
+    use recyclegpt_kernels::{quant_linear, Q8Matrix, QuantMatrix};
+    let (m, k) = (3, 256);
+    let parts = vec![
+        QuantMatrix::Q8_0(Q8Matrix::quantize(&values(20 * k, 1), 20, k).unwrap()),
+        QuantMatrix::LowBit(LowBitMatrix::quantize(&values(7 * k, 2), 7, k, LowBitFormat::Q5_0).unwrap()),
+        QuantMatrix::LowBit(from_ggml(LowBitFormat::Q6K, &k_blocks(LowBitFormat::Q6K, 33, k, 3), 33, k).unwrap()),
+    ];
+    let stacked = QuantMatrix::stacked(parts).unwrap();
+    let n = stacked.rows();
+    assert_eq!(n, 60);
+    let x = values(m * k, 4);
+    let dequantized = stacked.dequantize();
+    let mut reference = vec![0f32; m * n];
+    linear_small(Isa::detect(), &x, m, k, &dequantized, n, &mut reference);
+    let bound = tolerance(&x, &dequantized, m, n, k);
+    for isa in Isa::supported() {
+        let mut out = vec![f32::NAN; m * n];
+        quant_linear(isa, &x, m, &stacked, &mut out);
+        for (j, ((got, want), bound)) in out.iter().zip(&reference).zip(&bound).enumerate() {
+            assert!((got - want).abs() <= *bound, "{isa:?} output {j}: {got} vs {want}");
+        }
+    }
+    assert!(QuantMatrix::stacked(vec![]).is_none());
+}

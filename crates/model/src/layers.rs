@@ -91,7 +91,10 @@ impl Linear {
             .collect::<Result<Vec<_>>>()?;
         let weights: Vec<String> = names.iter().map(|name| format!("{name}.weight")).collect();
         let weights: Vec<&str> = weights.iter().map(String::as_str).collect();
-        let mut linear = Self::from_stored(Tensor::cat(&parts, 0)?, w, &weights)?;
+        let mut linear = match Self::stacked(&parts, w, &weights)? {
+            Some(stacked) => stacked,
+            None => Self::from_stored(Tensor::cat(&parts, 0)?, w, &weights)?,
+        };
         if bias {
             let biases = names
                 .iter()
@@ -103,6 +106,26 @@ impl Linear {
         Ok(linear)
     }
 
+    /// A GGUF file's projections `parts` (the tensors `names` of `w`) each kept as its own is,
+    /// stacked into one matrix: llama.cpp's Q4_K_M files keep the value projection in more bits
+    /// than the query and key, where one format for all three would be Q8_0's. `None` where
+    /// they share a stored type (one matrix of it), or one is not kept quantized.
+    fn stacked(parts: &[Tensor], w: &Weights, names: &[&str]) -> Result<Option<Self>> {
+        let formats: Vec<Option<Quantization>> = names.iter().map(|name| w.quantization_for(&[name])).collect();
+        if !w.is_gguf() || formats.windows(2).all(|pair| pair[0] == pair[1]) || formats.contains(&None) {
+            return Ok(None);
+        }
+        let mut matrices = Vec::with_capacity(parts.len());
+        for (part, name) in parts.iter().zip(names) {
+            match Self::from_stored(part.clone(), w, &[name])?.quant {
+                Some(quant) => matrices.push(std::sync::Arc::unwrap_or_clone(quant)),
+                None => return Ok(None),
+            }
+        }
+        let quant = QuantMatrix::stacked(matrices).map(std::sync::Arc::new);
+        Ok(quant.map(|quant| Self { weight: None, quant: Some(quant), bias: None }))
+    }
+
     /// Bytes one product reads: the quantized blocks, or the unquantized weights.
     pub fn bytes(&self) -> usize {
         match (&self.quant, &self.weight) {
@@ -112,9 +135,15 @@ impl Linear {
         }
     }
 
-    /// The format the layer is kept in, if quantized.
+    /// The format the layer is kept in, if quantized (stacked parts: the first's).
     pub fn quantization(&self) -> Option<Quantization> {
-        self.quant.as_deref().map(|quant| match quant {
+        self.quant.as_deref().and_then(Self::format_of)
+    }
+
+    /// `matrix`'s format (of a stacked matrix: its first part's).
+    fn format_of(matrix: &QuantMatrix) -> Option<Quantization> {
+        Some(match matrix {
+            QuantMatrix::Stacked(parts) => return parts.first().and_then(Self::format_of),
             QuantMatrix::Q8_0(_) => Quantization::Q8_0,
             QuantMatrix::LowBit(w) => match w.format() {
                 recyclegpt_kernels::LowBitFormat::Q4_0 => Quantization::Q4_0,

@@ -10,8 +10,7 @@
 //!
 //! The values are unsigned, so `vpdpbusd` takes them as they are; the minimum contributes
 //! `m · Σx` per block, added from the activations' block sums.
-use super::{tile_rows, Activations, Path, BLOCK, GROUP, TILE};
-use crate::pool::OutPtr;
+use super::{tile_rows, Activations, Out, Path, BLOCK, GROUP, TILE};
 use half::f16;
 
 /// Bytes of one block of one tile: 16 rows × 32 nibbles.
@@ -284,10 +283,11 @@ impl LowBitMatrix {
     /// Writes `out[i, row]` for every input row `i` and every real row of `tile`.
     ///
     /// # Safety
-    /// `tile` must be one of the matrix's tiles, `out` must hold `a.m × rows` values, and no one
+    /// `tile` must be one of the matrix's tiles, `out` must take `a.m` rows of the matrix's `rows`
+    /// outputs, and no one
     /// else may read or write the outputs of the tile's rows during the call; for Q6_K, `a` must
     /// hold its half sums.
-    pub(super) unsafe fn tile(&self, path: Path, a: &Activations, tile: usize, out: OutPtr) {
+    pub(super) unsafe fn tile(&self, path: Path, a: &Activations, tile: usize, out: Out) {
         let masks = self.quants.len() / TILE_BLOCK_BYTES * MASKS_PER_BLOCK;
         debug_assert_eq!(self.fifth.len(), if self.format.bits() >= 5 { masks } else { 0 });
         debug_assert_eq!(self.sixth.len(), if self.format.bits() >= 6 { masks } else { 0 });
@@ -362,7 +362,7 @@ fn quantize_block(block: &[f32], format: LowBitFormat) -> ([u8; BLOCK], f16, f16
 
 /// # Safety
 /// As [`LowBitMatrix::tile`].
-unsafe fn scalar_tile(w: &LowBitMatrix, a: &Activations, tile: usize, out: OutPtr) {
+unsafe fn scalar_tile(w: &LowBitMatrix, a: &Activations, tile: usize, out: Out) {
     for r in 0..tile_rows(w.rows, tile) {
         let row = tile * TILE + r;
         for i in 0..a.m {
@@ -388,7 +388,7 @@ unsafe fn scalar_tile(w: &LowBitMatrix, a: &Activations, tile: usize, out: OutPt
                 })
                 .sum();
             // SAFETY: `i < m` and the row `< n`, inside the `m × n` output, ours (contract).
-            unsafe { *out.0.add(i * w.rows + row) = sum };
+            unsafe { *out.at(i, row) = sum };
         }
     }
 }

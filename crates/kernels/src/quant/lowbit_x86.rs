@@ -4,8 +4,7 @@
 //! nibble half. `BITS` is the format's bits per value, `S` where it keeps its scales
 //! (`lowbit::scaling`); `LowBitMatrix::tile` names the pair of each format.
 use super::lowbit::{scaling, MASKS_PER_BLOCK, SUPER, TILE_BLOCK_BYTES, TILE_SUB_BYTES};
-use super::{prefetch_ahead, store_tile_256, store_tile_512, Activations, LowBitMatrix, BLOCK, GROUP, TILE};
-use crate::pool::OutPtr;
+use super::{prefetch_ahead, store_tile_256, store_tile_512, Activations, LowBitMatrix, Out, BLOCK, GROUP, TILE};
 use std::arch::x86_64::*;
 
 /// Nibble-pair vectors per block.
@@ -66,12 +65,7 @@ fn sub_at(blocks: usize, tile: usize, b: usize, which: usize) -> usize {
 /// The CPU must have AVX-512F, BW and VNNI; the matrix must be in a format with `BITS` bits per
 /// value and scales kept as `S`; otherwise as [`LowBitMatrix::tile`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn tile_vnni<const BITS: u32, const S: u8>(
-    w: &LowBitMatrix,
-    a: &Activations,
-    tile: usize,
-    out: OutPtr,
-) {
+pub(super) unsafe fn tile_vnni<const BITS: u32, const S: u8>(w: &LowBitMatrix, a: &Activations, tile: usize, out: Out) {
     let mut first = 0;
     while first < a.m {
         // Up to 8 input rows per pass (unpacking the nibbles is shared by the pass), at least 4
@@ -112,7 +106,7 @@ unsafe fn pass_vnni<const M: usize, const C: usize, const BITS: u32, const S: u8
     a: &Activations,
     tile: usize,
     first: usize,
-    out: OutPtr,
+    out: Out,
 ) {
     let blocks = w.blocks;
     let low = _mm512_set1_epi8(0x0F);
@@ -228,12 +222,7 @@ unsafe fn scales_256<const BITS: u32, const S: u8>(
 /// The CPU must have AVX2, FMA and F16C; the matrix must be in a format with `BITS` bits per
 /// value and scales kept as `S`; otherwise as [`LowBitMatrix::tile`].
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn tile_avx2<const BITS: u32, const S: u8>(
-    w: &LowBitMatrix,
-    a: &Activations,
-    tile: usize,
-    out: OutPtr,
-) {
+pub(super) unsafe fn tile_avx2<const BITS: u32, const S: u8>(w: &LowBitMatrix, a: &Activations, tile: usize, out: Out) {
     let blocks = w.blocks;
     let low = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);

@@ -30,18 +30,30 @@ const TILE: usize = 16;
 /// Columns per group: the bytes one `vpdpbusd` lane multiplies.
 const GROUP: usize = 4;
 
-/// A weight matrix in one of the quantized formats.
+/// A weight matrix in one of the quantized formats, or several stacked (their rows one after
+/// another: a GGUF file's query, key and value projections, each kept in the type it is stored
+/// in, read as one matrix).
 #[derive(Debug, Clone)]
 pub enum QuantMatrix {
     Q8_0(Q8Matrix),
     LowBit(LowBitMatrix),
+    Stacked(Vec<QuantMatrix>),
 }
 
 impl QuantMatrix {
+    /// `parts` stacked, their rows one after another; `None` unless there are some, of one
+    /// width, none of them stacked itself.
+    pub fn stacked(parts: Vec<QuantMatrix>) -> Option<Self> {
+        let cols = parts.first()?.cols();
+        let flat = parts.iter().all(|part| part.cols() == cols && !matches!(part, QuantMatrix::Stacked(_)));
+        flat.then_some(QuantMatrix::Stacked(parts))
+    }
+
     pub fn rows(&self) -> usize {
         match self {
             QuantMatrix::Q8_0(w) => w.rows(),
             QuantMatrix::LowBit(w) => w.rows(),
+            QuantMatrix::Stacked(parts) => parts.iter().map(QuantMatrix::rows).sum(),
         }
     }
 
@@ -49,6 +61,7 @@ impl QuantMatrix {
         match self {
             QuantMatrix::Q8_0(w) => w.cols(),
             QuantMatrix::LowBit(w) => w.cols(),
+            QuantMatrix::Stacked(parts) => parts.first().map_or(0, QuantMatrix::cols),
         }
     }
 
@@ -57,6 +70,7 @@ impl QuantMatrix {
         match self {
             QuantMatrix::Q8_0(w) => w.bytes(),
             QuantMatrix::LowBit(w) => w.bytes(),
+            QuantMatrix::Stacked(parts) => parts.iter().map(QuantMatrix::bytes).sum(),
         }
     }
 
@@ -64,6 +78,7 @@ impl QuantMatrix {
         match self {
             QuantMatrix::Q8_0(w) => w.dequantize(),
             QuantMatrix::LowBit(w) => w.dequantize(),
+            QuantMatrix::Stacked(parts) => parts.iter().flat_map(QuantMatrix::dequantize).collect(),
         }
     }
 
@@ -72,26 +87,42 @@ impl QuantMatrix {
         match self {
             QuantMatrix::Q8_0(w) => w.dequantize_row(row),
             QuantMatrix::LowBit(w) => w.dequantize_row(row),
+            QuantMatrix::Stacked(parts) => {
+                let mut row = row;
+                for part in parts {
+                    if row < part.rows() {
+                        return part.dequantize_row(row);
+                    }
+                    row -= part.rows();
+                }
+                panic!("dequantize_row: row out of range")
+            }
+        }
+    }
+
+    /// The unstacked matrices, in order.
+    fn parts(&self) -> Vec<Matrix<'_>> {
+        match self {
+            QuantMatrix::Q8_0(w) => vec![Matrix::Q8(w)],
+            QuantMatrix::LowBit(w) => vec![Matrix::LowBit(w)],
+            QuantMatrix::Stacked(parts) => parts.iter().flat_map(QuantMatrix::parts).collect(),
         }
     }
 }
 
 /// Computes `out = x · wᵀ`; `x` is `m × w.cols()`, `out` is `m × w.rows()`, row-major.
 pub fn quant_linear(isa: Isa, x: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32]) {
-    match w {
-        QuantMatrix::Q8_0(w) => run(isa, x, m, Matrix::Q8(w), out),
-        QuantMatrix::LowBit(w) => run(isa, x, m, Matrix::LowBit(w), out),
-    }
+    run(isa, x, m, &w.parts(), out)
 }
 
 /// [`quant_linear`] for a Q8_0 matrix.
 pub fn q8_linear(isa: Isa, x: &[f32], m: usize, w: &Q8Matrix, out: &mut [f32]) {
-    run(isa, x, m, Matrix::Q8(w), out)
+    run(isa, x, m, &[Matrix::Q8(w)], out)
 }
 
 /// [`quant_linear`] for a low-bit matrix.
 pub fn low_bit_linear(isa: Isa, x: &[f32], m: usize, w: &LowBitMatrix, out: &mut [f32]) {
-    run(isa, x, m, Matrix::LowBit(w), out)
+    run(isa, x, m, &[Matrix::LowBit(w)], out)
 }
 
 /// A borrowed matrix of either format.
@@ -101,29 +132,78 @@ enum Matrix<'a> {
     LowBit(&'a LowBitMatrix),
 }
 
-fn run(isa: Isa, x: &[f32], m: usize, w: Matrix, out: &mut [f32]) {
-    let (n, k) = match w {
-        Matrix::Q8(w) => (w.rows(), w.cols()),
-        Matrix::LowBit(w) => (w.rows(), w.cols()),
-    };
+impl Matrix<'_> {
+    fn rows(self) -> usize {
+        match self {
+            Matrix::Q8(w) => w.rows(),
+            Matrix::LowBit(w) => w.rows(),
+        }
+    }
+
+    fn cols(self) -> usize {
+        match self {
+            Matrix::Q8(w) => w.cols(),
+            Matrix::LowBit(w) => w.cols(),
+        }
+    }
+}
+
+/// Where a product's outputs go: input row `i`'s output for weight row `j` at
+/// `i · stride + j` (a stacked matrix's part writes its own columns of the whole output).
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: OutPtr,
+    stride: usize,
+}
+
+impl Out {
+    /// The output of input row `i` for weight row `j`.
+    ///
+    /// # Safety
+    /// `(i, j)` must lie inside the output.
+    unsafe fn at(self, i: usize, j: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.ptr.add(i * self.stride + j) }
+    }
+}
+
+/// The product of `x` and `parts` stacked: the tiles of every part are split across threads
+/// together, each part writing its columns of the `m × n` output.
+fn run(isa: Isa, x: &[f32], m: usize, parts: &[Matrix], out: &mut [f32]) {
+    let n: usize = parts.iter().map(|part| part.rows()).sum();
+    let k = parts.first().map_or(0, |part| part.cols());
+    assert!(parts.iter().all(|part| part.cols() == k), "quant_linear: stacked parts of different widths");
     assert!(x.len() >= m * k && out.len() >= m * n, "quant_linear: buffer too small");
     assert!(isa.available(), "quant_linear: {isa:?} is not supported by this CPU");
     let path = Path::choose(isa);
-    let out = OutPtr(out.as_mut_ptr());
+    // Each part's first tile in the run, and first output column.
+    let mut starts = Vec::with_capacity(parts.len());
+    let (mut tiles, mut column) = (0, 0);
+    for part in parts {
+        starts.push((tiles, column));
+        tiles += part.rows().div_ceil(TILE);
+        column += part.rows();
+    }
+    let ptr = OutPtr(out.as_mut_ptr());
     ACTIVATIONS.with(|cell| {
         let mut a = cell.borrow_mut();
-        let halves = matches!(w, Matrix::LowBit(w) if w.format() == LowBitFormat::Q6K);
+        let halves = parts.iter().any(|part| matches!(part, Matrix::LowBit(w) if w.format() == LowBitFormat::Q6K));
         a.fill(path, x, m, k, halves);
         let a = &*a;
-        pool::split(n.div_ceil(TILE), m * n * k, |tiles| {
-            for tile in tiles {
-                // SAFETY: `out` holds `m × n` values (asserted above), `tile` is one of the
-                // matrix's tiles, and the pool hands each tile to one thread, so its outputs are
-                // this thread's alone.
+        pool::split(tiles, m * n * k, |range| {
+            for tile in range {
+                let p = starts.partition_point(|&(first, _)| first <= tile) - 1;
+                let (first, column) = starts[p];
+                // SAFETY: `out` holds `m × n` values (asserted above) and part `p`'s outputs are
+                // columns `column..column + rows` of each of its `m` rows, so `out` moved on by
+                // `column` with stride `n` takes them; `tile - first` is one of the part's tiles,
+                // and the pool hands each tile to one thread, so its outputs are this thread's
+                // alone.
                 unsafe {
-                    match w {
-                        Matrix::Q8(w) => w.tile(path, a, tile, out),
-                        Matrix::LowBit(w) => w.tile(path, a, tile, out),
+                    let out = Out { ptr: OutPtr(ptr.add(column)), stride: n };
+                    match parts[p] {
+                        Matrix::Q8(w) => w.tile(path, a, tile - first, out),
+                        Matrix::LowBit(w) => w.tile(path, a, tile - first, out),
                     }
                 }
             }
@@ -207,23 +287,23 @@ unsafe fn prefetch_ahead(at: *const u8, bytes: usize) {
     }
 }
 
-/// Stores each of `acc` (the 16 rows of `tile` for input rows `first..`) into `out`, an
-/// `m × rows` output, leaving out the padding rows of the last tile.
+/// Stores each of `acc` (the 16 rows of `tile` of a matrix of `rows`, for input rows `first..`)
+/// into `out`, leaving out the padding rows of the last tile.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `out` must hold input rows `first..first + acc.len()` of an
-/// `m × rows` output whose rows of `tile` are the caller's alone.
+/// The CPU must have AVX-512F; `out` must take input rows `first..first + acc.len()` of the
+/// matrix's outputs, whose rows of `tile` are the caller's alone.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn store_tile_512(acc: &[std::arch::x86_64::__m512], rows: usize, tile: usize, first: usize, out: OutPtr) {
+unsafe fn store_tile_512(acc: &[std::arch::x86_64::__m512], rows: usize, tile: usize, first: usize, out: Out) {
     use std::arch::x86_64::*;
     let real = tile_rows(rows, tile);
     let mask: __mmask16 = if real == TILE { !0 } else { (1u16 << real) - 1 };
     for (i, acc) in acc.iter().enumerate() {
         // SAFETY: lanes `0..real` are rows `tile * 16 + r < rows` of input row `first + i`,
         // inside the output and the caller's alone (contract); the mask keeps the store to them.
-        unsafe { _mm512_mask_storeu_ps(out.0.add((first + i) * rows + tile * TILE), mask, *acc) };
+        unsafe { _mm512_mask_storeu_ps(out.at(first + i, tile * TILE), mask, *acc) };
     }
 }
 
@@ -234,7 +314,7 @@ unsafe fn store_tile_512(acc: &[std::arch::x86_64::__m512], rows: usize, tile: u
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx")]
-unsafe fn store_tile_256(acc: &[[std::arch::x86_64::__m256; 2]], rows: usize, tile: usize, first: usize, out: OutPtr) {
+unsafe fn store_tile_256(acc: &[[std::arch::x86_64::__m256; 2]], rows: usize, tile: usize, first: usize, out: Out) {
     use std::arch::x86_64::*;
     for (i, acc) in acc.iter().enumerate() {
         let mut lanes = [0f32; TILE];
@@ -245,7 +325,7 @@ unsafe fn store_tile_256(acc: &[[std::arch::x86_64::__m256; 2]], rows: usize, ti
         }
         for (r, &v) in lanes.iter().enumerate().take(tile_rows(rows, tile)) {
             // SAFETY: row `tile * 16 + r < rows` of input `first + i`, the caller's (contract).
-            unsafe { *out.0.add((first + i) * rows + tile * TILE + r) = v };
+            unsafe { *out.at(first + i, tile * TILE + r) = v };
         }
     }
 }

@@ -2,8 +2,7 @@
 //! (`w + 128` as `u8`), because `vpdpbusd` multiplies unsigned by signed bytes; the offset adds
 //! `128 · Σx` to a block's dot product, which is subtracted once per block. The AVX2 path flips
 //! the offset back (`xor 0x80`) and uses the sign trick instead.
-use super::{quantize_block, tile_rows, Activations, Path, BLOCK, GROUP, TILE};
-use crate::pool::OutPtr;
+use super::{quantize_block, tile_rows, Activations, Out, Path, BLOCK, GROUP, TILE};
 
 /// Bytes of one block of one tile.
 pub(super) const TILE_BLOCK_BYTES: usize = TILE * BLOCK;
@@ -88,9 +87,10 @@ impl Q8Matrix {
     /// Writes `out[i, row]` for every input row `i` and every real row of `tile`.
     ///
     /// # Safety
-    /// `tile` must be one of the matrix's tiles, `out` must hold `a.m × rows` values, and no one
+    /// `tile` must be one of the matrix's tiles, `out` must take `a.m` rows of the matrix's `rows`
+    /// outputs, and no one
     /// else may read or write the outputs of the tile's rows during the call.
-    pub(super) unsafe fn tile(&self, path: Path, a: &Activations, tile: usize, out: OutPtr) {
+    pub(super) unsafe fn tile(&self, path: Path, a: &Activations, tile: usize, out: Out) {
         match path {
             // SAFETY: forwarded from this function's contract.
             Path::Scalar => unsafe { scalar_tile(self, a, tile, out) },
@@ -107,7 +107,7 @@ impl Q8Matrix {
 
 /// # Safety
 /// As [`Q8Matrix::tile`].
-unsafe fn scalar_tile(w: &Q8Matrix, a: &Activations, tile: usize, out: OutPtr) {
+unsafe fn scalar_tile(w: &Q8Matrix, a: &Activations, tile: usize, out: Out) {
     for r in 0..tile_rows(w.rows, tile) {
         for i in 0..a.m {
             let sum: f32 = (0..w.blocks)
@@ -123,7 +123,7 @@ unsafe fn scalar_tile(w: &Q8Matrix, a: &Activations, tile: usize, out: OutPtr) {
                 })
                 .sum();
             // SAFETY: `i < m` and the row `< n`, inside the `m × n` output, ours (contract).
-            unsafe { *out.0.add(i * w.rows + tile * TILE + r) = sum };
+            unsafe { *out.at(i, tile * TILE + r) = sum };
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The Q8_0 tile kernels in AVX-512 VNNI and in AVX2.
 use super::q8::{OFFSET, TILE_BLOCK_BYTES};
-use super::{prefetch_ahead, store_tile_256, store_tile_512, Activations, Q8Matrix, BLOCK, GROUP, TILE};
-use crate::pool::OutPtr;
+use super::{prefetch_ahead, store_tile_256, store_tile_512, Activations, Out, Q8Matrix, BLOCK, GROUP, TILE};
 use std::arch::x86_64::*;
 
 /// Groups per block.
@@ -10,7 +9,7 @@ const GROUPS: usize = BLOCK / GROUP;
 /// # Safety
 /// The CPU must have AVX-512F, BW and VNNI; otherwise as [`Q8Matrix::tile`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn tile_vnni(w: &Q8Matrix, a: &Activations, tile: usize, out: OutPtr) {
+pub(super) unsafe fn tile_vnni(w: &Q8Matrix, a: &Activations, tile: usize, out: Out) {
     let mut first = 0;
     while first < a.m {
         // Up to 8 input rows per pass (their accumulators stay in registers: each pass streams
@@ -50,7 +49,7 @@ unsafe fn pass_vnni<const M: usize, const C: usize>(
     a: &Activations,
     tile: usize,
     first: usize,
-    out: OutPtr,
+    out: Out,
 ) {
     let blocks = w.blocks;
     let mut acc = [_mm512_setzero_ps(); M];
@@ -94,7 +93,7 @@ unsafe fn pass_vnni<const M: usize, const C: usize>(
 /// # Safety
 /// The CPU must have AVX2 and FMA; otherwise as [`Q8Matrix::tile`].
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile_avx2(w: &Q8Matrix, a: &Activations, tile: usize, out: OutPtr) {
+pub(super) unsafe fn tile_avx2(w: &Q8Matrix, a: &Activations, tile: usize, out: Out) {
     let blocks = w.blocks;
     let flip = _mm256_set1_epi8(i8::MIN);
     let ones = _mm256_set1_epi16(1);
