@@ -35,6 +35,31 @@ fn tolerance(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     bound
 }
 
+/// The first output of `product` (`m × n`, run on every path this CPU has, into outputs that
+/// start as NaN) farther from the product of `dequantized` (`n × k`) than [`tolerance`] allows,
+/// described; `None` if every one is within it.
+fn outlier(
+    dequantized: &[f32],
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    product: impl Fn(Isa, &mut [f32]),
+) -> Option<String> {
+    let mut reference = vec![0f32; m * n];
+    linear_small(Isa::detect(), x, m, k, dequantized, n, &mut reference);
+    let bound = tolerance(x, dequantized, m, n, k);
+    Isa::supported().into_iter().find_map(|isa| {
+        let mut out = vec![f32::NAN; m * n];
+        product(isa, &mut out);
+        let far = |(j, ((got, want), bound)): (usize, ((&f32, &f32), &f32))| {
+            let within = (got - want).abs() <= *bound;
+            (!within).then(|| format!("{isa:?} output {j}: {got} vs {want}"))
+        };
+        out.iter().zip(&reference).zip(&bound).enumerate().find_map(far)
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(40))]
     #[test]
@@ -43,17 +68,8 @@ proptest! {
         for format in FORMATS {
             let w = LowBitMatrix::quantize(&values(n * k, seed), n, k, format).expect("k is a multiple of 32");
             let x = values(m * k, seed + 1);
-            let dequantized = w.dequantize();
-            let mut reference = vec![0f32; m * n];
-            linear_small(Isa::detect(), &x, m, k, &dequantized, n, &mut reference);
-            let bound = tolerance(&x, &dequantized, m, n, k);
-            for isa in Isa::supported() {
-                let mut out = vec![0f32; m * n];
-                low_bit_linear(isa, &x, m, &w, &mut out);
-                for ((got, want), bound) in out.iter().zip(&reference).zip(&bound) {
-                    prop_assert!((got - want).abs() <= *bound, "{format:?} {isa:?} m={m} n={n} k={k}: {got} vs {want}");
-                }
-            }
+            let outlier = outlier(&w.dequantize(), &x, m, n, k, |isa, out| low_bit_linear(isa, &x, m, &w, out));
+            prop_assert!(outlier.is_none(), "{format:?} m={m} n={n} k={k}: {outlier:?}");
         }
     }
 }
@@ -187,17 +203,8 @@ proptest! {
         for (format, _) in K_FORMATS {
             let w = from_ggml(format, &k_blocks(format, n, k, seed), n, k).unwrap();
             let x = values(m * k, seed + 1);
-            let dequantized = w.dequantize();
-            let mut reference = vec![0f32; m * n];
-            linear_small(Isa::detect(), &x, m, k, &dequantized, n, &mut reference);
-            let bound = tolerance(&x, &dequantized, m, n, k);
-            for isa in Isa::supported() {
-                let mut out = vec![0f32; m * n];
-                low_bit_linear(isa, &x, m, &w, &mut out);
-                for ((got, want), bound) in out.iter().zip(&reference).zip(&bound) {
-                    prop_assert!((got - want).abs() <= *bound, "{format:?} {isa:?} m={m} n={n} k={k}: {got} vs {want}");
-                }
-            }
+            let outlier = outlier(&w.dequantize(), &x, m, n, k, |isa, out| low_bit_linear(isa, &x, m, &w, out));
+            prop_assert!(outlier.is_none(), "{format:?} m={m} n={n} k={k}: {outlier:?}");
         }
     }
 }
@@ -261,16 +268,7 @@ fn stacked_parts_write_their_own_columns() {
     let n = stacked.rows();
     assert_eq!(n, 60);
     let x = values(m * k, 4);
-    let dequantized = stacked.dequantize();
-    let mut reference = vec![0f32; m * n];
-    linear_small(Isa::detect(), &x, m, k, &dequantized, n, &mut reference);
-    let bound = tolerance(&x, &dequantized, m, n, k);
-    for isa in Isa::supported() {
-        let mut out = vec![f32::NAN; m * n];
-        quant_linear(isa, &x, m, &stacked, &mut out);
-        for (j, ((got, want), bound)) in out.iter().zip(&reference).zip(&bound).enumerate() {
-            assert!((got - want).abs() <= *bound, "{isa:?} output {j}: {got} vs {want}");
-        }
-    }
+    let outlier = outlier(&stacked.dequantize(), &x, m, n, k, |isa, out| quant_linear(isa, &x, m, &stacked, out));
+    assert!(outlier.is_none(), "{outlier:?}");
     assert!(QuantMatrix::stacked(vec![]).is_none());
 }

@@ -299,27 +299,33 @@ impl GgufFile {
         device: &Device,
         config: &LlamaConfig,
     ) -> Result<Tensor> {
-        let err = |name: &str, message: String| ModelError::Tensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-            message,
-        };
+        let (name, rows, quantized) = self.read(hf_name)?;
+        let err = |message: String| self.error(&name, message);
+        let tensor =
+            quantized.dequantize(&Device::Cpu).map_err(|e| err(format!("type {:?}: {e}", quantized.dtype())))?;
+        let tensor = self.arrange(tensor, rows, config).map_err(err)?;
+        if tensor.dims() != shape {
+            return Err(err(format!("expected shape {shape:?}, found {:?}", tensor.dims())));
+        }
+        tensor.to_dtype(dtype).and_then(|t| t.to_device(device)).map_err(|e| err(e.to_string()))
+    }
+
+    /// The tensor the HF layout calls `hf_name` as stored: its GGUF name, row layout and blocks.
+    fn read(&self, hf_name: &str) -> Result<(String, Rows, candle_core::quantized::QTensor)> {
         let Some((name, rows)) = self.name_of(hf_name) else {
-            return Err(err(hf_name, "has no GGUF counterpart".into()));
+            return Err(self.error(hf_name, "has no GGUF counterpart".into()));
         };
         let Some(info) = self.content.tensor_infos.get(&name) else {
-            return Err(err(&name, "missing".into()));
+            return Err(self.error(&name, "missing".into()));
         };
-        let quantized = info
+        let stored = info
             .read(&mut *self.reader.borrow_mut(), self.content.tensor_data_offset, &Device::Cpu)
-            .map_err(|e| err(&name, format!("type {:?}: {e}", info.ggml_dtype)))?;
-        let tensor =
-            quantized.dequantize(&Device::Cpu).map_err(|e| err(&name, format!("type {:?}: {e}", info.ggml_dtype)))?;
-        let tensor = self.arrange(tensor, rows, config).map_err(|message| err(&name, message))?;
-        if tensor.dims() != shape {
-            return Err(err(&name, format!("expected shape {shape:?}, found {:?}", tensor.dims())));
-        }
-        tensor.to_dtype(dtype).and_then(|t| t.to_device(device)).map_err(|e| err(&name, e.to_string()))
+            .map_err(|e| self.error(&name, format!("type {:?}: {e}", info.ggml_dtype)))?;
+        Ok((name, rows, stored))
+    }
+
+    fn error(&self, name: &str, message: String) -> ModelError {
+        ModelError::Tensor { path: self.path.clone(), name: name.to_string(), message }
     }
 
     /// The rows of `tensor` (a stored matrix, or one value per stored row) in the order the
@@ -357,33 +363,21 @@ impl GgufFile {
     /// The tensor the HF layout calls `hf_name` in the blocks the file stores it in: its type,
     /// its stored rows' bytes, and which stored row each of the model's rows is.
     pub(crate) fn stored_rows(&self, hf_name: &str, config: &LlamaConfig) -> Result<StoredRows> {
-        let err = |name: &str, message: String| ModelError::Tensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-            message,
-        };
-        let Some((name, rows)) = self.name_of(hf_name) else {
-            return Err(err(hf_name, "has no GGUF counterpart".into()));
-        };
-        let Some(info) = self.content.tensor_infos.get(&name) else {
-            return Err(err(&name, "missing".into()));
-        };
-        let stored = info
-            .read(&mut *self.reader.borrow_mut(), self.content.tensor_data_offset, &Device::Cpu)
-            .map_err(|e| err(&name, format!("type {:?}: {e}", info.ggml_dtype)))?;
+        let (name, rows, stored) = self.read(hf_name)?;
+        let err = |message: String| self.error(&name, message);
         let count = stored.shape().dims().first().copied().unwrap_or(0);
-        let bytes = stored.data().map_err(|e| err(&name, e.to_string()))?.into_owned();
+        let bytes = stored.data().map_err(|e| err(e.to_string()))?.into_owned();
         if count == 0 || bytes.len() % count != 0 {
-            return Err(err(&name, format!("{} bytes do not split into {count} rows", bytes.len())));
+            return Err(err(format!("{} bytes do not split into {count} rows", bytes.len())));
         }
         let Ok(rows_u32) = u32::try_from(count) else {
-            return Err(err(&name, format!("{count} rows")));
+            return Err(err(format!("{count} rows")));
         };
         // Each stored row's index, moved as the rows themselves are.
         let index = Tensor::arange(0u32, rows_u32, &Device::Cpu)?.reshape((count, 1))?;
-        let order = self.arrange(index, rows, config).map_err(|message| err(&name, message))?;
+        let order = self.arrange(index, rows, config).map_err(err)?;
         let order = order.flatten_all()?.to_vec1::<u32>()?.into_iter().map(|i| i as usize).collect();
-        Ok(StoredRows { dtype: info.ggml_dtype, row_bytes: bytes.len() / count, bytes, order })
+        Ok(StoredRows { dtype: stored.dtype(), row_bytes: bytes.len() / count, bytes, order })
     }
 }
 
