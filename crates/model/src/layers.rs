@@ -44,11 +44,9 @@ impl Linear {
     /// K-quant blocks are read from the file as stored, and kept if they give back `weight`.
     pub(crate) fn from_stored(weight: Tensor, w: &Weights, names: &[&str]) -> Result<Self> {
         let quantization = w.quantization_for(names);
-        if let Some(format) = quantization.and_then(Quantization::k_quant) {
+        if let Some(format) = quantization.and_then(Quantization::k_quant).filter(|_| is_host_f32(&weight)) {
             if let Some(quant) = w.stored_blocks(names, format)? {
-                if is_host_f32(&weight)
-                    && with_host_values(&weight.contiguous()?, |values| Ok(gives_back(&quant, values)))?
-                {
+                if with_host_values(&weight.contiguous()?, |values| Ok(gives_back(&quant, values)))? {
                     return Ok(Self { weight: None, quant: Some(std::sync::Arc::new(quant)), bias: None });
                 }
                 tracing::debug!(?format, "K blocks do not give back the file's values: kept in Q8_0");
