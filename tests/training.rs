@@ -153,7 +153,7 @@ fn a_module_trains_from_files_of_any_length() {
 }
 
 /// EAGLE-3's form: a module reading two base layers starts from a module of the paper's form
-/// (agreeing exactly as it did), trains, round-trips through the files into serving (where it
+/// (agreeing as it did, to a near-tie), trains, round-trips through the files into serving (where it
 /// agrees with the base as training measured) and keeps greedy `verify` equal to `off`.
 #[test]
 fn a_module_of_fused_layers_starts_from_the_papers_trains_and_serves() {
@@ -176,7 +176,10 @@ fn a_module_of_fused_layers_starts_from_the_papers_trains_and_serves() {
     let e = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("lower"), &lower).unwrap_err();
     assert!(e.to_string().contains("last feature layer"), "{e}");
     let start = recyclegpt_train::train_recycle(&loaded.model, &out, &corpus, &dir.join("start"), &fused).unwrap();
-    assert!((start.agreement - before.agreement).abs() < 1e-9, "{start:?} from {before:?}");
+    // Equal in exact arithmetic; in floats the wider `fc` product sums in another order and the
+    // norm runs twice, which may flip a near-tie at one position of thousands (it did on one
+    // CPU of CI's), so the agreements stay within a few positions rather than bit for bit.
+    assert!((start.agreement - before.agreement).abs() < 2e-3, "{start:?} from {before:?}");
     let trained = dir.join("fused");
     let report = recyclegpt_train::train_recycle(
         &loaded.model,
