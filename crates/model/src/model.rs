@@ -86,20 +86,19 @@ impl LoadedModel {
     }
 }
 
-/// A random recyclable module of `layers` layers (or the shape `config` names), for tests and
-/// benchmarks.
 /// How a GGUF model's module (a safetensors file, or random) keeps its linear layers: where the
 /// base keeps each tensor as stored, in the format of the base's layers, so that a module step
 /// reads as little as they do (a Q4_1 module beside a Q4_1 file stepped in 0.30 ms, in Q8_0 in
 /// 0.38-0.41, for the same acceptance); otherwise as asked.
 fn module_quantization(quantize: Option<Quantization>, base: &Llama) -> Option<Quantization> {
     match quantize {
-        Some(Quantization::AsStored) => base.layer_quantization().map(Quantization::from_values).or(quantize),
+        Some(Quantization::AsStored) => base.layer_quantization().or(quantize),
         other => other,
     }
 }
 
-/// `quantize`: how the module's linear layers are kept.
+/// A random recyclable module of `layers` layers (or the shape `config` names), for tests and
+/// benchmarks; `quantize`: how its linear layers are kept.
 fn random_module(
     config: &mut LlamaConfig,
     seed: u64,

@@ -1,8 +1,8 @@
 //! `--quantize`: which format linear layers are kept in, and how `auto` picks one.
 use crate::error::{ModelError, Result};
 use crate::gguf::is_gguf;
-use candle_core::quantized::GgmlDType;
-use candle_core::Device;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
 use recyclegpt_kernels::{LowBitFormat, LowBitMatrix, Q8Matrix, QuantMatrix};
 use std::path::Path;
 
@@ -21,8 +21,8 @@ pub enum Quantization {
     /// Blocks of 32 5-bit values with a minimum (llama.cpp's Q5_1).
     Q5_1,
     /// llama.cpp's Q4_K, Q5_K and Q6_K: blocks of 256 values in 4, 5 or 6 bits, with scales per
-    /// 32 (or 16) values. Read from a GGUF file's blocks only (their quantizer searches for its
-    /// scales); quantizing values to them gives Q8_0.
+    /// 32 (or 16) values. A matrix whose rows are not whole blocks of 256 takes
+    /// [`Quantization::fallback`] instead.
     Q4K,
     Q5K,
     Q6K,
@@ -55,9 +55,10 @@ impl std::str::FromStr for Quantization {
             "q4_1" => Ok(Quantization::Q4_1),
             "q5_0" => Ok(Quantization::Q5_0),
             "q5_1" => Ok(Quantization::Q5_1),
-            other => Err(ModelError::Config(format!(
-                "unknown quantization `{other}` (supported: q8_0, q4_0, q4_1, q5_0, q5_1)"
-            ))),
+            "q4_k" => Ok(Quantization::Q4K),
+            "q5_k" => Ok(Quantization::Q5K),
+            "q6_k" => Ok(Quantization::Q6K),
+            other => Err(ModelError::Config(format!("unknown quantization `{other}` (supported: {FORMATS})"))),
         }
     }
 }
@@ -105,9 +106,9 @@ impl Quantization {
         }
     }
 
-    /// The nearest format that values are quantized to: itself but for the K-quants (Q4_1,
-    /// Q5_1, Q8_0 in their places).
-    pub fn from_values(self) -> Self {
+    /// The format a matrix whose rows are not whole K blocks of 256 values takes instead of a
+    /// K-quant (Q4_1, Q5_1, Q8_0 in their places); the others are themselves.
+    pub fn fallback(self) -> Self {
         match self {
             Quantization::Q4K => Quantization::Q4_1,
             Quantization::Q5K => Quantization::Q5_1,
@@ -116,12 +117,17 @@ impl Quantization {
         }
     }
 
-    /// `values` (`rows × cols`, row-major) in this format (`AsStored`: Q8_0; a K-quant: the
-    /// format [`Quantization::from_values`] puts in its place); `None` unless `cols` is a
-    /// positive multiple of 32.
+    /// `values` (`rows × cols`, row-major) in this format (`AsStored`: Q8_0; a K-quant where
+    /// `cols` is not a multiple of 256: its [`Quantization::fallback`]); `None` unless `cols` is
+    /// a positive multiple of 32.
     pub fn quantize(self, values: &[f32], rows: usize, cols: usize) -> Option<QuantMatrix> {
+        if let (Some(format), Some(ggml)) = (self.k_quant(), self.ggml_type()) {
+            if let Some(matrix) = k_blocks(values, rows, cols, format, ggml) {
+                return Some(QuantMatrix::LowBit(matrix));
+            }
+        }
         let low_bit = |format| LowBitMatrix::quantize(values, rows, cols, format).map(QuantMatrix::LowBit);
-        match self.from_values() {
+        match self.fallback() {
             Quantization::Q8_0 | Quantization::AsStored | Quantization::Q4K | Quantization::Q5K | Quantization::Q6K => {
                 Q8Matrix::quantize(values, rows, cols).map(QuantMatrix::Q8_0)
             }
@@ -131,6 +137,23 @@ impl Quantization {
             Quantization::Q5_1 => low_bit(LowBitFormat::Q5_1),
         }
     }
+}
+
+/// The formats `--quantize` names.
+const FORMATS: &str = "q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k";
+
+/// `values` (`rows × cols`) in llama.cpp's blocks of the K-quant `format` (`ggml`), through
+/// candle's port of llama.cpp's reference quantizer (it searches for each block's scales: one
+/// kept implementation rather than a second); `None` unless `cols` is a positive multiple of 256.
+fn k_blocks(values: &[f32], rows: usize, cols: usize, format: LowBitFormat, ggml: GgmlDType) -> Option<LowBitMatrix> {
+    let row_bytes = cols / ggml.block_size() * format.ggml_block_bytes()?;
+    if cols == 0 || !cols.is_multiple_of(ggml.block_size()) || values.len() != rows * cols {
+        return None;
+    }
+    let tensor = Tensor::from_slice(values, (rows, cols), &Device::Cpu).ok()?;
+    let blocks = QTensor::quantize(&tensor, ggml).ok()?.data().ok()?.into_owned();
+    let rows: Vec<&[u8]> = blocks.chunks_exact(row_bytes).collect();
+    LowBitMatrix::from_ggml(format, cols, &rows)
 }
 
 /// What `--quantize` asks for, resolved against the model and device before loading.
@@ -153,9 +176,7 @@ impl std::str::FromStr for QuantizeSpec {
             "auto" => Ok(QuantizeSpec::Auto),
             "none" => Ok(QuantizeSpec::None),
             other => other.parse().map(QuantizeSpec::Format).map_err(|_| {
-                ModelError::Config(format!(
-                    "unknown quantization `{other}` (supported: auto, none, q8_0, q4_0, q4_1, q5_0, q5_1)"
-                ))
+                ModelError::Config(format!("unknown quantization `{other}` (supported: auto, none, {FORMATS})"))
             }),
         }
     }
