@@ -8,6 +8,7 @@ use candle_core::quantized::{gguf_file, GgmlDType};
 use common::llamacpp::{assert_parting_only_at_near_ties_in, f32_tensor, ids, llamacpp_reference, rewritten};
 use common::server::TestServer;
 use common::smollm2;
+use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
 use recyclegpt_model::{LoadOptions, LoadedModel};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -120,14 +121,25 @@ fn smollm2_greedy_answers_match_llama_cpp() {
     assert_parting_only_at_near_ties(&loaded, "f32");
 }
 
-/// With `--quantize q8_0` the activations are rounded to 8 bits as llama.cpp rounds them; the
-/// agreement is printed beside the f32 path's.
+/// `--quantize q8_0` requantizes the Q4_1 file's layers as llama.cpp's quantizer does (scales
+/// in f16): the same answers as the file that quantizer writes, kept as stored, and those equal
+/// llama.cpp's on that file or part from them at near-ties.
 #[test]
-fn smollm2_q8_0_greedy_answers_beside_llama_cpp() {
-    let Some(path) = smollm2() else { return };
-    let options = LoadOptions { quantize: Some(recyclegpt_model::Quantization::Q8_0), ..LoadOptions::default() };
-    let loaded = LoadedModel::load(&path, &options).expect("loads");
-    assert_parting_only_at_near_ties(&loaded, "q8_0");
+fn smollm2_q8_0_greedy_answers_match_llama_cpp() {
+    let Some(source) = smollm2() else { return };
+    let requantized = LoadOptions { quantize: Some(recyclegpt_model::Quantization::Q8_0), ..LoadOptions::default() };
+    let requantized = LoadedModel::load(&source, &requantized).expect("loads");
+    let stored = LoadOptions { quantize: Some(recyclegpt_model::Quantization::AsStored), ..LoadOptions::default() };
+    let stored = LoadedModel::load(&smollm2_in(&source, GgmlDType::Q8_0), &stored).expect("loads");
+    for prompt in ["What is the capital of France?", "Write a haiku about the sea."] {
+        let ids = stored.tokenizer.encode(prompt).unwrap();
+        let run = |loaded: &LoadedModel| {
+            let stop = StopCriteria { max_tokens: 24, eos_ids: Vec::new() };
+            generate(&loaded.model, ids.clone(), DecodeMode::Off, SamplingParams::greedy(), stop).unwrap().ids
+        };
+        assert_eq!(run(&requantized), run(&stored), "{prompt:?}");
+    }
+    assert_parting_only_at_near_ties_in(&stored, "q8_0", "smollm2_q8_0_llamacpp_greedy.json");
 }
 
 /// `--quantize q4_1` (what `auto` picks for this file) keeps the file's own Q4_1 blocks (and its
@@ -163,7 +175,6 @@ fn smollm2_with_rope_factors(source: &std::path::Path) -> PathBuf {
 /// the file's answers without them.
 #[test]
 fn rope_frequency_factors_are_applied_as_llama_cpp_applies_them() {
-    use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
     let Some(source) = smollm2() else { return };
     let path = smollm2_with_rope_factors(&source);
     let options = LoadOptions { quantize: Some(recyclegpt_model::Quantization::Q4_1), ..LoadOptions::default() };
@@ -189,7 +200,6 @@ fn rope_frequency_factors_are_applied_as_llama_cpp_applies_them() {
 /// greedy ids are the library's with Q4_1, token for token.
 #[test]
 fn the_cli_runs_a_q4_1_file_in_q4_1_by_default() {
-    use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
     let Some(path) = smollm2() else { return };
     let prompt = "The capital of France is";
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_recyclegpt"))
@@ -220,7 +230,6 @@ fn the_cli_runs_a_q4_1_file_in_q4_1_by_default() {
 /// draft vocabulary only), and a base it was not trained for refuses it, saying why.
 #[test]
 fn a_module_trained_for_a_gguf_file_loads_beside_it() {
-    use recyclegpt_engine::{generate, DecodeMode, SamplingParams, StopCriteria};
     use recyclegpt_model::RecycleInit;
     let Some(path) = smollm2() else { return };
     let out = common::scratch("gguf-module");
@@ -367,15 +376,16 @@ fn hostile_gguf_metadata_is_refused_at_load() {
     }
 }
 
-/// SmolLM2's file with every layer matrix in Q5_0 (candle's writer implements llama.cpp's
-/// reference quantizer), as a Q4_K_M file mostly is on small models. Written once under the
-/// target directory.
-fn smollm2_in_q5_0(source: &std::path::Path) -> PathBuf {
-    rewritten(source, "smollm2-q5_0.gguf", |_metadata, tensors| {
+/// SmolLM2's file with every layer matrix in `dtype` (candle's writer implements llama.cpp's
+/// reference quantizer; Q5_0 is what a Q4_K_M file mostly is on small models). Written once
+/// under the target directory.
+fn smollm2_in(source: &std::path::Path, dtype: GgmlDType) -> PathBuf {
+    let name = format!("smollm2-{}.gguf", format!("{dtype:?}").to_lowercase());
+    rewritten(source, &name, |_metadata, tensors| {
         for (name, tensor) in tensors.iter_mut() {
             if name.starts_with("blk.") && tensor.shape().rank() == 2 {
                 let values = tensor.dequantize(&candle_core::Device::Cpu).unwrap();
-                *tensor = candle_core::quantized::QTensor::quantize(&values, GgmlDType::Q5_0).unwrap();
+                *tensor = candle_core::quantized::QTensor::quantize(&values, dtype).unwrap();
             }
         }
     })
@@ -388,7 +398,7 @@ fn smollm2_in_q5_0(source: &std::path::Path) -> PathBuf {
 #[test]
 fn a_q5_0_file_is_kept_in_its_own_blocks() {
     let Some(source) = smollm2() else { return };
-    let path = smollm2_in_q5_0(&source);
+    let path = smollm2_in(&source, GgmlDType::Q5_0);
     let options = LoadOptions { quantize: Some(recyclegpt_model::Quantization::AsStored), ..LoadOptions::default() };
     let loaded = LoadedModel::load(&path, &options).expect("loads");
     let mut reader = std::io::BufReader::new(std::fs::File::open(&path).unwrap());

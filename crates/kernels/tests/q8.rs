@@ -94,3 +94,20 @@ fn only_whole_blocks_quantize() {
     assert!(Q8Matrix::quantize(&[0.0; 30], 1, 30).is_none());
     assert!(Q8Matrix::quantize(&[0.0; 64], 2, 32).is_some());
 }
+
+/// The blocks are llama.cpp's: the same values back as candle's port of its Q8_0 quantizer
+/// gives (an f16 scale per block), so a GGUF file's Q8_0 tensor is kept as it is stored.
+#[test]
+fn blocks_are_llama_cpp_s() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    let (n, k) = (20, 96);
+    let values = values(n * k, 3);
+    let tensor = Tensor::from_slice(&values, (n, k), &Device::Cpu).unwrap();
+    let blocks = QTensor::quantize(&tensor, GgmlDType::Q8_0).unwrap();
+    let expected = blocks.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let ours = Q8Matrix::quantize(&values, n, k).unwrap();
+    assert_eq!(ours.dequantize(), expected);
+    // Quantizing the stored values again keeps them, as loading a GGUF file does.
+    assert_eq!(Q8Matrix::quantize(&expected, n, k).unwrap().dequantize(), expected);
+}

@@ -1,8 +1,9 @@
-//! Q8_0: blocks of 32 int8 values and one f32 scale. The stored values are offset by 128
+//! Q8_0: blocks of 32 int8 values and one f16 scale, as llama.cpp keeps them. The stored values are offset by 128
 //! (`w + 128` as `u8`), because `vpdpbusd` multiplies unsigned by signed bytes; the offset adds
 //! `128 · Σx` to a block's dot product, which is subtracted once per block. The AVX2 path flips
 //! the offset back (`xor 0x80`) and uses the sign trick instead.
 use super::{quantize_block, tile_rows, Activations, Out, Path, BLOCK, GROUP, TILE};
+use half::f16;
 
 /// Bytes of one block of one tile.
 pub(super) const TILE_BLOCK_BYTES: usize = TILE * BLOCK;
@@ -19,12 +20,13 @@ pub struct Q8Matrix {
     /// `[tile][block][group][row in tile][byte]`, offset by 128.
     pub(super) quants: Vec<u8>,
     /// `[tile][block][row in tile]`.
-    pub(super) scales: Vec<f32>,
+    pub(super) scales: Vec<f16>,
 }
 
 impl Q8Matrix {
-    /// Quantizes `values` (`rows × cols`, row-major); `None` unless `cols` is a positive
-    /// multiple of 32.
+    /// Quantizes `values` (`rows × cols`, row-major) as llama.cpp's reference quantizer does
+    /// (values rounded with the f32 scale, which is kept in f16); `None` unless `cols` is a
+    /// positive multiple of 32.
     pub fn quantize(values: &[f32], rows: usize, cols: usize) -> Option<Self> {
         if cols == 0 || !cols.is_multiple_of(BLOCK) || values.len() != rows * cols {
             return None;
@@ -32,12 +34,12 @@ impl Q8Matrix {
         let blocks = cols / BLOCK;
         let tiles = rows.div_ceil(TILE);
         let mut quants = vec![OFFSET as u8; tiles * blocks * TILE_BLOCK_BYTES];
-        let mut scales = vec![0f32; tiles * blocks * TILE];
+        let mut scales = vec![f16::ZERO; tiles * blocks * TILE];
         for (row, values) in values.chunks(cols).enumerate() {
             let (tile, r) = (row / TILE, row % TILE);
             for (b, block) in values.chunks(BLOCK).enumerate() {
                 let (q, scale) = quantize_block(block);
-                scales[(tile * blocks + b) * TILE + r] = scale;
+                scales[(tile * blocks + b) * TILE + r] = f16::from_f32(scale);
                 for (c, v) in q.into_iter().enumerate() {
                     quants[Self::index(tile, blocks, b, r, c)] = (i32::from(v) + OFFSET) as u8;
                 }
@@ -61,7 +63,7 @@ impl Q8Matrix {
 
     /// Bytes read by one product: the values and the scales (padding rows included).
     pub fn bytes(&self) -> usize {
-        self.quants.len() + 4 * self.scales.len()
+        self.quants.len() + 2 * self.scales.len()
     }
 
     pub fn dequantize(&self) -> Vec<f32> {
@@ -73,7 +75,7 @@ impl Q8Matrix {
         let (tile, r) = (row / TILE, row % TILE);
         let mut values = Vec::with_capacity(self.cols);
         for b in 0..self.blocks {
-            let scale = self.scales[(tile * self.blocks + b) * TILE + r];
+            let scale = self.scales[(tile * self.blocks + b) * TILE + r].to_f32();
             values
                 .extend((0..BLOCK).map(|c| {
                     (i32::from(self.quants[Self::index(tile, self.blocks, b, r, c)]) - OFFSET) as f32 * scale
@@ -94,8 +96,8 @@ impl Q8Matrix {
         match path {
             // SAFETY: forwarded from this function's contract.
             Path::Scalar => unsafe { scalar_tile(self, a, tile, out) },
-            // SAFETY: `Path::choose` picked this path only after detecting AVX2 and FMA; the
-            // rest is this function's contract.
+            // SAFETY: `Path::choose` picked this path only after detecting AVX2, FMA and F16C;
+            // the rest is this function's contract.
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 => unsafe { super::q8_x86::tile_avx2(self, a, tile, out) },
             // SAFETY: as above, with AVX-512F (`Kind::Avx512`), BW and VNNI detected.
@@ -119,7 +121,7 @@ unsafe fn scalar_tile(w: &Q8Matrix, a: &Activations, tile: usize, out: Out) {
                             (q - OFFSET) * i32::from(a.quants[xa * BLOCK + c])
                         })
                         .sum();
-                    dot as f32 * w.scales[(tile * w.blocks + b) * TILE + r] * a.scales[xa]
+                    dot as f32 * w.scales[(tile * w.blocks + b) * TILE + r].to_f32() * a.scales[xa]
                 })
                 .sum();
             // SAFETY: `i < m` and the row `< n`, inside the `m × n` output, ours (contract).

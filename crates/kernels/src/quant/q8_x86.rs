@@ -69,7 +69,7 @@ unsafe fn pass_vnni<const M: usize, const C: usize>(
                     sums[i][g % C] = _mm512_dpbusd_epi32(sums[i][g % C], wv, xv);
                 }
             }
-            let ws = _mm512_loadu_ps(w.scales.as_ptr().add((tile * blocks + b) * TILE));
+            let ws = _mm512_cvtph_ps(_mm256_loadu_si256(w.scales.as_ptr().add((tile * blocks + b) * TILE) as *const _));
             for i in 0..M {
                 let xa = (first + i) * blocks + b;
                 let mut sum = sums[i][0];
@@ -91,8 +91,8 @@ unsafe fn pass_vnni<const M: usize, const C: usize>(
 /// unsigned times a signed value. Two input rows per pass (16 ymm registers).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; otherwise as [`Q8Matrix::tile`].
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must have AVX2, FMA and F16C; otherwise as [`Q8Matrix::tile`].
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tile_avx2(w: &Q8Matrix, a: &Activations, tile: usize, out: Out) {
     let blocks = w.blocks;
     let flip = _mm256_set1_epi8(i8::MIN);
@@ -122,7 +122,9 @@ pub(super) unsafe fn tile_avx2(w: &Q8Matrix, a: &Activations, tile: usize, out: 
                     }
                 }
                 for half in 0..2 {
-                    let ws = _mm256_loadu_ps(w.scales.as_ptr().add((tile * blocks + b) * TILE + half * 8));
+                    let ws = _mm256_cvtph_ps(_mm_loadu_si128(
+                        w.scales.as_ptr().add((tile * blocks + b) * TILE + half * 8) as *const _,
+                    ));
                     for (i, acc) in acc.iter_mut().enumerate().take(inputs) {
                         let scale = _mm256_mul_ps(ws, _mm256_set1_ps(a.scales[(first + i) * blocks + b]));
                         acc[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[i][half]), scale, acc[half]);
