@@ -424,26 +424,46 @@ fn a_q5_0_file_is_kept_in_its_own_blocks() {
 /// those of the same weights dequantized to f32 within the int8 rounding of the activations.
 #[test]
 fn k_quant_layers_are_kept_in_their_blocks() {
+    use GgmlDType::{Q4K, Q5K, Q6K};
+    layers_kept_as_stored("gguf-k-quants", [Q4K, Q4K, Q6K, Q6K, Q5K, Q4K, Q4K], GgmlDType::F32, 0.02);
+}
+
+/// A tiny Llama file in F16 and BF16 (the value and output projections in BF16 beside F16, the
+/// embedding and tied head in F16) is kept in its 16-bit floats: its layers read the file's
+/// tensor bytes, and its logits are those of the same weights in f32 but for summation order
+/// (the activations are not rounded).
+#[test]
+fn half_float_layers_are_kept_as_stored() {
+    use GgmlDType::{BF16, F16};
+    layers_kept_as_stored("gguf-half", [F16, F16, BF16, BF16, F16, F16, BF16], F16, 1e-4);
+}
+
+/// A tiny Llama GGUF file whose layer matrices (query, key, value, output, gate, up, down) are
+/// stored in `types` (its embedding, the tied head, in `embedding`) loads with `--quantize
+/// auto` to layers that read within 10% of the file's tensor bytes, and logits within
+/// `tolerance` (of the largest) of the same weights in f32.
+fn layers_kept_as_stored(scratch: &str, types: [GgmlDType; 7], embedding: GgmlDType, tolerance: f32) {
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
     use gguf_file::Value as V;
     use recyclegpt_model::{Quantization, SeqInput};
-    let dir = common::scratch("gguf-k-quants");
+    let dir = common::scratch(scratch);
     let (hidden, ff) = (256, 512);
-    let shapes: [(&str, (usize, usize), GgmlDType); 7] = [
-        ("blk.0.attn_q.weight", (hidden, hidden), GgmlDType::Q4K),
-        ("blk.0.attn_k.weight", (hidden / 2, hidden), GgmlDType::Q4K),
-        ("blk.0.attn_v.weight", (hidden / 2, hidden), GgmlDType::Q6K),
-        ("blk.0.attn_output.weight", (hidden, hidden), GgmlDType::Q6K),
-        ("blk.0.ffn_gate.weight", (ff, hidden), GgmlDType::Q5K),
-        ("blk.0.ffn_up.weight", (ff, hidden), GgmlDType::Q4K),
-        ("blk.0.ffn_down.weight", (hidden, ff), GgmlDType::Q4K),
+    let shapes: [(&str, (usize, usize)); 7] = [
+        ("blk.0.attn_q.weight", (hidden, hidden)),
+        ("blk.0.attn_k.weight", (hidden / 2, hidden)),
+        ("blk.0.attn_v.weight", (hidden / 2, hidden)),
+        ("blk.0.attn_output.weight", (hidden, hidden)),
+        ("blk.0.ffn_gate.weight", (ff, hidden)),
+        ("blk.0.ffn_up.weight", (ff, hidden)),
+        ("blk.0.ffn_down.weight", (hidden, ff)),
     ];
     let mut quantized: Vec<(String, QTensor)> = shapes
         .iter()
-        .map(|(name, shape, dtype)| {
+        .zip(types)
+        .map(|((name, shape), dtype)| {
             let values = Tensor::randn(0f32, 0.08, *shape, &Device::Cpu).unwrap();
-            (name.to_string(), QTensor::quantize(&values, *dtype).unwrap())
+            (name.to_string(), QTensor::quantize(&values, dtype).unwrap())
         })
         .collect();
     for (name, len) in
@@ -451,8 +471,8 @@ fn k_quant_layers_are_kept_in_their_blocks() {
     {
         quantized.push((name.into(), f32_tensor(&vec![1.0; len])));
     }
-    let embedding = Tensor::randn(0f32, 1.0, (6, hidden), &Device::Cpu).unwrap();
-    quantized.push(("token_embd.weight".into(), QTensor::quantize(&embedding, GgmlDType::F32).unwrap()));
+    let values = Tensor::randn(0f32, 1.0, (6, hidden), &Device::Cpu).unwrap();
+    quantized.push(("token_embd.weight".into(), QTensor::quantize(&values, embedding).unwrap()));
     let dequantized: Vec<(String, QTensor)> = quantized
         .iter()
         .map(|(name, t)| {
@@ -484,6 +504,6 @@ fn k_quant_layers_are_kept_in_their_blocks() {
     let (got, want) = (logits(&kept), logits(&plain));
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     for (g, w) in got.iter().zip(&want) {
-        assert!((g - w).abs() <= 0.02 * scale, "logit {g} against {w} (largest {scale})");
+        assert!((g - w).abs() <= tolerance * scale, "logit {g} against {w} (largest {scale})");
     }
 }

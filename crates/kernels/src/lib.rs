@@ -22,4 +22,6 @@ pub use gated::{gate_mul, GateActivation};
 pub use isa::Isa;
 pub use linear::linear_small;
 pub use op::{gated, isa, quantized_linear, small_linear, SMALL_M_MAX};
-pub use quant::{low_bit_linear, q8_linear, quant_linear, LowBitFormat, LowBitMatrix, Q8Matrix, QuantMatrix};
+pub use quant::{
+    low_bit_linear, q8_linear, quant_linear, HalfFormat, HalfMatrix, LowBitFormat, LowBitMatrix, Q8Matrix, QuantMatrix,
+};

@@ -252,21 +252,22 @@ fn the_largest_k_block_sums_do_not_overflow() {
     }
 }
 
-/// Matrices of different formats stacked (row counts that leave padding in their last tiles)
-/// give the product of their dequantized rows one after another: each part writes its own
-/// columns of the output.
+/// Matrices of different formats stacked, row counts that leave padding in their last tiles
+/// (and a BF16 one, which reads the activations unrounded), give the product of their
+/// dequantized rows one after another: each part writes its own columns of the output.
 #[test]
 fn stacked_parts_write_their_own_columns() {
-    use recyclegpt_kernels::{quant_linear, Q8Matrix, QuantMatrix};
+    use recyclegpt_kernels::{quant_linear, HalfFormat, HalfMatrix, Q8Matrix, QuantMatrix};
     let (m, k) = (3, 256);
     let parts = vec![
         QuantMatrix::Q8_0(Q8Matrix::quantize(&values(20 * k, 1), 20, k).unwrap()),
         QuantMatrix::LowBit(LowBitMatrix::quantize(&values(7 * k, 2), 7, k, LowBitFormat::Q5_0).unwrap()),
         QuantMatrix::LowBit(from_ggml(LowBitFormat::Q6K, &k_blocks(LowBitFormat::Q6K, 33, k, 3), 33, k).unwrap()),
+        QuantMatrix::Half(HalfMatrix::quantize(&values(5 * k, 5), 5, k, HalfFormat::BF16).unwrap()),
     ];
     let stacked = QuantMatrix::stacked(parts).unwrap();
     let n = stacked.rows();
-    assert_eq!(n, 60);
+    assert_eq!(n, 65);
     let x = values(m * k, 4);
     let outlier = outlier(&stacked.dequantize(), &x, m, n, k, |isa, out| quant_linear(isa, &x, m, &stacked, out));
     assert!(outlier.is_none(), "{outlier:?}");

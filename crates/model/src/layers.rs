@@ -152,6 +152,10 @@ impl Linear {
                 recyclegpt_kernels::LowBitFormat::Q5K => Quantization::Q5K,
                 recyclegpt_kernels::LowBitFormat::Q6K => Quantization::Q6K,
             },
+            QuantMatrix::Half(w) => match w.format() {
+                recyclegpt_kernels::HalfFormat::F16 => Quantization::F16,
+                recyclegpt_kernels::HalfFormat::BF16 => Quantization::BF16,
+            },
         })
     }
 

@@ -3,7 +3,7 @@ use crate::error::{ModelError, Result};
 use crate::gguf::is_gguf;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use recyclegpt_kernels::{LowBitFormat, LowBitMatrix, Q8Matrix, QuantMatrix};
+use recyclegpt_kernels::{HalfFormat, HalfMatrix, LowBitFormat, LowBitMatrix, Q8Matrix, QuantMatrix};
 use std::path::Path;
 
 /// The format linear layers are quantized to at load; activations are quantized to int8 per
@@ -26,15 +26,18 @@ pub enum Quantization {
     Q4K,
     Q5K,
     Q6K,
+    /// 16-bit floats, products against unrounded activations.
+    F16,
+    BF16,
     /// Each GGUF tensor in the type the file stores it in where a kernel has that type (the
-    /// formats above), the others in Q8_0 (F16, BF16); every tensor of other sources in
-    /// Q8_0, but a GGUF model's recyclable module takes the format of the base's layers. What
+    /// formats above), the others (F32) in Q8_0; every tensor of other sources in Q8_0, but a
+    /// GGUF model's recyclable module takes the format of the base's layers. What
     /// `--quantize auto` picks for a GGUF file on the CPU.
     AsStored,
 }
 
 /// The formats a GGUF tensor is kept in as it is stored.
-const KEPT_AS_STORED: [Quantization; 8] = [
+const KEPT_AS_STORED: [Quantization; 10] = [
     Quantization::Q8_0,
     Quantization::Q4_0,
     Quantization::Q4_1,
@@ -43,6 +46,8 @@ const KEPT_AS_STORED: [Quantization; 8] = [
     Quantization::Q4K,
     Quantization::Q5K,
     Quantization::Q6K,
+    Quantization::F16,
+    Quantization::BF16,
 ];
 
 impl std::str::FromStr for Quantization {
@@ -58,6 +63,8 @@ impl std::str::FromStr for Quantization {
             "q4_k" => Ok(Quantization::Q4K),
             "q5_k" => Ok(Quantization::Q5K),
             "q6_k" => Ok(Quantization::Q6K),
+            "f16" => Ok(Quantization::F16),
+            "bf16" => Ok(Quantization::BF16),
             other => Err(ModelError::Config(format!("unknown quantization `{other}` (supported: {FORMATS})"))),
         }
     }
@@ -67,6 +74,7 @@ impl std::fmt::Display for Quantization {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Quantization::AsStored => f.write_str("as stored"),
+            Quantization::BF16 => f.write_str("bf16"),
             Quantization::Q4K => f.write_str("q4_k"),
             Quantization::Q5K => f.write_str("q5_k"),
             Quantization::Q6K => f.write_str("q6_k"),
@@ -87,6 +95,8 @@ impl Quantization {
             Quantization::Q4K => Some(GgmlDType::Q4K),
             Quantization::Q5K => Some(GgmlDType::Q5K),
             Quantization::Q6K => Some(GgmlDType::Q6K),
+            Quantization::F16 => Some(GgmlDType::F16),
+            Quantization::BF16 => Some(GgmlDType::BF16),
             Quantization::AsStored => None,
         }
     }
@@ -119,7 +129,7 @@ impl Quantization {
 
     /// `values` (`rows × cols`, row-major) in this format (`AsStored`: Q8_0; a K-quant where
     /// `cols` is not a multiple of 256: its [`Quantization::fallback`]); `None` unless `cols` is
-    /// a positive multiple of 32.
+    /// a positive multiple of 32 (F16, BF16: positive).
     pub fn quantize(self, values: &[f32], rows: usize, cols: usize) -> Option<QuantMatrix> {
         if let (Some(format), Some(ggml)) = (self.k_quant(), self.ggml_type()) {
             if let Some(matrix) = k_blocks(values, rows, cols, format, ggml) {
@@ -135,12 +145,14 @@ impl Quantization {
             Quantization::Q4_1 => low_bit(LowBitFormat::Q4_1),
             Quantization::Q5_0 => low_bit(LowBitFormat::Q5_0),
             Quantization::Q5_1 => low_bit(LowBitFormat::Q5_1),
+            Quantization::F16 => HalfMatrix::quantize(values, rows, cols, HalfFormat::F16).map(QuantMatrix::Half),
+            Quantization::BF16 => HalfMatrix::quantize(values, rows, cols, HalfFormat::BF16).map(QuantMatrix::Half),
         }
     }
 }
 
 /// The formats `--quantize` names.
-const FORMATS: &str = "q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k";
+const FORMATS: &str = "q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, f16, bf16";
 
 /// `values` (`rows × cols`) in llama.cpp's blocks of the K-quant `format` (`ggml`), through
 /// candle's port of llama.cpp's reference quantizer (it searches for each block's scales: one

@@ -1,8 +1,9 @@
 //! `out[m, n] = x[m, k] · w[n, k]ᵀ` with `w` quantized in blocks of 32 values (Q8_0, or 4- to
 //! 6-bit values with a scale and a minimum per block or half block) and `x` quantized to int8
-//! per block for each call, so that each block is an integer dot product.
+//! per block for each call, so that each block is an integer dot product; or `w` in F16 or
+//! BF16, kept as a file stores it, against `x` as it is (`half`).
 //!
-//! Both formats repack a matrix at load into tiles of 16 rows. Within a block, each group of 4
+//! Every format repacks a matrix at load into tiles of 16 rows. Within a block, each group of 4
 //! columns holds the 16 rows' values side by side, so one `vpdpbusd` multiplies 4 broadcast
 //! activation bytes into 16 rows' sums at once: a tile's outputs come out as one vector with no
 //! horizontal sums, the weights stream from memory in order, and each group is read once for
@@ -12,6 +13,9 @@ use crate::pool::{self, OutPtr};
 use activations::{Activations, ACTIVATIONS};
 
 mod activations;
+mod half;
+#[cfg(target_arch = "x86_64")]
+mod half_x86;
 mod lowbit;
 mod lowbit_ggml;
 #[cfg(target_arch = "x86_64")]
@@ -20,6 +24,7 @@ mod q8;
 #[cfg(target_arch = "x86_64")]
 mod q8_x86;
 
+pub use half::{HalfFormat, HalfMatrix};
 pub use lowbit::{LowBitFormat, LowBitMatrix};
 pub use q8::Q8Matrix;
 
@@ -30,13 +35,14 @@ const TILE: usize = 16;
 /// Columns per group: the bytes one `vpdpbusd` lane multiplies.
 const GROUP: usize = 4;
 
-/// A weight matrix in one of the quantized formats, or several stacked (their rows one after
-/// another: a GGUF file's query, key and value projections, each kept in the type it is stored
-/// in, read as one matrix).
+/// A weight matrix in one of the quantized formats (or in 16-bit floats), or several stacked
+/// (their rows one after another: a GGUF file's query, key and value projections, each kept in
+/// the type it is stored in, read as one matrix).
 #[derive(Debug, Clone)]
 pub enum QuantMatrix {
     Q8_0(Q8Matrix),
     LowBit(LowBitMatrix),
+    Half(HalfMatrix),
     Stacked(Vec<QuantMatrix>),
 }
 
@@ -53,6 +59,7 @@ impl QuantMatrix {
         match self {
             QuantMatrix::Q8_0(w) => w.rows(),
             QuantMatrix::LowBit(w) => w.rows(),
+            QuantMatrix::Half(w) => w.rows(),
             QuantMatrix::Stacked(parts) => parts.iter().map(QuantMatrix::rows).sum(),
         }
     }
@@ -61,6 +68,7 @@ impl QuantMatrix {
         match self {
             QuantMatrix::Q8_0(w) => w.cols(),
             QuantMatrix::LowBit(w) => w.cols(),
+            QuantMatrix::Half(w) => w.cols(),
             QuantMatrix::Stacked(parts) => parts.first().map_or(0, QuantMatrix::cols),
         }
     }
@@ -70,6 +78,7 @@ impl QuantMatrix {
         match self {
             QuantMatrix::Q8_0(w) => w.bytes(),
             QuantMatrix::LowBit(w) => w.bytes(),
+            QuantMatrix::Half(w) => w.bytes(),
             QuantMatrix::Stacked(parts) => parts.iter().map(QuantMatrix::bytes).sum(),
         }
     }
@@ -78,6 +87,7 @@ impl QuantMatrix {
         match self {
             QuantMatrix::Q8_0(w) => w.dequantize(),
             QuantMatrix::LowBit(w) => w.dequantize(),
+            QuantMatrix::Half(w) => w.dequantize(),
             QuantMatrix::Stacked(parts) => parts.iter().flat_map(QuantMatrix::dequantize).collect(),
         }
     }
@@ -87,6 +97,7 @@ impl QuantMatrix {
         match self {
             QuantMatrix::Q8_0(w) => w.dequantize_row(row),
             QuantMatrix::LowBit(w) => w.dequantize_row(row),
+            QuantMatrix::Half(w) => w.dequantize_row(row),
             QuantMatrix::Stacked(parts) => {
                 let mut row = row;
                 for part in parts {
@@ -105,6 +116,7 @@ impl QuantMatrix {
         match self {
             QuantMatrix::Q8_0(w) => vec![Matrix::Q8(w)],
             QuantMatrix::LowBit(w) => vec![Matrix::LowBit(w)],
+            QuantMatrix::Half(w) => vec![Matrix::Half(w)],
             QuantMatrix::Stacked(parts) => parts.iter().flat_map(QuantMatrix::parts).collect(),
         }
     }
@@ -125,11 +137,12 @@ pub fn low_bit_linear(isa: Isa, x: &[f32], m: usize, w: &LowBitMatrix, out: &mut
     run(isa, x, m, &[Matrix::LowBit(w)], out)
 }
 
-/// A borrowed matrix of either format.
+/// A borrowed matrix of any format.
 #[derive(Clone, Copy)]
 enum Matrix<'a> {
     Q8(&'a Q8Matrix),
     LowBit(&'a LowBitMatrix),
+    Half(&'a HalfMatrix),
 }
 
 impl Matrix<'_> {
@@ -137,6 +150,7 @@ impl Matrix<'_> {
         match self {
             Matrix::Q8(w) => w.rows(),
             Matrix::LowBit(w) => w.rows(),
+            Matrix::Half(w) => w.rows(),
         }
     }
 
@@ -144,6 +158,7 @@ impl Matrix<'_> {
         match self {
             Matrix::Q8(w) => w.cols(),
             Matrix::LowBit(w) => w.cols(),
+            Matrix::Half(w) => w.cols(),
         }
     }
 }
@@ -187,8 +202,11 @@ fn run(isa: Isa, x: &[f32], m: usize, parts: &[Matrix], out: &mut [f32]) {
     let ptr = OutPtr(out.as_mut_ptr());
     ACTIVATIONS.with(|cell| {
         let mut a = cell.borrow_mut();
-        let halves = parts.iter().any(|part| matches!(part, Matrix::LowBit(w) if w.format() == LowBitFormat::Q6K));
-        a.fill(path, x, m, k, halves);
+        // The 16-bit float formats read `x` as it is.
+        if parts.iter().any(|part| !matches!(part, Matrix::Half(_))) {
+            let halves = parts.iter().any(|part| matches!(part, Matrix::LowBit(w) if w.format() == LowBitFormat::Q6K));
+            a.fill(path, x, m, k, halves);
+        }
         let a = &*a;
         pool::split(tiles, m * n * k, |range| {
             for tile in range {
@@ -204,6 +222,7 @@ fn run(isa: Isa, x: &[f32], m: usize, parts: &[Matrix], out: &mut [f32]) {
                     match parts[p] {
                         Matrix::Q8(w) => w.tile(path, a, tile - first, out),
                         Matrix::LowBit(w) => w.tile(path, a, tile - first, out),
+                        Matrix::Half(w) => w.tile(path, x, m, tile - first, out),
                     }
                 }
             }
