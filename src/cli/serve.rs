@@ -107,10 +107,11 @@ pub struct ServeArgs {
     /// auto (f32 on the CPU, f16 on a GPU), f32, f16 or bf16.
     #[arg(long, env = "RECYCLEGPT_DTYPE")]
     dtype: Option<DTypeSpec>,
-    /// auto (a GGUF file on the CPU: each tensor in its own Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/K-quant
-    /// blocks, any other type in q8_0; other models: none), none, q8_0, q4_0, q4_1, q5_0, q5_1,
-    /// q4_k, q5_k or q6_k: keep the linear layers of the model and its module quantized (CPU; a
-    /// K-quant where rows are not whole blocks of 256 falls back to q4_1, q5_1, q8_0).
+    /// auto (a GGUF file on the CPU: each tensor in its own Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/K-quant/
+    /// F16/BF16 blocks, F32 in q8_0; other models: none), none, q8_0, q4_0, q4_1, q5_0, q5_1,
+    /// q4_k, q5_k, q6_k, f16 or bf16: keep the linear layers of the model and its module in that
+    /// format (CPU; a K-quant where rows are not whole blocks of 256 falls back to q4_1, q5_1,
+    /// q8_0).
     #[arg(long, env = "RECYCLEGPT_QUANTIZE", default_value = "auto")]
     quantize: QuantizeSpec,
     #[arg(long, value_enum, env = "RECYCLEGPT_RECYCLE_INIT", default_value = "file")]
