@@ -6,8 +6,8 @@ use candle_core::{Device, Tensor};
 use recyclegpt_kernels::{HalfFormat, HalfMatrix, LowBitFormat, LowBitMatrix, Q8Matrix, QuantMatrix};
 use std::path::Path;
 
-/// The format linear layers are quantized to at load; activations are quantized to int8 per
-/// block of 32 for each product.
+/// The format linear layers are kept in from load; against the integer formats, activations are
+/// quantized to int8 per block of 32 for each product (against F16 and BF16 they stay f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quantization {
     /// Blocks of 32 int8 values with one scale.
