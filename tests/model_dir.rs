@@ -67,10 +67,33 @@ fn sharded_and_half_precision_checkpoints_load() {
         let converted: HashMap<String, Tensor> =
             tensors(&half).into_iter().map(|(n, t)| (n, t.to_dtype(dtype).unwrap())).collect();
         candle_core::safetensors::save(&converted, half.join("model.safetensors")).unwrap();
-        let logits = first_logits(&load(&half, RecycleInit::FromFiles).model);
+        let plain = load(&half, RecycleInit::FromFiles);
+        let logits = first_logits(&plain.model);
         let diff = logits.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(diff < 0.5, "{name}: logits differ by {diff}");
+        // As stored (`--quantize auto` on the CPU), the layers keep the file's 16 bits: half the
+        // bytes of f32, the same values, so the same logits but for summation order.
+        let stored = load_as_stored(&half);
+        let ratio = stored.model.layer_bytes() as f64 / plain.model.layer_bytes() as f64;
+        assert!((0.45..=0.55).contains(&ratio), "{name}: the layers read {ratio} of f32's bytes");
+        let largest = logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (got, want) in first_logits(&stored.model).iter().zip(&logits) {
+            assert!((got - want).abs() <= 1e-4 * largest, "{name}: logit {got} against {want}");
+        }
     }
+    // An f32 checkpoint stays unquantized as stored.
+    let f32_dir = shared.join("hf");
+    assert_eq!(
+        load_as_stored(&f32_dir).model.layer_bytes(),
+        load(&f32_dir, RecycleInit::FromFiles).model.layer_bytes()
+    );
+}
+
+/// `dir` loaded as `--quantize auto` loads it on the CPU.
+fn load_as_stored(dir: &Path) -> LoadedModel {
+    let quantize = Some(recyclegpt_model::Quantization::AsStored);
+    let options = LoadOptions { quantize, recycle_init: RecycleInit::FromFiles, ..LoadOptions::default() };
+    LoadedModel::load(dir, &options).expect("loads")
 }
 
 #[test]

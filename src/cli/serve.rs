@@ -107,8 +107,9 @@ pub struct ServeArgs {
     /// auto (f32 on the CPU, f16 on a GPU), f32, f16 or bf16.
     #[arg(long, env = "RECYCLEGPT_DTYPE")]
     dtype: Option<DTypeSpec>,
-    /// auto (a GGUF file on the CPU: each tensor in its own Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/K-quant/
-    /// F16/BF16 blocks, F32 in q8_0; other models: none), none, q8_0, q4_0, q4_1, q5_0, q5_1,
+    /// auto (on the CPU, a GGUF file: each tensor in its own Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/K-quant/
+    /// F16/BF16 blocks, F32 in q8_0; a model directory: its F16/BF16 tensors as stored, F32
+    /// unquantized; on a GPU: none), none, q8_0, q4_0, q4_1, q5_0, q5_1,
     /// q4_k, q5_k, q6_k, f16 or bf16: keep the linear layers of the model and its module in that
     /// format (CPU; a K-quant where rows are not whole blocks of 256 falls back to q4_1, q5_1,
     /// q8_0).

@@ -86,13 +86,13 @@ impl LoadedModel {
     }
 }
 
-/// How a GGUF model's module (a safetensors file, or random) keeps its linear layers: where the
-/// base keeps each tensor as stored, in the format of the base's layers, so that a module step
-/// reads as little as they do (a Q4_1 module beside a Q4_1 file stepped in 0.30 ms, in Q8_0 in
-/// 0.38-0.41, for the same acceptance); otherwise as asked.
+/// How a model's module (a safetensors file, or random) keeps its linear layers: where the base
+/// keeps each tensor as stored, in the format of the base's layers (unquantized beside f32
+/// layers), so that a module step reads as little as they do (a Q4_1 module beside a Q4_1 file
+/// stepped in 0.30 ms, in Q8_0 in 0.38-0.41, for the same acceptance); otherwise as asked.
 fn module_quantization(quantize: Option<Quantization>, base: &Llama) -> Option<Quantization> {
     match quantize {
-        Some(Quantization::AsStored) => base.layer_quantization().or(quantize),
+        Some(Quantization::AsStored) => base.layer_quantization(),
         other => other,
     }
 }
@@ -176,16 +176,14 @@ impl RecycleGpt {
             .in_layout(HfLayout::of(&config));
         let llama = Llama::load(&weights, &config)?;
         let recycle_path = dir.join("recycle.safetensors");
+        let quantize = module_quantization(options.quantize, &llama);
         let (recycle, recycle_source) = match &options.recycle_init {
-            &RecycleInit::Random { seed, layers } => {
-                random_module(&mut config, seed, layers, options, options.quantize)?
-            }
-            RecycleInit::FromDir(module_dir) => module_from_dir(module_dir, &mut config, options, options.quantize)?,
+            &RecycleInit::Random { seed, layers } => random_module(&mut config, seed, layers, options, quantize)?,
+            RecycleInit::FromDir(module_dir) => module_from_dir(module_dir, &mut config, options, quantize)?,
             RecycleInit::FromFiles => match (&config.recycle, recycle_path.exists()) {
                 (Some(_), true) => {
                     let files = SafetensorFiles::open(std::slice::from_ref(&recycle_path))?;
-                    let weights =
-                        Weights::from_files(files, dtype, &options.device).with_quantization(options.quantize);
+                    let weights = Weights::from_files(files, dtype, &options.device).with_quantization(quantize);
                     let module = RecycleModule::load(&weights, &config)?;
                     (Some(module), RecycleSource::Trained)
                 }

@@ -30,9 +30,9 @@ pub enum Quantization {
     F16,
     BF16,
     /// Each GGUF tensor in the type the file stores it in where a kernel has that type (the
-    /// formats above), the others (F32) in Q8_0; every tensor of other sources in Q8_0, but a
-    /// GGUF model's recyclable module takes the format of the base's layers. What
-    /// `--quantize auto` picks for a GGUF file on the CPU.
+    /// formats above), the others (F32) in Q8_0; a safetensors file's F16 and BF16 tensors as
+    /// stored, its F32 ones unquantized; random weights in Q8_0. A model's recyclable module
+    /// takes the format of the base's layers. What `--quantize auto` picks on the CPU.
     AsStored,
 }
 
@@ -171,8 +171,9 @@ fn k_blocks(values: &[f32], rows: usize, cols: usize, format: LowBitFormat, ggml
 /// What `--quantize` asks for, resolved against the model and device before loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QuantizeSpec {
-    /// For a GGUF file on the CPU, each tensor as the file stores it where the kernels have its
+    /// On the CPU, for a GGUF file each tensor as the file stores it where the kernels have its
     /// type (kept exactly) and Q8_0 for any other (users of such files expect quantized speed);
+    /// for a model directory its F16 and BF16 tensors as stored (exact, at half f32's bytes);
     /// none otherwise.
     #[default]
     Auto,
@@ -198,7 +199,7 @@ impl QuantizeSpec {
     /// The quantization to load `model` with on `device`.
     pub fn resolve(self, model: &Path, device: &Device) -> Option<Quantization> {
         match self {
-            QuantizeSpec::Auto if is_gguf(model) && device.is_cpu() => Some(Quantization::AsStored),
+            QuantizeSpec::Auto if (is_gguf(model) || model.is_dir()) && device.is_cpu() => Some(Quantization::AsStored),
             QuantizeSpec::Auto | QuantizeSpec::None => None,
             QuantizeSpec::Format(format) => Some(format),
         }

@@ -107,6 +107,16 @@ impl SafetensorFiles {
         rows.to_dtype(dtype).map_err(|e| err(e.to_string()))
     }
 
+    /// The 16-bit float format `name` is stored in, if it is F16 or BF16.
+    fn stored_half(&self, name: &str) -> Option<Quantization> {
+        let (_, mapped) = self.file_of(name).ok()?;
+        match DType::try_from(mapped.get(name).ok()?.dtype()).ok()? {
+            DType::F16 => Some(Quantization::F16),
+            DType::BF16 => Some(Quantization::BF16),
+            _ => None,
+        }
+    }
+
     /// The file that holds `name`, and its mapping.
     fn file_of(&self, name: &str) -> Result<&(PathBuf, MmapedSafetensors)> {
         let Some(&file) = self.index.get(name) else {
@@ -200,10 +210,19 @@ impl Weights {
     /// tensors keep the type they are stored in (`AsStored`), or a low-bit format asked for,
     /// only where the file stores them all in it (kept exactly); a tensor the file stores in
     /// another type (often the embedding, a K-quant or Q8_0) is kept in Q8_0 rather than losing
-    /// precision.
+    /// precision. Safetensors files' tensors, as stored, keep F16 or BF16 where all of them are
+    /// in it, and stay unquantized otherwise.
     pub fn quantization_for(&self, names: &[&str]) -> Option<Quantization> {
         let format = self.quantization?;
-        let Source::Gguf(gguf) = &*self.source else { return Some(format) };
+        let gguf = match &*self.source {
+            Source::Gguf(gguf) => gguf,
+            Source::Files(files) if format == Quantization::AsStored => {
+                let mut stored = names.iter().map(|name| files.stored_half(&self.full_name(name)));
+                let first = stored.next().flatten();
+                return first.filter(|&first| stored.all(|other| other == Some(first)));
+            }
+            _ => return Some(format),
+        };
         let mut stored = names.iter().map(|name| gguf.0.stored_type(&self.full_name(name)));
         let first = stored.next().flatten();
         let shared = first.filter(|&first| stored.all(|other| other == Some(first)));
