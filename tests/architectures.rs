@@ -214,6 +214,17 @@ fn loads_alike(name: &str, config: serde_json::Value, metadata: &[(String, gguf_
         model.forward(&mut [input]).unwrap().logits
     };
     assert_eq!(logits(&from_hf), logits(&from_gguf), "{name}: the two files of one model give different logits");
+    // The directory in BF16, as stored (`--quantize auto` on the CPU): every layer reads half
+    // f32's bytes, fused ones (Phi-3's `qkv_proj`, `gate_up_proj`) included.
+    let half = common::scratch(&format!("{name}-bf16"));
+    std::fs::write(half.join("config.json"), config.to_string()).unwrap();
+    let bf16: std::collections::HashMap<String, Tensor> =
+        hf.iter().map(|(k, t)| (k.clone(), t.to_dtype(candle_core::DType::BF16).unwrap())).collect();
+    candle_core::safetensors::save(&bf16, half.join("model.safetensors")).unwrap();
+    let as_stored = LoadOptions { quantize: Some(recyclegpt_model::Quantization::AsStored), ..LoadOptions::default() };
+    let stored = RecycleGpt::load(&half, &as_stored).expect("the BF16 directory loads");
+    let ratio = stored.layer_bytes() as f64 / from_hf.layer_bytes() as f64;
+    assert!((0.45..=0.55).contains(&ratio), "{name}: BF16 layers read {ratio} of f32's bytes");
 }
 
 /// The shape every tiny model below shares: vocabulary, width, feed-forward, layers, heads,

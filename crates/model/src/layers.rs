@@ -56,6 +56,9 @@ impl Linear {
     }
 
     fn kept(weight: Tensor, quantization: Option<Quantization>, exactly: bool) -> Result<Self> {
+        // A K-quant that had to be kept exactly and was not read from the file's blocks would
+        // come back from values only by chance (its quantizer searches for its scales): Q8_0.
+        let quantization = quantization.map(|q| if exactly && q.k_quant().is_some() { Quantization::Q8_0 } else { q });
         if let (Some(format), Ok((rows, cols))) = (quantization, weight.dims2()) {
             if is_host_f32(&weight) {
                 // Read in place: a copy of an embedding-sized matrix would raise the load's peak.

@@ -217,7 +217,8 @@ impl Weights {
         let gguf = match &*self.source {
             Source::Gguf(gguf) => gguf,
             Source::Files(files) if format == Quantization::AsStored => {
-                let mut stored = names.iter().map(|name| files.stored_half(&self.full_name(name)));
+                let stored_name = |name: &str| self.layout.locate(&self.full_name(name)).name;
+                let mut stored = names.iter().map(|name| files.stored_half(&stored_name(name)));
                 let first = stored.next().flatten();
                 return first.filter(|&first| stored.all(|other| other == Some(first)));
             }
