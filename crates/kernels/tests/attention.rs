@@ -121,7 +121,8 @@ fn rows_together_equal_rows_alone_bit_for_bit() {
     for (heads, kv_heads, head_dim, window) in shapes {
         let s = AttentionShape { heads, kv_heads, head_dim, window };
         // From an empty cache too (`total == n`: a first prefill chunk, fewer than 4 keys seen).
-        for (n, total) in [(2, 130), (3, 3), (3, 7), (4, 4), (4, 64), (5, 131), (6, 6), (7, 40)] {
+        // (9, 300): seven tiles per key/value head of SmolLM2's shape over a longer cache.
+        for (n, total) in [(2, 130), (3, 3), (3, 7), (4, 4), (4, 64), (5, 131), (6, 6), (7, 40), (9, 300)] {
             let width = heads * head_dim;
             let q = random_in(n * width, 21, 3.0);
             let k = random_in(total * kv_heads * head_dim, 22, 3.0);

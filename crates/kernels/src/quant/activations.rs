@@ -13,6 +13,9 @@ pub(super) struct Activations {
     pub(super) scales: Vec<f32>,
     /// `Σx` of each block's int8 values.
     pub(super) sums: Vec<i32>,
+    /// `scale · Σx` of each block: the minimum's term of the low-bit formats, one broadcast in
+    /// the kernels' block epilogue instead of a conversion and a product per output tile.
+    pub(super) scaled_sums: Vec<f32>,
     /// `Σx` of the first 16 int8 values of each block, for weights with a scale per half block
     /// (Q6_K); empty unless asked for.
     pub(super) low_sums: Vec<i32>,
@@ -40,6 +43,8 @@ impl Activations {
                 Path::Scalar => quantize_scalar(block, quants),
             };
         }
+        self.scaled_sums.clear();
+        self.scaled_sums.extend(self.scales.iter().zip(&self.sums).map(|(&scale, &sum)| scale * sum as f32));
         self.low_sums.clear();
         if halves {
             let low = |block: &[i8]| block[..BLOCK / 2].iter().map(|&v| i32::from(v)).sum::<i32>();
