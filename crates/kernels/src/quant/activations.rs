@@ -159,6 +159,7 @@ mod tests {
             assert_eq!(got.quants, reference.quants, "{isa:?}");
             assert_eq!(got.scales, reference.scales, "{isa:?}");
             assert_eq!(got.sums, reference.sums, "{isa:?}");
+            assert_eq!(got.scaled_sums, reference.scaled_sums, "{isa:?}");
             assert_eq!(got.low_sums, reference.low_sums, "{isa:?}");
         }
     }

@@ -296,7 +296,7 @@ pub(super) unsafe fn tile_avx2<const BITS: u32, const S: u8>(w: &LowBitMatrix, a
                         let wide = if BITS > 4 { sums[0] } else { _mm256_madd_epi16(sums[0], ones) };
                         let dot = _mm256_cvtepi32_ps(wide);
                         acc[half] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, scale), acc[half]);
-                        acc[half] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.scales[xa] * a.sums[xa] as f32), acc[half]);
+                        acc[half] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.scaled_sums[xa]), acc[half]);
                     }
                 }
             }
