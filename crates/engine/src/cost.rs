@@ -43,6 +43,30 @@ const OBSERVED_WEIGHT: f64 = 0.1;
 /// for a millisecond should nudge the estimate, not double it.
 const OBSERVED_CLAMP: f64 = 2.0;
 
+/// What a decision to draft has meant for a sequence, as moving averages over its drafting
+/// steps: the module's drafts accepted (`tokens`), the drafts the forward carried (`rows`: the
+/// first and its chain) and the module steps run (`steps`: one per draft, and one for a chained
+/// draft trimmed as not worth its row). Valuing a draft at its chain's yield but its first
+/// draft's cost let a module whose steps are dear draft where its chains lost: `auto` at 0.88x
+/// `off` with a module drafting from the whole 49,152-token head (docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DraftValue {
+    pub tokens: f64,
+    pub rows: f64,
+    pub steps: f64,
+}
+
+impl DraftValue {
+    /// One draft, no chain, accepted with probability `acceptance`.
+    pub fn single(acceptance: f64) -> Self {
+        Self { tokens: acceptance, rows: 1.0, steps: 1.0 }
+    }
+
+    fn per_row(&self) -> f64 {
+        self.tokens / self.rows.max(1.0)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CostModel {
     /// Seconds of a decoding forward over that many tokens, with a logits row for each.
@@ -108,6 +132,14 @@ impl CostModel {
         self.full.at(tokens)
     }
 
+    /// [`CostModel::full_seconds`] between sizes: a candidate's chains put a fractional number
+    /// of rows into the forward on average.
+    fn full_at(&self, tokens: f64) -> f64 {
+        let below = tokens.floor().max(0.0) as usize;
+        let (low, high) = (self.full_seconds(below), self.full_seconds(below + 1));
+        low + (high - low) * (tokens - below as f64)
+    }
+
     /// Seconds of a module step drafting for `drafts` sequences (none: no module step).
     pub fn module_seconds(&self, drafts: usize) -> f64 {
         if drafts == 0 {
@@ -117,28 +149,38 @@ impl CostModel {
         }
     }
 
-    /// Which candidates draft. The next forward feeds `base_tokens` tokens before any draft,
-    /// `fixed_drafts` of them drafts that other modes make anyway, and the step is expected to
-    /// emit `expected` tokens without the candidates' drafts. `acceptance` holds the tokens each
-    /// candidate's draft is expected to have accepted (its acceptance probability, or more
-    /// where its chains add tokens); the likeliest are considered first, and each is added
-    /// only while it raises the expected tokens per second by a clear margin
-    /// ([`DRAFT_MARGIN`]).
-    pub fn choose(&self, base_tokens: usize, fixed_drafts: usize, expected: f64, acceptance: &[f64]) -> Vec<bool> {
-        let mut order: Vec<usize> = (0..acceptance.len()).collect();
-        order.sort_by(|&a, &b| acceptance[b].total_cmp(&acceptance[a]));
-        let mut chosen = vec![false; acceptance.len()];
-        let (mut tokens, mut drafts, mut emitted) = (base_tokens + fixed_drafts, fixed_drafts, expected);
-        let mut time = self.full_seconds(tokens) + self.module_seconds(drafts);
-        for i in order {
-            let added = self.full_seconds(tokens + 1) + self.module_seconds(drafts + 1) - time;
-            if acceptance[i] * time <= DRAFT_MARGIN * emitted * added {
+    /// Which candidates draft. The next forward feeds `base_tokens` tokens before any draft;
+    /// the `fixed` drafts are made anyway (other modes), and the step is expected to emit
+    /// `expected` tokens without any draft. Each candidate's [`DraftValue`] says what drafting
+    /// has cost it and yielded, its chains included; the best yield per row is considered
+    /// first, and each is added only while it raises the expected tokens per second by a clear
+    /// margin ([`DRAFT_MARGIN`]).
+    pub fn choose(
+        &self,
+        base_tokens: usize,
+        fixed: &[DraftValue],
+        expected: f64,
+        candidates: &[DraftValue],
+    ) -> Vec<bool> {
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_by(|&a, &b| candidates[b].per_row().total_cmp(&candidates[a].per_row()));
+        let mut chosen = vec![false; candidates.len()];
+        let mut tokens = base_tokens as f64 + fixed.iter().map(|d| d.rows).sum::<f64>();
+        let mut emitted = expected + fixed.iter().map(|d| d.tokens).sum::<f64>();
+        let mut time = self.full_at(tokens) + self.module_seconds(fixed.len());
+        // `drafts`: the sequences drafting before this candidate.
+        for (drafts, i) in (fixed.len()..).zip(order) {
+            let candidate = &candidates[i];
+            // Its chained steps run beside the others' as its first does: each costs what one
+            // more drafting sequence adds to a module step.
+            let step = self.module_seconds(drafts + 1) - self.module_seconds(drafts);
+            let added = self.full_at(tokens + candidate.rows) - self.full_at(tokens) + step * candidate.steps;
+            if candidate.tokens * time <= DRAFT_MARGIN * emitted * added {
                 break;
             }
             chosen[i] = true;
-            tokens += 1;
-            drafts += 1;
-            emitted += acceptance[i];
+            tokens += candidate.rows;
+            emitted += candidate.tokens;
             time += added;
         }
         chosen
@@ -359,6 +401,10 @@ mod tests {
         CostModel::from_points(full, module)
     }
 
+    fn singles(acceptance: &[f64]) -> Vec<DraftValue> {
+        acceptance.iter().map(|&a| DraftValue::single(a)).collect()
+    }
+
     #[test]
     fn interpolation_follows_the_points_and_extends_the_last_segment() {
         let costs = device();
@@ -371,19 +417,33 @@ mod tests {
     fn a_likely_draft_pays_at_batch_one_and_an_unlikely_one_does_not() {
         let costs = device();
         // T = 10.5 ms, a draft adds 0.5 ms + 1.1 ms: it pays above α ≈ 0.15 (0.17 with the margin).
-        assert_eq!(costs.choose(1, 0, 1.0, &[0.6]), vec![true]);
-        assert_eq!(costs.choose(1, 0, 1.0, &[0.1]), vec![false]);
+        assert_eq!(costs.choose(1, &[], 1.0, &singles(&[0.6])), vec![true]);
+        assert_eq!(costs.choose(1, &[], 1.0, &singles(&[0.1])), vec![false]);
     }
 
     #[test]
     fn compute_bound_batches_stop_drafting() {
         let costs = device();
         let acceptance = vec![0.9; 64];
-        let chosen = costs.choose(64, 0, 64.0, &acceptance);
+        let chosen = costs.choose(64, &[], 64.0, &singles(&acceptance));
         assert!(chosen.iter().all(|c| !c), "no draft pays once each token costs its own time");
         // Small batches still draft, the likeliest first, while each draft pays.
-        let chosen = costs.choose(4, 0, 4.0, &[0.2, 0.9, 0.8, 0.05]);
+        let chosen = costs.choose(4, &[], 4.0, &singles(&[0.2, 0.9, 0.8, 0.05]));
         assert_eq!(chosen, vec![false, true, true, false]);
+    }
+
+    #[test]
+    fn a_chain_counts_its_rows_and_module_steps() {
+        // A module step as dear as half a forward: one draft yielding 0.9 tokens pays, but the
+        // same yield from chains of 2.5 rows and 3 module steps does not.
+        let costs = CostModel::from_points(vec![(1, 0.010), (2, 0.0105), (4, 0.0115)], vec![(1, 0.005), (2, 0.006)]);
+        assert_eq!(costs.choose(1, &[], 1.0, &singles(&[0.9])), vec![true]);
+        let chained = DraftValue { tokens: 0.9, rows: 2.5, steps: 3.0 };
+        assert_eq!(costs.choose(1, &[], 1.0, &[chained]), vec![false]);
+        // Drafts made anyway fill the forward and the module step first.
+        let fixed = [DraftValue { tokens: 0.5, rows: 2.0, steps: 2.0 }];
+        let cheap = DraftValue { tokens: 0.9, rows: 1.0, steps: 1.0 };
+        assert_eq!(costs.choose(1, &fixed, 1.0, &[cheap]), vec![true], "the second drafter's step adds 1 ms");
     }
 
     /// A measured (learning) model with `device()`'s figures.
@@ -396,7 +456,7 @@ mod tests {
     fn timed_steps_pull_the_estimate_toward_what_decoding_costs() {
         let mut costs = learning();
         // Start-up said a second token adds 0.5 ms to 10.5 ms; decoding finds it adds 5.5 ms.
-        assert!(costs.choose(1, 0, 1.0, &[0.5]) == vec![true]);
+        assert!(costs.choose(1, &[], 1.0, &singles(&[0.5])) == vec![true]);
         for _ in 0..200 {
             costs.observe_full(1, 0.0105);
             costs.observe_full(2, 0.016);
@@ -404,7 +464,7 @@ mod tests {
         assert!((costs.full_seconds(1) - 0.0105).abs() < 1e-4, "{}", costs.full_seconds(1));
         assert!((costs.full_seconds(2) - 0.016).abs() < 1e-4, "{}", costs.full_seconds(2));
         // A draft accepted half the time no longer pays: 0.5 · 10.5 < 1.1 · (5.5 + 1.1).
-        assert_eq!(costs.choose(1, 0, 1.0, &[0.5]), vec![false]);
+        assert_eq!(costs.choose(1, &[], 1.0, &singles(&[0.5])), vec![false]);
         // A size never timed takes its neighbour's departure, then learns its own.
         let before = costs.full_seconds(3);
         assert!(before > 0.0115 * 1.4, "size 3 follows size 2's departure: {before}");
@@ -440,7 +500,7 @@ mod tests {
         }
         assert!((step(&costs) - 0.5 * learned).abs() < 0.1 * learned, "and shrank with it: {}", step(&costs));
         // So a draft that is always accepted still pays, and probes go on.
-        assert_eq!(costs.choose(1, 0, 1.0, &[1.0]), vec![true]);
+        assert_eq!(costs.choose(1, &[], 1.0, &singles(&[1.0])), vec![true]);
     }
 
     #[test]
@@ -468,7 +528,7 @@ mod tests {
         assert!((step - 1.5 * measured_step).abs() < 0.01 * measured_step, "{step} vs {measured_step}");
         assert!(costs.full_seconds(128) > costs.full_seconds(64));
         // So a full batch still drafts nothing, though each forward costs more than measured.
-        assert!(costs.choose(64, 0, 64.0, &[0.9; 64]).iter().all(|c| !c));
+        assert!(costs.choose(64, &[], 64.0, &singles(&[0.9; 64])).iter().all(|c| !c));
     }
 
     #[test]

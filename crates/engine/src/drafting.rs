@@ -1,6 +1,6 @@
 //! Which sequences draft and how far: `auto`'s per-step decision, and chains of drafts, where
 //! the module is applied again to its own output.
-use crate::cost::CostModel;
+use crate::cost::{CostModel, DraftValue};
 use crate::sequence::MAX_DRAFTS;
 use crate::{DecodeMode, EngineError, Sequence};
 use candle_core::Tensor;
@@ -83,18 +83,18 @@ pub(crate) fn decide_auto_drafts(
     if !pairs.iter().any(|p| is_candidate(p, &*seqs)) {
         return Ok(());
     }
-    let fixed: Vec<f64> =
-        pairs.iter().filter(|p| p.draft && !is_candidate(p, &*seqs)).map(|p| seqs[p.seq].draft_yield()).collect();
+    let fixed: Vec<DraftValue> =
+        pairs.iter().filter(|p| p.draft && !is_candidate(p, &*seqs)).map(|p| seqs[p.seq].draft_value()).collect();
     let candidates: Vec<usize> = (0..pairs.len()).filter(|&k| is_candidate(&pairs[k], &*seqs)).collect();
-    // A draft is valued at what drafting has yielded the sequence, its chains included: the
-    // first draft's acceptance alone undervalues it wherever chains pay, and `auto` fell
-    // behind `verify` (1.09x against 1.25x `off` on chat) by declining drafts that paid.
-    let yields: Vec<f64> = candidates.iter().map(|&k| seqs[pairs[k].seq].draft_yield()).collect();
-    let expected = load.decoding + fixed.iter().sum::<f64>();
-    let pays = costs.choose(load.tokens, fixed.len(), expected, &yields);
+    // A draft is valued at what drafting has yielded the sequence and cost it, its chains
+    // included: the first draft's acceptance alone undervalues it wherever chains pay, and
+    // `auto` fell behind `verify` (1.09x against 1.25x `off` on chat) by declining drafts that
+    // paid.
+    let values: Vec<DraftValue> = candidates.iter().map(|&k| seqs[pairs[k].seq].draft_value()).collect();
+    let pays = costs.choose(load.tokens, &fixed, load.decoding, &values);
     // Probes are only worth making where a draft that is always accepted would pay: in a
     // compute-bound batch none would, and probing there would only cost.
-    let worth_probing = costs.choose(load.tokens, fixed.len(), expected, &[1.0])[0];
+    let worth_probing = costs.choose(load.tokens, &fixed, load.decoding, &[DraftValue::single(1.0)])[0];
     let mut skipped = vec![false; pairs.len()];
     for (&k, pays) in candidates.iter().zip(pays) {
         let pair = &mut pairs[k];

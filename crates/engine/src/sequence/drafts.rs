@@ -3,6 +3,7 @@
 //! estimate and probes), chains of drafts, and the grammar's tentative steps over them.
 use super::{FinishReason, Sequence, TokenSource};
 use crate::constraint::MASK_BUDGET;
+use crate::cost::DraftValue;
 use crate::sampling::{distribution, greedy_with_confidence, verify_draft, TokenDist};
 use crate::DecodeMode;
 use crate::EngineError;
@@ -41,7 +42,14 @@ pub(super) struct DraftRecord {
     /// included (0 for a rejected one): what a decision to draft yields, which is more than
     /// the first draft's acceptance wherever chains pay.
     pub(super) yield_per_draft: f64,
-    /// Where both averages started.
+    /// Moving averages of the module's drafts the forward carried per step that drafted, and
+    /// of the module steps run for them (a chained draft trimmed as not worth its row still
+    /// cost its step): what a decision to draft costs.
+    pub(super) rows: f64,
+    pub(super) steps: f64,
+    /// Module steps that made the drafts pending now.
+    pub(super) pending_steps: usize,
+    /// Where both acceptance averages started.
     pub(super) start: f64,
     /// Decode steps since its last draft.
     pub(super) idle: usize,
@@ -61,6 +69,9 @@ impl DraftRecord {
         Self {
             acceptance: start,
             yield_per_draft: start,
+            rows: 1.0,
+            steps: 1.0,
+            pending_steps: 0,
             start,
             idle: 0,
             probe_wait: FIRST_PROBE_WAIT,
@@ -71,12 +82,15 @@ impl DraftRecord {
         }
     }
 
-    /// The verdict on a step's module drafts: `tokens` of them accepted in a row (0: the first
-    /// was rejected).
-    fn record_verification(&mut self, tokens: usize) {
+    /// The verdict on a step's `rows` module drafts: `tokens` of them accepted in a row (0: the
+    /// first was rejected).
+    fn record_verification(&mut self, tokens: usize, rows: usize, steps: usize) {
         let accepted = tokens > 0;
+        let steps = steps.max(rows);
         self.acceptance += ACCEPTANCE_WEIGHT * (f64::from(u8::from(accepted)) - self.acceptance);
         self.yield_per_draft += ACCEPTANCE_WEIGHT * (tokens as f64 - self.yield_per_draft);
+        self.rows += ACCEPTANCE_WEIGHT * (rows as f64 - self.rows);
+        self.steps += ACCEPTANCE_WEIGHT * (steps as f64 - self.steps);
         self.accepted += usize::from(accepted);
         self.tokens += tokens;
         self.judged += 1;
@@ -128,10 +142,11 @@ impl Sequence {
         self.record = DraftRecord::new(estimate.clamp(0.0, 1.0));
     }
 
-    /// The module's drafts a decision to draft is expected to see accepted (chains included):
-    /// what `auto` weighs against a draft's cost.
-    pub(crate) fn draft_yield(&self) -> f64 {
-        self.record.yield_per_draft
+    /// What a decision to draft is expected to yield and cost, chains included: what `auto`
+    /// weighs.
+    pub(crate) fn draft_value(&self) -> DraftValue {
+        let record = &self.record;
+        DraftValue { tokens: record.yield_per_draft, rows: record.rows, steps: record.steps }
     }
 
     /// (accepted, judged): the verdicts on this sequence's first drafts.
@@ -158,6 +173,7 @@ impl Sequence {
     /// after the last draft gives a bonus token when all are accepted); returns how many of the
     /// `fed` positions stay cached: those up to the first rejected draft.
     pub(super) fn verify_drafts(&mut self, fed: usize, logits: Vec<Vec<f32>>) -> Result<usize, EngineError> {
+        let steps = self.record.pending_steps;
         let drafts = self.retract_drafts();
         if logits.len() != drafts.len() + 1 {
             return Err(EngineError::Internal("a verify step lost its drafts or logits".into()));
@@ -196,7 +212,7 @@ impl Sequence {
             }
         }
         if !from_text && !drafts.is_empty() {
-            self.record_verification(accepted);
+            self.record_verification(accepted, drafts.len(), steps);
         }
         if from_text {
             self.record_text_verdicts(drafts.len(), accepted, ended || accepted == drafts.len());
@@ -220,10 +236,10 @@ impl Sequence {
         Ok(fed - dropped)
     }
 
-    /// The verdict on a step's module drafts: `tokens` of them accepted in a row (0: the first
-    /// was rejected).
-    pub(super) fn record_verification(&mut self, tokens: usize) {
-        self.record.record_verification(tokens);
+    /// The verdict on a step's `rows` module drafts: `tokens` of them accepted in a row (0: the
+    /// first was rejected).
+    pub(super) fn record_verification(&mut self, tokens: usize, rows: usize, steps: usize) {
+        self.record.record_verification(tokens, rows, steps);
     }
 
     /// Takes the module's logits for the next token: `alternate` emits its token, the other
@@ -267,6 +283,7 @@ impl Sequence {
             },
             _ => false,
         };
+        self.record.pending_steps += 1;
         self.drafts.push(Draft { token, dist, confidence, constrained, from_text: false });
         true
     }
@@ -296,6 +313,7 @@ impl Sequence {
     /// Takes the pending drafts, and takes them back from the constraint.
     pub(super) fn retract_drafts(&mut self) -> Vec<Draft> {
         let drafts = std::mem::take(&mut self.drafts);
+        self.record.pending_steps = 0;
         self.unconstrain(drafts.iter().filter(|d| d.constrained).count());
         drafts
     }
@@ -356,37 +374,50 @@ mod tests {
     use crate::cost::CostModel;
 
     /// A device where one more token in the forward and a module step cost 30% of a 1-token
-    /// forward: a draft pays above 0.33 tokens expected (with the margin).
+    /// forward (a draft pays above 0.33 tokens expected, with the margin), and three more
+    /// tokens with three module steps 60% (a chain of three pays above 0.66).
     fn costs() -> CostModel {
-        CostModel::from_points(vec![(1, 0.010), (2, 0.012), (4, 0.016)], vec![(1, 0.001), (2, 0.0012)])
+        CostModel::from_points(vec![(1, 0.010), (2, 0.012), (4, 0.013)], vec![(1, 0.001), (2, 0.0012)])
     }
 
     fn pays(record: &DraftRecord) -> bool {
-        costs().choose(1, 0, 1.0, &[record.yield_per_draft])[0]
+        let value = DraftValue { tokens: record.yield_per_draft, rows: record.rows, steps: record.steps };
+        costs().choose(1, &[], 1.0, &[value])[0]
     }
 
     #[test]
-    fn chains_count_in_what_a_draft_yields() {
+    fn chains_count_in_what_a_draft_yields_and_costs() {
         // First drafts accepted a third of the time, but each accepted one led a chain of three:
         // the first draft's acceptance says no, the yield says yes, as verify's speed does.
         let mut record = DraftRecord::new(0.5);
-        for tokens in [3, 0, 0].repeat(10) {
-            record.record_verification(tokens);
+        for tokens in [3, 0, 0].repeat(20) {
+            record.record_verification(tokens, 3, 3);
         }
-        assert!(record.acceptance < 0.33 && !costs().choose(1, 0, 1.0, &[record.acceptance])[0]);
+        assert!(record.acceptance < 0.33 && !costs().choose(1, &[], 1.0, &[DraftValue::single(record.acceptance)])[0]);
+        assert!((record.rows - 3.0).abs() < 0.01 && (record.steps - 3.0).abs() < 0.01, "{record:?}");
         assert!(pays(&record), "{record:?}");
+        // The same yield from chains that also ran a fourth module step, its draft trimmed,
+        // and from chains of three rows whose every step costs five times as much.
+        let mut trimmed = record;
+        for tokens in [3, 0, 0].repeat(20) {
+            trimmed.record_verification(tokens, 3, 4);
+        }
+        assert!((trimmed.steps - 4.0).abs() < 0.01, "{trimmed:?}");
+        let dear = CostModel::from_points(vec![(1, 0.010), (2, 0.012), (4, 0.013)], vec![(1, 0.005)]);
+        let value = DraftValue { tokens: record.yield_per_draft, rows: record.rows, steps: record.steps };
+        assert!(!dear.choose(1, &[], 1.0, &[value])[0], "{value:?}");
     }
 
     #[test]
     fn a_run_of_rejections_is_forgiven_and_a_module_never_right_is_not() {
         let mut usual = DraftRecord::new(0.5);
         for tokens in [1, 2, 0, 1].repeat(5).into_iter().chain([0; 10]) {
-            usual.record_verification(tokens);
+            usual.record_verification(tokens, 1, 1);
         }
         assert!(!pays(&usual), "ten rejections in a row stop the drafts: {usual:?}");
         let mut never = DraftRecord::new(0.5);
         for _ in 0..12 {
-            never.record_verification(0);
+            never.record_verification(0, 1, 1);
         }
         let mut steps = 0;
         while !pays(&usual) {
