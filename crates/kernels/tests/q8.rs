@@ -1,7 +1,7 @@
 //! The Q8_0 kernel against the same product computed from the dequantized weights, on every
 //! path this CPU runs, over random shapes.
 use proptest::prelude::*;
-use recyclegpt_kernels::{linear_small, q8_linear, Isa, Q8Matrix};
+use recyclegpt_kernels::{linear_small, q8_linear, Isa, Q8Matrix, QuantMatrix};
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     use rand::{Rng, SeedableRng};
@@ -110,4 +110,20 @@ fn blocks_are_llama_cpp_s() {
     assert_eq!(ours.dequantize(), expected);
     // Quantizing the stored values again keeps them, as loading a GGUF file does.
     assert_eq!(Q8Matrix::quantize(&expected, n, k).unwrap().dequantize(), expected);
+}
+
+#[test]
+fn a_stacked_matrix_gives_its_rows_and_nothing_past_them() {
+    let (a, b) = (values(3 * 64, 1), values(5 * 64, 2));
+    let parts = vec![
+        QuantMatrix::Q8_0(Q8Matrix::quantize(&a, 3, 64).unwrap()),
+        QuantMatrix::Q8_0(Q8Matrix::quantize(&b, 5, 64).unwrap()),
+    ];
+    let stacked = QuantMatrix::stacked(parts).unwrap();
+    let whole = stacked.dequantize();
+    for row in 0..8 {
+        assert_eq!(stacked.dequantize_row(row).as_deref(), Some(&whole[row * 64..(row + 1) * 64]));
+    }
+    assert_eq!(stacked.dequantize_row(8), None);
+    assert_eq!(QuantMatrix::Q8_0(Q8Matrix::quantize(&a, 3, 64).unwrap()).dequantize_row(3), None);
 }

@@ -181,10 +181,10 @@ impl Linear {
             (Some(quant), None) => {
                 let mut values = Vec::with_capacity(ids.len() * quant.cols());
                 for &id in ids {
-                    if id as usize >= quant.rows() {
+                    let Some(row) = quant.dequantize_row(id as usize) else {
                         return Err(crate::error::ModelError::Input(format!("row {id} of {}", quant.rows())));
-                    }
-                    values.extend(quant.dequantize_row(id as usize));
+                    };
+                    values.extend(row);
                 }
                 Ok(Tensor::from_vec(values, (ids.len(), quant.cols()), &candle_core::Device::Cpu)?)
             }
@@ -235,7 +235,10 @@ impl Linear {
 /// whole dequantized copy of an embedding-sized matrix would raise the load's peak memory.
 fn gives_back(quant: &QuantMatrix, values: &[f32]) -> bool {
     values.len() == quant.rows() * quant.cols()
-        && values.chunks_exact(quant.cols()).enumerate().all(|(row, values)| quant.dequantize_row(row) == values)
+        && values
+            .chunks_exact(quant.cols())
+            .enumerate()
+            .all(|(row, values)| quant.dequantize_row(row).is_some_and(|row| row == values))
 }
 
 #[derive(Clone)]

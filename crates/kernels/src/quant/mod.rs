@@ -92,12 +92,15 @@ impl QuantMatrix {
         }
     }
 
-    /// Row `row` (`< rows`) as f32 values.
-    pub fn dequantize_row(&self, row: usize) -> Vec<f32> {
+    /// Row `row` as f32 values; `None` past the last row.
+    pub fn dequantize_row(&self, row: usize) -> Option<Vec<f32>> {
+        if row >= self.rows() {
+            return None;
+        }
         match self {
-            QuantMatrix::Q8_0(w) => w.dequantize_row(row),
-            QuantMatrix::LowBit(w) => w.dequantize_row(row),
-            QuantMatrix::Half(w) => w.dequantize_row(row),
+            QuantMatrix::Q8_0(w) => Some(w.dequantize_row(row)),
+            QuantMatrix::LowBit(w) => Some(w.dequantize_row(row)),
+            QuantMatrix::Half(w) => Some(w.dequantize_row(row)),
             QuantMatrix::Stacked(parts) => {
                 let mut row = row;
                 for part in parts {
@@ -106,7 +109,7 @@ impl QuantMatrix {
                     }
                     row -= part.rows();
                 }
-                panic!("dequantize_row: row out of range")
+                None
             }
         }
     }
