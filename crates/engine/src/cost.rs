@@ -1,12 +1,14 @@
 //! What a draft costs on this device, measured at start-up and refined by the steps as they
 //! run, and the decision `auto` makes with it each step: which sequences draft.
 //!
-//! A draft adds one token to the next full forward (its body and one more head row) and one
-//! module step; it pays back its acceptance probability α in tokens. So drafting for a
-//! sequence raises the step's throughput E/T exactly when α·T > E·ΔT, where E is the tokens
-//! the step is expected to emit, T its time and ΔT what the draft adds. At batch 1 the second
-//! token of a forward is nearly free and a modest α pays; at large batches a forward is
-//! compute-bound, ΔT approaches T/E and no draft pays, so `auto` stops drafting by itself.
+//! A decision to draft adds the sequence's drafts to the next full forward (their bodies and
+//! head rows: one, or more with a chain) and runs the module steps that make them; it pays
+//! back the tokens Y its drafts are expected to have accepted ([`DraftValue`], learned per
+//! sequence). So drafting for a sequence raises the step's throughput E/T exactly when
+//! Y·T > E·ΔT, where E is the tokens the step is expected to emit, T its time and ΔT what the
+//! drafts add. At batch 1 the second token of a forward is nearly free and a modest Y pays; at
+//! large batches a forward is compute-bound, ΔT approaches T/E and no draft pays, so `auto`
+//! stops drafting by itself.
 //!
 //! The start-up figures come from small forwards on empty caches. Decoding costs more than
 //! that, and not in proportion: attention grows with the context and with the rows that read
@@ -44,14 +46,14 @@ const OBSERVED_WEIGHT: f64 = 0.1;
 const OBSERVED_CLAMP: f64 = 2.0;
 
 /// What a decision to draft has meant for a sequence, as moving averages over its drafting
-/// steps: the module's drafts accepted (`tokens`), the drafts the forward carried (`rows`: the
+/// steps: the module's drafts accepted (`yielded`), the drafts the forward carried (`rows`: the
 /// first and its chain) and the module steps run (`steps`: one per draft, and one for a chained
 /// draft trimmed as not worth its row). Valuing a draft at its chain's yield but its first
-/// draft's cost let a module whose steps are dear draft where its chains lost: `auto` at 0.88x
-/// `off` with a module drafting from the whole 49,152-token head (docs/benchmarks.md).
+/// draft's cost let a module whose steps are dear draft where its chains lost: `auto` at
+/// 0.93-0.95x `off` with a module drafting from the whole 49,152-token head (docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DraftValue {
-    pub tokens: f64,
+    pub yielded: f64,
     pub rows: f64,
     pub steps: f64,
 }
@@ -59,11 +61,31 @@ pub struct DraftValue {
 impl DraftValue {
     /// One draft, no chain, accepted with probability `acceptance`.
     pub fn single(acceptance: f64) -> Self {
-        Self { tokens: acceptance, rows: 1.0, steps: 1.0 }
+        Self { yielded: acceptance, rows: 1.0, steps: 1.0 }
     }
+}
 
-    fn per_row(&self) -> f64 {
-        self.tokens / self.rows.max(1.0)
+/// The module steps a decoding step runs for its drafting sequences: a first step for all of
+/// them, then one per chain depth for those whose chains reach it. A sequence that drafts adds
+/// what one more sequence adds to each step its chain shares with others, and a step of its
+/// own, at the cost of a step for one sequence, for each depth no other chain reaches.
+#[derive(Debug, Clone, Default)]
+struct ModuleLoad {
+    /// Sequences drafting.
+    drafters: usize,
+    /// The deepest chain so far, in module steps (fractional: an average).
+    depth: f64,
+}
+
+impl ModuleLoad {
+    /// Adds a drafter whose drafts take `steps` module steps; returns the seconds it adds.
+    fn add(&mut self, costs: &CostModel, steps: f64) -> f64 {
+        let shared_step = costs.module_seconds(self.drafters + 1) - costs.module_seconds(self.drafters);
+        let shared = steps.min(self.depth.max(1.0));
+        let alone = (steps - shared).max(0.0);
+        self.drafters += 1;
+        self.depth = self.depth.max(steps);
+        shared_step * shared + costs.module_seconds(1) * alone
     }
 }
 
@@ -152,9 +174,9 @@ impl CostModel {
     /// Which candidates draft. The next forward feeds `base_tokens` tokens before any draft;
     /// the `fixed` drafts are made anyway (other modes), and the step is expected to emit
     /// `expected` tokens without any draft. Each candidate's [`DraftValue`] says what drafting
-    /// has cost it and yielded, its chains included; the best yield per row is considered
-    /// first, and each is added only while it raises the expected tokens per second by a clear
-    /// margin ([`DRAFT_MARGIN`]).
+    /// has yielded it and cost it, its chains included; the best yield for its cost is
+    /// considered first, and each is added only while it raises the expected tokens per second
+    /// by a clear margin ([`DRAFT_MARGIN`]).
     pub fn choose(
         &self,
         base_tokens: usize,
@@ -162,25 +184,35 @@ impl CostModel {
         expected: f64,
         candidates: &[DraftValue],
     ) -> Vec<bool> {
+        let mut load = ModuleLoad::default();
+        let mut fed = base_tokens as f64;
+        let mut time = self.full_at(fed);
+        for draft in fixed {
+            time += load.add(self, draft.steps);
+            time += self.full_at(fed + draft.rows) - self.full_at(fed);
+            fed += draft.rows;
+        }
+        let mut emitted = expected + fixed.iter().map(|d| d.yielded).sum::<f64>();
+        // What each candidate would add to the step as it stands; the order is fixed before
+        // any is chosen, so a candidate whose chains are dear does not stop one that pays.
+        let alone: Vec<f64> = candidates
+            .iter()
+            .map(|c| self.full_at(fed + c.rows) - self.full_at(fed) + load.clone().add(self, c.steps))
+            .collect();
         let mut order: Vec<usize> = (0..candidates.len()).collect();
-        order.sort_by(|&a, &b| candidates[b].per_row().total_cmp(&candidates[a].per_row()));
+        order.sort_by(|&a, &b| (candidates[b].yielded / alone[b]).total_cmp(&(candidates[a].yielded / alone[a])));
         let mut chosen = vec![false; candidates.len()];
-        let mut tokens = base_tokens as f64 + fixed.iter().map(|d| d.rows).sum::<f64>();
-        let mut emitted = expected + fixed.iter().map(|d| d.tokens).sum::<f64>();
-        let mut time = self.full_at(tokens) + self.module_seconds(fixed.len());
-        // `drafts`: the sequences drafting before this candidate.
-        for (drafts, i) in (fixed.len()..).zip(order) {
+        for i in order {
             let candidate = &candidates[i];
-            // Its chained steps run beside the others' as its first does: each costs what one
-            // more drafting sequence adds to a module step.
-            let step = self.module_seconds(drafts + 1) - self.module_seconds(drafts);
-            let added = self.full_at(tokens + candidate.rows) - self.full_at(tokens) + step * candidate.steps;
-            if candidate.tokens * time <= DRAFT_MARGIN * emitted * added {
+            let mut with = load.clone();
+            let added = self.full_at(fed + candidate.rows) - self.full_at(fed) + with.add(self, candidate.steps);
+            if candidate.yielded * time <= DRAFT_MARGIN * emitted * added {
                 break;
             }
             chosen[i] = true;
-            tokens += candidate.rows;
-            emitted += candidate.tokens;
+            load = with;
+            fed += candidate.rows;
+            emitted += candidate.yielded;
             time += added;
         }
         chosen
@@ -427,7 +459,7 @@ mod tests {
         let acceptance = vec![0.9; 64];
         let chosen = costs.choose(64, &[], 64.0, &singles(&acceptance));
         assert!(chosen.iter().all(|c| !c), "no draft pays once each token costs its own time");
-        // Small batches still draft, the likeliest first, while each draft pays.
+        // Small batches still draft, the best yield for its cost first, while each draft pays.
         let chosen = costs.choose(4, &[], 4.0, &singles(&[0.2, 0.9, 0.8, 0.05]));
         assert_eq!(chosen, vec![false, true, true, false]);
     }
@@ -435,15 +467,34 @@ mod tests {
     #[test]
     fn a_chain_counts_its_rows_and_module_steps() {
         // A module step as dear as half a forward: one draft yielding 0.9 tokens pays, but the
-        // same yield from chains of 2.5 rows and 3 module steps does not.
+        // same yield from chains of 2.5 rows and 3 module steps does not, nor from one row and
+        // 3 module steps (two chained drafts trimmed).
         let costs = CostModel::from_points(vec![(1, 0.010), (2, 0.0105), (4, 0.0115)], vec![(1, 0.005), (2, 0.006)]);
         assert_eq!(costs.choose(1, &[], 1.0, &singles(&[0.9])), vec![true]);
-        let chained = DraftValue { tokens: 0.9, rows: 2.5, steps: 3.0 };
+        let chained = DraftValue { yielded: 0.9, rows: 2.5, steps: 3.0 };
         assert_eq!(costs.choose(1, &[], 1.0, &[chained]), vec![false]);
-        // Drafts made anyway fill the forward and the module step first.
-        let fixed = [DraftValue { tokens: 0.5, rows: 2.0, steps: 2.0 }];
-        let cheap = DraftValue { tokens: 0.9, rows: 1.0, steps: 1.0 };
-        assert_eq!(costs.choose(1, &fixed, 1.0, &[cheap]), vec![true], "the second drafter's step adds 1 ms");
+        let trimmed = DraftValue { yielded: 0.9, rows: 1.0, steps: 3.0 };
+        assert_eq!(costs.choose(1, &[], 1.0, &[trimmed]), vec![false]);
+        // Beside drafts made anyway, a draft shares their forward and their module step: 0.2
+        // tokens pays there (a row and 1 ms more) and not alone (a row and a 5 ms step).
+        let fixed = [DraftValue { yielded: 0.5, rows: 2.0, steps: 2.0 }];
+        assert_eq!(costs.choose(1, &fixed, 1.0, &singles(&[0.2])), vec![true]);
+        assert_eq!(costs.choose(1, &[], 1.0, &singles(&[0.2])), vec![false]);
+        // A chain deeper than the others' runs its extra steps alone: beside that fixed draft,
+        // a 0.9-token draft of 4 steps pays for 2 shared and 2 alone only with a cheaper module.
+        let deep = DraftValue { yielded: 0.9, rows: 1.0, steps: 4.0 };
+        assert_eq!(costs.choose(1, &fixed, 1.0, &[deep]), vec![false]);
+        let cheap = CostModel::from_points(vec![(1, 0.010), (2, 0.0105), (4, 0.0115)], vec![(1, 0.001), (2, 0.0012)]);
+        assert_eq!(cheap.choose(1, &fixed, 1.0, &[deep]), vec![true]);
+    }
+
+    #[test]
+    fn a_dear_chain_does_not_stop_a_draft_that_pays() {
+        // The 3-step chain yields more per row but less for its cost: the single draft is
+        // considered first and chosen, the chain is not.
+        let costs = device();
+        let chain = DraftValue { yielded: 0.45, rows: 1.0, steps: 3.0 };
+        assert_eq!(costs.choose(2, &[], 2.0, &[chain, DraftValue::single(0.4)]), vec![false, true]);
     }
 
     /// A measured (learning) model with `device()`'s figures.

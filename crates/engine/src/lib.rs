@@ -11,7 +11,7 @@ mod sequence;
 mod step;
 
 pub use constraint::{Constraint, TokenConstraint, MASK_BUDGET, MASK_BUDGET_STREAK};
-pub use cost::CostModel;
+pub use cost::{CostModel, DraftValue};
 pub use generate::{generate, generate_with_costs, generate_with_lookup, Generation};
 pub use sampling::{argmax, SamplingParams, TokenLogprob};
 pub use scheduler::{Scheduler, SchedulerConfig, SeqId, SequenceRequest, Update};

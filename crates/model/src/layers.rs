@@ -238,7 +238,7 @@ fn gives_back(quant: &QuantMatrix, values: &[f32]) -> bool {
         && values
             .chunks_exact(quant.cols())
             .enumerate()
-            .all(|(row, values)| quant.dequantize_row(row).is_some_and(|row| row == values))
+            .all(|(row, values)| quant.dequantize_row(row).is_some_and(|given| given == values))
 }
 
 #[derive(Clone)]

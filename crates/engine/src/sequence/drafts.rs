@@ -49,7 +49,7 @@ pub(super) struct DraftRecord {
     pub(super) steps: f64,
     /// Module steps that made the drafts pending now.
     pub(super) pending_steps: usize,
-    /// Where both acceptance averages started.
+    /// Where the acceptance and yield averages started.
     pub(super) start: f64,
     /// Decode steps since its last draft.
     pub(super) idle: usize,
@@ -86,6 +86,7 @@ impl DraftRecord {
     /// first was rejected).
     fn record_verification(&mut self, tokens: usize, rows: usize, steps: usize) {
         let accepted = tokens > 0;
+        debug_assert!(steps >= rows, "{steps} module steps made {rows} drafts");
         let steps = steps.max(rows);
         self.acceptance += ACCEPTANCE_WEIGHT * (f64::from(u8::from(accepted)) - self.acceptance);
         self.yield_per_draft += ACCEPTANCE_WEIGHT * (tokens as f64 - self.yield_per_draft);
@@ -107,7 +108,13 @@ impl DraftRecord {
         self.probing = false;
     }
 
-    /// A step without a draft: the moving averages drift toward the whole answer's figures.
+    /// What drafting has yielded and cost per step that drafted.
+    fn value(&self) -> DraftValue {
+        DraftValue { yielded: self.yield_per_draft, rows: self.rows, steps: self.steps }
+    }
+
+    /// A step without a draft: the acceptance and yield averages drift toward the whole
+    /// answer's figures (what a draft costs does not drift: it is the module's, not the text's).
     fn recover(&mut self) {
         let (judged, start) = (self.judged as f64 + START_WEIGHT, START_WEIGHT * self.start);
         let (acceptance, yields) = ((self.accepted as f64 + start) / judged, (self.tokens as f64 + start) / judged);
@@ -145,8 +152,7 @@ impl Sequence {
     /// What a decision to draft is expected to yield and cost, chains included: what `auto`
     /// weighs.
     pub(crate) fn draft_value(&self) -> DraftValue {
-        let record = &self.record;
-        DraftValue { tokens: record.yield_per_draft, rows: record.rows, steps: record.steps }
+        self.record.value()
     }
 
     /// (accepted, judged): the verdicts on this sequence's first drafts.
@@ -253,6 +259,8 @@ impl Sequence {
         }
         let alternate = self.mode == DecodeMode::Alternate;
         let raw = if alternate { self.raw_for_logprobs(&logits) } else { None };
+        // The step is spent whether or not it makes a draft.
+        self.record.pending_steps += 1;
         if self.constrain(&mut logits) && logits.iter().all(|l| *l == f32::NEG_INFINITY) {
             // Nothing the grammar allows is in the module's draft vocabulary: no draft.
             return false;
@@ -283,7 +291,6 @@ impl Sequence {
             },
             _ => false,
         };
-        self.record.pending_steps += 1;
         self.drafts.push(Draft { token, dist, confidence, constrained, from_text: false });
         true
     }
@@ -381,8 +388,7 @@ mod tests {
     }
 
     fn pays(record: &DraftRecord) -> bool {
-        let value = DraftValue { tokens: record.yield_per_draft, rows: record.rows, steps: record.steps };
-        costs().choose(1, &[], 1.0, &[value])[0]
+        costs().choose(1, &[], 1.0, &[record.value()])[0]
     }
 
     #[test]
@@ -396,16 +402,17 @@ mod tests {
         assert!(record.acceptance < 0.33 && !costs().choose(1, &[], 1.0, &[DraftValue::single(record.acceptance)])[0]);
         assert!((record.rows - 3.0).abs() < 0.01 && (record.steps - 3.0).abs() < 0.01, "{record:?}");
         assert!(pays(&record), "{record:?}");
-        // The same yield from chains that also ran a fourth module step, its draft trimmed,
-        // and from chains of three rows whose every step costs five times as much.
+        // The same verdicts from chains that also ran a fourth module step, its draft trimmed:
+        // the record learns the step, and on a device where a module step is dearer it tips
+        // the decision.
         let mut trimmed = record;
         for tokens in [3, 0, 0].repeat(20) {
             trimmed.record_verification(tokens, 3, 4);
         }
         assert!((trimmed.steps - 4.0).abs() < 0.01, "{trimmed:?}");
-        let dear = CostModel::from_points(vec![(1, 0.010), (2, 0.012), (4, 0.013)], vec![(1, 0.005)]);
-        let value = DraftValue { tokens: record.yield_per_draft, rows: record.rows, steps: record.steps };
-        assert!(!dear.choose(1, &[], 1.0, &[value])[0], "{value:?}");
+        let dearer = CostModel::from_points(vec![(1, 0.010), (2, 0.012), (4, 0.013)], vec![(1, 0.0013)]);
+        assert!(dearer.choose(1, &[], 1.0, &[record.value()])[0], "{record:?}");
+        assert!(!dearer.choose(1, &[], 1.0, &[trimmed.value()])[0], "{trimmed:?}");
     }
 
     #[test]
