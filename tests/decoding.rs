@@ -260,6 +260,40 @@ fn chained_drafts_never_change_greedy_output_alone_or_batched() {
     assert!(draft_tokens > forwards, "{draft_tokens} draft tokens over {forwards} forwards: chains ran");
 }
 
+/// What drafting costs a sequence, as `auto` learns it: the rows its chains put into forwards
+/// and the module steps they ran, trimmed links included, counted afresh for every verification
+/// (a count carried across steps would grow without bound).
+#[test]
+fn a_sequence_learns_what_its_chains_cost() {
+    let loaded = load(&embedded(), recyclegpt_model::RecycleInit::FromFiles);
+    // Chains run while the chance that all drafts are accepted stays above a tenth, so some are
+    // trimmed after their module step.
+    let mut costs = CostModel::from_points(vec![(1, 0.010), (8, 0.0107)], vec![(1, 0.0005), (8, 0.0006)]);
+    let stop = StopCriteria { max_tokens: 120, eos_ids: loaded.tokenizer.eos_ids().to_vec() };
+    let (mut rows_above_one, mut trimmed) = (0, 0);
+    for prompt in PROMPTS {
+        let ids = loaded.tokenizer.encode(prompt).unwrap();
+        let mut seq = Sequence::new(0, &loaded.model, ids, DecodeMode::Verify, SamplingParams::greedy(), stop.clone())
+            .unwrap()
+            .with_max_drafts(3)
+            .with_prompt_lookup(false);
+        while !seq.is_finished() {
+            step(&loaded.model, &mut [&mut seq], 64, Some(&mut costs)).unwrap();
+        }
+        let (value, stats) = (seq.draft_value(), seq.stats());
+        assert!(value.rows >= 1.0 && value.rows <= 3.0, "{prompt:?}: {value:?}");
+        assert!(value.steps >= value.rows && value.steps <= 4.0, "{prompt:?}: {value:?} {stats:?}");
+        // Every module step beyond the drafts verified (and the last, unverified chain) is a
+        // trimmed link, and shows in the steps.
+        if stats.recycle_steps > stats.draft_tokens() + 3 {
+            trimmed += 1;
+            assert!(value.steps > value.rows, "{prompt:?}: {value:?} {stats:?}");
+        }
+        rows_above_one += usize::from(value.rows > 1.0);
+    }
+    assert!(rows_above_one > 0 && trimmed > 0, "chains ran ({rows_above_one}) and were trimmed ({trimmed})");
+}
+
 /// Where the text repeats itself (the embedded model's greedy answers fall into loops), `verify`
 /// and `auto` draft from the text: whole chains of those drafts are accepted even beside a
 /// module that never agrees, and greedy output is still the standard one, alone or batched.

@@ -151,7 +151,7 @@ impl Sequence {
 
     /// What a decision to draft is expected to yield and cost, chains included: what `auto`
     /// weighs.
-    pub(crate) fn draft_value(&self) -> DraftValue {
+    pub fn draft_value(&self) -> DraftValue {
         self.record.value()
     }
 
