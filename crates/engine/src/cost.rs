@@ -65,27 +65,37 @@ impl DraftValue {
     }
 }
 
-/// The module steps a decoding step runs for its drafting sequences: a first step for all of
-/// them, then one per chain depth for those whose chains reach it. A sequence that drafts adds
-/// what one more sequence adds to each step its chain shares with others, and a step of its
-/// own, at the cost of a step for one sequence, for each depth no other chain reaches.
-#[derive(Debug, Clone, Default)]
-struct ModuleLoad {
+/// What a decoding step holds as drafts join it: the tokens its full forward feeds, and the
+/// module steps it runs for its drafting sequences (a first step for all of them, then one per
+/// chain depth for those whose chains reach it). A sequence that drafts adds its rows to the
+/// forward, what one more sequence adds to each module step its chain shares with others, and
+/// a step of its own, at the cost of a step for one sequence, for each depth no other chain
+/// reaches.
+#[derive(Debug, Clone)]
+struct StepLoad {
+    /// Tokens the full forward feeds (fractional: chains add their average rows).
+    fed: f64,
     /// Sequences drafting.
     drafters: usize,
     /// The deepest chain so far, in module steps (fractional: an average).
     depth: f64,
 }
 
-impl ModuleLoad {
-    /// Adds a drafter whose drafts take `steps` module steps; returns the seconds it adds.
-    fn add(&mut self, costs: &CostModel, steps: f64) -> f64 {
+impl StepLoad {
+    fn new(tokens: usize) -> Self {
+        Self { fed: tokens as f64, drafters: 0, depth: 0.0 }
+    }
+
+    /// Adds `draft`'s rows and module steps; returns the seconds they add to the step.
+    fn add(&mut self, costs: &CostModel, draft: &DraftValue) -> f64 {
+        let forward = costs.full_at(self.fed + draft.rows) - costs.full_at(self.fed);
         let shared_step = costs.module_seconds(self.drafters + 1) - costs.module_seconds(self.drafters);
-        let shared = steps.min(self.depth.max(1.0));
-        let alone = (steps - shared).max(0.0);
+        let shared = draft.steps.min(self.depth.max(1.0));
+        let alone = (draft.steps - shared).max(0.0);
+        self.fed += draft.rows;
         self.drafters += 1;
-        self.depth = self.depth.max(steps);
-        shared_step * shared + costs.module_seconds(1) * alone
+        self.depth = self.depth.max(draft.steps);
+        forward + shared_step * shared + costs.module_seconds(1) * alone
     }
 }
 
@@ -184,34 +194,27 @@ impl CostModel {
         expected: f64,
         candidates: &[DraftValue],
     ) -> Vec<bool> {
-        let mut load = ModuleLoad::default();
-        let mut fed = base_tokens as f64;
-        let mut time = self.full_at(fed);
+        let mut load = StepLoad::new(base_tokens);
+        let mut time = self.full_at(load.fed);
         for draft in fixed {
-            time += load.add(self, draft.steps);
-            time += self.full_at(fed + draft.rows) - self.full_at(fed);
-            fed += draft.rows;
+            time += load.add(self, draft);
         }
         let mut emitted = expected + fixed.iter().map(|d| d.yielded).sum::<f64>();
         // What each candidate would add to the step as it stands; the order is fixed before
         // any is chosen, so a candidate whose chains are dear does not stop one that pays.
-        let alone: Vec<f64> = candidates
-            .iter()
-            .map(|c| self.full_at(fed + c.rows) - self.full_at(fed) + load.clone().add(self, c.steps))
-            .collect();
+        let alone: Vec<f64> = candidates.iter().map(|c| load.clone().add(self, c)).collect();
         let mut order: Vec<usize> = (0..candidates.len()).collect();
         order.sort_by(|&a, &b| (candidates[b].yielded / alone[b]).total_cmp(&(candidates[a].yielded / alone[a])));
         let mut chosen = vec![false; candidates.len()];
         for i in order {
             let candidate = &candidates[i];
             let mut with = load.clone();
-            let added = self.full_at(fed + candidate.rows) - self.full_at(fed) + with.add(self, candidate.steps);
+            let added = with.add(self, candidate);
             if candidate.yielded * time <= DRAFT_MARGIN * emitted * added {
                 break;
             }
             chosen[i] = true;
             load = with;
-            fed += candidate.rows;
             emitted += candidate.yielded;
             time += added;
         }
